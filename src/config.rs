@@ -1,0 +1,597 @@
+//! The agent's configuration: a TOML file (`streamguard.toml`) merged with
+//! `STREAMGUARD_*` environment overrides (figment), validated at load into typed values.
+//!
+//! Validation walks the merged tree itself instead of stopping at serde's first error,
+//! so **every** problem is reported at once, each naming where it came from (the file,
+//! or the environment variable) and the key:
+//!
+//! ```text
+//! streamguard.toml: clusters[1].name: duplicate cluster name "prod" (first at clusters[0])
+//! streamguard.toml: sample_intervall: unknown key (did you mean `sample_interval`?)
+//! environment variable STREAMGUARD_SAMPLE_TIMEOUT: sample_timeout: invalid duration "5 parsecs": unknown time unit "parsecs" …
+//! ```
+//!
+//! Only [`Config`] reaches the runtime; nothing downstream re-validates.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Profile, Provider};
+use regex::Regex;
+
+use crate::sample::kafka::GroupFilter;
+
+/// Environment variables with this prefix override file keys; `__` separates nesting
+/// (`STREAMGUARD_GROUPS__EXCLUDE`).
+pub const ENV_PREFIX: &str = "STREAMGUARD_";
+/// Variables under the prefix that belong to the CLI, not to the config tree.
+const ENV_RESERVED: [&str; 2] = ["CONFIG", "LOG"];
+
+/// One configuration problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or the environment variable, the bad value came from.
+    pub origin: String,
+    /// The key path, e.g. `clusters[0].sample_interval`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    pub clusters: Vec<ClusterConfig>,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+}
+
+/// One Kafka cluster to watch.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Unique, label-safe name (`[A-Za-z0-9_.-]+`).
+    pub name: String,
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Pass-through librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*` …).
+    pub properties: BTreeMap<String, String>,
+    pub sample_interval: Duration,
+    /// Budget for one whole sample (all admin calls of one cycle).
+    pub sample_timeout: Duration,
+    /// Longest wait between attempts while the cluster keeps failing.
+    pub backoff_max: Duration,
+    /// `ListConsumerGroupOffsets` requests kept in flight at once.
+    pub offset_fetch_concurrency: usize,
+    pub groups: GroupFilter,
+}
+
+impl ClusterConfig {
+    /// Data older than this is stale even if no attempt failed (the loop is stuck).
+    pub fn stale_after(&self) -> Duration {
+        self.sample_interval * 2 + self.sample_timeout
+    }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9898";
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+const DEFAULT_OFFSET_FETCH_CONCURRENCY: usize = 16;
+
+const TOP_KEYS: [&str; 7] =
+    ["listen", "sample_interval", "sample_timeout", "backoff_max", "offset_fetch_concurrency", "groups", "clusters"];
+const CLUSTER_KEYS: [&str; 8] = [
+    "name",
+    "bootstrap_servers",
+    "properties",
+    "sample_interval",
+    "sample_timeout",
+    "backoff_max",
+    "offset_fetch_concurrency",
+    "groups",
+];
+const GROUP_KEYS: [&str; 2] = ["include", "exclude"];
+/// Properties the agent owns; setting them through `properties` would break sampling.
+const RESERVED_PROPERTIES: [&str; 3] = ["bootstrap.servers", "group.id", "enable.auto.commit"];
+
+/// Loads and validates `path` plus the environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_env(path, Env::prefixed(ENV_PREFIX).ignore(&ENV_RESERVED).split("__"))
+}
+
+/// As [`load`], with the environment provider given (tests use `Env::raw()` subsets).
+pub fn load_with_env(path: &Path, env: Env) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let fail = |message: String| ConfigErrors(vec![ConfigError { origin: origin.clone(), key: String::new(), message }]);
+    if !path.is_file() {
+        return Err(fail("cannot read config file: no such file".into()));
+    }
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+    let mut data = figment.data().map_err(|e| fail(e.to_string()))?;
+    let dict = data.remove(&Profile::Default).unwrap_or_default();
+    let mut v = Validator { figment: &figment, default_origin: origin, errors: Vec::new() };
+    let config = v.config(&dict, path);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    figment: &'a Figment,
+    default_origin: String,
+    errors: Vec<ConfigError>,
+}
+
+/// Settings that a cluster inherits from the top level.
+#[derive(Clone)]
+struct Inherited {
+    interval: Duration,
+    timeout: Duration,
+    backoff_max: Duration,
+    concurrency: usize,
+    groups: GroupFilter,
+}
+
+impl Validator<'_> {
+    fn origin(&self, value: Option<&Value>) -> String {
+        let Some(meta) = value.and_then(|v| self.figment.get_metadata(v.tag())) else {
+            return self.default_origin.clone();
+        };
+        match &meta.source {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ if meta.name.contains("environment") => "environment".to_string(),
+            _ => meta.name.to_string(),
+        }
+    }
+
+    fn error(&mut self, value: Option<&Value>, key: &str, message: impl Into<String>) {
+        let mut origin = self.origin(value);
+        if origin == "environment" {
+            origin = format!("environment variable {ENV_PREFIX}{}", env_name(key));
+        }
+        self.errors.push(ConfigError { origin, key: key.to_string(), message: message.into() });
+    }
+
+    fn unknown_keys(&mut self, dict: &Dict, prefix: &str, known: &[&str]) {
+        for (k, v) in dict {
+            if !known.contains(&k.as_str()) {
+                let hint = match crate::suggest::nearest(k, known.iter().copied()) {
+                    Some(s) => format!(" (did you mean `{s}`?)"),
+                    None => format!(" (known keys: {})", known.join(", ")),
+                };
+                self.error(Some(v), &join(prefix, k), format!("unknown key{hint}"));
+            }
+        }
+    }
+
+    fn config(&mut self, dict: &Dict, path: &Path) -> Config {
+        self.unknown_keys(dict, "", &TOP_KEYS);
+        let listen = self
+            .string(dict, "", "listen")
+            .and_then(|(s, v)| match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.error(Some(v), "listen", format!("invalid address {s:?}: {e} (expected host:port, e.g. 127.0.0.1:9898)"));
+                    None
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default listen address"));
+        let top = self.inherited(dict, "", None);
+        let mut clusters = Vec::new();
+        match dict.get("clusters") {
+            None => self.error(None, "clusters", "at least one [[clusters]] entry is required"),
+            Some(Value::Array(_, items)) if items.is_empty() => {
+                self.error(dict.get("clusters"), "clusters", "at least one [[clusters]] entry is required")
+            }
+            Some(Value::Array(_, items)) => {
+                let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+                for (i, item) in items.iter().enumerate() {
+                    let prefix = format!("clusters[{i}]");
+                    let Value::Dict(_, c) = item else {
+                        self.error(Some(item), &prefix, "expected a table ([[clusters]])");
+                        continue;
+                    };
+                    if let Some(cluster) = self.cluster(c, &prefix, &top) {
+                        if let Some(first) = seen.get(&cluster.name) {
+                            self.error(
+                                c.get("name"),
+                                &format!("{prefix}.name"),
+                                format!("duplicate cluster name {:?} (first at clusters[{first}])", cluster.name),
+                            );
+                        } else {
+                            seen.insert(cluster.name.clone(), i);
+                            clusters.push(cluster);
+                        }
+                    }
+                }
+            }
+            Some(other) => self.error(Some(other), "clusters", "expected an array of tables ([[clusters]])"),
+        }
+        Config { listen, clusters, path: path.to_path_buf() }
+    }
+
+    fn inherited(&mut self, dict: &Dict, prefix: &str, parent: Option<&Inherited>) -> Inherited {
+        let interval = self.duration(dict, prefix, "sample_interval");
+        let timeout = self.duration(dict, prefix, "sample_timeout");
+        let backoff_max = self.duration(dict, prefix, "backoff_max");
+        let concurrency = self.positive(dict, prefix, "offset_fetch_concurrency");
+        let groups = self.groups(dict, prefix);
+        let base = parent.cloned().unwrap_or(Inherited {
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            concurrency: DEFAULT_OFFSET_FETCH_CONCURRENCY,
+            groups: GroupFilter::default(),
+        });
+        let out = Inherited {
+            interval: interval.unwrap_or(base.interval),
+            timeout: timeout.unwrap_or(base.timeout),
+            backoff_max: backoff_max.unwrap_or(base.backoff_max),
+            concurrency: concurrency.unwrap_or(base.concurrency),
+            groups: groups.unwrap_or(base.groups),
+        };
+        // A cluster repeats the check only for values it sets itself, so one bad
+        // top-level pair is reported once.
+        let own = parent.is_none() || interval.is_some() || timeout.is_some();
+        if own && out.timeout > out.interval {
+            let key = if timeout.is_some() { "sample_timeout" } else { "sample_interval" };
+            self.error(
+                dict.get(key),
+                &join(prefix, key),
+                format!(
+                    "sample_timeout ({}) must not exceed sample_interval ({})",
+                    humantime::format_duration(out.timeout),
+                    humantime::format_duration(out.interval)
+                ),
+            );
+        }
+        out
+    }
+
+    fn cluster(&mut self, c: &Dict, prefix: &str, top: &Inherited) -> Option<ClusterConfig> {
+        self.unknown_keys(c, prefix, &CLUSTER_KEYS);
+        let name_key = join(prefix, "name");
+        let name = match self.string(c, prefix, "name") {
+            Some((n, v)) if n.is_empty() || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) => {
+                self.error(Some(v), &name_key, format!("invalid cluster name {n:?}: use letters, digits, `_`, `.`, `-`"));
+                None
+            }
+            Some((n, _)) => Some(n.to_string()),
+            None => {
+                if !c.contains_key("name") {
+                    self.error(None, &name_key, "missing (every cluster needs a unique name)");
+                }
+                None
+            }
+        };
+        let bs_key = join(prefix, "bootstrap_servers");
+        let bootstrap = match c.get("bootstrap_servers") {
+            None => {
+                self.error(None, &bs_key, "missing (e.g. \"127.0.0.1:9092\")");
+                None
+            }
+            Some(Value::String(_, s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(Value::Array(_, items)) if !items.is_empty() => {
+                let hosts: Option<Vec<String>> = items.iter().map(|i| i.as_str().map(str::to_string)).collect();
+                if hosts.is_none() {
+                    self.error(c.get("bootstrap_servers"), &bs_key, "expected strings \"host:port\"");
+                }
+                hosts.map(|h| h.join(","))
+            }
+            Some(v) => {
+                self.error(Some(v), &bs_key, "expected \"host:port[,host:port…]\" or an array of them");
+                None
+            }
+        };
+        let properties = self.properties(c, prefix);
+        let settings = self.inherited(c, prefix, Some(top));
+        Some(ClusterConfig {
+            name: name?,
+            bootstrap_servers: bootstrap?,
+            properties,
+            sample_interval: settings.interval,
+            sample_timeout: settings.timeout,
+            backoff_max: settings.backoff_max,
+            offset_fetch_concurrency: settings.concurrency,
+            groups: settings.groups,
+        })
+    }
+
+    fn properties(&mut self, c: &Dict, prefix: &str) -> BTreeMap<String, String> {
+        let key = join(prefix, "properties");
+        let mut out = BTreeMap::new();
+        match c.get("properties") {
+            None => {}
+            Some(Value::Dict(_, d)) => {
+                for (k, v) in flatten_dotted(d) {
+                    let pkey = format!("{key}.\"{k}\"");
+                    if RESERVED_PROPERTIES.contains(&k.as_str()) {
+                        self.error(Some(v), &pkey, "set by streamguard itself; remove it (use bootstrap_servers for the brokers)");
+                        continue;
+                    }
+                    match scalar_string(v) {
+                        Some(s) => {
+                            out.insert(k, s);
+                        }
+                        None => self.error(Some(v), &pkey, "expected a string, number or boolean"),
+                    }
+                }
+            }
+            Some(v) => self.error(Some(v), &key, "expected a table of librdkafka properties"),
+        }
+        out
+    }
+
+    fn groups(&mut self, dict: &Dict, prefix: &str) -> Option<GroupFilter> {
+        let key = join(prefix, "groups");
+        let g = match dict.get("groups")? {
+            Value::Dict(_, g) => g,
+            v => {
+                self.error(Some(v), &key, "expected a table with `include` and/or `exclude` regex lists");
+                return None;
+            }
+        };
+        self.unknown_keys(g, &key, &GROUP_KEYS);
+        let include = self.regexes(g, &key, "include");
+        let exclude = self.regexes(g, &key, "exclude");
+        Some(GroupFilter { include, exclude })
+    }
+
+    fn regexes(&mut self, dict: &Dict, prefix: &str, name: &str) -> Vec<Regex> {
+        let key = join(prefix, name);
+        let items: Vec<&Value> = match dict.get(name) {
+            None => return Vec::new(),
+            Some(Value::Array(_, items)) => items.iter().collect(),
+            Some(v @ Value::String(..)) => vec![v],
+            Some(v) => {
+                self.error(Some(v), &key, "expected a list of regular expressions");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let ikey = format!("{key}[{i}]");
+            match item.as_str() {
+                Some(s) => match Regex::new(s) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        let detail = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+                        self.error(Some(item), &ikey, format!("invalid regex {s:?}: {detail}"))
+                    }
+                },
+                None => self.error(Some(item), &ikey, "expected a string (a regular expression)"),
+            }
+        }
+        out
+    }
+
+    fn string<'d>(&mut self, dict: &'d Dict, prefix: &str, name: &str) -> Option<(&'d str, &'d Value)> {
+        let v = dict.get(name)?;
+        match v.as_str() {
+            Some(s) => Some((s, v)),
+            None => {
+                self.error(Some(v), &join(prefix, name), "expected a string");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<Duration> {
+        let key = join(prefix, name);
+        let v = dict.get(name)?;
+        let Some(s) = v.as_str() else {
+            self.error(Some(v), &key, "expected a duration string such as \"10s\" or \"2m\"");
+            return None;
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                self.error(Some(v), &key, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(Some(v), &key, format!("invalid duration {s:?}: {e} (use e.g. \"10s\", \"2m\", \"1h\")"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<usize> {
+        let v = dict.get(name)?;
+        match v.to_u128().and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0) {
+            Some(n) => Some(n),
+            None => {
+                self.error(Some(v), &join(prefix, name), "expected a positive integer");
+                None
+            }
+        }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// `sample_interval` → `SAMPLE_INTERVAL`; `groups.include` → `GROUPS__INCLUDE`.
+fn env_name(key: &str) -> String {
+    key.replace('.', "__").to_ascii_uppercase()
+}
+
+/// librdkafka property names contain dots; TOML reads unquoted `sasl.mechanism = …` as a
+/// nested table. Both spellings become the flat name.
+fn flatten_dotted(d: &Dict) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for (k, v) in d {
+        match v {
+            Value::Dict(_, inner) => {
+                for (ik, iv) in flatten_dotted(inner) {
+                    out.push((format!("{k}.{ik}"), iv));
+                }
+            }
+            _ => out.push((k.clone(), v)),
+        }
+    }
+    out
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(_, s) => Some(s.clone()),
+        Value::Bool(_, b) => Some(b.to_string()),
+        Value::Num(_, n) => n.to_i128().map(|i| i.to_string()).or_else(|| n.to_f64().map(|f| f.to_string())),
+        Value::Char(_, c) => Some(c.to_string()),
+        _ => None,
+    }
+}
+
+/// Names of every cluster, for messages.
+pub fn cluster_names(config: &Config) -> BTreeSet<&str> {
+    config.clusters.iter().map(|c| c.name.as_str()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigErrors> {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        load_with_env(f.path(), Env::prefixed("STREAMGUARD_TEST_UNUSED_"))
+    }
+
+    fn messages(toml: &str) -> Vec<String> {
+        load_str(toml).unwrap_err().0.into_iter().map(|e| format!("{}: {}", e.key, e.message)).collect()
+    }
+
+    #[test]
+    fn a_minimal_file_gets_defaults() {
+        let c = load_str("[[clusters]]\nname = \"local\"\nbootstrap_servers = \"127.0.0.1:9092\"\n").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.clusters[0].sample_interval, DEFAULT_INTERVAL);
+        assert_eq!(c.clusters[0].sample_timeout, DEFAULT_TIMEOUT);
+        assert!(c.clusters[0].groups.matches("any"));
+    }
+
+    #[test]
+    fn clusters_inherit_top_level_settings_and_override_them() {
+        let c = load_str(
+            r#"
+sample_interval = "30s"
+sample_timeout = "10s"
+groups = { exclude = ["^_"] }
+[[clusters]]
+name = "a"
+bootstrap_servers = ["h1:9092", "h2:9092"]
+[[clusters]]
+name = "b"
+bootstrap_servers = "h3:9092"
+sample_interval = "1m"
+properties = { "security.protocol" = "SASL_SSL", sasl.mechanism = "PLAIN", "socket.timeout.ms" = 5000 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.clusters[0].bootstrap_servers, "h1:9092,h2:9092");
+        assert_eq!(c.clusters[0].sample_interval, Duration::from_secs(30));
+        assert!(!c.clusters[0].groups.matches("_internal"));
+        assert_eq!(c.clusters[1].sample_interval, Duration::from_secs(60));
+        assert_eq!(c.clusters[1].sample_timeout, Duration::from_secs(10));
+        assert_eq!(c.clusters[1].properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.clusters[1].properties["sasl.mechanism"], "PLAIN");
+        assert_eq!(c.clusters[1].properties["socket.timeout.ms"], "5000");
+    }
+
+    #[test]
+    fn every_kind_of_error_is_reported_at_once_with_its_key() {
+        let m = messages(
+            r#"
+sample_intervall = "10s"
+sample_timeout = "5 parsecs"
+listen = "nowhere"
+groups = { include = ["(unclosed"] }
+[[clusters]]
+name = "prod"
+bootstrap_servers = "h:9092"
+[[clusters]]
+name = "prod"
+bootstrap_servers = "h:9093"
+properties = { "group.id" = "x" }
+"#,
+        );
+        let has = |key: &str, text: &str| m.iter().any(|l| l.starts_with(key) && l.contains(text));
+        assert!(has("sample_intervall:", "did you mean `sample_interval`"), "{m:#?}");
+        assert!(has("sample_timeout:", "invalid duration \"5 parsecs\""), "{m:#?}");
+        assert!(has("listen:", "invalid address"), "{m:#?}");
+        assert!(has("groups.include[0]:", "invalid regex"), "{m:#?}");
+        assert!(has("clusters[1].name:", "duplicate cluster name \"prod\""), "{m:#?}");
+        assert!(has("clusters[1].properties.\"group.id\":", "set by streamguard"), "{m:#?}");
+        assert_eq!(m.len(), 6, "{m:#?}");
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(b"[[clusters]]\nname = \"a\"\nbootstrap_servers = \"h:1\"\nsample_interval = 10\n").unwrap();
+        let errs = load_with_env(f.path(), Env::prefixed("STREAMGUARD_TEST_UNUSED_")).unwrap_err();
+        let line = errs.to_string();
+        assert!(line.starts_with(&format!("{}: clusters[0].sample_interval: expected a duration", f.path().display())), "{line}");
+    }
+
+    #[test]
+    fn missing_clusters_and_missing_file_are_errors() {
+        assert!(messages("listen = \"127.0.0.1:1\"\n").iter().any(|l| l.starts_with("clusters:")));
+        let e = load(Path::new("/nonexistent/streamguard.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/streamguard.toml: cannot read config file"));
+    }
+
+    #[test]
+    fn timeout_longer_than_interval_is_rejected() {
+        let m = messages("sample_interval = \"5s\"\nsample_timeout = \"10s\"\n[[clusters]]\nname = \"a\"\nbootstrap_servers = \"h:1\"\n");
+        assert!(m.iter().any(|l| l.starts_with("sample_timeout:") && l.contains("must not exceed")), "{m:#?}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_reported_with_the_file() {
+        let errs = load_str("[[clusters]\nname=").unwrap_err();
+        assert_eq!(errs.0.len(), 1);
+        assert!(errs.to_string().contains("line"), "{errs}");
+    }
+}

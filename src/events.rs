@@ -1,0 +1,60 @@
+//! Telemetry events: one struct per notable occurrence whose `emit` writes the log line
+//! and updates the metric together, so the two never disagree.
+
+use crate::serve::metrics::Metrics;
+use crate::store::SourceKind;
+
+/// A sample attempt failed.
+pub struct SampleFailed<'a> {
+    pub kind: SourceKind,
+    pub source: &'a str,
+    /// Bounded error kind, used as a label.
+    pub error_kind: &'static str,
+    pub error: &'a dyn std::error::Error,
+    pub consecutive_failures: u32,
+}
+
+impl SampleFailed<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.count_error(self.kind, self.source, self.error_kind);
+        // The first failure is news; repeats while a source stays down are noise.
+        if self.consecutive_failures <= 1 {
+            tracing::warn!(kind = self.kind.as_str(), source = self.source, error_kind = self.error_kind, error = %self.error, "sample failed, data marked stale");
+        } else {
+            tracing::debug!(kind = self.kind.as_str(), source = self.source, error_kind = self.error_kind, error = %self.error, failures = self.consecutive_failures, "sample failed again");
+        }
+    }
+}
+
+/// A sample succeeded.
+pub struct SampleSucceeded<'a> {
+    pub kind: SourceKind,
+    pub source: &'a str,
+    pub seconds: f64,
+    pub groups: usize,
+    /// Failures that preceded this success (0 in steady state).
+    pub recovered_after: u32,
+}
+
+impl SampleSucceeded<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.observe_sample(self.kind, self.source, self.seconds);
+        if self.recovered_after > 0 {
+            tracing::info!(kind = self.kind.as_str(), source = self.source, failures = self.recovered_after, "source recovered, data fresh again");
+        }
+        tracing::debug!(kind = self.kind.as_str(), source = self.source, seconds = self.seconds, groups = self.groups, "sampled");
+    }
+}
+
+/// A cycle was skipped because the previous attempt had not returned.
+pub struct SampleSkipped<'a> {
+    pub kind: SourceKind,
+    pub source: &'a str,
+}
+
+impl SampleSkipped<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.count_skipped(self.kind, self.source);
+        tracing::warn!(kind = self.kind.as_str(), source = self.source, "previous sample still running, cycle skipped");
+    }
+}

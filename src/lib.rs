@@ -1,0 +1,14 @@
+//! streamguard: keeps streaming pipelines (Kafka, Kafka Connect, Flink) inside their SLOs.
+//!
+//! Data flows one way: `config` → `sample` (one module per source) → `store` →
+//! `serve` (`/metrics`, health). See `DESIGN.md` in the shared docs and the README.
+
+pub mod agent;
+pub mod config;
+pub mod events;
+pub mod report;
+pub mod sample;
+pub mod serve;
+pub mod signal;
+pub mod store;
+pub mod suggest;

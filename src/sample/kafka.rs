@@ -1,0 +1,405 @@
+//! The Kafka source: one sample of every watched consumer group's lag on one cluster.
+//!
+//! A sample is four batched admin calls, never a per-partition round trip:
+//! 1. `ListConsumerGroups` (state and protocol type of every group, classic and KIP-848),
+//! 2. `DescribeConsumerGroups` for the watched groups in one call (members, assignments),
+//! 3. `ListConsumerGroupOffsets`, one group per request as librdkafka requires, with a
+//!    bounded number in flight on one queue,
+//! 4. `ListOffsets` earliest and latest for the union of committed and assigned
+//!    partitions, issued together (librdkafka sends one request per leader broker).
+//!
+//! The result is turned into a [`KafkaSnapshot`] by the pure [`build_snapshot`]: lag per
+//! partition is `log_end − committed`, and a partition with no committed offset has *no*
+//! lag (`None`), never 0.
+//!
+//! This module does not schedule, retry or decide anything: the agent loop calls
+//! [`KafkaSampler::sample`] (blocking) on its interval and the store keeps the result.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use serde::Serialize;
+
+use super::kafka_admin::{
+    Admin, AdminError, Committed, GroupDescription, GroupListing, GroupState, GroupType, OffsetSpec, TopicPartition,
+};
+use crate::config::ClusterConfig;
+
+/// Why a sample failed as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SampleError {
+    #[error("cluster {cluster}: {stage}: {source}")]
+    Admin {
+        cluster: String,
+        /// Which step failed: `list_groups`, `describe_groups` or `list_offsets`.
+        stage: &'static str,
+        #[source]
+        source: AdminError,
+    },
+}
+
+impl SampleError {
+    /// A bounded label value for the error counter.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SampleError::Admin { source: AdminError::Timeout { .. }, .. } => "timeout",
+            SampleError::Admin { stage, .. } => stage,
+        }
+    }
+}
+
+/// Lag of one partition for one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// `None`: the group has no committed offset for this partition.
+    pub committed_offset: Option<i64>,
+    /// `None`: the offset could not be read this sample.
+    pub log_start_offset: Option<i64>,
+    pub log_end_offset: Option<i64>,
+    /// `log_end_offset − committed_offset`, floored at 0; `None` when either is unknown.
+    pub lag_offsets: Option<i64>,
+    /// Client id of the member this partition is assigned to, if any.
+    pub client_id: Option<String>,
+}
+
+/// Lag and state of one consumer group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupLag {
+    pub group: String,
+    pub state: GroupState,
+    #[serde(rename = "type")]
+    pub kind: GroupType,
+    pub members: u32,
+    pub partitions: Vec<PartitionLag>,
+    /// Sum of the known partition lags; `None` when no partition lag is known.
+    pub lag_offsets: Option<i64>,
+    /// Partitions consumed by the group (assigned or committed) with no committed offset.
+    pub uncommitted_partitions: u32,
+    /// Set when this group's offsets could not be read this sample.
+    pub error: Option<String>,
+}
+
+impl GroupLag {
+    /// Per topic: (sum of known lags, max of known lags); topics with no known lag are absent.
+    pub fn topic_lags(&self) -> BTreeMap<&str, (i64, i64)> {
+        let mut out: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for p in &self.partitions {
+            if let Some(lag) = p.lag_offsets {
+                let e = out.entry(p.topic.as_str()).or_insert((0, 0));
+                e.0 += lag;
+                e.1 = e.1.max(lag);
+            }
+        }
+        out
+    }
+}
+
+/// Start and end offsets of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartitionOffsets {
+    pub log_start_offset: Option<i64>,
+    pub log_end_offset: Option<i64>,
+}
+
+/// One complete sample of one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KafkaSnapshot {
+    pub cluster: String,
+    #[serde(with = "crate::signal::unix_seconds")]
+    pub taken_at: SystemTime,
+    pub duration_seconds: f64,
+    pub groups: Vec<GroupLag>,
+    /// Offsets of every partition some watched group consumes, by topic and partition.
+    #[serde(skip)]
+    pub partitions: BTreeMap<TopicPartition, PartitionOffsets>,
+    /// Errors that did not fail the sample (a broker that did not answer a listing,
+    /// a group whose offsets could not be read).
+    pub partial_errors: Vec<String>,
+}
+
+/// Which groups to watch.
+#[derive(Debug, Clone, Default)]
+pub struct GroupFilter {
+    pub include: Vec<regex::Regex>,
+    pub exclude: Vec<regex::Regex>,
+}
+
+impl GroupFilter {
+    /// A group is watched when it matches an include pattern (or there are none) and no
+    /// exclude pattern.
+    pub fn matches(&self, group: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(group)))
+            && !self.exclude.iter().any(|r| r.is_match(group))
+    }
+}
+
+/// Samples one cluster.
+#[derive(Debug)]
+pub struct KafkaSampler {
+    cluster: String,
+    admin: Admin,
+    filter: GroupFilter,
+    timeout: Duration,
+    offset_fetch_concurrency: usize,
+}
+
+/// librdkafka properties the sampler sets itself unless the user overrides them.
+pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("client.id", "streamguard")
+        // A broker outage is reported once per sample by us, not every second by librdkafka.
+        .set("log.connection.close", "false")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set_log_level(RDKafkaLogLevel::Error);
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+impl KafkaSampler {
+    /// Creates the sampler and its client (no connection is made yet).
+    pub fn new(cluster: &ClusterConfig) -> Result<Self, AdminError> {
+        let admin = Admin::new(&client_config(&cluster.bootstrap_servers, &cluster.properties))?;
+        Ok(KafkaSampler {
+            cluster: cluster.name.clone(),
+            admin,
+            filter: cluster.groups.clone(),
+            timeout: cluster.sample_timeout,
+            offset_fetch_concurrency: cluster.offset_fetch_concurrency,
+        })
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Takes one sample. Blocks for at most about the configured timeout.
+    pub fn sample(&self) -> Result<KafkaSnapshot, SampleError> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let fail = |stage, source| SampleError::Admin { cluster: self.cluster.clone(), stage, source };
+
+        let (listings, list_errors) = self.admin.list_groups(left()).map_err(|e| fail("list_groups", e))?;
+        let listings: Vec<GroupListing> = listings.into_iter().filter(|g| self.filter.matches(&g.group_id)).collect();
+        let names: Vec<String> = listings.iter().map(|g| g.group_id.clone()).collect();
+
+        let descriptions = self.admin.describe_groups(&names, left()).map_err(|e| fail("describe_groups", e))?;
+        let committed = self.admin.list_group_offsets(&names, self.offset_fetch_concurrency, left());
+
+        let wanted = partitions_to_query(&descriptions, &committed);
+        let mut specs = self
+            .admin
+            .list_offsets(&wanted, &[OffsetSpec::Earliest, OffsetSpec::Latest], left())
+            .map_err(|e| fail("list_offsets", e))?
+            .into_iter();
+        let (starts, ends) = (specs.next().unwrap_or_default(), specs.next().unwrap_or_default());
+
+        let mut snapshot = build_snapshot(&self.cluster, &listings, &descriptions, &committed, &starts, &ends);
+        snapshot.partial_errors.extend(list_errors.iter().map(ToString::to_string));
+        snapshot.taken_at = SystemTime::now();
+        snapshot.duration_seconds = started.elapsed().as_secs_f64();
+        Ok(snapshot)
+    }
+}
+
+/// Every partition some group consumes: committed or assigned, deduplicated and sorted.
+pub fn partitions_to_query(
+    descriptions: &[GroupDescription],
+    committed: &[(String, Result<Vec<Committed>, AdminError>)],
+) -> Vec<TopicPartition> {
+    let mut set = BTreeSet::new();
+    for d in descriptions {
+        for m in &d.members {
+            set.extend(m.assignment.iter().cloned());
+        }
+    }
+    for (_, r) in committed {
+        if let Ok(offsets) = r {
+            set.extend(offsets.iter().map(|(tp, _)| tp.clone()));
+        }
+    }
+    set.into_iter().collect()
+}
+
+/// Lag of one partition: `end − committed`, floored at 0 (a committed offset beyond the
+/// log end, after an unclean truncation, is "caught up", never negative lag).
+pub fn partition_lag(committed: Option<i64>, end: Option<i64>) -> Option<i64> {
+    Some((end? - committed?).max(0))
+}
+
+/// Assembles a snapshot from the raw admin answers. Pure.
+pub fn build_snapshot(
+    cluster: &str,
+    listings: &[GroupListing],
+    descriptions: &[GroupDescription],
+    committed: &[(String, Result<Vec<Committed>, AdminError>)],
+    starts: &HashMap<TopicPartition, Result<i64, AdminError>>,
+    ends: &HashMap<TopicPartition, Result<i64, AdminError>>,
+) -> KafkaSnapshot {
+    let described: HashMap<&str, &GroupDescription> = descriptions.iter().map(|d| (d.group_id.as_str(), d)).collect();
+    let committed: HashMap<&str, &Result<Vec<Committed>, AdminError>> =
+        committed.iter().map(|(g, r)| (g.as_str(), r)).collect();
+    let offset = |m: &HashMap<TopicPartition, Result<i64, AdminError>>, tp: &TopicPartition| {
+        m.get(tp).and_then(|r| r.as_ref().ok().copied())
+    };
+
+    let mut partitions = BTreeMap::new();
+    let mut partial_errors = Vec::new();
+    let mut groups = Vec::with_capacity(listings.len());
+    for listing in listings {
+        let desc = described.get(listing.group_id.as_str()).copied();
+        // The description is fresher and more detailed than the listing; the listing
+        // still has state and type when the describe answered with an error.
+        let (state, kind, members) = match desc {
+            Some(d) if d.error.is_none() => (d.state, d.kind, d.members.as_slice()),
+            _ => (listing.state, listing.kind, &[][..]),
+        };
+        let kind = if kind == GroupType::Unknown { listing.kind } else { kind };
+        let mut owner: BTreeMap<TopicPartition, Option<String>> = BTreeMap::new();
+        for m in members {
+            for tp in &m.assignment {
+                owner.insert(tp.clone(), Some(m.client_id.clone()));
+            }
+        }
+        let mut error = desc.and_then(|d| d.error.as_ref()).map(|e| e.to_string());
+        let mut commits: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
+        match committed.get(listing.group_id.as_str()) {
+            Some(Ok(list)) => commits.extend(list.iter().cloned()),
+            Some(Err(e)) => error = Some(e.to_string()),
+            None => {}
+        }
+        if let Some(e) = &error {
+            partial_errors.push(format!("group {}: {e}", listing.group_id));
+        }
+        for tp in owner.keys() {
+            commits.entry(tp.clone()).or_insert(None);
+        }
+        let mut parts = Vec::with_capacity(commits.len());
+        for (tp, committed_offset) in commits {
+            let o = PartitionOffsets { log_start_offset: offset(starts, &tp), log_end_offset: offset(ends, &tp) };
+            partitions.insert(tp.clone(), o);
+            parts.push(PartitionLag {
+                client_id: owner.get(&tp).cloned().flatten(),
+                lag_offsets: partition_lag(committed_offset, o.log_end_offset),
+                topic: tp.topic,
+                partition: tp.partition,
+                committed_offset,
+                log_start_offset: o.log_start_offset,
+                log_end_offset: o.log_end_offset,
+            });
+        }
+        let known: Vec<i64> = parts.iter().filter_map(|p| p.lag_offsets).collect();
+        groups.push(GroupLag {
+            group: listing.group_id.clone(),
+            state,
+            kind,
+            members: members.len() as u32,
+            uncommitted_partitions: parts.iter().filter(|p| p.committed_offset.is_none()).count() as u32,
+            lag_offsets: (!known.is_empty()).then(|| known.iter().sum()),
+            partitions: parts,
+            error,
+        });
+    }
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    KafkaSnapshot {
+        cluster: cluster.to_string(),
+        taken_at: SystemTime::UNIX_EPOCH,
+        duration_seconds: 0.0,
+        groups,
+        partitions,
+        partial_errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(t: &str, p: i32) -> TopicPartition {
+        TopicPartition { topic: t.into(), partition: p }
+    }
+
+    fn listing(g: &str) -> GroupListing {
+        GroupListing { group_id: g.into(), state: GroupState::Empty, kind: GroupType::Classic, simple: false }
+    }
+
+    #[test]
+    fn lag_is_end_minus_committed_and_unknown_without_a_commit() {
+        assert_eq!(partition_lag(Some(3), Some(10)), Some(7));
+        assert_eq!(partition_lag(None, Some(10)), None);
+        assert_eq!(partition_lag(Some(3), None), None);
+        assert_eq!(partition_lag(Some(12), Some(10)), Some(0), "never negative");
+    }
+
+    #[test]
+    fn snapshot_reports_uncommitted_assigned_partitions_as_unknown_not_zero() {
+        let desc = GroupDescription {
+            group_id: "g".into(),
+            state: GroupState::Stable,
+            kind: GroupType::Consumer,
+            members: vec![super::super::kafka_admin::Member {
+                client_id: "c1".into(),
+                consumer_id: "m1".into(),
+                host: "/127.0.0.1".into(),
+                assignment: vec![tp("t", 0), tp("t", 1)],
+            }],
+            error: None,
+        };
+        let committed = vec![("g".to_string(), Ok(vec![(tp("t", 0), Some(4))]))];
+        let ends: HashMap<_, _> = [(tp("t", 0), Ok(10)), (tp("t", 1), Ok(5))].into_iter().collect();
+        let starts: HashMap<_, _> = [(tp("t", 0), Ok(0)), (tp("t", 1), Ok(0))].into_iter().collect();
+        let s = build_snapshot("c", &[listing("g")], &[desc], &committed, &starts, &ends);
+        let g = &s.groups[0];
+        assert_eq!(g.state, GroupState::Stable);
+        assert_eq!(g.kind, GroupType::Consumer);
+        assert_eq!(g.members, 1);
+        assert_eq!(g.partitions.len(), 2);
+        assert_eq!(g.partitions[0].lag_offsets, Some(6));
+        assert_eq!(g.partitions[1].committed_offset, None);
+        assert_eq!(g.partitions[1].lag_offsets, None);
+        assert_eq!(g.lag_offsets, Some(6));
+        assert_eq!(g.uncommitted_partitions, 1);
+        assert_eq!(g.partitions[1].client_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn a_group_whose_offsets_failed_carries_the_error_and_no_lag() {
+        let err = AdminError::Timeout { op: "ListConsumerGroupOffsets", timeout: Duration::from_secs(1) };
+        let committed = vec![("g".to_string(), Err(err))];
+        let s = build_snapshot("c", &[listing("g")], &[], &committed, &HashMap::new(), &HashMap::new());
+        assert!(s.groups[0].error.as_deref().unwrap_or("").contains("timed out"));
+        assert_eq!(s.groups[0].lag_offsets, None);
+        assert_eq!(s.partial_errors.len(), 1);
+    }
+
+    #[test]
+    fn topic_lags_sum_and_max_known_partitions_only() {
+        let committed = vec![(
+            "g".to_string(),
+            Ok(vec![(tp("a", 0), Some(1)), (tp("a", 1), Some(2)), (tp("b", 0), None)]),
+        )];
+        let ends: HashMap<_, _> = [(tp("a", 0), Ok(5)), (tp("a", 1), Ok(10)), (tp("b", 0), Ok(3))].into_iter().collect();
+        let s = build_snapshot("c", &[listing("g")], &[], &committed, &HashMap::new(), &ends);
+        let t = s.groups[0].topic_lags();
+        assert_eq!(t.get("a"), Some(&(12, 8)));
+        assert_eq!(t.get("b"), None);
+    }
+
+    #[test]
+    fn filter_applies_include_then_exclude() {
+        let f = GroupFilter {
+            include: vec![regex::Regex::new("^pay").unwrap()],
+            exclude: vec![regex::Regex::new("test$").unwrap()],
+        };
+        assert!(f.matches("payments"));
+        assert!(!f.matches("payments-test"));
+        assert!(!f.matches("orders"));
+        assert!(GroupFilter::default().matches("anything"));
+    }
+}

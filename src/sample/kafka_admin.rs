@@ -1,0 +1,611 @@
+//! A small safe wrapper over the librdkafka admin calls that rdkafka's safe API lacks:
+//! `ListConsumerGroups`, `DescribeConsumerGroups` (the only describe that sees KIP-848
+//! groups), `ListConsumerGroupOffsets` and `ListOffsets`.
+//!
+//! Every call follows librdkafka's documented pattern: create a private queue on the
+//! client's native handle, issue the request with admin options (request timeout, an
+//! opaque to tell replies apart), poll the queue for the result event, copy the typed
+//! result into owned Rust values, and destroy what was created (RAII guards below).
+//!
+//! All calls **block** the calling thread for at most the given timeout; call them from
+//! `spawn_blocking` or a dedicated thread.
+//!
+//! It deliberately does not interpret the results (no lag maths, no filtering): that is
+//! the sampler's job, in plain Rust over the values returned here.
+//!
+//! # Guarantees
+//! - No call outlives its timeout by more than one poll slice (100 ms).
+//! - Per-item errors (one group, one partition) are returned per item; only a failure of
+//!   the whole request is an `Err`.
+//! - Nothing borrowed from librdkafka escapes: strings and lists are copied before the
+//!   owning event is destroyed.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::raw::c_void;
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::AdminClient;
+use rdkafka::bindings as rd;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+
+/// Errors of the admin wrapper.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    /// The client could not be created (bad librdkafka property, for example).
+    #[error("cannot create Kafka client: {0}")]
+    Client(String),
+    /// No answer within the timeout.
+    #[error("{op} timed out after {timeout:?}")]
+    Timeout { op: &'static str, timeout: Duration },
+    /// The broker or librdkafka answered with an error.
+    #[error("{op} failed: {code}: {message}")]
+    Kafka { op: &'static str, code: String, message: String },
+    /// A name handed to librdkafka contained a NUL byte.
+    #[error("invalid name {0:?}: contains a NUL byte")]
+    InvalidName(String),
+}
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Consumer group state as reported by the group coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum GroupState {
+    Unknown,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+    Empty,
+}
+
+impl GroupState {
+    /// Every state, in a fixed order (used to emit one series per state).
+    pub const ALL: [GroupState; 6] = [
+        GroupState::Unknown,
+        GroupState::PreparingRebalance,
+        GroupState::CompletingRebalance,
+        GroupState::Stable,
+        GroupState::Dead,
+        GroupState::Empty,
+    ];
+
+    /// The name Kafka's own tools print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Unknown => "Unknown",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+            GroupState::Empty => "Empty",
+        }
+    }
+
+    fn from_native(s: rd::rd_kafka_consumer_group_state_t) -> Self {
+        use rd::rd_kafka_consumer_group_state_t as S;
+        match s {
+            S::RD_KAFKA_CONSUMER_GROUP_STATE_PREPARING_REBALANCE => GroupState::PreparingRebalance,
+            S::RD_KAFKA_CONSUMER_GROUP_STATE_COMPLETING_REBALANCE => GroupState::CompletingRebalance,
+            S::RD_KAFKA_CONSUMER_GROUP_STATE_STABLE => GroupState::Stable,
+            S::RD_KAFKA_CONSUMER_GROUP_STATE_DEAD => GroupState::Dead,
+            S::RD_KAFKA_CONSUMER_GROUP_STATE_EMPTY => GroupState::Empty,
+            _ => GroupState::Unknown,
+        }
+    }
+}
+
+/// Which rebalance protocol a group uses: `classic` or KIP-848 `consumer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupType {
+    Unknown,
+    Classic,
+    Consumer,
+}
+
+impl GroupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupType::Unknown => "unknown",
+            GroupType::Classic => "classic",
+            GroupType::Consumer => "consumer",
+        }
+    }
+
+    fn from_native(t: rd::rd_kafka_consumer_group_type_t) -> Self {
+        use rd::rd_kafka_consumer_group_type_t as T;
+        match t {
+            T::RD_KAFKA_CONSUMER_GROUP_TYPE_CLASSIC => GroupType::Classic,
+            T::RD_KAFKA_CONSUMER_GROUP_TYPE_CONSUMER => GroupType::Consumer,
+            _ => GroupType::Unknown,
+        }
+    }
+}
+
+/// One entry of `ListConsumerGroups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub state: GroupState,
+    pub kind: GroupType,
+    pub simple: bool,
+}
+
+/// One member of a described group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    pub client_id: String,
+    pub consumer_id: String,
+    pub host: String,
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// One entry of `DescribeConsumerGroups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: GroupState,
+    pub kind: GroupType,
+    pub members: Vec<Member>,
+    /// Set when the coordinator answered with an error for this group only.
+    pub error: Option<AdminError>,
+}
+
+/// A committed offset, `None` when the group has no commit for that partition.
+pub type Committed = (TopicPartition, Option<i64>);
+
+/// Which offset `ListOffsets` should return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+}
+
+impl OffsetSpec {
+    fn native(self) -> i64 {
+        match self {
+            OffsetSpec::Earliest => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_EARLIEST as i64,
+            OffsetSpec::Latest => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_LATEST as i64,
+        }
+    }
+}
+
+/// A Kafka admin connection to one cluster.
+pub struct Admin {
+    client: AdminClient<DefaultClientContext>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+impl Admin {
+    /// Creates the client. librdkafka connects lazily, so this succeeds while the
+    /// cluster is down; it fails only on bad configuration.
+    pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
+        let client = config.create::<AdminClient<DefaultClientContext>>().map_err(|e| AdminError::Client(e.to_string()))?;
+        Ok(Admin { client })
+    }
+
+    fn rk(&self) -> *mut rd::rd_kafka_t {
+        self.client.inner().native_ptr()
+    }
+
+    /// Lists every consumer group the cluster knows (classic and KIP-848).
+    /// Returns the valid listings and the per-broker errors librdkafka collected.
+    pub fn list_groups(&self, timeout: Duration) -> Result<(Vec<GroupListing>, Vec<AdminError>), AdminError> {
+        const OP: &str = "ListConsumerGroups";
+        let queue = Queue::new(self.rk());
+        let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS, timeout, 0)?;
+        // SAFETY: rk, options and queue are valid for the call; librdkafka copies the options.
+        unsafe { rd::rd_kafka_ListConsumerGroups(self.rk(), opts.0, queue.0) };
+        let ev = queue.poll_one(OP, timeout)?;
+        ev.check(OP)?;
+        // SAFETY: the event is a ListConsumerGroups result (checked by type below);
+        // everything read is copied before `ev` is dropped.
+        unsafe {
+            let res = rd::rd_kafka_event_ListConsumerGroups_result(ev.0);
+            if res.is_null() {
+                return Err(unexpected(OP));
+            }
+            let mut n = 0usize;
+            let items = rd::rd_kafka_ListConsumerGroups_result_valid(res, &mut n);
+            let mut listings = Vec::with_capacity(n);
+            for i in 0..n {
+                let g = *items.add(i);
+                listings.push(GroupListing {
+                    group_id: cstr(rd::rd_kafka_ConsumerGroupListing_group_id(g)),
+                    state: GroupState::from_native(rd::rd_kafka_ConsumerGroupListing_state(g)),
+                    kind: GroupType::from_native(rd::rd_kafka_ConsumerGroupListing_type(g)),
+                    simple: rd::rd_kafka_ConsumerGroupListing_is_simple_consumer_group(g) != 0,
+                });
+            }
+            let mut m = 0usize;
+            let errs = rd::rd_kafka_ListConsumerGroups_result_errors(res, &mut m);
+            let errors = (0..m).map(|i| error_from(OP, *errs.add(i))).collect();
+            Ok((listings, errors))
+        }
+    }
+
+    /// Describes many groups in one call (librdkafka batches per coordinator).
+    pub fn describe_groups(&self, groups: &[String], timeout: Duration) -> Result<Vec<GroupDescription>, AdminError> {
+        const OP: &str = "DescribeConsumerGroups";
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = groups
+            .iter()
+            .map(|g| CString::new(g.as_str()).map_err(|_| AdminError::InvalidName(g.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ptrs: Vec<*const std::os::raw::c_char> = names.iter().map(|c| c.as_ptr()).collect();
+        let queue = Queue::new(self.rk());
+        let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, timeout, 0)?;
+        // SAFETY: `ptrs` points into `names`, both alive for the call; librdkafka copies them.
+        unsafe { rd::rd_kafka_DescribeConsumerGroups(self.rk(), ptrs.as_mut_ptr(), ptrs.len(), opts.0, queue.0) };
+        let ev = queue.poll_one(OP, timeout)?;
+        ev.check(OP)?;
+        // SAFETY: as in list_groups.
+        unsafe {
+            let res = rd::rd_kafka_event_DescribeConsumerGroups_result(ev.0);
+            if res.is_null() {
+                return Err(unexpected(OP));
+            }
+            let mut n = 0usize;
+            let items = rd::rd_kafka_DescribeConsumerGroups_result_groups(res, &mut n);
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let d = *items.add(i);
+                let err = rd::rd_kafka_ConsumerGroupDescription_error(d);
+                let error = if err.is_null() { None } else { Some(error_from(OP, err)) };
+                let count = rd::rd_kafka_ConsumerGroupDescription_member_count(d);
+                let mut members = Vec::with_capacity(count);
+                for j in 0..count {
+                    let m = rd::rd_kafka_ConsumerGroupDescription_member(d, j);
+                    if m.is_null() {
+                        continue;
+                    }
+                    let a = rd::rd_kafka_MemberDescription_assignment(m);
+                    let assignment = if a.is_null() {
+                        Vec::new()
+                    } else {
+                        tpl_entries(rd::rd_kafka_MemberAssignment_partitions(a))
+                            .into_iter()
+                            .map(|(tp, _, _)| tp)
+                            .collect()
+                    };
+                    members.push(Member {
+                        client_id: cstr(rd::rd_kafka_MemberDescription_client_id(m)),
+                        consumer_id: cstr(rd::rd_kafka_MemberDescription_consumer_id(m)),
+                        host: cstr(rd::rd_kafka_MemberDescription_host(m)),
+                        assignment,
+                    });
+                }
+                out.push(GroupDescription {
+                    group_id: cstr(rd::rd_kafka_ConsumerGroupDescription_group_id(d)),
+                    state: GroupState::from_native(rd::rd_kafka_ConsumerGroupDescription_state(d)),
+                    kind: GroupType::from_native(rd::rd_kafka_ConsumerGroupDescription_type(d)),
+                    members,
+                    error,
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    /// Fetches the committed offsets of every partition of each group.
+    ///
+    /// librdkafka accepts one group per `ListConsumerGroupOffsets` request, so up to
+    /// `window` requests are kept in flight on one queue and matched by opaque: one
+    /// thread, bounded concurrency, no per-partition round trip. The result has one
+    /// entry per requested group, in request order.
+    pub fn list_group_offsets(
+        &self,
+        groups: &[String],
+        window: usize,
+        timeout: Duration,
+    ) -> Vec<(String, Result<Vec<Committed>, AdminError>)> {
+        const OP: &str = "ListConsumerGroupOffsets";
+        let window = window.max(1);
+        let mut results: Vec<Option<Result<Vec<Committed>, AdminError>>> = vec![None; groups.len()];
+        let queue = Queue::new(self.rk());
+        let deadline = Instant::now() + timeout;
+        let mut next = 0usize;
+        let mut in_flight = 0usize;
+        loop {
+            while in_flight < window && next < groups.len() {
+                match self.issue_group_offsets(&queue, &groups[next], next, timeout) {
+                    Ok(()) => in_flight += 1,
+                    Err(e) => results[next] = Some(Err(e)),
+                }
+                next += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = match queue.poll_one(OP, left) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    for r in results.iter_mut().filter(|r| r.is_none()) {
+                        *r = Some(Err(e.clone()));
+                    }
+                    break;
+                }
+            };
+            in_flight -= 1;
+            // SAFETY: the opaque was set to the request index (+1, never null) by
+            // issue_group_offsets; the result is copied before `ev` drops.
+            let idx = unsafe { rd::rd_kafka_event_opaque(ev.0) as usize }.wrapping_sub(1);
+            if idx >= groups.len() {
+                continue;
+            }
+            results[idx] = Some(ev.check(OP).and_then(|()| unsafe { read_group_offsets(&ev) }));
+        }
+        groups
+            .iter()
+            .cloned()
+            .zip(results.into_iter().map(|r| r.unwrap_or_else(|| Err(unexpected(OP)))))
+            .collect()
+    }
+
+    fn issue_group_offsets(&self, queue: &Queue, group: &str, idx: usize, timeout: Duration) -> Result<(), AdminError> {
+        let name = CString::new(group).map_err(|_| AdminError::InvalidName(group.to_string()))?;
+        let opts = Options::new(
+            self.rk(),
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS,
+            timeout,
+            idx + 1,
+        )?;
+        // SAFETY: a NULL partition list asks for every committed partition; the request
+        // object is copied by librdkafka and destroyed right after the call.
+        unsafe {
+            let mut req = rd::rd_kafka_ListConsumerGroupOffsets_new(name.as_ptr(), ptr::null());
+            rd::rd_kafka_ListConsumerGroupOffsets(self.rk(), &mut req, 1, opts.0, queue.0);
+            rd::rd_kafka_ListConsumerGroupOffsets_destroy(req);
+        }
+        Ok(())
+    }
+
+    /// Earliest or latest offsets of many partitions in one call (librdkafka groups the
+    /// partitions by leader and sends one request per broker). Several specs are
+    /// issued concurrently on one queue.
+    pub fn list_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        specs: &[OffsetSpec],
+        timeout: Duration,
+    ) -> Result<Vec<HashMap<TopicPartition, Result<i64, AdminError>>>, AdminError> {
+        const OP: &str = "ListOffsets";
+        let mut out: Vec<Option<HashMap<TopicPartition, Result<i64, AdminError>>>> = vec![None; specs.len()];
+        if partitions.is_empty() {
+            return Ok(specs.iter().map(|_| HashMap::new()).collect());
+        }
+        let queue = Queue::new(self.rk());
+        for (i, spec) in specs.iter().enumerate() {
+            let list = TplList::new(partitions, spec.native())?;
+            let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS, timeout, i + 1)?;
+            // SAFETY: the list and options are valid for the call and copied by librdkafka.
+            unsafe { rd::rd_kafka_ListOffsets(self.rk(), list.0, opts.0, queue.0) };
+        }
+        let deadline = Instant::now() + timeout;
+        for _ in 0..specs.len() {
+            let ev = queue.poll_one(OP, deadline.saturating_duration_since(Instant::now()))?;
+            ev.check(OP)?;
+            // SAFETY: opaque is the spec index + 1; results are copied before `ev` drops.
+            unsafe {
+                let idx = (rd::rd_kafka_event_opaque(ev.0) as usize).wrapping_sub(1);
+                let res = rd::rd_kafka_event_ListOffsets_result(ev.0);
+                if res.is_null() || idx >= specs.len() {
+                    return Err(unexpected(OP));
+                }
+                let mut n = 0usize;
+                let infos = rd::rd_kafka_ListOffsets_result_infos(res, &mut n);
+                let mut map = HashMap::with_capacity(n);
+                for i in 0..n {
+                    let tp = rd::rd_kafka_ListOffsetsResultInfo_topic_partition(*infos.add(i));
+                    if tp.is_null() {
+                        continue;
+                    }
+                    let (key, offset, err) = tp_entry(&*tp);
+                    let value = if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                        Ok(offset)
+                    } else {
+                        Err(code_error(OP, err))
+                    };
+                    map.insert(key, value);
+                }
+                out[idx] = Some(map);
+            }
+        }
+        out.into_iter().map(|m| m.ok_or_else(|| unexpected(OP))).collect()
+    }
+}
+
+/// SAFETY: `ev` must hold a ListConsumerGroupOffsets result event.
+unsafe fn read_group_offsets(ev: &Event) -> Result<Vec<Committed>, AdminError> {
+    const OP: &str = "ListConsumerGroupOffsets";
+    let res = rd::rd_kafka_event_ListConsumerGroupOffsets_result(ev.0);
+    if res.is_null() {
+        return Err(unexpected(OP));
+    }
+    let mut n = 0usize;
+    let groups = rd::rd_kafka_ListConsumerGroupOffsets_result_groups(res, &mut n);
+    let Some(g) = (0..n).map(|i| *groups.add(i)).next() else {
+        return Err(unexpected(OP));
+    };
+    let err = rd::rd_kafka_group_result_error(g);
+    if !err.is_null() {
+        return Err(error_from(OP, err));
+    }
+    Ok(tpl_entries(rd::rd_kafka_group_result_partitions(g))
+        .into_iter()
+        .map(|(tp, offset, err)| {
+            // librdkafka reports "no commit" as RD_KAFKA_OFFSET_INVALID (-1001).
+            let ok = err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0;
+            (tp, ok.then_some(offset))
+        })
+        .collect())
+}
+
+/// SAFETY: `list` is null or a valid topic partition list.
+unsafe fn tpl_entries(list: *const rd::rd_kafka_topic_partition_list_t) -> Vec<(TopicPartition, i64, rd::rd_kafka_resp_err_t)> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    let l = &*list;
+    (0..l.cnt.max(0) as usize).map(|i| tp_entry(&*l.elems.add(i))).collect()
+}
+
+/// SAFETY: `e.topic` is a valid C string.
+unsafe fn tp_entry(e: &rd::rd_kafka_topic_partition_t) -> (TopicPartition, i64, rd::rd_kafka_resp_err_t) {
+    (TopicPartition { topic: cstr(e.topic), partition: e.partition }, e.offset, e.err)
+}
+
+/// SAFETY: `p` is null or a valid NUL-terminated string.
+unsafe fn cstr(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// SAFETY: `e` is a valid rd_kafka_error_t.
+unsafe fn error_from(op: &'static str, e: *const rd::rd_kafka_error_t) -> AdminError {
+    AdminError::Kafka { op, code: cstr(rd::rd_kafka_error_name(e)), message: cstr(rd::rd_kafka_error_string(e)) }
+}
+
+fn code_error(op: &'static str, err: rd::rd_kafka_resp_err_t) -> AdminError {
+    let code = RDKafkaErrorCode::from(err);
+    AdminError::Kafka { op, code: format!("{code:?}"), message: code.to_string() }
+}
+
+fn unexpected(op: &'static str) -> AdminError {
+    AdminError::Kafka { op, code: "Unexpected".into(), message: "librdkafka returned no result".into() }
+}
+
+/// An owned librdkafka queue.
+struct Queue(*mut rd::rd_kafka_queue_t);
+
+impl Queue {
+    fn new(rk: *mut rd::rd_kafka_t) -> Self {
+        // SAFETY: rk is a live client handle owned by `Admin`.
+        Queue(unsafe { rd::rd_kafka_queue_new(rk) })
+    }
+
+    /// Polls for the next event until `timeout` (in slices, so a long wait does not
+    /// hold one long C call).
+    fn poll_one(&self, op: &'static str, timeout: Duration) -> Result<Event, AdminError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = left.min(POLL_SLICE);
+            // SAFETY: the queue is alive; the returned event is owned by us.
+            let ev = unsafe { rd::rd_kafka_queue_poll(self.0, slice.as_millis() as i32) };
+            if !ev.is_null() {
+                return Ok(Event(ev));
+            }
+            if left.is_zero() {
+                return Err(AdminError::Timeout { op, timeout });
+            }
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // SAFETY: created by rd_kafka_queue_new; librdkafka refcounts queues, so replies
+        // still in flight after a timeout are discarded safely.
+        unsafe { rd::rd_kafka_queue_destroy(self.0) }
+    }
+}
+
+/// An owned result event.
+struct Event(*mut rd::rd_kafka_event_t);
+
+impl Event {
+    fn check(&self, op: &'static str) -> Result<(), AdminError> {
+        // SAFETY: the event is alive.
+        unsafe {
+            let err = rd::rd_kafka_event_error(self.0);
+            if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return Ok(());
+            }
+            let code = RDKafkaErrorCode::from(err);
+            Err(AdminError::Kafka { op, code: format!("{code:?}"), message: cstr(rd::rd_kafka_event_error_string(self.0)) })
+        }
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: owned event from rd_kafka_queue_poll.
+        unsafe { rd::rd_kafka_event_destroy(self.0) }
+    }
+}
+
+/// Owned admin options.
+struct Options(*mut rd::rd_kafka_AdminOptions_t);
+
+impl Options {
+    fn new(rk: *mut rd::rd_kafka_t, op: rd::rd_kafka_admin_op_t, timeout: Duration, opaque: usize) -> Result<Self, AdminError> {
+        // SAFETY: rk is alive; the error buffer is large enough and NUL-terminated.
+        unsafe {
+            let o = Options(rd::rd_kafka_AdminOptions_new(rk, op));
+            let mut buf = [0 as std::os::raw::c_char; 256];
+            let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+            let err = rd::rd_kafka_AdminOptions_set_request_timeout(o.0, ms, buf.as_mut_ptr(), buf.len());
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                return Err(AdminError::Client(cstr(buf.as_ptr())));
+            }
+            rd::rd_kafka_AdminOptions_set_opaque(o.0, opaque as *mut c_void);
+            Ok(o)
+        }
+    }
+}
+
+impl Drop for Options {
+    fn drop(&mut self) {
+        // SAFETY: created by rd_kafka_AdminOptions_new.
+        unsafe { rd::rd_kafka_AdminOptions_destroy(self.0) }
+    }
+}
+
+/// An owned topic partition list.
+struct TplList(*mut rd::rd_kafka_topic_partition_list_t);
+
+impl TplList {
+    fn new(partitions: &[TopicPartition], offset: i64) -> Result<Self, AdminError> {
+        let size = i32::try_from(partitions.len()).unwrap_or(i32::MAX);
+        // SAFETY: the list is created here and freed on drop; topic strings are copied.
+        unsafe {
+            let l = TplList(rd::rd_kafka_topic_partition_list_new(size));
+            for tp in partitions {
+                let topic = CString::new(tp.topic.as_str()).map_err(|_| AdminError::InvalidName(tp.topic.clone()))?;
+                let e = rd::rd_kafka_topic_partition_list_add(l.0, topic.as_ptr(), tp.partition);
+                (*e).offset = offset;
+            }
+            Ok(l)
+        }
+    }
+}
+
+impl Drop for TplList {
+    fn drop(&mut self) {
+        // SAFETY: created by rd_kafka_topic_partition_list_new.
+        unsafe { rd::rd_kafka_topic_partition_list_destroy(self.0) }
+    }
+}

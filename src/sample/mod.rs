@@ -1,0 +1,5 @@
+//! Samplers: one file per source. A sampler measures and returns values; it never
+//! decides, retries or schedules (that is the agent loop's job).
+
+pub mod kafka;
+pub mod kafka_admin;
