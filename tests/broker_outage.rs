@@ -1,0 +1,100 @@
+//! A broker that goes away and comes back. This test owns a second, private Kafka
+//! broker (same `stack/` scripts, its own run directory and ports) so stopping it
+//! disturbs no other test.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+struct PrivateBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl PrivateBroker {
+    fn stack(&self, verb: &str) {
+        let out = run(Command::new(repo_root().join("stack").join(verb))
+            .arg("kafka")
+            .env("STACK_DIR", self.dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string()));
+        assert!(
+            out.status.success(),
+            "stack/{verb} kafka failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("stack/down"))
+            .arg("kafka")
+            .env("STACK_DIR", self.dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .output();
+    }
+}
+
+fn is_stale(m: &Metrics) -> bool {
+    m.get("streamguard_source_up", &[("source", "local")]) == Some(0.0)
+        && m.get("streamguard_source_quality", &[("source", "local"), ("quality", "stale")]) == Some(1.0)
+}
+
+#[test]
+fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_returns() {
+    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
+    assert!(Path::new(&repo_root().join("stack/up")).exists());
+    broker.stack("up");
+    let b = broker.bootstrap();
+    let topic = unique("outage-topic");
+    let group = unique("outage-group");
+    create_topic(&b, &topic, 1);
+    produce(&b, &topic, &[8], None);
+    consume_and_commit(&b, &group, &topic, &[2]);
+
+    let mut agent = Agent::start(&b, &format!("^{group}$"));
+    let g = group.as_str();
+    let lag = |m: &Metrics| m.get("streamguard_kafka_group_lag_offsets", &[("group", g)]);
+    wait_until(Duration::from_secs(30), "first fresh sample", || agent.get("/readyz").0 == 200);
+    assert_eq!(lag(&agent.metrics()), Some(6.0));
+
+    broker.stack("down");
+    wait_until(Duration::from_secs(30), "series marked stale", || is_stale(&agent.metrics()));
+    let m = agent.metrics();
+    assert_eq!(lag(&m), None, "stale lag is withdrawn, never shown as a number");
+    assert_eq!(m.count("streamguard_kafka_partition_lag_offsets", &[("group", g)]), 0);
+    assert!(m.get("streamguard_source_last_success_timestamp_seconds", &[("source", "local")]).is_some());
+    let errors: f64 = m
+        .samples
+        .iter()
+        .filter(|(n, l, _)| n == "streamguard_sample_errors_total" && l.get("source").map(String::as_str) == Some("local"))
+        .map(|(_, _, v)| *v)
+        .sum();
+    assert!(errors >= 1.0, "errors are counted:\n{}", m.text);
+    let (status, body) = agent.get("/readyz");
+    assert_eq!(status, 503);
+    assert!(body.contains("kafka local: stale"), "{body}");
+    assert_eq!(agent.get("/healthz").0, 200, "the agent keeps serving");
+
+    broker.stack("up");
+    wait_until(Duration::from_secs(60), "fresh samples after the broker returned", || {
+        agent.get("/readyz").0 == 200 && lag(&agent.metrics()).is_some()
+    });
+    let m = agent.metrics();
+    assert_eq!(lag(&m), Some(6.0));
+    assert_eq!(m.get("streamguard_source_up", &[("source", "local")]), Some(1.0));
+    let log = agent.log();
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent never restarted:\n{log}");
+}

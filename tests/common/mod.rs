@@ -1,0 +1,374 @@
+//! Helpers shared by the integration tests. They run against the real local stack
+//! (`stack/up`): Kafka on `$KAFKA_BOOTSTRAP` (default 127.0.0.1:9092). Nothing is mocked;
+//! a missing stack fails the tests, it never skips them.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client")
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let res = block_on(admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &opts))
+        .expect("create_topics request");
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// Produces `counts[p]` records to partition `p`, each with the given CreateTime (ms) if any.
+pub fn produce(bootstrap: &str, topic: &str, counts: &[usize], timestamp_ms: Option<i64>) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().expect("producer");
+    for (p, n) in counts.iter().enumerate() {
+        for i in 0..*n {
+            let payload = format!("{{\"n\":{i}}}");
+            let key = format!("k{i}");
+            let mut rec = BaseRecord::to(topic).partition(p as i32).payload(&payload).key(&key);
+            if let Some(ts) = timestamp_ms {
+                rec = rec.timestamp(ts);
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((e, r)) => {
+                        assert!(matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A real consumer of `group` that reads exactly `counts[p]` records from each partition
+/// (by assignment, so the group stays Empty) and commits what it read. Returns the
+/// committed offsets.
+pub fn consume_and_commit(bootstrap: &str, group: &str, topic: &str, counts: &[usize]) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let mut committed = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for (p, n) in counts.iter().enumerate() {
+        let mut assign = TopicPartitionList::new();
+        assign.add_partition_offset(topic, p as i32, Offset::Beginning).unwrap();
+        consumer.assign(&assign).unwrap();
+        let mut read = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read < *n {
+            assert!(Instant::now() < deadline, "timed out reading {topic}/{p}");
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.expect("consume");
+                assert_eq!(rdkafka::Message::partition(&m), p as i32);
+                read += 1;
+            }
+        }
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*n as i64)).unwrap();
+        committed.push(*n as i64);
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    committed
+}
+
+/// A consumer that joins `group` by subscription and keeps polling until dropped.
+pub struct Member {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Member {
+    /// `protocol` is `classic` or `consumer` (KIP-848).
+    pub fn join(bootstrap: &str, group: &str, topic: &str, protocol: &str) -> Member {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("group.protocol", protocol)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        if protocol == "classic" {
+            cfg.set("session.timeout.ms", "6000");
+        }
+        let consumer: BaseConsumer = cfg.create().expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+            // Dropping the consumer leaves the group cleanly.
+            drop(consumer);
+        });
+        Member { stop, thread: Some(thread) }
+    }
+
+    pub fn leave(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("streamguard.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// A config for one cluster watching groups that match `group_regex`, sampling every second.
+pub fn agent_config(port: u16, bootstrap: &str, group_regex: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+sample_interval = "1s"
+sample_timeout = "1s"
+backoff_max = "2s"
+
+[[clusters]]
+name = "local"
+bootstrap_servers = "{bootstrap}"
+groups = {{ include = ["{group_regex}"] }}
+"#
+    )
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_streamguard")
+}
+
+/// The real `streamguard run` process; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(bootstrap: &str, group_regex: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = write_config(dir.path(), &agent_config(port, bootstrap, group_regex));
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("STREAMGUARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn streamguard");
+        let agent = Agent { child, port, _dir: dir };
+        wait_until(Duration::from_secs(20), "agent /healthz", || agent.get("/healthz").0 == 200);
+        agent
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path)
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.1 GET on loopback: (status, body); (0, error) when nothing answers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => return (0, e.to_string()),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(req.as_bytes()) {
+        return (0, e.to_string());
+    }
+    let mut raw = String::new();
+    if let Err(e) = stream.read_to_string(&mut raw) {
+        return (0, e.to_string());
+    }
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Parsed OpenMetrics text: (name, labels) → value.
+pub struct Metrics {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            samples.push((name, labels, value.parse().unwrap_or(f64::NAN)));
+        }
+        Metrics { samples, text: text.to_string() }
+    }
+
+    /// The value of the one series named `name` whose labels include `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(found.len() <= 1, "{name}{labels:?} matches {} series", found.len());
+        found.first().copied()
+    }
+
+    pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> usize {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .count()
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_string(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    out
+}
+
+/// One row of `kafka-consumer-groups --describe`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OracleRow {
+    pub topic: String,
+    pub partition: i32,
+    pub current: Option<i64>,
+    pub log_end: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+/// Kafka's own `kafka-consumer-groups --describe --group G`, parsed.
+pub fn kafka_consumer_groups_describe(bootstrap: &str, group: &str) -> Vec<OracleRow> {
+    let script = repo_root().join("stack/kafka-consumer-groups");
+    let out = run(Command::new(&script).args(["--bootstrap-server", bootstrap, "--describe", "--group", group]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kafka-consumer-groups failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let num = |s: &str| if s == "-" { None } else { Some(s.parse::<i64>().unwrap()) };
+    let mut rows = Vec::new();
+    for line in stdout.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() >= 6 && cols[0] == group {
+            rows.push(OracleRow {
+                topic: cols[1].to_string(),
+                partition: cols[2].parse().unwrap(),
+                current: num(cols[3]),
+                log_end: num(cols[4]),
+                lag: num(cols[5]),
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    rows
+}
