@@ -432,7 +432,7 @@ impl Validator<'_> {
 
     fn positive(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<usize> {
         let v = dict.get(name)?;
-        match v.to_u128().and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0) {
+        match v.to_i128().and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0) {
             Some(n) => Some(n),
             None => {
                 self.error(Some(v), &join(prefix, name), "expected a positive integer");
@@ -525,6 +525,7 @@ bootstrap_servers = ["h1:9092", "h2:9092"]
 name = "b"
 bootstrap_servers = "h3:9092"
 sample_interval = "1m"
+offset_fetch_concurrency = 4
 properties = { "security.protocol" = "SASL_SSL", sasl.mechanism = "PLAIN", "socket.timeout.ms" = 5000 }
 "#,
         )
@@ -534,6 +535,8 @@ properties = { "security.protocol" = "SASL_SSL", sasl.mechanism = "PLAIN", "sock
         assert!(!c.clusters[0].groups.matches("_internal"));
         assert_eq!(c.clusters[1].sample_interval, Duration::from_secs(60));
         assert_eq!(c.clusters[1].sample_timeout, Duration::from_secs(10));
+        assert_eq!(c.clusters[0].offset_fetch_concurrency, DEFAULT_OFFSET_FETCH_CONCURRENCY);
+        assert_eq!(c.clusters[1].offset_fetch_concurrency, 4);
         assert_eq!(c.clusters[1].properties["security.protocol"], "SASL_SSL");
         assert_eq!(c.clusters[1].properties["sasl.mechanism"], "PLAIN");
         assert_eq!(c.clusters[1].properties["socket.timeout.ms"], "5000");
@@ -546,6 +549,7 @@ properties = { "security.protocol" = "SASL_SSL", sasl.mechanism = "PLAIN", "sock
 sample_intervall = "10s"
 sample_timeout = "5 parsecs"
 listen = "nowhere"
+offset_fetch_concurrency = 0
 groups = { include = ["(unclosed"] }
 [[clusters]]
 name = "prod"
@@ -560,10 +564,11 @@ properties = { "group.id" = "x" }
         assert!(has("sample_intervall:", "did you mean `sample_interval`"), "{m:#?}");
         assert!(has("sample_timeout:", "invalid duration \"5 parsecs\""), "{m:#?}");
         assert!(has("listen:", "invalid address"), "{m:#?}");
+        assert!(has("offset_fetch_concurrency:", "expected a positive integer"), "{m:#?}");
         assert!(has("groups.include[0]:", "invalid regex"), "{m:#?}");
         assert!(has("clusters[1].name:", "duplicate cluster name \"prod\""), "{m:#?}");
         assert!(has("clusters[1].properties.\"group.id\":", "set by streamguard"), "{m:#?}");
-        assert_eq!(m.len(), 6, "{m:#?}");
+        assert_eq!(m.len(), 7, "{m:#?}");
     }
 
     #[test]

@@ -89,9 +89,19 @@ fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_retu
     assert_eq!(agent.get("/healthz").0, 200, "the agent keeps serving");
 
     broker.stack("up");
-    wait_until(Duration::from_secs(60), "fresh samples after the broker returned", || {
-        agent.get("/readyz").0 == 200 && lag(&agent.metrics()).is_some()
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(agent.get("/readyz").0 == 200 && lag(&agent.metrics()).is_some()) {
+        if std::time::Instant::now() > deadline {
+            let out = run(Command::new(bin()).args(["lag", "--json", "--group", g, "--config"]).arg(agent.config_path()));
+            panic!(
+                "no fresh lag 60s after the broker returned\nagent log:\n{}\nlag --json:\n{}{}",
+                agent.log(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let m = agent.metrics();
     assert_eq!(lag(&m), Some(6.0));
     assert_eq!(m.get("streamguard_source_up", &[("source", "local")]), Some(1.0));

@@ -44,6 +44,9 @@ impl SampleError {
     pub fn kind(&self) -> &'static str {
         match self {
             SampleError::Admin { source: AdminError::Timeout { .. }, .. } => "timeout",
+            SampleError::Admin { source: AdminError::Kafka { code, .. }, .. } if code == "_TIMED_OUT" || code == "OperationTimedOut" => {
+                "timeout"
+            }
             SampleError::Admin { stage, .. } => stage,
         }
     }
@@ -115,8 +118,7 @@ pub struct KafkaSnapshot {
     /// Offsets of every partition some watched group consumes, by topic and partition.
     #[serde(skip)]
     pub partitions: BTreeMap<TopicPartition, PartitionOffsets>,
-    /// Errors that did not fail the sample (a broker that did not answer a listing,
-    /// a group whose offsets could not be read).
+    /// Errors that did not fail the sample (a group whose offsets could not be read).
     pub partial_errors: Vec<String>,
 }
 
@@ -186,6 +188,13 @@ impl KafkaSampler {
         let fail = |stage, source| SampleError::Admin { cluster: self.cluster.clone(), stage, source };
 
         let (listings, list_errors) = self.admin.list_groups(left()).map_err(|e| fail("list_groups", e))?;
+        // librdkafka answers ListConsumerGroups with per-broker errors and whatever the
+        // other brokers listed: with the cluster down that is "no groups", with one broker
+        // down it is a list missing that broker's groups. Either way the group set is
+        // unknown, so the sample fails rather than report groups as gone.
+        if let Some(first) = list_errors.into_iter().next() {
+            return Err(fail("list_groups", first));
+        }
         let listings: Vec<GroupListing> = listings.into_iter().filter(|g| self.filter.matches(&g.group_id)).collect();
         let names: Vec<String> = listings.iter().map(|g| g.group_id.clone()).collect();
 
@@ -193,15 +202,24 @@ impl KafkaSampler {
         let committed = self.admin.list_group_offsets(&names, self.offset_fetch_concurrency, left());
 
         let wanted = partitions_to_query(&descriptions, &committed);
-        let mut specs = self
-            .admin
-            .list_offsets(&wanted, &[OffsetSpec::Earliest, OffsetSpec::Latest], left())
-            .map_err(|e| fail("list_offsets", e))?
-            .into_iter();
+        let specs = [OffsetSpec::Earliest, OffsetSpec::Latest];
+        let mut offsets = self.admin.list_offsets(&wanted, &specs, left()).map_err(|e| fail("list_offsets", e))?;
+        let failed = failed_partitions(&offsets);
+        if !failed.is_empty() {
+            // Stale leader metadata (after a broker restart or leader move) fails every
+            // affected partition until the cache is refreshed: refresh once, retry those.
+            if self.admin.refresh_metadata(left()).is_ok() {
+                if let Ok(retry) = self.admin.list_offsets(&failed, &specs, left()) {
+                    for (all, again) in offsets.iter_mut().zip(retry) {
+                        all.extend(again);
+                    }
+                }
+            }
+        }
+        let mut specs = offsets.into_iter();
         let (starts, ends) = (specs.next().unwrap_or_default(), specs.next().unwrap_or_default());
 
         let mut snapshot = build_snapshot(&self.cluster, &listings, &descriptions, &committed, &starts, &ends);
-        snapshot.partial_errors.extend(list_errors.iter().map(ToString::to_string));
         snapshot.taken_at = SystemTime::now();
         snapshot.duration_seconds = started.elapsed().as_secs_f64();
         Ok(snapshot)
@@ -225,6 +243,12 @@ pub fn partitions_to_query(
         }
     }
     set.into_iter().collect()
+}
+
+/// Partitions for which any of the offset lookups failed, deduplicated and sorted.
+fn failed_partitions(offsets: &[HashMap<TopicPartition, Result<i64, AdminError>>]) -> Vec<TopicPartition> {
+    let set: BTreeSet<&TopicPartition> = offsets.iter().flat_map(|m| m.iter().filter(|(_, r)| r.is_err()).map(|(tp, _)| tp)).collect();
+    set.into_iter().cloned().collect()
 }
 
 /// Lag of one partition: `end − committed`, floored at 0 (a committed offset beyond the
@@ -307,6 +331,14 @@ pub fn build_snapshot(
         });
     }
     groups.sort_by(|a, b| a.group.cmp(&b.group));
+    // Per-partition offset errors, summarised (one line per distinct error, not per partition).
+    let mut offset_errors: BTreeMap<String, usize> = BTreeMap::new();
+    for r in starts.values().chain(ends.values()) {
+        if let Err(e) = r {
+            *offset_errors.entry(e.to_string()).or_default() += 1;
+        }
+    }
+    partial_errors.extend(offset_errors.into_iter().map(|(e, n)| format!("{n} partition offset(s): {e}")));
     KafkaSnapshot {
         cluster: cluster.to_string(),
         taken_at: SystemTime::UNIX_EPOCH,

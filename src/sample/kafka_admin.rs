@@ -379,6 +379,20 @@ impl Admin {
         Ok(())
     }
 
+    /// Refreshes librdkafka's cached cluster metadata (leaders and leader epochs).
+    ///
+    /// Needed because librdkafka's `ListOffsets` sends the cached leader epoch and does
+    /// not refresh it on `FENCED_LEADER_EPOCH`: after a broker restart every partition
+    /// would keep failing until something else refreshed the cache (seen with
+    /// librdkafka 2.12.1 against Kafka 4.1).
+    pub fn refresh_metadata(&self, timeout: Duration) -> Result<(), AdminError> {
+        self.client
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| AdminError::Kafka { op: "Metadata", code: "Metadata".into(), message: e.to_string() })
+    }
+
     /// Earliest or latest offsets of many partitions in one call (librdkafka groups the
     /// partitions by leader and sends one request per broker). Several specs are
     /// issued concurrently on one queue.

@@ -90,11 +90,39 @@ impl Metrics {
         self.sample_skipped.get_or_create(&source_labels(kind, source)).inc();
     }
 
-    /// OpenMetrics text of everything.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    /// Everything, as OpenMetrics text (what Prometheus asks for) or, for clients
+    /// that do not accept it (promtool, curl), the classic Prometheus text format 0.0.4.
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry)?,
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?,
+        }
         Ok(out)
+    }
+}
+
+/// Exposition formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Prometheus,
+}
+
+impl Format {
+    /// Picks the format from an HTTP `Accept` header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
     }
 }
 

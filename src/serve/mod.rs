@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use crate::signal::Quality;
 use crate::store::Store;
-use metrics::Metrics;
+use metrics::{Format, Metrics};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -48,9 +48,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics_handler(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let body = s.metrics.encode()?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = s.metrics.encode(format)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// Ready once every source has fresh data; otherwise 503 naming those that do not.

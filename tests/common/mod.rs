@@ -200,8 +200,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(bootstrap: &str, group_regex: &str) -> Agent {
+        Agent::start_on(free_port(), bootstrap, group_regex)
+    }
+
+    pub fn start_on(port: u16, bootstrap: &str, group_regex: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let cfg = write_config(dir.path(), &agent_config(port, bootstrap, group_regex));
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new(bin())
@@ -227,6 +230,10 @@ impl Agent {
         Metrics::parse(&body)
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("streamguard.toml")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("agent.log")).unwrap_or_default()
     }
@@ -241,12 +248,17 @@ impl Drop for Agent {
 
 /// Minimal HTTP/1.1 GET on loopback: (status, body); (0, error) when nothing answers.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// As [`http_get`], with extra header lines (each ending in `\r\n`).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     let mut stream = match TcpStream::connect(("127.0.0.1", port)) {
         Ok(s) => s,
         Err(e) => return (0, e.to_string()),
     };
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n");
     if let Err(e) = stream.write_all(req.as_bytes()) {
         return (0, e.to_string());
     }
