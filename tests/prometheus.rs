@@ -48,9 +48,8 @@ fn metrics_pass_promtool_lint_and_openmetrics_is_served_on_request() {
 
 #[test]
 fn the_stack_prometheus_scrapes_the_agent_and_stores_lag() {
-    let scrape = std::env::var("STREAMGUARD_SCRAPE").unwrap_or_else(|_| "127.0.0.1:9898".to_string());
+    let scrape = std::env::var("PROMETHEUS_SCRAPE_TARGETS").unwrap_or_else(|_| "127.0.0.1:9898".to_string());
     let port: u16 = scrape.rsplit(':').next().unwrap().parse().unwrap();
-    let prom: u16 = std::env::var("PROMETHEUS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9090);
     let b = bootstrap();
     let topic = unique("scrape-topic");
     let group = unique("scrape-group");
@@ -59,18 +58,14 @@ fn the_stack_prometheus_scrapes_the_agent_and_stores_lag() {
     consume_and_commit(&b, &group, &topic, &[2, 0]);
     let _agent = Agent::start_on(port, &b, &format!("^{group}$"));
 
-    let query = format!("/api/v1/query?query=streamguard_kafka_group_lag_offsets%7Bgroup%3D%22{group}%22%7D");
-    let mut last = String::new();
+    let query = format!("streamguard_kafka_group_lag_offsets{{group=\"{group}\"}}");
+    let mut last = serde_json::Value::Null;
     wait_until(Duration::from_secs(60), "Prometheus to store the agent's lag series", || {
-        let (status, body) = http_get(prom, &query);
-        last = body.clone();
-        status == 200 && {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            v["data"]["result"][0]["value"][1] == "10"
-        }
+        let (status, v) = prometheus_query(&query);
+        last = v;
+        status == 200 && last["data"]["result"][0]["value"][1] == "10"
     });
-    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
-    assert_eq!(v["data"]["result"][0]["metric"]["job"], "streamguard", "{last}");
+    assert_eq!(last["data"]["result"][0]["metric"]["job"], "streamguard", "{last}");
 }
 
 #[test]
@@ -86,4 +81,32 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let out = run(Command::new(promtool()).current_dir(&alerts).args(["test", "rules", "streamguard.test.yml"]));
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql_over_metrics_the_agent_exposes() {
+    let path = repo_root().join("dashboards/streamguard-kafka-lag.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("dashboard is JSON");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 8);
+    let registered = std::fs::read_to_string(repo_root().join("src/serve/metrics.rs")).unwrap();
+    let name = regex::Regex::new(r"streamguard_[a-z_]+").unwrap();
+    for expr in &exprs {
+        let concrete = expr.replace("$cluster", ".*").replace("$group", ".*");
+        let (status, v) = prometheus_query(&concrete);
+        assert_eq!(status, 200, "{expr}: {v}");
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+        for m in name.find_iter(expr) {
+            let base = m.as_str().trim_start_matches("streamguard_");
+            let base = base.trim_end_matches("_bucket").trim_end_matches("_total").trim_end_matches("_info");
+            let base = base.trim_end_matches("_seconds");
+            assert!(registered.contains(&format!("\"{base}")), "{expr}: {} is not a streamguard metric", m.as_str());
+        }
+    }
 }

@@ -384,3 +384,20 @@ pub fn kafka_consumer_groups_describe(bootstrap: &str, group: &str) -> Vec<Oracl
     rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     rows
 }
+
+/// Percent-encodes a query-string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs an instant query against the stack's Prometheus: (HTTP status, JSON body).
+pub fn prometheus_query(expr: &str) -> (u16, serde_json::Value) {
+    let port: u16 = std::env::var("PROMETHEUS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9090);
+    let (status, body) = http_get(port, &format!("/api/v1/query?query={}", urlencode(expr)));
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+}
