@@ -23,10 +23,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ClusterConfig, Config};
+use crate::config::{Config, HttpSourceConfig};
 use crate::events::{SampleFailed, SampleSkipped, SampleSucceeded};
+use crate::sample::connect::ConnectSampler;
+use crate::sample::flink::FlinkSampler;
+use crate::sample::http::HttpError;
 use crate::sample::kafka::{KafkaSampler, KafkaSnapshot, SampleError};
 use crate::sample::kafka_admin::AdminError;
+use crate::sample::kafka_derive;
+use crate::sample::prometheus::PrometheusSampler;
+use crate::signal::SourceSample;
 use crate::serve::metrics::Metrics;
 use crate::serve::{router, AppState};
 use crate::store::{SourceKind, Store};
@@ -42,6 +48,12 @@ pub enum AgentError {
         cluster: String,
         #[source]
         source: AdminError,
+    },
+    #[error("source {source_name}: {source}")]
+    Http {
+        source_name: String,
+        #[source]
+        source: HttpError,
     },
     #[error("cannot listen on {addr}")]
     Bind {
@@ -67,25 +79,139 @@ pub fn next_delay(interval: Duration, elapsed: Duration, failures: u32, backoff_
     backoff.saturating_sub(elapsed)
 }
 
+/// One source's schedule.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    interval: Duration,
+    timeout: Duration,
+    backoff_max: Duration,
+}
+
+/// Every kind of source, dispatched by the loop.
+enum Source {
+    Kafka { sampler: Arc<KafkaSampler>, pending: Option<JoinHandle<Result<KafkaSnapshot, SampleError>>> },
+    Connect(ConnectSampler),
+    Flink(FlinkSampler),
+    Prometheus(PrometheusSampler),
+}
+
+/// Why one attempt failed: a bounded kind for the metric, the error for people.
+struct Failure {
+    kind: &'static str,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Failure {
+    fn new(kind: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Failure { kind, error: Box::new(error) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("previous sample still running")]
+struct Busy;
+
+#[derive(Debug, thiserror::Error)]
+#[error("sample did not return within {0:?}")]
+struct HardTimeout(Duration);
+
+impl Source {
+    fn kind(&self) -> SourceKind {
+        match self {
+            Source::Kafka { .. } => SourceKind::Kafka,
+            Source::Connect(_) => SourceKind::Connect,
+            Source::Flink(_) => SourceKind::Flink,
+            Source::Prometheus(_) => SourceKind::Prometheus,
+        }
+    }
+
+    /// One attempt: sample, then record into the store. Returns the number of series.
+    async fn run_once(&mut self, name: &str, store: &Store, hard_timeout: Duration) -> Result<usize, Failure> {
+        let kind = self.kind();
+        let sample = match self {
+            Source::Kafka { sampler, pending } => {
+                if pending.as_ref().is_some_and(|h| !h.is_finished()) {
+                    return Err(Failure::new("skipped", Busy));
+                }
+                let s = sampler.clone();
+                let mut handle = tokio::task::spawn_blocking(move || s.sample());
+                let snapshot = match tokio::time::timeout(hard_timeout, &mut handle).await {
+                    Err(_) => {
+                        *pending = Some(handle);
+                        return Err(Failure::new("timeout", HardTimeout(hard_timeout)));
+                    }
+                    Ok(Err(join)) => return Err(Failure::new("panic", join)),
+                    Ok(Ok(Err(e))) => return Err(Failure { kind: e.kind(), error: Box::new(e) }),
+                    Ok(Ok(Ok(snapshot))) => snapshot,
+                };
+                let at = snapshot.taken_at;
+                let sample = snapshot.to_sample();
+                let n = sample.observations.len();
+                store.record_success(kind, name, at, sample);
+                let derived = kafka_derive::derive(store, name, &snapshot, at);
+                let n = n + derived.len();
+                store.record_derived(kind, name, at, derived);
+                store.set_snapshot(kind, name, snapshot);
+                return Ok(n);
+            }
+            Source::Connect(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
+            Source::Flink(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
+            Source::Prometheus(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
+        };
+        let n = sample.observations.len();
+        store.record_success(kind, name, SystemTime::now(), sample);
+        Ok(n)
+    }
+}
+
+async fn timed(
+    hard_timeout: Duration,
+    f: impl std::future::Future<Output = Result<SourceSample, HttpError>>,
+) -> Result<SourceSample, Failure> {
+    match tokio::time::timeout(hard_timeout, f).await {
+        Err(_) => Err(Failure::new("timeout", HardTimeout(hard_timeout))),
+        Ok(Err(e)) => Err(Failure { kind: e.kind(), error: Box::new(e) }),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
 /// Runs until `cancel` fires. Binds the HTTP listener first so a port conflict fails fast.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
-    let store = Arc::new(Store::default());
+    let store = Arc::new(Store::new(config.history));
+    store.set_dlq_config(config.dlq.clone());
     let metrics = Arc::new(Metrics::new(store.clone()));
-    let mut samplers = Vec::new();
+    let mut loops: Vec<(Source, String, Schedule)> = Vec::new();
     for c in &config.clusters {
         let sampler = KafkaSampler::new(c).map_err(|source| AgentError::Client { cluster: c.name.clone(), source })?;
         store.register(SourceKind::Kafka, &c.name, c.stale_after());
-        samplers.push((Arc::new(sampler), c.clone()));
+        let sched = Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
+        loops.push((Source::Kafka { sampler: Arc::new(sampler), pending: None }, c.name.clone(), sched));
+    }
+    let http_sched = |c: &HttpSourceConfig| Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
+    for c in &config.connect {
+        let s = ConnectSampler::new(c).map_err(|source| AgentError::Http { source_name: c.name.clone(), source })?;
+        store.register(SourceKind::Connect, &c.name, c.stale_after());
+        loops.push((Source::Connect(s), c.name.clone(), http_sched(c)));
+    }
+    for c in &config.flink {
+        let s = FlinkSampler::new(c).map_err(|source| AgentError::Http { source_name: c.name.clone(), source })?;
+        store.register(SourceKind::Flink, &c.name, c.stale_after());
+        loops.push((Source::Flink(s), c.name.clone(), http_sched(c)));
+    }
+    for c in &config.prometheus {
+        let s = PrometheusSampler::new(c).map_err(|source| AgentError::Http { source_name: c.source.name.clone(), source })?;
+        store.register(SourceKind::Prometheus, &c.source.name, c.source.stale_after());
+        loops.push((Source::Prometheus(s), c.source.name.clone(), http_sched(&c.source)));
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
     let local = listener.local_addr().map_err(AgentError::Serve)?;
-    tracing::info!(listen = %local, clusters = config.clusters.len(), "streamguard agent started");
+    tracing::info!(listen = %local, sources = loops.len(), "streamguard agent started");
 
     let tracker = TaskTracker::new();
-    for (sampler, cluster) in samplers {
-        tracker.spawn(kafka_loop(sampler, cluster, store.clone(), metrics.clone(), cancel.child_token()));
+    for (source, name, sched) in loops {
+        tracker.spawn(source_loop(source, name, sched, store.clone(), metrics.clone(), cancel.child_token()));
     }
     let app = router(AppState { store, metrics });
     let server_cancel = cancel.child_token();
@@ -108,20 +234,19 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     }
 }
 
-/// One cluster's sampling loop.
-async fn kafka_loop(
-    sampler: Arc<KafkaSampler>,
-    cfg: ClusterConfig,
+/// One source's sampling loop: its own schedule, timeout and backoff.
+async fn source_loop(
+    mut source: Source,
+    name: String,
+    sched: Schedule,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let name = cfg.name.clone();
-    let kind = SourceKind::Kafka;
-    // The sampler enforces its own deadline; this outer one only catches a call that
-    // does not return (it should not happen, but a stuck C call must not stall the loop).
-    let hard_timeout = cfg.sample_timeout + Duration::from_secs(2);
-    let mut pending: Option<JoinHandle<Result<KafkaSnapshot, SampleError>>> = None;
+    let kind = source.kind();
+    // Samplers enforce their own deadline; this outer one only catches a call that does
+    // not return, so a stuck call can never stall the loop.
+    let hard_timeout = sched.timeout + Duration::from_secs(2);
     let mut failures = 0u32;
     let mut delay = Duration::ZERO;
     loop {
@@ -130,52 +255,28 @@ async fn kafka_loop(
             _ = tokio::time::sleep(delay) => {}
         }
         let started = Instant::now();
-        let handle = match pending.take() {
-            Some(h) if !h.is_finished() => {
-                SampleSkipped { kind, source: &name }.emit(&metrics);
-                pending = Some(h);
-                delay = cfg.sample_interval;
-                continue;
-            }
-            _ => {
-                let s = sampler.clone();
-                tokio::task::spawn_blocking(move || s.sample())
-            }
-        };
-        let mut handle = handle;
         let outcome = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = tokio::time::timeout(hard_timeout, &mut handle) => r,
+            r = source.run_once(&name, &store, hard_timeout) => r,
         };
-        let now = SystemTime::now();
         match outcome {
-            Ok(Ok(Ok(snapshot))) => {
-                let groups = snapshot.groups.len();
-                for e in &snapshot.partial_errors {
-                    tracing::debug!(source = %name, error = %e, "partial sample error");
-                }
-                store.record_success(kind, &name, now, snapshot);
-                SampleSucceeded { kind, source: &name, seconds: started.elapsed().as_secs_f64(), groups, recovered_after: failures }
+            Ok(series) => {
+                SampleSucceeded { kind, source: &name, seconds: started.elapsed().as_secs_f64(), series, recovered_after: failures }
                     .emit(&metrics);
                 failures = 0;
             }
-            Ok(Ok(Err(e))) => {
-                failures = store.record_failure(kind, &name, now, e.to_string());
-                SampleFailed { kind, source: &name, error_kind: e.kind(), error: &e, consecutive_failures: failures }.emit(&metrics);
+            Err(f) if f.kind == "skipped" => {
+                SampleSkipped { kind, source: &name }.emit(&metrics);
             }
-            Ok(Err(join)) => {
-                failures = store.record_failure(kind, &name, now, join.to_string());
-                SampleFailed { kind, source: &name, error_kind: "panic", error: &join, consecutive_failures: failures }.emit(&metrics);
-            }
-            Err(elapsed) => {
-                pending = Some(handle);
-                failures = store.record_failure(kind, &name, now, format!("sample did not return within {hard_timeout:?}"));
-                SampleFailed { kind, source: &name, error_kind: "timeout", error: &elapsed, consecutive_failures: failures }.emit(&metrics);
+            Err(f) => {
+                failures = store.record_failure(kind, &name, SystemTime::now(), f.error.to_string());
+                SampleFailed { kind, source: &name, error_kind: f.kind, error: f.error.as_ref(), consecutive_failures: failures }
+                    .emit(&metrics);
             }
         }
-        delay = next_delay(cfg.sample_interval, started.elapsed(), failures, cfg.backoff_max);
+        delay = next_delay(sched.interval, started.elapsed(), failures, sched.backoff_max);
     }
-    tracing::debug!(source = %name, "sampling loop stopped");
+    tracing::debug!(kind = kind.as_str(), source = %name, "sampling loop stopped");
 }
 
 #[cfg(test)]

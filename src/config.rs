@@ -71,12 +71,101 @@ impl fmt::Display for ConfigErrors {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
+    /// HTTP listen address for `/metrics`, `/healthz`, `/readyz`, `/api/v1`.
     pub listen: SocketAddr,
     pub clusters: Vec<ClusterConfig>,
+    /// Kafka Connect clusters (REST).
+    pub connect: Vec<HttpSourceConfig>,
+    /// Flink clusters (REST).
+    pub flink: Vec<HttpSourceConfig>,
+    /// Prometheus servers with named instant queries.
+    pub prometheus: Vec<PrometheusConfig>,
+    pub dlq: DlqConfig,
+    pub history: HistoryConfig,
     /// The file it was loaded from.
     pub path: PathBuf,
 }
+
+/// A source reached over HTTP (Kafka Connect, Flink).
+#[derive(Debug, Clone)]
+pub struct HttpSourceConfig {
+    /// Unique within its kind, label-safe.
+    pub name: String,
+    /// Base URL, without a trailing slash (`http://127.0.0.1:8083`).
+    pub url: String,
+    pub sample_interval: Duration,
+    pub sample_timeout: Duration,
+    pub backoff_max: Duration,
+}
+
+impl HttpSourceConfig {
+    pub fn stale_after(&self) -> Duration {
+        self.sample_interval * 2 + self.sample_timeout
+    }
+}
+
+/// A Prometheus server and the instant queries that become signals.
+#[derive(Debug, Clone)]
+pub struct PrometheusConfig {
+    pub source: HttpSourceConfig,
+    pub queries: Vec<PromQuery>,
+}
+
+/// One named PromQL instant query; each result series becomes a series of `signal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromQuery {
+    /// Signal name (`[a-z_][a-z0-9_]*`), unique, not a built-in signal.
+    pub signal: String,
+    pub query: String,
+}
+
+/// How dead-letter topics are matched to the pipeline they serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DlqConfig {
+    /// Name patterns with `{topic}` (a consumed topic) or `{group}` (a consumer group).
+    pub patterns: Vec<String>,
+    /// Explicit mappings.
+    pub topics: Vec<DlqMapping>,
+}
+
+/// An explicit dead-letter topic mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DlqMapping {
+    /// Cluster of the DLQ topic; `None`: every cluster that has the topic.
+    pub cluster: Option<String>,
+    pub dlq_topic: String,
+    /// The topic whose records fail into the DLQ.
+    pub source_topic: String,
+    /// The group consuming `source_topic`; `None`: every group consuming it.
+    pub group: Option<String>,
+}
+
+/// Bounded per-series history and the windows computed over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Points older than this are dropped.
+    pub retention: Duration,
+    /// At most this many points per series.
+    pub max_points: usize,
+    /// Window of produce/consume/DLQ rates.
+    pub rate_window: Duration,
+    /// Window of the consumer group status evaluation.
+    pub status_window: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            retention: Duration::from_secs(30 * 60),
+            max_points: 720,
+            rate_window: Duration::from_secs(60),
+            status_window: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// Default DLQ name patterns.
+pub const DEFAULT_DLQ_PATTERNS: [&str; 4] = ["{topic}.dlq", "{topic}-dlq", "dlq.{topic}", "dlq-{group}"];
 
 /// One Kafka cluster to watch.
 #[derive(Debug, Clone)]
@@ -95,6 +184,9 @@ pub struct ClusterConfig {
     /// `ListConsumerGroupOffsets` requests kept in flight at once.
     pub offset_fetch_concurrency: usize,
     pub groups: GroupFilter,
+    /// Lagging partitions whose committed record's timestamp is read per cycle (exact
+    /// time lag); 0 disables the probe.
+    pub probe_budget: usize,
 }
 
 impl ClusterConfig {
@@ -109,10 +201,30 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_OFFSET_FETCH_CONCURRENCY: usize = 16;
+const DEFAULT_PROBE_BUDGET: usize = 50;
 
-const TOP_KEYS: [&str; 7] =
-    ["listen", "sample_interval", "sample_timeout", "backoff_max", "offset_fetch_concurrency", "groups", "clusters"];
-const CLUSTER_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 12] = [
+    "listen",
+    "sample_interval",
+    "sample_timeout",
+    "backoff_max",
+    "offset_fetch_concurrency",
+    "groups",
+    "clusters",
+    "connect",
+    "flink",
+    "prometheus",
+    "dlq",
+    "history",
+];
+const HTTP_SOURCE_KEYS: [&str; 5] = ["name", "url", "sample_interval", "sample_timeout", "backoff_max"];
+const PROMETHEUS_KEYS: [&str; 6] = ["name", "url", "sample_interval", "sample_timeout", "backoff_max", "queries"];
+const QUERY_KEYS: [&str; 2] = ["signal", "query"];
+const DLQ_KEYS: [&str; 2] = ["patterns", "topics"];
+const DLQ_TOPIC_KEYS: [&str; 4] = ["cluster", "dlq_topic", "source_topic", "group"];
+const HISTORY_KEYS: [&str; 4] = ["retention", "max_points", "rate_window", "status_window"];
+const CLUSTER_KEYS: [&str; 9] = [
+    "probe_budget",
     "name",
     "bootstrap_servers",
     "properties",
@@ -211,37 +323,263 @@ impl Validator<'_> {
             })
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default listen address"));
         let top = self.inherited(dict, "", None);
-        let mut clusters = Vec::new();
-        match dict.get("clusters") {
-            None => self.error(None, "clusters", "at least one [[clusters]] entry is required"),
-            Some(Value::Array(_, items)) if items.is_empty() => {
-                self.error(dict.get("clusters"), "clusters", "at least one [[clusters]] entry is required")
-            }
+        let clusters = self.tables(dict, "clusters", |v, c, prefix| v.cluster(c, prefix, &top));
+        let connect = self.tables(dict, "connect", |v, c, prefix| v.http_source(c, prefix, &top, &HTTP_SOURCE_KEYS));
+        let flink = self.tables(dict, "flink", |v, c, prefix| v.http_source(c, prefix, &top, &HTTP_SOURCE_KEYS));
+        let prometheus = self.tables(dict, "prometheus", |v, c, prefix| v.prometheus(c, prefix, &top));
+        if clusters.is_empty() && connect.is_empty() && flink.is_empty() && prometheus.is_empty() && self.errors.is_empty() {
+            self.error(
+                dict.get("clusters"),
+                "clusters",
+                "no sources: configure at least one [[clusters]], [[connect]], [[flink]] or [[prometheus]]",
+            );
+        }
+        self.unique_names(&clusters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), dict, "clusters");
+        self.unique_names(&connect.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), dict, "connect");
+        self.unique_names(&flink.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), dict, "flink");
+        self.unique_names(&prometheus.iter().map(|c| c.source.name.as_str()).collect::<Vec<_>>(), dict, "prometheus");
+        self.unique_signals(&prometheus, dict);
+        let dlq = self.dlq(dict);
+        let history = self.history(dict);
+        Config { listen, clusters, connect, flink, prometheus, dlq, history, path: path.to_path_buf() }
+    }
+
+    /// Validates an array of tables under `key` with `each`; bad entries are reported
+    /// and skipped.
+    fn tables<T>(&mut self, dict: &Dict, key: &str, mut each: impl FnMut(&mut Self, &Dict, &str) -> Option<T>) -> Vec<T> {
+        let mut out = Vec::new();
+        match dict.get(key) {
+            None => {}
             Some(Value::Array(_, items)) => {
-                let mut seen: BTreeMap<String, usize> = BTreeMap::new();
                 for (i, item) in items.iter().enumerate() {
-                    let prefix = format!("clusters[{i}]");
-                    let Value::Dict(_, c) = item else {
-                        self.error(Some(item), &prefix, "expected a table ([[clusters]])");
-                        continue;
-                    };
-                    if let Some(cluster) = self.cluster(c, &prefix, &top) {
-                        if let Some(first) = seen.get(&cluster.name) {
-                            self.error(
-                                c.get("name"),
-                                &format!("{prefix}.name"),
-                                format!("duplicate cluster name {:?} (first at clusters[{first}])", cluster.name),
-                            );
-                        } else {
-                            seen.insert(cluster.name.clone(), i);
-                            clusters.push(cluster);
-                        }
+                    let prefix = format!("{key}[{i}]");
+                    match item {
+                        Value::Dict(_, c) => out.extend(each(self, c, &prefix)),
+                        _ => self.error(Some(item), &prefix, format!("expected a table ([[{key}]])")),
                     }
                 }
             }
-            Some(other) => self.error(Some(other), "clusters", "expected an array of tables ([[clusters]])"),
+            Some(other) => self.error(Some(other), key, format!("expected an array of tables ([[{key}]])")),
         }
-        Config { listen, clusters, path: path.to_path_buf() }
+        out
+    }
+
+    /// Reports the second and later uses of a name within one kind of source.
+    fn unique_names(&mut self, names: &[&str], dict: &Dict, key: &str) {
+        let items = match dict.get(key) {
+            Some(Value::Array(_, items)) => items.as_slice(),
+            _ => &[],
+        };
+        // Names are compared on the validated entries, whose order matches the file
+        // except for skipped bad entries: locate each by its `name` value in the file.
+        let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let Value::Dict(_, c) = item else { continue };
+            let Some(name) = c.get("name").and_then(|v| v.as_str()) else { continue };
+            if !names.contains(&name) {
+                continue;
+            }
+            match first.get(name) {
+                Some(f) => self.error(
+                    c.get("name"),
+                    &format!("{key}[{i}].name"),
+                    format!("duplicate {} name {name:?} (first at {key}[{f}])", if key == "clusters" { "cluster" } else { key }),
+                ),
+                None => {
+                    first.insert(name, i);
+                }
+            }
+        }
+    }
+
+    fn unique_signals(&mut self, prometheus: &[PrometheusConfig], dict: &Dict) {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        for (i, p) in prometheus.iter().enumerate() {
+            for (j, q) in p.queries.iter().enumerate() {
+                if !seen.insert(q.signal.as_str()) {
+                    let key = format!("prometheus[{i}].queries[{j}].signal");
+                    self.error(dict.get("prometheus"), &key, format!("signal {:?} is defined twice", q.signal));
+                }
+            }
+        }
+    }
+
+    fn name(&mut self, c: &Dict, prefix: &str) -> Option<String> {
+        let name_key = join(prefix, "name");
+        match self.string(c, prefix, "name") {
+            Some((n, v)) if n.is_empty() || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) => {
+                self.error(Some(v), &name_key, format!("invalid name {n:?}: use letters, digits, `_`, `.`, `-`"));
+                None
+            }
+            Some((n, _)) => Some(n.to_string()),
+            None => {
+                if !c.contains_key("name") {
+                    self.error(None, &name_key, "missing (every source needs a unique name)");
+                }
+                None
+            }
+        }
+    }
+
+    fn http_source(&mut self, c: &Dict, prefix: &str, top: &Inherited, keys: &[&str]) -> Option<HttpSourceConfig> {
+        self.unknown_keys(c, prefix, keys);
+        let name = self.name(c, prefix);
+        let url_key = join(prefix, "url");
+        let url = match self.string(c, prefix, "url") {
+            Some((u, v)) => {
+                let u = u.trim_end_matches('/');
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() <= "http://".len() {
+                    self.error(Some(v), &url_key, format!("invalid URL {u:?}: expected http://host:port or https://…"));
+                    None
+                } else {
+                    Some(u.to_string())
+                }
+            }
+            None => {
+                if !c.contains_key("url") {
+                    self.error(None, &url_key, "missing (e.g. \"http://127.0.0.1:8083\")");
+                }
+                None
+            }
+        };
+        let settings = self.inherited(c, prefix, Some(top));
+        Some(HttpSourceConfig {
+            name: name?,
+            url: url?,
+            sample_interval: settings.interval,
+            sample_timeout: settings.timeout,
+            backoff_max: settings.backoff_max,
+        })
+    }
+
+    fn prometheus(&mut self, c: &Dict, prefix: &str, top: &Inherited) -> Option<PrometheusConfig> {
+        let source = self.http_source(c, prefix, top, &PROMETHEUS_KEYS);
+        let queries = self.tables(c, "queries", |v, q, qprefix| {
+            let qprefix = format!("{prefix}.{qprefix}");
+            v.unknown_keys(q, &qprefix, &QUERY_KEYS);
+            let signal = match v.string(q, &qprefix, "signal") {
+                Some((s, val)) => {
+                    let ok = s.chars().next().is_some_and(|ch| ch.is_ascii_lowercase() || ch == '_')
+                        && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+                    if !ok {
+                        v.error(Some(val), &join(&qprefix, "signal"), format!("invalid signal name {s:?}: use [a-z_][a-z0-9_]*"));
+                        None
+                    } else if crate::catalog::find(s).is_some() {
+                        v.error(Some(val), &join(&qprefix, "signal"), format!("{s:?} is a built-in signal; pick another name"));
+                        None
+                    } else {
+                        Some(s.to_string())
+                    }
+                }
+                None => {
+                    if !q.contains_key("signal") {
+                        v.error(None, &join(&qprefix, "signal"), "missing");
+                    }
+                    None
+                }
+            };
+            let query = match v.string(q, &qprefix, "query") {
+                Some((s, _)) if !s.trim().is_empty() => Some(s.to_string()),
+                Some((_, val)) => {
+                    v.error(Some(val), &join(&qprefix, "query"), "empty query");
+                    None
+                }
+                None => {
+                    if !q.contains_key("query") {
+                        v.error(None, &join(&qprefix, "query"), "missing");
+                    }
+                    None
+                }
+            };
+            Some(PromQuery { signal: signal?, query: query? })
+        });
+        Some(PrometheusConfig { source: source?, queries })
+    }
+
+    fn dlq(&mut self, dict: &Dict) -> DlqConfig {
+        let mut out = DlqConfig { patterns: DEFAULT_DLQ_PATTERNS.iter().map(|p| p.to_string()).collect(), topics: Vec::new() };
+        let d = match dict.get("dlq") {
+            None => return out,
+            Some(Value::Dict(_, d)) => d,
+            Some(v) => {
+                self.error(Some(v), "dlq", "expected a table ([dlq])");
+                return out;
+            }
+        };
+        self.unknown_keys(d, "dlq", &DLQ_KEYS);
+        match d.get("patterns") {
+            None => {}
+            Some(Value::Array(_, items)) => {
+                out.patterns.clear();
+                for (i, item) in items.iter().enumerate() {
+                    let key = format!("dlq.patterns[{i}]");
+                    match item.as_str() {
+                        Some(p) if p.contains("{topic}") || p.contains("{group}") => out.patterns.push(p.to_string()),
+                        Some(p) => self.error(Some(item), &key, format!("pattern {p:?} names neither {{topic}} nor {{group}}")),
+                        None => self.error(Some(item), &key, "expected a string"),
+                    }
+                }
+            }
+            Some(v) => self.error(Some(v), "dlq.patterns", "expected a list of patterns such as \"{topic}.dlq\""),
+        }
+        out.topics = self.tables(d, "topics", |v, t, prefix| {
+            let prefix = format!("dlq.{prefix}");
+            v.unknown_keys(t, &prefix, &DLQ_TOPIC_KEYS);
+            let req = |v: &mut Self, k: &str| match v.string(t, &prefix, k) {
+                Some((s, _)) => Some(s.to_string()),
+                None => {
+                    if !t.contains_key(k) {
+                        v.error(None, &join(&prefix, k), "missing");
+                    }
+                    None
+                }
+            };
+            let dlq_topic = req(v, "dlq_topic");
+            let source_topic = req(v, "source_topic");
+            let cluster = v.string(t, &prefix, "cluster").map(|(s, _)| s.to_string());
+            let group = v.string(t, &prefix, "group").map(|(s, _)| s.to_string());
+            Some(DlqMapping { cluster, dlq_topic: dlq_topic?, source_topic: source_topic?, group })
+        });
+        out
+    }
+
+    fn history(&mut self, dict: &Dict) -> HistoryConfig {
+        let mut h = HistoryConfig::default();
+        let d = match dict.get("history") {
+            None => return h,
+            Some(Value::Dict(_, d)) => d,
+            Some(v) => {
+                self.error(Some(v), "history", "expected a table ([history])");
+                return h;
+            }
+        };
+        self.unknown_keys(d, "history", &HISTORY_KEYS);
+        if let Some(v) = self.duration(d, "history", "retention") {
+            h.retention = v;
+        }
+        if let Some(v) = self.positive(d, "history", "max_points") {
+            h.max_points = v;
+        }
+        if let Some(v) = self.duration(d, "history", "rate_window") {
+            h.rate_window = v;
+        }
+        if let Some(v) = self.duration(d, "history", "status_window") {
+            h.status_window = v;
+        }
+        for (key, w) in [("rate_window", h.rate_window), ("status_window", h.status_window)] {
+            if w > h.retention {
+                self.error(
+                    d.get(key),
+                    &format!("history.{key}"),
+                    format!(
+                        "window ({}) is longer than history.retention ({})",
+                        humantime::format_duration(w),
+                        humantime::format_duration(h.retention)
+                    ),
+                );
+            }
+        }
+        h
     }
 
     fn inherited(&mut self, dict: &Dict, prefix: &str, parent: Option<&Inherited>) -> Inherited {
@@ -284,20 +622,7 @@ impl Validator<'_> {
 
     fn cluster(&mut self, c: &Dict, prefix: &str, top: &Inherited) -> Option<ClusterConfig> {
         self.unknown_keys(c, prefix, &CLUSTER_KEYS);
-        let name_key = join(prefix, "name");
-        let name = match self.string(c, prefix, "name") {
-            Some((n, v)) if n.is_empty() || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) => {
-                self.error(Some(v), &name_key, format!("invalid cluster name {n:?}: use letters, digits, `_`, `.`, `-`"));
-                None
-            }
-            Some((n, _)) => Some(n.to_string()),
-            None => {
-                if !c.contains_key("name") {
-                    self.error(None, &name_key, "missing (every cluster needs a unique name)");
-                }
-                None
-            }
-        };
+        let name = self.name(c, prefix);
         let bs_key = join(prefix, "bootstrap_servers");
         let bootstrap = match c.get("bootstrap_servers") {
             None => {
@@ -318,6 +643,12 @@ impl Validator<'_> {
             }
         };
         let properties = self.properties(c, prefix);
+        let probe_budget = match c.get("probe_budget") {
+            Some(v) if v.to_i128() == Some(0) => Some(0),
+            Some(_) => self.positive(c, prefix, "probe_budget"),
+            None => None,
+        }
+        .unwrap_or(DEFAULT_PROBE_BUDGET);
         let settings = self.inherited(c, prefix, Some(top));
         Some(ClusterConfig {
             name: name?,
@@ -328,6 +659,7 @@ impl Validator<'_> {
             backoff_max: settings.backoff_max,
             offset_fetch_concurrency: settings.concurrency,
             groups: settings.groups,
+            probe_budget,
         })
     }
 

@@ -10,7 +10,7 @@ pub struct SampleFailed<'a> {
     pub source: &'a str,
     /// Bounded error kind, used as a label.
     pub error_kind: &'static str,
-    pub error: &'a dyn std::error::Error,
+    pub error: &'a (dyn std::error::Error + Send + Sync),
     pub consecutive_failures: u32,
 }
 
@@ -31,7 +31,8 @@ pub struct SampleSucceeded<'a> {
     pub kind: SourceKind,
     pub source: &'a str,
     pub seconds: f64,
-    pub groups: usize,
+    /// Series produced by the sample.
+    pub series: usize,
     /// Failures that preceded this success (0 in steady state).
     pub recovered_after: u32,
 }
@@ -42,7 +43,7 @@ impl SampleSucceeded<'_> {
         if self.recovered_after > 0 {
             tracing::info!(kind = self.kind.as_str(), source = self.source, failures = self.recovered_after, "source recovered, data fresh again");
         }
-        tracing::debug!(kind = self.kind.as_str(), source = self.source, seconds = self.seconds, groups = self.groups, "sampled");
+        tracing::debug!(kind = self.kind.as_str(), source = self.source, seconds = self.seconds, series = self.series, "sampled");
     }
 }
 

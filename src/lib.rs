@@ -4,6 +4,7 @@
 //! `serve` (`/metrics`, health). See `DESIGN.md` in the shared docs and the README.
 
 pub mod agent;
+pub mod catalog;
 pub mod config;
 pub mod events;
 pub mod report;

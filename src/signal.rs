@@ -72,3 +72,105 @@ mod tests {
         assert_eq!(quality(t0 + Duration::from_secs(26), Some(t0), false, stale_after), Quality::Stale);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Generic series: what every source produces, what the store keeps history of, what
+// /metrics and /api/v1/signals show.
+// ---------------------------------------------------------------------------------------
+
+/// Label set of a series, sorted by name.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// Identity of a series: a signal name and its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SeriesKey {
+    pub signal: String,
+    pub labels: Labels,
+}
+
+impl SeriesKey {
+    pub fn new(signal: &str, labels: &[(&str, &str)]) -> Self {
+        SeriesKey {
+            signal: signal.to_string(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels.get(name).map(String::as_str)
+    }
+}
+
+/// One value of one series in one sample. Never NaN or infinite: an unknown value is
+/// simply not observed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    pub key: SeriesKey,
+    pub value: f64,
+}
+
+impl Observation {
+    /// `None` for a non-finite value, so callers can `extend(…flatten())` without ever
+    /// storing NaN.
+    pub fn new(signal: &str, labels: &[(&str, &str)], value: f64) -> Option<Self> {
+        value.is_finite().then(|| Observation { key: SeriesKey::new(signal, labels), value })
+    }
+}
+
+/// Something watched, as the API lists it: a consumer group, a connector, a Flink job…
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetInfo {
+    /// `kafka_cluster`, `kafka_group`, `connect_cluster`, `connector`, `flink_cluster`,
+    /// `flink_job`, `prometheus`.
+    pub kind: &'static str,
+    /// Unique within (source, kind): group id, connector name, job id.
+    pub name: String,
+    /// `ok`, `warn`, `failed` or `unknown`, in the target's own terms (detail explains).
+    pub health: &'static str,
+    /// Free-form detail for people: states, failure traces, config-derived facts.
+    /// Never exported as metric labels.
+    pub detail: serde_json::Value,
+}
+
+/// Everything one sample of one source produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceSample {
+    pub observations: Vec<Observation>,
+    pub targets: Vec<TargetInfo>,
+    /// Dead-letter topics discovered from the source's own configuration (Kafka Connect
+    /// sink connectors' `errors.deadletterqueue.topic.name`).
+    pub dlq_links: Vec<DlqLink>,
+}
+
+/// A dead-letter topic and the pipeline it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DlqLink {
+    pub dlq_topic: String,
+    /// Topics whose failed records go to the DLQ.
+    pub source_topics: Vec<String>,
+    /// The consumer group reading the source topics (`connect-<connector>` for sinks).
+    pub group: String,
+    /// Where the link came from: `config`, `pattern`, `connect:<source>/<connector>`.
+    pub origin: String,
+}
+
+/// Prometheus metric type of a signal's exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Gauge,
+    /// A monotonically increasing count (exposed with the `_total` suffix).
+    Counter,
+}
+
+/// A signal every rule and dashboard can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalDef {
+    /// Name used in rules and the API (`lag_seconds`, `checkpoint_age_seconds`).
+    pub name: &'static str,
+    /// Metric name after the `streamguard_` prefix (without `_total` for counters).
+    pub metric: &'static str,
+    pub kind: MetricKind,
+    pub help: &'static str,
+    /// Label names every series of the signal carries.
+    pub labels: &'static [&'static str],
+}

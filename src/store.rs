@@ -1,32 +1,44 @@
-//! The store: the latest sample of every source and the health of its sampling loop.
+//! The store: per source, the health of its sampling loop, its latest targets, and a
+//! bounded history of every series it produced.
 //!
-//! Samplers write, the HTTP layer reads. The lock is a std `RwLock` held only for a
-//! copy or a pointer swap, never across an `.await`. Snapshots are `Arc`ed so a scrape
-//! never copies a cluster's data.
+//! Samplers write, everything else reads. The lock is a std `RwLock` held only for
+//! copies and in-place updates, never across an `.await`.
 //!
-//! It keeps the latest snapshot only; bounded per-series history windows (for rates,
-//! time lag and trends) are a later layer on top of this one.
+//! # Guarantees
+//! - Memory is bounded: each series keeps at most `max_points` points and none older than
+//!   `retention`; a series not produced for `retention` is dropped whole.
+//! - Quality is derived, never stored: a series is `fresh` only if its source's latest
+//!   attempt succeeded recently **and** that sample produced the series; `stale` if the
+//!   source failed or stopped; `missing` if the source is fine but no longer produces it.
+//! - No NaN is ever stored ([`Observation::new`] refuses non-finite values).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::config::{DlqConfig, HistoryConfig};
 use crate::sample::kafka::KafkaSnapshot;
-use crate::signal::{quality, Quality};
+use crate::signal::{quality, DlqLink, Observation, Quality, SeriesKey, SourceSample, TargetInfo};
 
 /// Which kind of source a loop samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Kafka,
+    Connect,
+    Flink,
+    Prometheus,
 }
 
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Kafka => "kafka",
+            SourceKind::Connect => "connect",
+            SourceKind::Flink => "flink",
+            SourceKind::Prometheus => "prometheus",
         }
     }
 }
@@ -53,20 +65,105 @@ impl SourceHealth {
     }
 }
 
-/// One source: its health and latest data.
+/// Bounded history of one series.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// Oldest first; timestamps strictly increasing.
+    pub points: VecDeque<(SystemTime, f64)>,
+}
+
+impl Series {
+    pub fn last(&self) -> Option<(SystemTime, f64)> {
+        self.points.back().copied()
+    }
+
+    /// Points at or after `since`, oldest first.
+    pub fn since(&self, since: SystemTime) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
+        self.points.iter().copied().filter(move |(t, _)| *t >= since)
+    }
+}
+
+/// One source: health, latest targets and series history.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub health: SourceHealth,
+    /// The latest Kafka snapshot (Kafka sources only), for `lag` and the API.
     pub snapshot: Option<Arc<KafkaSnapshot>>,
+    pub targets: Vec<TargetInfo>,
+    /// Dead-letter links the source discovered (Kafka Connect).
+    pub dlq_links: Vec<DlqLink>,
+    pub series: HashMap<SeriesKey, Series>,
+}
+
+impl Entry {
+    /// Quality of one series of this source at `now`.
+    pub fn series_quality(&self, now: SystemTime, key: &SeriesKey) -> Quality {
+        match self.health.quality(now) {
+            Quality::Fresh => {
+                let produced_last_time = self
+                    .series
+                    .get(key)
+                    .and_then(Series::last)
+                    .is_some_and(|(t, _)| Some(t) == self.health.last_success);
+                if produced_last_time {
+                    Quality::Fresh
+                } else {
+                    Quality::Missing
+                }
+            }
+            q => q,
+        }
+    }
+
+    /// The series this source produced in its latest successful sample, while fresh.
+    pub fn fresh_series(&self, now: SystemTime) -> impl Iterator<Item = (&SeriesKey, f64)> {
+        let fresh = self.health.quality(now) == Quality::Fresh;
+        let at = self.health.last_success;
+        self.series.iter().filter_map(move |(k, s)| match s.last() {
+            Some((t, v)) if fresh && Some(t) == at => Some((k, v)),
+            _ => None,
+        })
+    }
 }
 
 /// Shared between samplers and readers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     inner: RwLock<BTreeMap<(SourceKind, String), Entry>>,
+    history: HistoryConfig,
+    dlq: RwLock<DlqConfig>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new(HistoryConfig::default())
+    }
 }
 
 impl Store {
+    pub fn new(history: HistoryConfig) -> Self {
+        Store {
+            inner: RwLock::default(),
+            history,
+            dlq: RwLock::new(DlqConfig { patterns: Vec::new(), topics: Vec::new() }),
+        }
+    }
+
+    pub fn set_dlq_config(&self, dlq: DlqConfig) {
+        *self.dlq.write().unwrap_or_else(|p| p.into_inner()) = dlq;
+    }
+
+    /// The configured DLQ mappings and every link the sources discovered.
+    pub fn dlq_inputs(&self) -> (DlqConfig, Vec<DlqLink>) {
+        let config = self.dlq.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let links = self.read().values().flat_map(|e| e.dlq_links.iter().cloned()).collect();
+        (config, links)
+    }
+
+    pub fn history_config(&self) -> HistoryConfig {
+        self.history
+    }
+
     /// Declares a source before its first sample, so it is `missing` (not absent) until then.
     pub fn register(&self, kind: SourceKind, name: &str, stale_after: Duration) {
         let health = SourceHealth {
@@ -78,21 +175,43 @@ impl Store {
             consecutive_failures: 0,
             stale_after,
         };
-        self.write().insert((kind, name.to_string()), Entry { health, snapshot: None });
+        self.write()
+            .insert((kind, name.to_string()), Entry { health, snapshot: None, targets: Vec::new(), dlq_links: Vec::new(), series: HashMap::new() });
     }
 
-    /// Records a successful sample.
-    pub fn record_success(&self, kind: SourceKind, name: &str, at: SystemTime, snapshot: KafkaSnapshot) {
+    /// Records a successful sample: appends every observation to its series' history,
+    /// replaces the targets, trims history to the configured bounds.
+    pub fn record_success(&self, kind: SourceKind, name: &str, at: SystemTime, sample: SourceSample) {
+        let history = self.history;
+        let mut map = self.write();
+        let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
+        e.health.last_attempt = Some(at);
+        e.health.last_success = Some(at);
+        e.health.last_error = None;
+        e.health.consecutive_failures = 0;
+        e.targets = sample.targets;
+        e.dlq_links = sample.dlq_links;
+        append(&mut e.series, at, sample.observations, &history);
+    }
+
+    /// Adds observations derived after a sample (time lag, rates, status) at the same
+    /// timestamp as that sample, so they count as produced by it.
+    pub fn record_derived(&self, kind: SourceKind, name: &str, at: SystemTime, observations: Vec<Observation>) {
+        let history = self.history;
+        let mut map = self.write();
+        if let Some(e) = map.get_mut(&(kind, name.to_string())) {
+            append(&mut e.series, at, observations, &history);
+        }
+    }
+
+    /// Keeps the latest Kafka snapshot of a source.
+    pub fn set_snapshot(&self, kind: SourceKind, name: &str, snapshot: KafkaSnapshot) {
         if let Some(e) = self.write().get_mut(&(kind, name.to_string())) {
-            e.health.last_attempt = Some(at);
-            e.health.last_success = Some(at);
-            e.health.last_error = None;
-            e.health.consecutive_failures = 0;
             e.snapshot = Some(Arc::new(snapshot));
         }
     }
 
-    /// Records a failed attempt; the previous snapshot is kept but is now stale.
+    /// Records a failed attempt; history is kept but the source's series are now stale.
     /// Returns the number of consecutive failures.
     pub fn record_failure(&self, kind: SourceKind, name: &str, at: SystemTime, error: String) -> u32 {
         let mut map = self.write();
@@ -103,14 +222,26 @@ impl Store {
         e.health.consecutive_failures
     }
 
-    /// A consistent copy of every entry (cheap: snapshots are shared).
-    pub fn entries(&self) -> Vec<Entry> {
-        self.read().values().cloned().collect()
+    /// Runs `f` over one source's entry under the read lock.
+    pub fn with_entry<T>(&self, kind: SourceKind, name: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        self.read().get(&(kind, name.to_string())).map(f)
+    }
+
+    /// Runs `f` over every entry under the read lock (no copies).
+    pub fn with_entries<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Entry>) -> T) -> T {
+        let map = self.read();
+        let mut it = map.values();
+        f(&mut it)
+    }
+
+    /// A copy of every source's health and latest snapshot (cheap: no series).
+    pub fn health(&self) -> Vec<(SourceHealth, Option<Arc<KafkaSnapshot>>)> {
+        self.read().values().map(|e| (e.health.clone(), e.snapshot.clone())).collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(SourceKind, String), Entry>> {
-        // A panic while holding the lock cannot leave the map half-written (every
-        // write is a single insert or field assignment), so poisoning is ignored.
+        // Every write is a sequence of single-field updates that cannot panic halfway
+        // in a way that breaks an invariant readers rely on, so poisoning is ignored.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -119,28 +250,92 @@ impl Store {
     }
 }
 
+/// Appends observations at `at` and enforces the bounds. A second value for the same
+/// series at the same time replaces the first.
+fn append(series: &mut HashMap<SeriesKey, Series>, at: SystemTime, observations: Vec<Observation>, h: &HistoryConfig) {
+    for o in observations {
+        let s = series.entry(o.key).or_default();
+        match s.points.back_mut() {
+            Some((t, v)) if *t == at => *v = o.value,
+            Some((t, _)) if *t > at => {} // never reorder history
+            _ => s.points.push_back((at, o.value)),
+        }
+    }
+    let horizon = at.checked_sub(h.retention).unwrap_or(SystemTime::UNIX_EPOCH);
+    series.retain(|_, s| {
+        while s.points.len() > h.max_points || s.points.front().is_some_and(|(t, _)| *t < horizon) {
+            s.points.pop_front();
+        }
+        !s.points.is_empty()
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn snapshot() -> KafkaSnapshot {
-        crate::sample::kafka::build_snapshot("c", &[], &[], &[], &Default::default(), &Default::default())
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + s)
+    }
+
+    fn obs(signal: &str, v: f64) -> Observation {
+        Observation::new(signal, &[("cluster", "c")], v).unwrap()
+    }
+
+    fn sample(o: Vec<Observation>) -> SourceSample {
+        SourceSample { observations: o, ..SourceSample::default() }
     }
 
     #[test]
     fn a_source_goes_missing_fresh_stale_and_fresh_again() {
         let s = Store::default();
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
         s.register(SourceKind::Kafka, "c", Duration::from_secs(10));
-        assert_eq!(s.entries()[0].health.quality(t0), Quality::Missing);
-        s.record_success(SourceKind::Kafka, "c", t0, snapshot());
-        assert_eq!(s.entries()[0].health.quality(t0), Quality::Fresh);
-        assert_eq!(s.record_failure(SourceKind::Kafka, "c", t0, "down".into()), 1);
-        let e = &s.entries()[0];
-        assert_eq!(e.health.quality(t0), Quality::Stale);
-        assert!(e.snapshot.is_some(), "the last data is kept, flagged stale");
-        s.record_success(SourceKind::Kafka, "c", t0, snapshot());
-        assert_eq!(s.entries()[0].health.quality(t0), Quality::Fresh);
-        assert_eq!(s.entries()[0].health.consecutive_failures, 0);
+        let q = |now| s.with_entry(SourceKind::Kafka, "c", |e| e.health.quality(now)).unwrap();
+        assert_eq!(q(t(0)), Quality::Missing);
+        s.record_success(SourceKind::Kafka, "c", t(0), sample(vec![obs("a", 1.0)]));
+        assert_eq!(q(t(0)), Quality::Fresh);
+        assert_eq!(s.record_failure(SourceKind::Kafka, "c", t(1), "down".into()), 1);
+        assert_eq!(q(t(1)), Quality::Stale);
+        let kept = s.with_entry(SourceKind::Kafka, "c", |e| e.series.len()).unwrap();
+        assert_eq!(kept, 1, "history is kept while stale");
+        s.record_success(SourceKind::Kafka, "c", t(2), sample(vec![obs("a", 2.0)]));
+        assert_eq!(q(t(2)), Quality::Fresh);
+    }
+
+    #[test]
+    fn a_series_not_produced_by_the_latest_sample_is_missing_not_fresh() {
+        let s = Store::default();
+        s.register(SourceKind::Kafka, "c", Duration::from_secs(10));
+        s.record_success(SourceKind::Kafka, "c", t(0), sample(vec![obs("a", 1.0), obs("b", 1.0)]));
+        s.record_success(SourceKind::Kafka, "c", t(1), sample(vec![obs("a", 2.0)]));
+        s.with_entry(SourceKind::Kafka, "c", |e| {
+            assert_eq!(e.series_quality(t(1), &SeriesKey::new("a", &[("cluster", "c")])), Quality::Fresh);
+            assert_eq!(e.series_quality(t(1), &SeriesKey::new("b", &[("cluster", "c")])), Quality::Missing);
+            let fresh: Vec<_> = e.fresh_series(t(1)).map(|(k, v)| (k.signal.clone(), v)).collect();
+            assert_eq!(fresh, vec![("a".to_string(), 2.0)]);
+        });
+    }
+
+    #[test]
+    fn history_is_bounded_by_points_and_age() {
+        let s = Store::new(HistoryConfig { retention: Duration::from_secs(100), max_points: 5, ..HistoryConfig::default() });
+        s.register(SourceKind::Kafka, "c", Duration::from_secs(10));
+        for i in 0..20 {
+            s.record_success(SourceKind::Kafka, "c", t(i), sample(vec![obs("a", i as f64)]));
+        }
+        let pts: Vec<f64> = s
+            .with_entry(SourceKind::Kafka, "c", |e| e.series[&SeriesKey::new("a", &[("cluster", "c")])].points.iter().map(|p| p.1).collect())
+            .unwrap();
+        assert_eq!(pts, vec![15.0, 16.0, 17.0, 18.0, 19.0]);
+        // A series unseen for longer than retention is dropped.
+        s.record_success(SourceKind::Kafka, "c", t(19 + 101), sample(vec![obs("b", 1.0)]));
+        let n = s.with_entry(SourceKind::Kafka, "c", |e| e.series.len()).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn nan_is_never_observed() {
+        assert!(Observation::new("a", &[], f64::NAN).is_none());
+        assert!(Observation::new("a", &[], f64::INFINITY).is_none());
     }
 }

@@ -43,7 +43,8 @@ fn metrics_pass_promtool_lint_and_openmetrics_is_served_on_request() {
     let (status, om) = http_get_with(agent.port, "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n");
     assert_eq!(status, 200);
     assert!(om.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
-    assert!(om.contains("# TYPE streamguard_kafka_group info"));
+    assert!(om.contains("# TYPE streamguard_build info"), "{om}");
+    assert!(om.contains("# TYPE streamguard_kafka_group_info gauge"), "{om}");
 }
 
 #[test]
@@ -95,7 +96,11 @@ fn dashboard_queries_are_valid_promql_over_metrics_the_agent_exposes() {
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
     assert!(exprs.len() >= 8);
-    let registered = std::fs::read_to_string(repo_root().join("src/serve/metrics.rs")).unwrap();
+    // Metric names are registered in src/serve/metrics.rs and in each source's SIGNALS.
+    let registered: String = ["src/serve/metrics.rs", "src/sample/kafka.rs", "src/sample/connect.rs", "src/sample/flink.rs"]
+        .iter()
+        .map(|f| std::fs::read_to_string(repo_root().join(f)).unwrap())
+        .collect();
     let name = regex::Regex::new(r"streamguard_[a-z_]+").unwrap();
     for expr in &exprs {
         let concrete = expr.replace("$cluster", ".*").replace("$group", ".*");

@@ -25,6 +25,45 @@ use super::kafka_admin::{
     Admin, AdminError, Committed, GroupDescription, GroupListing, GroupState, GroupType, OffsetSpec, TopicPartition,
 };
 use crate::config::ClusterConfig;
+use crate::signal::{MetricKind, Observation, SignalDef, SourceSample, TargetInfo};
+
+const P: &[&str] = &["cluster", "group", "topic", "partition"];
+const G: &[&str] = &["cluster", "group"];
+const GT: &[&str] = &["cluster", "group", "topic"];
+const TP: &[&str] = &["cluster", "topic", "partition"];
+
+const fn gauge(name: &'static str, metric: &'static str, labels: &'static [&'static str], help: &'static str) -> SignalDef {
+    SignalDef { name, metric, kind: MetricKind::Gauge, help, labels }
+}
+
+/// Signals of the Kafka source: the raw ones from each sample, and those derived from
+/// their history (time lag, rates, status; see `kafka_derive`).
+pub const SIGNALS: &[SignalDef] = &[
+    gauge("lag_offsets", "kafka_partition_lag_offsets", P, "Log-end offset minus committed offset; absent when the partition has no commit"),
+    gauge("committed_offset", "kafka_partition_committed_offset", P, "The group's committed offset"),
+    gauge("has_committed_offset", "kafka_partition_has_committed_offset", P, "1 when the group has a committed offset for the partition, 0 when it has none"),
+    gauge("log_end_offset", "kafka_partition_log_end_offset", TP, "Offset of the next record to be written"),
+    gauge("log_start_offset", "kafka_partition_log_start_offset", TP, "Earliest offset still in the log"),
+    gauge("group_lag_offsets", "kafka_group_lag_offsets", G, "Sum of the group's known partition lags"),
+    gauge("group_topic_lag_offsets", "kafka_group_topic_lag_offsets", GT, "Sum of the group's known partition lags on one topic"),
+    gauge("group_topic_max_lag_offsets", "kafka_group_topic_max_lag_offsets", GT, "Largest known partition lag of the group on one topic"),
+    gauge("group_uncommitted_partitions", "kafka_group_uncommitted_partitions", G, "Partitions the group consumes (assigned or committed) that have no committed offset"),
+    gauge("group_state", "kafka_group_state", &["cluster", "group", "state"], "Consumer group state: 1 for the current state"),
+    gauge("group_members", "kafka_group_members", G, "Members of the consumer group"),
+    gauge("group_info", "kafka_group_info", &["cluster", "group", "type"], "Consumer group protocol type (classic or consumer, KIP-848); always 1"),
+    gauge("groups", "kafka_groups", &["cluster"], "Consumer groups watched on the cluster (after include/exclude)"),
+    gauge("lag_seconds", "kafka_partition_lag_seconds", &["cluster", "group", "topic", "partition", "method"], "Time lag: age of the next record the group will read (method probe) or time since the log end was at the committed offset (method interpolation)"),
+    gauge("group_lag_seconds", "kafka_group_lag_seconds", &["cluster", "group", "method"], "Largest partition time lag of the group"),
+    gauge("produce_rate", "kafka_partition_produce_rate", TP, "Records per second written to the partition over the rate window"),
+    gauge("topic_produce_rate", "kafka_topic_produce_rate", &["cluster", "topic"], "Records per second written to the topic over the rate window"),
+    gauge("consume_rate", "kafka_group_consume_rate", G, "Records per second the group commits over the rate window"),
+    gauge("group_topic_consume_rate", "kafka_group_topic_consume_rate", GT, "Records per second the group commits on one topic over the rate window"),
+    gauge("group_status", "kafka_group_status", &["cluster", "group", "status"], "Group status over the status window: 1 for the current one of OK, WARN, STALL, STOP, REWIND, UNKNOWN"),
+    SignalDef { name: "group_rebalances", metric: "kafka_group_rebalances", kind: MetricKind::Counter, help: "Rebalances seen (the group left Stable or its member count changed)", labels: G },
+    SignalDef { name: "group_rewinds", metric: "kafka_group_rewinds", kind: MetricKind::Counter, help: "Committed offsets seen moving backwards", labels: G },
+    gauge("dlq_rate", "kafka_dlq_rate", &["cluster", "dlq_topic", "topic", "group"], "Records per second written to the dead-letter topic over the rate window"),
+    gauge("dlq_ratio", "kafka_dlq_ratio", &["cluster", "dlq_topic", "topic", "group"], "DLQ rate divided by the group's consume rate on the source topic; absent while the source is idle"),
+];
 
 /// Why a sample failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,6 +159,90 @@ pub struct KafkaSnapshot {
     pub partitions: BTreeMap<TopicPartition, PartitionOffsets>,
     /// Errors that did not fail the sample (a group whose offsets could not be read).
     pub partial_errors: Vec<String>,
+}
+
+impl KafkaSnapshot {
+    /// The raw signals of this sample. Unknown values produce no observation.
+    pub fn observations(&self) -> Vec<Observation> {
+        let c = self.cluster.as_str();
+        let mut out = Vec::new();
+        out.extend(Observation::new("groups", &[("cluster", c)], self.groups.len() as f64));
+        for (tp, o) in &self.partitions {
+            let p = tp.partition.to_string();
+            let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
+            if let Some(v) = o.log_end_offset {
+                out.extend(Observation::new("log_end_offset", &l, v as f64));
+            }
+            if let Some(v) = o.log_start_offset {
+                out.extend(Observation::new("log_start_offset", &l, v as f64));
+            }
+        }
+        for g in &self.groups {
+            let gl = [("cluster", c), ("group", g.group.as_str())];
+            for st in GroupState::ALL {
+                out.extend(Observation::new("group_state", &[gl[0], gl[1], ("state", st.as_str())], f64::from(u8::from(st == g.state))));
+            }
+            out.extend(Observation::new("group_members", &gl, f64::from(g.members)));
+            out.extend(Observation::new("group_info", &[gl[0], gl[1], ("type", g.kind.as_str())], 1.0));
+            if g.error.is_some() {
+                // This group's offsets are unknown this cycle: no lag series at all.
+                continue;
+            }
+            out.extend(Observation::new("group_uncommitted_partitions", &gl, f64::from(g.uncommitted_partitions)));
+            if let Some(v) = g.lag_offsets {
+                out.extend(Observation::new("group_lag_offsets", &gl, v as f64));
+            }
+            for (topic, (sum, max)) in g.topic_lags() {
+                let l = [gl[0], gl[1], ("topic", topic)];
+                out.extend(Observation::new("group_topic_lag_offsets", &l, sum as f64));
+                out.extend(Observation::new("group_topic_max_lag_offsets", &l, max as f64));
+            }
+            for p in &g.partitions {
+                let part = p.partition.to_string();
+                let l = [gl[0], gl[1], ("topic", p.topic.as_str()), ("partition", part.as_str())];
+                out.extend(Observation::new("has_committed_offset", &l, f64::from(u8::from(p.committed_offset.is_some()))));
+                if let Some(v) = p.committed_offset {
+                    out.extend(Observation::new("committed_offset", &l, v as f64));
+                }
+                if let Some(v) = p.lag_offsets {
+                    out.extend(Observation::new("lag_offsets", &l, v as f64));
+                }
+            }
+        }
+        out
+    }
+
+    /// The cluster and its groups as API targets.
+    pub fn targets(&self) -> Vec<TargetInfo> {
+        let mut out = vec![TargetInfo {
+            kind: "kafka_cluster",
+            name: self.cluster.clone(),
+            health: "ok",
+            detail: serde_json::json!({ "groups": self.groups.len(), "partial_errors": self.partial_errors }),
+        }];
+        for g in &self.groups {
+            let health = match (&g.error, g.state) {
+                (Some(_), _) => "unknown",
+                (None, GroupState::Dead | GroupState::Unknown) => "warn",
+                _ => "ok",
+            };
+            out.push(TargetInfo {
+                kind: "kafka_group",
+                name: g.group.clone(),
+                health,
+                detail: serde_json::json!({
+                    "state": g.state, "type": g.kind, "members": g.members, "lag_offsets": g.lag_offsets,
+                    "uncommitted_partitions": g.uncommitted_partitions, "error": g.error,
+                }),
+            });
+        }
+        out
+    }
+
+    /// Both, as one source sample.
+    pub fn to_sample(&self) -> SourceSample {
+        SourceSample { observations: self.observations(), targets: self.targets(), dlq_links: Vec::new() }
+    }
 }
 
 /// Which groups to watch.

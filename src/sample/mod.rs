@@ -1,5 +1,10 @@
 //! Samplers: one file per source. A sampler measures and returns values; it never
 //! decides, retries or schedules (that is the agent loop's job).
 
+pub mod connect;
+pub mod flink;
+pub mod http;
 pub mod kafka;
 pub mod kafka_admin;
+pub mod kafka_derive;
+pub mod prometheus;

@@ -24,8 +24,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::sample::kafka::KafkaSnapshot;
-use crate::signal::{unix_secs, Quality};
+use std::collections::BTreeMap;
+
+use prometheus_client::metrics::counter::ConstCounter;
+
+use crate::catalog;
+use crate::signal::{unix_secs, MetricKind, Quality, SignalDef};
 use crate::store::{SourceKind, Store};
 
 type SourceLabels = Vec<(&'static str, String)>;
@@ -150,89 +154,14 @@ fn gauge_family<V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
     Ok(())
 }
 
-/// Data series of one fresh Kafka snapshot, grouped by metric.
-#[derive(Default)]
-struct KafkaRows {
-    lag: Vec<(SourceLabels, i64)>,
-    committed: Vec<(SourceLabels, i64)>,
-    has_commit: Vec<(SourceLabels, i64)>,
-    end: Vec<(SourceLabels, i64)>,
-    start: Vec<(SourceLabels, i64)>,
-    group_lag: Vec<(SourceLabels, i64)>,
-    topic_lag: Vec<(SourceLabels, i64)>,
-    topic_max_lag: Vec<(SourceLabels, i64)>,
-    uncommitted: Vec<(SourceLabels, i64)>,
-    state: Vec<(SourceLabels, i64)>,
-    members: Vec<(SourceLabels, i64)>,
-    info: Vec<SourceLabels>,
-    groups: Vec<(SourceLabels, i64)>,
-}
-
-impl KafkaRows {
-    fn add(&mut self, s: &KafkaSnapshot) {
-        let c = || ("cluster", s.cluster.clone());
-        self.groups.push((vec![c()], s.groups.len() as i64));
-        for (tp, o) in &s.partitions {
-            let l = vec![c(), ("topic", tp.topic.clone()), ("partition", tp.partition.to_string())];
-            if let Some(v) = o.log_end_offset {
-                self.end.push((l.clone(), v));
-            }
-            if let Some(v) = o.log_start_offset {
-                self.start.push((l, v));
-            }
-        }
-        for g in &s.groups {
-            let gl = vec![c(), ("group", g.group.clone())];
-            for st in crate::sample::kafka_admin::GroupState::ALL {
-                let mut l = gl.clone();
-                l.push(("state", st.as_str().to_string()));
-                self.state.push((l, i64::from(st == g.state)));
-            }
-            self.members.push((gl.clone(), i64::from(g.members)));
-            let mut info = gl.clone();
-            info.push(("type", g.kind.as_str().to_string()));
-            self.info.push(info);
-            if g.error.is_some() {
-                // Offsets of this group are unknown this cycle: no lag series at all.
-                continue;
-            }
-            self.uncommitted.push((gl.clone(), i64::from(g.uncommitted_partitions)));
-            if let Some(v) = g.lag_offsets {
-                self.group_lag.push((gl.clone(), v));
-            }
-            for (topic, (sum, max)) in g.topic_lags() {
-                let mut l = gl.clone();
-                l.push(("topic", topic.to_string()));
-                self.topic_lag.push((l.clone(), sum));
-                self.topic_max_lag.push((l, max));
-            }
-            for p in &g.partitions {
-                let mut l = gl.clone();
-                l.push(("topic", p.topic.clone()));
-                l.push(("partition", p.partition.to_string()));
-                self.has_commit.push((l.clone(), i64::from(p.committed_offset.is_some())));
-                if let Some(v) = p.committed_offset {
-                    self.committed.push((l.clone(), v));
-                }
-                if let Some(v) = p.lag_offsets {
-                    self.lag.push((l, v));
-                }
-            }
-        }
-    }
-}
-
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = SystemTime::now();
-        let entries = self.store.entries();
         let mut up = Vec::new();
         let mut quality = Vec::new();
         let mut last_success = Vec::new();
         let mut failures = Vec::new();
-        let mut kafka = KafkaRows::default();
-        for e in &entries {
-            let h = &e.health;
+        for (h, _) in self.store.health() {
             let l = source_labels(h.kind, &h.name);
             let q = h.quality(now);
             up.push((l.clone(), i64::from(h.last_success.is_some() && h.consecutive_failures == 0)));
@@ -245,11 +174,6 @@ impl Collector for StoreCollector {
                 last_success.push((l.clone(), unix_secs(t)));
             }
             failures.push((l, i64::from(h.consecutive_failures)));
-            if q == Quality::Fresh {
-                if let Some(s) = &e.snapshot {
-                    kafka.add(s);
-                }
-            }
         }
         let e = &mut encoder;
         gauge_family(e, "source_up", "1 when the latest sample attempt of the source succeeded", None, &up)?;
@@ -262,55 +186,38 @@ impl Collector for StoreCollector {
             &last_success,
         )?;
         gauge_family(e, "source_consecutive_failures", "Failed sample attempts since the last success", None, &failures)?;
-        gauge_family(e, "kafka_groups", "Consumer groups watched on the cluster (after include/exclude)", None, &kafka.groups)?;
-        gauge_family(e, "kafka_group_state", "Consumer group state: 1 for the current state", None, &kafka.state)?;
-        gauge_family(e, "kafka_group_members", "Members of the consumer group", None, &kafka.members)?;
-        if !kafka.info.is_empty() {
-            let mut family = e.encode_descriptor(
-                "kafka_group",
-                "Consumer group protocol type (classic or consumer, KIP-848)",
-                None,
-                MetricType::Info,
-            )?;
-            for l in &kafka.info {
-                family.encode_info(l)?;
+
+        // Every built-in signal's fresh series. Stale and missing series are withdrawn.
+        let mut rows: BTreeMap<&'static str, Vec<(SourceLabels, f64)>> = BTreeMap::new();
+        self.store.with_entries(|entries| {
+            for entry in entries {
+                for (key, value) in entry.fresh_series(now) {
+                    let Some(def) = catalog::find(&key.signal) else { continue };
+                    rows.entry(def.name).or_default().push((ordered_labels(def, &key.labels), value));
+                }
+            }
+        });
+        for def in catalog::all() {
+            let Some(rows) = rows.get_mut(def.name) else { continue };
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            match def.kind {
+                MetricKind::Gauge => gauge_family(e, def.metric, def.help, None, rows)?,
+                MetricKind::Counter => {
+                    let mut family = e.encode_descriptor(def.metric, def.help, None, MetricType::Counter)?;
+                    for (labels, v) in rows.iter() {
+                        ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
+                    }
+                }
             }
         }
-        gauge_family(e, "kafka_group_lag_offsets", "Sum of the group's known partition lags", None, &kafka.group_lag)?;
-        gauge_family(e, "kafka_group_topic_lag_offsets", "Sum of the group's known partition lags on one topic", None, &kafka.topic_lag)?;
-        gauge_family(
-            e,
-            "kafka_group_topic_max_lag_offsets",
-            "Largest known partition lag of the group on one topic",
-            None,
-            &kafka.topic_max_lag,
-        )?;
-        gauge_family(
-            e,
-            "kafka_group_uncommitted_partitions",
-            "Partitions the group consumes (assigned or committed) that have no committed offset",
-            None,
-            &kafka.uncommitted,
-        )?;
-        gauge_family(
-            e,
-            "kafka_partition_lag_offsets",
-            "Log-end offset minus committed offset; absent when the partition has no commit",
-            None,
-            &kafka.lag,
-        )?;
-        gauge_family(e, "kafka_partition_committed_offset", "The group's committed offset", None, &kafka.committed)?;
-        gauge_family(
-            e,
-            "kafka_partition_has_committed_offset",
-            "1 when the group has a committed offset for the partition, 0 when it has none",
-            None,
-            &kafka.has_commit,
-        )?;
-        gauge_family(e, "kafka_partition_log_end_offset", "Offset of the next record to be written", None, &kafka.end)?;
-        gauge_family(e, "kafka_partition_log_start_offset", "Earliest offset still in the log", None, &kafka.start)?;
         let mut build = e.encode_descriptor("build", "streamguard build information", None, MetricType::Info)?;
         build.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         Ok(())
     }
+}
+
+/// Labels in the order the catalog declares them. The catalog lists every label a
+/// built-in signal carries (a unit test in each source checks its observations).
+fn ordered_labels(def: &SignalDef, labels: &crate::signal::Labels) -> SourceLabels {
+    def.labels.iter().filter_map(|name| labels.get(*name).map(|v| (*name, v.clone()))).collect()
 }

@@ -59,11 +59,11 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let now = SystemTime::now();
     let not_ready: Vec<String> = s
         .store
-        .entries()
+        .health()
         .iter()
-        .filter_map(|e| {
-            let q = e.health.quality(now);
-            (q != Quality::Fresh).then(|| format!("{} {}: {}", e.health.kind.as_str(), e.health.name, q.as_str()))
+        .filter_map(|(h, _)| {
+            let q = h.quality(now);
+            (q != Quality::Fresh).then(|| format!("{} {}: {}", h.kind.as_str(), h.name, q.as_str()))
         })
         .collect();
     if not_ready.is_empty() {

@@ -1,0 +1,36 @@
+//! The catalog of built-in signals: every name a rule, the API or a dashboard can use,
+//! with its metric name, type and labels. Each source module owns its entries; this
+//! module only puts them together.
+
+use crate::signal::SignalDef;
+
+/// Every built-in signal.
+pub fn all() -> impl Iterator<Item = &'static SignalDef> {
+    crate::sample::kafka::SIGNALS
+        .iter()
+        .chain(crate::sample::connect::SIGNALS)
+        .chain(crate::sample::flink::SIGNALS)
+}
+
+/// The built-in signal named `name`.
+pub fn find(name: &str) -> Option<&'static SignalDef> {
+    all().find(|d| d.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_and_metric_names_are_unique_and_well_formed() {
+        let mut names = std::collections::BTreeSet::new();
+        let mut metrics = std::collections::BTreeSet::new();
+        for d in all() {
+            assert!(names.insert(d.name), "duplicate signal {}", d.name);
+            assert!(metrics.insert(d.metric), "duplicate metric {}", d.metric);
+            let ok = |s: &str| s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            assert!(ok(d.name) && ok(d.metric), "{d:?}");
+            assert!(!d.metric.ends_with("_total"), "counters are registered without _total: {}", d.metric);
+        }
+    }
+}
