@@ -89,7 +89,11 @@ struct Schedule {
 
 /// Every kind of source, dispatched by the loop.
 enum Source {
-    Kafka { sampler: Arc<KafkaSampler>, pending: Option<JoinHandle<Result<KafkaSnapshot, SampleError>>> },
+    Kafka {
+        sampler: Arc<KafkaSampler>,
+        pending: Option<JoinHandle<Result<KafkaSnapshot, SampleError>>>,
+        derive: kafka_derive::DeriveState,
+    },
     Connect(ConnectSampler),
     Flink(FlinkSampler),
     Prometheus(PrometheusSampler),
@@ -129,12 +133,13 @@ impl Source {
     async fn run_once(&mut self, name: &str, store: &Store, hard_timeout: Duration) -> Result<usize, Failure> {
         let kind = self.kind();
         let sample = match self {
-            Source::Kafka { sampler, pending } => {
+            Source::Kafka { sampler, pending, derive } => {
                 if pending.as_ref().is_some_and(|h| !h.is_finished()) {
                     return Err(Failure::new("skipped", Busy));
                 }
                 let s = sampler.clone();
-                let mut handle = tokio::task::spawn_blocking(move || s.sample());
+                let dlq = store.dlq_inputs();
+                let mut handle = tokio::task::spawn_blocking(move || s.sample(&dlq));
                 let snapshot = match tokio::time::timeout(hard_timeout, &mut handle).await {
                     Err(_) => {
                         *pending = Some(handle);
@@ -148,7 +153,10 @@ impl Source {
                 let sample = snapshot.to_sample();
                 let n = sample.observations.len();
                 store.record_success(kind, name, at, sample);
-                let derived = kafka_derive::derive(store, name, &snapshot, at);
+                let history = store.history_config();
+                let derived = store
+                    .with_entry(kind, name, |e| kafka_derive::derive(e, &snapshot, at, &history, derive))
+                    .unwrap_or_default();
                 let n = n + derived.len();
                 store.record_derived(kind, name, at, derived);
                 store.set_snapshot(kind, name, snapshot);
@@ -185,7 +193,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         let sampler = KafkaSampler::new(c).map_err(|source| AgentError::Client { cluster: c.name.clone(), source })?;
         store.register(SourceKind::Kafka, &c.name, c.stale_after());
         let sched = Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
-        loops.push((Source::Kafka { sampler: Arc::new(sampler), pending: None }, c.name.clone(), sched));
+        loops.push((Source::Kafka { sampler: Arc::new(sampler), pending: None, derive: Default::default() }, c.name.clone(), sched));
     }
     let http_sched = |c: &HttpSourceConfig| Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
     for c in &config.connect {

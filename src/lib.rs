@@ -13,3 +13,4 @@ pub mod serve;
 pub mod signal;
 pub mod store;
 pub mod suggest;
+pub mod window;

@@ -26,8 +26,10 @@ pub async fn sample_all(config: &Config) -> Vec<ClusterReport> {
     let mut handles = Vec::new();
     for c in &config.clusters {
         let c = c.clone();
+        let dlq = (config.dlq.clone(), Vec::new());
         handles.push(tokio::task::spawn_blocking(move || {
-            let result = KafkaSampler::new(&c).map_err(|e| e.to_string()).and_then(|s| s.sample().map_err(|e| e.to_string()));
+            let result =
+                KafkaSampler::new(&c).map_err(|e| e.to_string()).and_then(|s| s.sample(&dlq).map_err(|e| e.to_string()));
             match result {
                 Ok(s) => ClusterReport { cluster: c.name, error: None, snapshot: Some(s) },
                 Err(e) => ClusterReport { cluster: c.name, error: Some(e), snapshot: None },

@@ -24,8 +24,8 @@ use serde::Serialize;
 use super::kafka_admin::{
     Admin, AdminError, Committed, GroupDescription, GroupListing, GroupState, GroupType, OffsetSpec, TopicPartition,
 };
-use crate::config::ClusterConfig;
-use crate::signal::{MetricKind, Observation, SignalDef, SourceSample, TargetInfo};
+use crate::config::{ClusterConfig, DlqConfig};
+use crate::signal::{DlqLink, MetricKind, Observation, SignalDef, SourceSample, TargetInfo};
 
 const P: &[&str] = &["cluster", "group", "topic", "partition"];
 const G: &[&str] = &["cluster", "group"];
@@ -159,6 +159,12 @@ pub struct KafkaSnapshot {
     pub partitions: BTreeMap<TopicPartition, PartitionOffsets>,
     /// Errors that did not fail the sample (a group whose offsets could not be read).
     pub partial_errors: Vec<String>,
+    /// Dead-letter topics found on the cluster and what they serve.
+    pub dlq: Vec<ResolvedDlq>,
+    /// Time (ms since the epoch) of the record at (partition, committed offset), for
+    /// lagging partitions the exact probe has read (this cycle or cached).
+    #[serde(skip)]
+    pub record_times: HashMap<TopicPartition, HashMap<i64, i64>>,
 }
 
 impl KafkaSnapshot {
@@ -269,6 +275,7 @@ pub struct KafkaSampler {
     filter: GroupFilter,
     timeout: Duration,
     offset_fetch_concurrency: usize,
+    probe: Probe,
 }
 
 /// librdkafka properties the sampler sets itself unless the user overrides them.
@@ -289,13 +296,15 @@ pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> 
 impl KafkaSampler {
     /// Creates the sampler and its client (no connection is made yet).
     pub fn new(cluster: &ClusterConfig) -> Result<Self, AdminError> {
-        let admin = Admin::new(&client_config(&cluster.bootstrap_servers, &cluster.properties))?;
+        let config = client_config(&cluster.bootstrap_servers, &cluster.properties);
+        let admin = Admin::new(&config)?;
         Ok(KafkaSampler {
             cluster: cluster.name.clone(),
             admin,
             filter: cluster.groups.clone(),
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
+            probe: Probe::new(config, cluster.probe_budget),
         })
     }
 
@@ -304,7 +313,10 @@ impl KafkaSampler {
     }
 
     /// Takes one sample. Blocks for at most about the configured timeout.
-    pub fn sample(&self) -> Result<KafkaSnapshot, SampleError> {
+    ///
+    /// `dlq` is the configured DLQ matching and the links other sources discovered; the
+    /// DLQ topics it resolves to are sampled too.
+    pub fn sample(&self, dlq: &(DlqConfig, Vec<DlqLink>)) -> Result<KafkaSnapshot, SampleError> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -323,15 +335,26 @@ impl KafkaSampler {
 
         let descriptions = self.admin.describe_groups(&names, left()).map_err(|e| fail("describe_groups", e))?;
         let committed = self.admin.list_group_offsets(&names, self.offset_fetch_concurrency, left());
+        let topics = self.admin.topics(left()).map_err(|e| fail("metadata", e))?;
 
-        let wanted = partitions_to_query(&descriptions, &committed);
+        let mut wanted = partitions_to_query(&descriptions, &committed);
+        let consumed = consumed_topics(&descriptions, &committed);
+        let dlqs = resolve_dlq(&self.cluster, &dlq.0, &dlq.1, &consumed, &topics);
+        let dlq_partitions: BTreeSet<TopicPartition> = dlqs
+            .iter()
+            .flat_map(|d| (0..topics.get(&d.dlq_topic).copied().unwrap_or(0)).map(|p| TopicPartition { topic: d.dlq_topic.clone(), partition: p }))
+            .collect();
+        wanted.extend(dlq_partitions.iter().cloned());
+        wanted.sort();
+        wanted.dedup();
+
         let specs = [OffsetSpec::Earliest, OffsetSpec::Latest];
         let mut offsets = self.admin.list_offsets(&wanted, &specs, left()).map_err(|e| fail("list_offsets", e))?;
         let failed = failed_partitions(&offsets);
         if !failed.is_empty() {
-            // Stale leader metadata (after a broker restart or leader move) fails every
-            // affected partition until the cache is refreshed: refresh once, retry those.
-            if self.admin.refresh_metadata(left()).is_ok() {
+            // Stale leader metadata fails every affected partition until the cache is
+            // refreshed (see Admin::topics): refresh once more, retry only those.
+            if self.admin.topics(left()).is_ok() {
                 if let Ok(retry) = self.admin.list_offsets(&failed, &specs, left()) {
                     for (all, again) in offsets.iter_mut().zip(retry) {
                         all.extend(again);
@@ -343,9 +366,228 @@ impl KafkaSampler {
         let (starts, ends) = (specs.next().unwrap_or_default(), specs.next().unwrap_or_default());
 
         let mut snapshot = build_snapshot(&self.cluster, &listings, &descriptions, &committed, &starts, &ends);
+        for tp in dlq_partitions {
+            let o = PartitionOffsets {
+                log_start_offset: starts.get(&tp).and_then(|r| r.as_ref().ok().copied()),
+                log_end_offset: ends.get(&tp).and_then(|r| r.as_ref().ok().copied()),
+            };
+            snapshot.partitions.entry(tp).or_insert(o);
+        }
+        snapshot.dlq = dlqs;
+        // The exact time-lag probe spends what is left of the budget, never more.
+        for ((tp, offset), ms) in self.probe.run(&snapshot.groups, deadline) {
+            snapshot.record_times.entry(tp).or_default().insert(offset, ms);
+        }
         snapshot.taken_at = SystemTime::now();
         snapshot.duration_seconds = started.elapsed().as_secs_f64();
         Ok(snapshot)
+    }
+}
+
+/// (group, topic) pairs some group consumes.
+fn consumed_topics(
+    descriptions: &[GroupDescription],
+    committed: &[(String, Result<Vec<Committed>, AdminError>)],
+) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for d in descriptions {
+        for m in &d.members {
+            out.extend(m.assignment.iter().map(|tp| (d.group_id.clone(), tp.topic.clone())));
+        }
+    }
+    for (g, r) in committed {
+        if let Ok(list) = r {
+            out.extend(list.iter().map(|(tp, _)| (g.clone(), tp.topic.clone())));
+        }
+    }
+    out
+}
+
+/// A dead-letter topic matched to the pipeline it serves, on one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ResolvedDlq {
+    pub dlq_topic: String,
+    /// The topic whose failed records go to the DLQ.
+    pub source_topic: String,
+    /// The group consuming `source_topic` (its consume rate is the ratio's denominator).
+    pub group: String,
+    /// `config`, `pattern <p>` or `connect:<source>/<connector>`.
+    pub origin: String,
+}
+
+/// Matches DLQ topics that exist on the cluster to (source topic, group) pairs. Pure.
+///
+/// Precedence: explicit config, then links discovered from Kafka Connect, then name
+/// patterns (`{topic}` is a consumed topic, `{group}` a group consuming it). A DLQ topic
+/// is never matched to itself as a source.
+pub fn resolve_dlq(
+    cluster: &str,
+    config: &DlqConfig,
+    links: &[DlqLink],
+    consumed: &BTreeSet<(String, String)>,
+    topics: &BTreeMap<String, i32>,
+) -> Vec<ResolvedDlq> {
+    let mut out: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    let mut add = |dlq: &str, source: &str, group: &str, origin: String| {
+        if dlq != source && topics.contains_key(dlq) {
+            out.entry((dlq.to_string(), source.to_string(), group.to_string())).or_insert(origin);
+        }
+    };
+    for m in &config.topics {
+        if m.cluster.as_deref().is_some_and(|c| c != cluster) {
+            continue;
+        }
+        match &m.group {
+            Some(g) => add(&m.dlq_topic, &m.source_topic, g, "config".into()),
+            None => {
+                for (g, t) in consumed {
+                    if *t == m.source_topic {
+                        add(&m.dlq_topic, t, g, "config".into());
+                    }
+                }
+            }
+        }
+    }
+    for l in links {
+        for t in &l.source_topics {
+            add(&l.dlq_topic, t, &l.group, l.origin.clone());
+        }
+    }
+    for (g, t) in consumed {
+        for p in &config.patterns {
+            let name = p.replace("{topic}", t).replace("{group}", g);
+            add(&name, t, g, format!("pattern {p}"));
+        }
+    }
+    out.into_iter()
+        .map(|((dlq_topic, source_topic, group), origin)| ResolvedDlq { dlq_topic, source_topic, group, origin })
+        .collect()
+}
+
+/// The exact time-lag probe: reads the timestamp of the record at a lagging group's
+/// committed offset (the next record it will process), a bounded number per cycle,
+/// cached by (partition, offset) so a stuck group costs one read, not one per cycle.
+struct Probe {
+    config: ClientConfig,
+    budget: usize,
+    consumer: std::sync::Mutex<Option<rdkafka::consumer::BaseConsumer>>,
+    cache: std::sync::Mutex<HashMap<(TopicPartition, i64), i64>>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").field("budget", &self.budget).finish_non_exhaustive()
+    }
+}
+
+/// Which (partition, committed offset) pairs to probe this cycle: lagging ones not yet
+/// cached, largest lag first, at most `budget`. Pure.
+pub fn probe_candidates(
+    groups: &[GroupLag],
+    cached: &dyn Fn(&(TopicPartition, i64)) -> bool,
+    budget: usize,
+) -> Vec<(TopicPartition, i64)> {
+    let mut lagging: BTreeMap<(TopicPartition, i64), i64> = BTreeMap::new();
+    for g in groups {
+        for p in &g.partitions {
+            if let (Some(c), Some(lag)) = (p.committed_offset, p.lag_offsets) {
+                if lag > 0 {
+                    let key = (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c);
+                    let e = lagging.entry(key).or_insert(0);
+                    *e = (*e).max(lag);
+                }
+            }
+        }
+    }
+    let mut v: Vec<((TopicPartition, i64), i64)> = lagging.into_iter().filter(|(k, _)| !cached(k)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.into_iter().take(budget).map(|(k, _)| k).collect()
+}
+
+impl Probe {
+    fn new(mut config: ClientConfig, budget: usize) -> Self {
+        config
+            .set("group.id", "streamguard-probe")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
+            .set("max.partition.fetch.bytes", "65536");
+        Probe { config, budget, consumer: std::sync::Mutex::new(None), cache: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Probes what the budget and `deadline` allow; returns the record time (ms since
+    /// the epoch) of every (partition, committed offset) of a lagging group that is known.
+    fn run(&self, groups: &[GroupLag], deadline: Instant) -> HashMap<(TopicPartition, i64), i64> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep only entries still at some group's committed offset: bounded by partitions.
+        let live: BTreeSet<(TopicPartition, i64)> = groups
+            .iter()
+            .flat_map(|g| g.partitions.iter().filter_map(|p| p.committed_offset.map(|c| (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c))))
+            .collect();
+        cache.retain(|k, _| live.contains(k));
+        if self.budget > 0 {
+            let wanted = probe_candidates(groups, &|k| cache.contains_key(k), self.budget);
+            if !wanted.is_empty() {
+                let found = self.read_timestamps(&wanted, deadline);
+                cache.extend(found);
+            }
+        }
+        cache.clone()
+    }
+
+    fn read_timestamps(&self, wanted: &[(TopicPartition, i64)], deadline: Instant) -> HashMap<(TopicPartition, i64), i64> {
+        use rdkafka::consumer::Consumer as _;
+        use rdkafka::Message as _;
+        let mut out = HashMap::new();
+        let mut slot = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            match self.config.create::<rdkafka::consumer::BaseConsumer>() {
+                Ok(c) => *slot = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the time-lag probe consumer");
+                    return out;
+                }
+            }
+        }
+        let Some(consumer) = slot.as_ref() else { return out };
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut pending: HashMap<(String, i32), i64> = HashMap::new();
+        for (tp, offset) in wanted {
+            if tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(*offset)).is_ok() {
+                pending.insert((tp.topic.clone(), tp.partition), *offset);
+            }
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            tracing::warn!(error = %e, "time-lag probe: assign failed");
+            return out;
+        }
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match consumer.poll(left.min(Duration::from_millis(100))) {
+                Some(Ok(m)) => {
+                    let key = (m.topic().to_string(), m.partition());
+                    if let Some(&offset) = pending.get(&key) {
+                        // The first record at or after the committed offset (a compacted
+                        // or deleted record is replaced by the next one that exists).
+                        if m.offset() >= offset {
+                            pending.remove(&key);
+                            if let Some(ms) = m.timestamp().to_millis() {
+                                out.insert((TopicPartition { topic: key.0, partition: key.1 }, offset), ms);
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "time-lag probe: fetch error"),
+                None => {}
+            }
+        }
+        let _ = consumer.unassign().map_err(|e| tracing::debug!(error = %e, "time-lag probe: unassign failed"));
+        out
     }
 }
 
@@ -469,6 +711,8 @@ pub fn build_snapshot(
         groups,
         partitions,
         partial_errors,
+        dlq: Vec::new(),
+        record_times: HashMap::new(),
     }
 }
 

@@ -379,18 +379,24 @@ impl Admin {
         Ok(())
     }
 
-    /// Refreshes librdkafka's cached cluster metadata (leaders and leader epochs).
+    /// Every topic and its partition count, from a metadata request for all topics.
     ///
-    /// Needed because librdkafka's `ListOffsets` sends the cached leader epoch and does
-    /// not refresh it on `FENCED_LEADER_EPOCH`: after a broker restart every partition
-    /// would keep failing until something else refreshed the cache (seen with
-    /// librdkafka 2.12.1 against Kafka 4.1).
-    pub fn refresh_metadata(&self, timeout: Duration) -> Result<(), AdminError> {
-        self.client
+    /// This also refreshes librdkafka's cached leaders and leader epochs, which
+    /// `ListOffsets` relies on: librdkafka 2.12.1 sends the cached leader epoch and does
+    /// not refresh it on `FENCED_LEADER_EPOCH`, so after a broker restart every partition
+    /// kept failing until something else refreshed the cache (seen against Kafka 4.1).
+    pub fn topics(&self, timeout: Duration) -> Result<std::collections::BTreeMap<String, i32>, AdminError> {
+        let md = self
+            .client
             .inner()
             .fetch_metadata(None, timeout)
-            .map(|_| ())
-            .map_err(|e| AdminError::Kafka { op: "Metadata", code: "Metadata".into(), message: e.to_string() })
+            .map_err(|e| AdminError::Kafka { op: "Metadata", code: "Metadata".into(), message: e.to_string() })?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect())
     }
 
     /// Earliest or latest offsets of many partitions in one call (librdkafka groups the

@@ -1,13 +1,364 @@
-//! Signals derived from a Kafka source's history: time lag, rates, group status, DLQ.
-//! SKELETON.
+//! Signals derived from a Kafka source's history after each sample: time lag (probe and
+//! interpolation), produce and consume rates, group status, rebalances, rewinds, and DLQ
+//! rate and ratio.
+//!
+//! Everything here is computed from the store's bounded history of the raw signals
+//! (`log_end_offset`, `committed_offset`, `lag_offsets`) plus the snapshot just taken, with
+//! the pure functions of [`crate::window`]. The only state kept across samples is what a
+//! counter needs (rebalances, rewinds), in [`DeriveState`].
+//!
+//! Unknown stays unknown: with too little history a derived value is simply absent.
 
-use std::time::SystemTime;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
 
+use crate::config::HistoryConfig;
 use crate::sample::kafka::KafkaSnapshot;
-use crate::signal::Observation;
-use crate::store::Store;
+use crate::sample::kafka_admin::{GroupState, TopicPartition};
+use crate::signal::{Observation, SeriesKey};
+use crate::store::Entry;
+use crate::window::{self, Point, Status};
 
-pub fn derive(store: &Store, cluster: &str, snapshot: &KafkaSnapshot, at: SystemTime) -> Vec<Observation> {
-    let _ = (store, cluster, snapshot, at);
-    Vec::new()
+/// What counters need from one sample to the next.
+#[derive(Debug, Default)]
+pub struct DeriveState {
+    /// (state, members) of each group at the previous sample.
+    previous: HashMap<String, (GroupState, u32)>,
+    /// Committed offset of each (group, partition) at the previous sample.
+    committed: HashMap<(String, TopicPartition), i64>,
+    rebalances: HashMap<String, u64>,
+    rewinds: HashMap<String, u64>,
+}
+
+/// A rebalance is seen when the group leaves Stable or its member count changes. Pure.
+pub fn is_rebalance(previous: Option<(GroupState, u32)>, now: (GroupState, u32)) -> bool {
+    match previous {
+        None => false,
+        Some((state, members)) => (state == GroupState::Stable && now.0 != GroupState::Stable) || members != now.1,
+    }
+}
+
+fn points(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
+    entry.series.get(key).map(|s| s.since(since).collect()).unwrap_or_default()
+}
+
+fn since(at: SystemTime, window: Duration) -> SystemTime {
+    at.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Derives every signal of this sample. `entry` already holds the raw observations of
+/// `snapshot` at time `at`.
+pub fn derive(
+    entry: &Entry,
+    snapshot: &KafkaSnapshot,
+    at: SystemTime,
+    history: &HistoryConfig,
+    state: &mut DeriveState,
+) -> Vec<Observation> {
+    let c = snapshot.cluster.as_str();
+    let mut out = Vec::new();
+    let rate_since = since(at, history.rate_window);
+    let status_since = since(at, history.status_window);
+
+    // Produce rates per partition and topic (from log-end offsets).
+    let mut produce: BTreeMap<&str, Option<f64>> = BTreeMap::new();
+    for tp in snapshot.partitions.keys() {
+        let p = tp.partition.to_string();
+        let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
+        let r = window::rate(&points(entry, &SeriesKey::new("log_end_offset", &l), rate_since));
+        let topic = produce.entry(tp.topic.as_str()).or_insert(Some(0.0));
+        match r {
+            Some(r) => {
+                out.extend(Observation::new("produce_rate", &l, r.per_second));
+                if let Some(sum) = topic {
+                    *sum += r.per_second;
+                }
+            }
+            // One unknown partition makes the topic's total unknown, not smaller.
+            None => *topic = None,
+        }
+    }
+    for (topic, rate) in &produce {
+        if let Some(r) = rate {
+            out.extend(Observation::new("topic_produce_rate", &[("cluster", c), ("topic", topic)], *r));
+        }
+    }
+
+    // Per group: time lag, consume rate, status, rebalances, rewinds.
+    let mut consume_by_topic: HashMap<(&str, &str), f64> = HashMap::new();
+    for g in &snapshot.groups {
+        let gname = g.group.as_str();
+        let gl = [("cluster", c), ("group", gname)];
+        let now = (g.state, g.members);
+        if is_rebalance(state.previous.get(&g.group).copied(), now) {
+            *state.rebalances.entry(g.group.clone()).or_default() += 1;
+        }
+        state.previous.insert(g.group.clone(), now);
+        out.extend(Observation::new("group_rebalances", &gl, *state.rebalances.entry(g.group.clone()).or_default() as f64));
+        if g.error.is_some() {
+            continue;
+        }
+
+        let mut max_lag: BTreeMap<&str, Option<f64>> = BTreeMap::from([("probe", Some(0.0)), ("interpolation", Some(0.0))]);
+        let mut statuses = Vec::new();
+        let mut group_rate = Some(0.0);
+        let mut topic_rates: BTreeMap<&str, Option<f64>> = BTreeMap::new();
+        for p in &g.partitions {
+            let Some(committed) = p.committed_offset else { continue };
+            let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
+            let part = p.partition.to_string();
+            let pl = [("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", part.as_str())];
+
+            if let Some(prev) = state.committed.insert((g.group.clone(), tp.clone()), committed) {
+                if committed < prev {
+                    *state.rewinds.entry(g.group.clone()).or_default() += 1;
+                }
+            }
+
+            // Time lag, both methods.
+            let caught_up = p.lag_offsets == Some(0);
+            let probe = if caught_up {
+                Some(0.0)
+            } else {
+                snapshot
+                    .record_times
+                    .get(&tp)
+                    .and_then(|m| m.get(&committed))
+                    .map(|ms| window::age(at, SystemTime::UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64)))
+            };
+            let end_key = SeriesKey::new("log_end_offset", &[("cluster", c), ("topic", p.topic.as_str()), ("partition", part.as_str())]);
+            let interpolation = if caught_up {
+                Some(0.0)
+            } else if p.lag_offsets.is_some() {
+                let table = points(entry, &end_key, SystemTime::UNIX_EPOCH);
+                window::time_at_offset(&table, committed as f64).map(|t| window::age(at, t))
+            } else {
+                None
+            };
+            for (method, value) in [("probe", probe), ("interpolation", interpolation)] {
+                let slot = max_lag.get_mut(method).expect("both methods are present");
+                match value {
+                    Some(v) => {
+                        out.extend(Observation::new("lag_seconds", &[pl[0], pl[1], pl[2], pl[3], ("method", method)], v));
+                        if let Some(m) = slot {
+                            *m = m.max(v);
+                        }
+                    }
+                    None => *slot = None,
+                }
+            }
+
+            // Consume rate.
+            let committed_key = SeriesKey::new("committed_offset", &pl);
+            let rate = window::rate(&points(entry, &committed_key, rate_since));
+            let topic_rate = topic_rates.entry(p.topic.as_str()).or_insert(Some(0.0));
+            match rate {
+                Some(r) => {
+                    if let Some(s) = group_rate.as_mut() {
+                        *s += r.per_second;
+                    }
+                    if let Some(s) = topic_rate.as_mut() {
+                        *s += r.per_second;
+                    }
+                }
+                None => {
+                    group_rate = None;
+                    *topic_rate = None;
+                }
+            }
+
+            // Status.
+            let lag_key = SeriesKey::new("lag_offsets", &pl);
+            statuses.push(window::partition_status(
+                &points(entry, &committed_key, status_since),
+                &points(entry, &lag_key, status_since),
+                history.status_window,
+                g.members > 0,
+            ));
+        }
+        out.extend(Observation::new("group_rewinds", &gl, *state.rewinds.entry(g.group.clone()).or_default() as f64));
+        if g.partitions.iter().any(|p| p.committed_offset.is_some()) {
+            for (method, max) in max_lag {
+                if let Some(m) = max {
+                    out.extend(Observation::new("group_lag_seconds", &[gl[0], gl[1], ("method", method)], m));
+                }
+            }
+            if let Some(r) = group_rate {
+                out.extend(Observation::new("consume_rate", &gl, r));
+            }
+            for (topic, r) in topic_rates {
+                if let Some(r) = r {
+                    out.extend(Observation::new("group_topic_consume_rate", &[gl[0], gl[1], ("topic", topic)], r));
+                    consume_by_topic.insert((gname, topic), r);
+                }
+            }
+        }
+        let status = window::group_status(statuses);
+        for s in Status::ALL {
+            out.extend(Observation::new("group_status", &[gl[0], gl[1], ("status", s.as_str())], f64::from(u8::from(s == status))));
+        }
+    }
+
+    // DLQ rate and ratio.
+    for d in &snapshot.dlq {
+        let l = [("cluster", c), ("dlq_topic", d.dlq_topic.as_str()), ("topic", d.source_topic.as_str()), ("group", d.group.as_str())];
+        let Some(Some(dlq_rate)) = produce.get(d.dlq_topic.as_str()) else { continue };
+        out.extend(Observation::new("dlq_rate", &l, *dlq_rate));
+        // Absent while the source is idle: a ratio over nothing is unknown, not 0 or ∞.
+        if let Some(consumed) = consume_by_topic.get(&(d.group.as_str(), d.source_topic.as_str())) {
+            if *consumed > 0.0 {
+                out.extend(Observation::new("dlq_ratio", &l, dlq_rate / consumed));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HistoryConfig;
+    use crate::sample::kafka::{build_snapshot, ResolvedDlq};
+    use crate::sample::kafka_admin::{GroupListing, GroupType};
+    use crate::store::{SourceKind, Store};
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    fn tp(topic: &str, p: i32) -> TopicPartition {
+        TopicPartition { topic: topic.into(), partition: p }
+    }
+
+    /// Feeds a sequence of (time, log end, committed, members) samples of one group on one
+    /// partition through the store and derive, as the agent does.
+    fn run(samples: &[(u64, i64, i64, u32)], dlq_end: Option<&[i64]>) -> Vec<Observation> {
+        let history = HistoryConfig {
+            retention: Duration::from_secs(3600),
+            max_points: 1000,
+            rate_window: Duration::from_secs(60),
+            status_window: Duration::from_secs(60),
+        };
+        let store = Store::new(history);
+        store.register(SourceKind::Kafka, "c", Duration::from_secs(3600));
+        let mut state = DeriveState::default();
+        let mut last = Vec::new();
+        for (i, (s, end, committed, members)) in samples.iter().enumerate() {
+            let listing = GroupListing {
+                group_id: "g".into(),
+                state: if *members > 0 { GroupState::Stable } else { GroupState::Empty },
+                kind: GroupType::Classic,
+                simple: false,
+            };
+            let commits = vec![("g".to_string(), Ok(vec![(tp("t", 0), Some(*committed))]))];
+            let mut ends: HashMap<_, _> = [(tp("t", 0), Ok(*end))].into_iter().collect();
+            if let Some(d) = dlq_end {
+                ends.insert(tp("t.dlq", 0), Ok(d[i]));
+            }
+            let mut snap = build_snapshot("c", &[listing], &[], &commits, &HashMap::new(), &ends);
+            if let Some(d) = dlq_end {
+                snap.partitions.insert(tp("t.dlq", 0), crate::sample::kafka::PartitionOffsets { log_start_offset: Some(0), log_end_offset: Some(d[i]) });
+                snap.dlq = vec![ResolvedDlq { dlq_topic: "t.dlq".into(), source_topic: "t".into(), group: "g".into(), origin: "config".into() }];
+            }
+            snap.groups[0].members = *members;
+            snap.taken_at = t(*s);
+            store.record_success(SourceKind::Kafka, "c", t(*s), snap.to_sample());
+            last = store.with_entry(SourceKind::Kafka, "c", |e| derive(e, &snap, t(*s), &history, &mut state)).unwrap();
+            store.record_derived(SourceKind::Kafka, "c", t(*s), last.clone());
+        }
+        last
+    }
+
+    fn value(obs: &[Observation], signal: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = obs
+            .iter()
+            .filter(|o| o.key.signal == signal && labels.iter().all(|(k, v)| o.key.label(k) == Some(*v)))
+            .map(|o| o.value)
+            .collect();
+        assert!(found.len() <= 1, "{signal} {labels:?}: {found:?}");
+        found.first().copied()
+    }
+
+    #[test]
+    fn interpolated_time_lag_follows_the_log_end_table() {
+        // The producer writes 10 records/s; the group committed offset 100, which the log
+        // end reached at t=10. At t=40 the lag is 30 s.
+        let s: Vec<(u64, i64, i64, u32)> = (0..=4).map(|i| (i * 10, i as i64 * 100, 100, 1)).collect();
+        let obs = run(&s, None);
+        assert_eq!(value(&obs, "lag_seconds", &[("method", "interpolation")]), Some(30.0));
+        assert_eq!(value(&obs, "group_lag_seconds", &[("method", "interpolation")]), Some(30.0));
+        assert_eq!(value(&obs, "lag_seconds", &[("method", "probe")]), None, "no probe result: unknown, not 0");
+    }
+
+    #[test]
+    fn time_lag_is_zero_when_caught_up_and_absent_with_one_point() {
+        let obs = run(&[(0, 50, 50, 1)], None);
+        assert_eq!(value(&obs, "lag_seconds", &[("method", "interpolation")]), Some(0.0));
+        assert_eq!(value(&obs, "lag_seconds", &[("method", "probe")]), Some(0.0));
+        let obs = run(&[(0, 50, 10, 1)], None);
+        assert_eq!(value(&obs, "lag_seconds", &[("method", "interpolation")]), None);
+    }
+
+    #[test]
+    fn rates_come_from_offset_deltas() {
+        let s: Vec<(u64, i64, i64, u32)> = (0..=3).map(|i| (i * 10, i as i64 * 100, i as i64 * 40, 1)).collect();
+        let obs = run(&s, None);
+        assert_eq!(value(&obs, "produce_rate", &[("partition", "0")]), Some(10.0));
+        assert_eq!(value(&obs, "topic_produce_rate", &[("topic", "t")]), Some(10.0));
+        assert_eq!(value(&obs, "consume_rate", &[("group", "g")]), Some(4.0));
+        assert_eq!(value(&obs, "group_topic_consume_rate", &[("topic", "t")]), Some(4.0));
+    }
+
+    #[test]
+    fn a_rewind_is_counted_and_reported_never_a_negative_rate() {
+        let obs = run(&[(0, 100, 80, 1), (10, 110, 90, 1), (20, 120, 10, 1), (30, 130, 20, 1)], None);
+        assert_eq!(value(&obs, "group_rewinds", &[]), Some(1.0));
+        assert_eq!(value(&obs, "consume_rate", &[]), Some(1.0));
+        assert_eq!(value(&obs, "group_status", &[("status", "REWIND")]), Some(1.0));
+    }
+
+    #[test]
+    fn status_is_stop_for_an_idle_group_with_lag_and_stall_with_members() {
+        let s: Vec<(u64, i64, i64, u32)> = (0..=6).map(|i| (i * 10, 100 + i as i64, 50, 0)).collect();
+        assert_eq!(value(&run(&s, None), "group_status", &[("status", "STOP")]), Some(1.0));
+        let s: Vec<(u64, i64, i64, u32)> = (0..=6).map(|i| (i * 10, 100 + i as i64, 50, 2)).collect();
+        assert_eq!(value(&run(&s, None), "group_status", &[("status", "STALL")]), Some(1.0));
+        let short: Vec<(u64, i64, i64, u32)> = (0..=1).map(|i| (i * 10, 100, 50, 2)).collect();
+        assert_eq!(value(&run(&short, None), "group_status", &[("status", "UNKNOWN")]), Some(1.0));
+    }
+
+    #[test]
+    fn rebalances_count_member_changes_and_leaving_stable() {
+        let obs = run(&[(0, 10, 10, 1), (10, 10, 10, 2), (20, 10, 10, 2), (30, 10, 10, 0)], None);
+        assert_eq!(value(&obs, "group_rebalances", &[]), Some(2.0));
+    }
+
+    #[test]
+    fn dlq_rate_and_ratio_follow_the_dlq_topic_and_the_consume_rate() {
+        // Source consumed at 10/s, DLQ grows 1/s → ratio 0.1.
+        let s: Vec<(u64, i64, i64, u32)> = (0..=3).map(|i| (i * 10, 1000, i as i64 * 100, 1)).collect();
+        let obs = run(&s, Some(&[0, 10, 20, 30]));
+        assert_eq!(value(&obs, "dlq_rate", &[("dlq_topic", "t.dlq")]), Some(1.0));
+        assert_eq!(value(&obs, "dlq_ratio", &[("dlq_topic", "t.dlq"), ("group", "g")]), Some(0.1));
+    }
+
+    #[test]
+    fn dlq_ratio_is_absent_while_the_source_is_idle() {
+        let s: Vec<(u64, i64, i64, u32)> = (0..=3).map(|i| (i * 10, 1000, 100, 1)).collect();
+        let obs = run(&s, Some(&[0, 0, 5, 5]));
+        assert!(value(&obs, "dlq_rate", &[]).is_some());
+        assert_eq!(value(&obs, "dlq_ratio", &[]), None);
+    }
+
+    #[test]
+    fn every_derived_observation_is_a_catalog_signal_with_its_declared_labels() {
+        let s: Vec<(u64, i64, i64, u32)> = (0..=6).map(|i| (i * 10, i as i64 * 100, i as i64 * 40, 1)).collect();
+        for o in run(&s, Some(&[0, 1, 2, 3, 4, 5, 6])) {
+            let def = crate::catalog::find(&o.key.signal).unwrap_or_else(|| panic!("{} is not in the catalog", o.key.signal));
+            let names: Vec<&str> = o.key.labels.keys().map(String::as_str).collect();
+            let mut declared: Vec<&str> = def.labels.to_vec();
+            declared.sort();
+            assert_eq!(names, declared, "{}", o.key.signal);
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! Errors become one [`ApiError`] with a precise status and a short reason; internal
 //! detail (error chains, paths) goes to the log, not to the client.
 
+pub mod api;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -29,14 +30,29 @@ pub struct AppState {
 /// One error type for every handler.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The request is wrong; the message says which parameter and why.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("metrics encoding failed")]
     Encode(#[from] std::fmt::Error),
 }
 
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest(message.into())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        tracing::error!(error = %self, "request failed");
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("{self}\n")).into_response()
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Encode(_) => {
+                tracing::error!(error = %self, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
     }
 }
 
@@ -45,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/targets", get(api::targets))
+        .route("/api/v1/signals", get(api::signals))
         .with_state(state)
 }
 
@@ -70,5 +88,76 @@ async fn readyz(State(s): State<AppState>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{}\n", not_ready.join("\n"))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::{Observation, SourceSample, TargetInfo};
+    use crate::store::SourceKind;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let store = Arc::new(Store::default());
+        store.register(SourceKind::Kafka, "local", std::time::Duration::from_secs(3600));
+        store.register(SourceKind::Flink, "flink", std::time::Duration::from_secs(3600));
+        let sample = SourceSample {
+            observations: vec![
+                Observation::new("lag_seconds", &[("cluster", "local"), ("group", "billing"), ("method", "probe")], 12.5).unwrap(),
+                Observation::new("lag_offsets", &[("cluster", "local"), ("group", "other")], 3.0).unwrap(),
+            ],
+            targets: vec![TargetInfo { kind: "kafka_group", name: "billing".into(), health: "ok", detail: serde_json::json!({}) }],
+            dlq_links: Vec::new(),
+        };
+        store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
+        let metrics = Arc::new(Metrics::new(store.clone()));
+        router(AppState { store, metrics })
+    }
+
+    async fn get(uri: &str) -> (StatusCode, serde_json::Value) {
+        let resp = app().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn signals_filter_by_signal_and_target_and_carry_quality() {
+        let (status, v) = get("/api/v1/signals?signal=lag_seconds&target=billing").await;
+        assert_eq!(status, StatusCode::OK);
+        let s = &v["signals"];
+        assert_eq!(s.as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(s[0]["value"], 12.5);
+        assert_eq!(s[0]["quality"], "fresh");
+        assert_eq!(s[0]["labels"]["method"], "probe");
+        assert_eq!(s[0]["history"].as_array().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_signal_is_a_400_with_a_suggestion() {
+        let (status, v) = get("/api/v1/signals?signal=lag_second").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"], "signal: unknown signal \"lag_second\" (did you mean \"lag_seconds\"?)");
+        let (status, v) = get("/api/v1/signals?history=forever").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().starts_with("history: invalid duration"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn targets_list_every_source_with_its_quality() {
+        let (status, v) = get("/api/v1/targets").await;
+        assert_eq!(status, StatusCode::OK);
+        let sources = v["sources"].as_array().unwrap();
+        assert_eq!(sources.len(), 2);
+        let flink = sources.iter().find(|s| s["kind"] == "flink").unwrap();
+        assert_eq!(flink["quality"], "missing", "never sampled is missing, not fresh or empty");
+        let kafka = sources.iter().find(|s| s["kind"] == "kafka").unwrap();
+        assert_eq!(kafka["targets"][0]["name"], "billing");
+        let (status, _) = get("/api/v1/targets?source_kind=kafak").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 }

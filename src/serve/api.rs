@@ -1,0 +1,155 @@
+//! The JSON API: `GET /api/v1/targets` and `GET /api/v1/signals`.
+//!
+//! Read-only views of the store. Every value carries its quality; a value that is not
+//! fresh is `null` (with the last known value and its time beside it), never 0.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::signal::{unix_secs, Quality, TargetInfo};
+
+/// Query of `/api/v1/targets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsQuery {
+    /// Only sources of this kind (`kafka`, `connect`, `flink`, `prometheus`).
+    pub source_kind: Option<String>,
+    /// Only targets of this kind (`kafka_group`, `connector`, `flink_job` …).
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceView {
+    pub kind: &'static str,
+    pub name: String,
+    pub quality: Quality,
+    pub last_success_time: Option<f64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub targets: Vec<TargetInfo>,
+}
+
+const SOURCE_KINDS: [&str; 4] = ["kafka", "connect", "flink", "prometheus"];
+
+/// Every watched thing and its health, grouped by the source that watches it.
+pub async fn targets(State(s): State<AppState>, Query(q): Query<TargetsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(k) = &q.source_kind {
+        if !SOURCE_KINDS.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("source_kind: unknown kind {k:?} (one of {})", SOURCE_KINDS.join(", "))));
+        }
+    }
+    let now = SystemTime::now();
+    let sources: Vec<SourceView> = s.store.with_entries(|entries| {
+        entries
+            .filter(|e| q.source_kind.as_deref().is_none_or(|k| k == e.health.kind.as_str()))
+            .map(|e| SourceView {
+                kind: e.health.kind.as_str(),
+                name: e.health.name.clone(),
+                quality: e.health.quality(now),
+                last_success_time: e.health.last_success.map(unix_secs),
+                last_error: e.health.last_error.clone(),
+                consecutive_failures: e.health.consecutive_failures,
+                targets: e.targets.iter().filter(|t| q.kind.as_deref().is_none_or(|k| k == t.kind)).cloned().collect(),
+            })
+            .collect()
+    });
+    Ok(Json(serde_json::json!({ "sources": sources })))
+}
+
+/// Query of `/api/v1/signals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsQuery {
+    /// Signal name (`lag_seconds`, `checkpoint_age_seconds`, or a Prometheus query's).
+    pub signal: Option<String>,
+    /// A watched thing: matches series with any label equal to it (a group, connector,
+    /// job, topic or cluster name).
+    pub target: Option<String>,
+    /// Only series of this source name.
+    pub source: Option<String>,
+    /// How much history to return per series (humantime; default `5m`, `0s` for none).
+    pub history: Option<String>,
+    /// At most this many series (default 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeriesView {
+    pub signal: String,
+    pub labels: BTreeMap<String, String>,
+    pub source_kind: &'static str,
+    pub source: String,
+    pub quality: Quality,
+    /// The current value when fresh; `null` otherwise.
+    pub value: Option<f64>,
+    pub last_value: Option<f64>,
+    pub last_time: Option<f64>,
+    /// `[unix_seconds, value]` pairs, oldest first.
+    pub history: Vec<(f64, f64)>,
+}
+
+/// Current values, quality and recent history of matching series.
+pub async fn signals(State(s): State<AppState>, Query(q): Query<SignalsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let history = match q.history.as_deref() {
+        None => Duration::from_secs(300),
+        Some(h) => humantime::parse_duration(h)
+            .map_err(|e| ApiError::bad_request(format!("history: invalid duration {h:?}: {e}")))?,
+    };
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let now = SystemTime::now();
+    let since = now.checked_sub(history).unwrap_or(SystemTime::UNIX_EPOCH);
+    let (views, known, total) = s.store.with_entries(|entries| {
+        let mut known: std::collections::BTreeSet<String> = crate::catalog::all().map(|d| d.name.to_string()).collect();
+        let mut views = Vec::new();
+        let mut total = 0usize;
+        for e in entries {
+            if q.source.as_deref().is_some_and(|src| src != e.health.name) {
+                known.extend(e.series.keys().map(|k| k.signal.clone()));
+                continue;
+            }
+            for (key, series) in &e.series {
+                known.insert(key.signal.clone());
+                if q.signal.as_deref().is_some_and(|sig| sig != key.signal) {
+                    continue;
+                }
+                if q.target.as_deref().is_some_and(|t| !key.labels.values().any(|v| v == t)) {
+                    continue;
+                }
+                total += 1;
+                if views.len() >= limit {
+                    continue;
+                }
+                let quality = e.series_quality(now, key);
+                let last = series.last();
+                views.push(SeriesView {
+                    signal: key.signal.clone(),
+                    labels: key.labels.clone(),
+                    source_kind: e.health.kind.as_str(),
+                    source: e.health.name.clone(),
+                    quality,
+                    value: if quality == Quality::Fresh { last.map(|p| p.1) } else { None },
+                    last_value: last.map(|p| p.1),
+                    last_time: last.map(|p| unix_secs(p.0)),
+                    history: if history.is_zero() { Vec::new() } else { series.since(since).map(|(t, v)| (unix_secs(t), v)).collect() },
+                });
+            }
+        }
+        (views, known, total)
+    });
+    if let Some(sig) = &q.signal {
+        if !known.contains(sig) {
+            let hint = crate::suggest::nearest(sig, known.iter().map(String::as_str))
+                .map(|n| format!(" (did you mean {n:?}?)"))
+                .unwrap_or_default();
+            return Err(ApiError::bad_request(format!("signal: unknown signal {sig:?}{hint}")));
+        }
+    }
+    let mut views = views;
+    views.sort_by(|a, b| (&a.signal, &a.labels).cmp(&(&b.signal, &b.labels)));
+    Ok(Json(serde_json::json!({ "signals": views, "total": total, "truncated": total > views.len() })))
+}
