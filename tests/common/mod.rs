@@ -204,8 +204,13 @@ impl Agent {
     }
 
     pub fn start_on(port: u16, bootstrap: &str, group_regex: &str) -> Agent {
+        Agent::start_with(port, &agent_config(port, bootstrap, group_regex))
+    }
+
+    /// Starts the agent with a whole config file body (which must listen on `port`).
+    pub fn start_with(port: u16, config: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(dir.path(), &agent_config(port, bootstrap, group_regex));
+        let cfg = write_config(dir.path(), config);
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new(bin())
             .args(["run", "--config"])
@@ -400,4 +405,29 @@ pub fn prometheus_query(expr: &str) -> (u16, serde_json::Value) {
     let port: u16 = std::env::var("PROMETHEUS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9090);
     let (status, body) = http_get(port, &format!("/api/v1/query?query={}", urlencode(expr)));
     (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+}
+
+impl Agent {
+    /// `/api/v1/signals` with the given query string, parsed.
+    pub fn signals(&self, query: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.get(&format!("/api/v1/signals?{query}"));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["signals"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The one fresh series of `signal` whose labels include `labels`, if any.
+    pub fn fresh(&self, signal: &str, target: &str, labels: &[(&str, &str)]) -> Option<serde_json::Value> {
+        let found: Vec<serde_json::Value> = self
+            .signals(&format!("signal={signal}&target={}", urlencode(target)))
+            .into_iter()
+            .filter(|s| s["quality"] == "fresh" && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .collect();
+        assert!(found.len() <= 1, "{signal} {labels:?} matches {found:?}");
+        found.into_iter().next()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64
 }
