@@ -790,6 +790,71 @@ mod tests {
         assert_eq!(t.get("b"), None);
     }
 
+    fn consumed(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+        pairs.iter().map(|(g, t)| (g.to_string(), t.to_string())).collect()
+    }
+
+    #[test]
+    fn dlq_topics_are_matched_by_config_then_connect_links_then_patterns() {
+        let topics: BTreeMap<String, i32> =
+            ["orders", "orders.dlq", "failed-payments", "payments", "sink-dlq", "dlq-billing"].iter().map(|t| (t.to_string(), 1)).collect();
+        let config = DlqConfig {
+            patterns: crate::config::DEFAULT_DLQ_PATTERNS.iter().map(|p| p.to_string()).collect(),
+            topics: vec![
+                crate::config::DlqMapping { cluster: None, dlq_topic: "failed-payments".into(), source_topic: "payments".into(), group: None },
+                crate::config::DlqMapping { cluster: Some("other".into()), dlq_topic: "orders".into(), source_topic: "x".into(), group: None },
+            ],
+        };
+        let links = vec![DlqLink {
+            dlq_topic: "sink-dlq".into(),
+            source_topics: vec!["orders".into()],
+            group: "connect-sink".into(),
+            origin: "connect:local/sink".into(),
+        }];
+        let got = resolve_dlq(
+            "c",
+            &config,
+            &links,
+            &consumed(&[("app", "orders"), ("pay", "payments"), ("billing", "invoices"), ("connect-sink", "orders")]),
+            &topics,
+        );
+        let rows: Vec<(&str, &str, &str, &str)> =
+            got.iter().map(|d| (d.dlq_topic.as_str(), d.source_topic.as_str(), d.group.as_str(), d.origin.as_str())).collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("dlq-billing", "invoices", "billing", "pattern dlq-{group}"),
+                ("failed-payments", "payments", "pay", "config"),
+                ("orders.dlq", "orders", "app", "pattern {topic}.dlq"),
+                ("orders.dlq", "orders", "connect-sink", "pattern {topic}.dlq"),
+                ("sink-dlq", "orders", "connect-sink", "connect:local/sink"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dlq_that_does_not_exist_or_is_its_own_source_is_not_matched() {
+        let topics: BTreeMap<String, i32> = [("a".to_string(), 1), ("a.dlq".to_string(), 1)].into_iter().collect();
+        let config = DlqConfig { patterns: vec!["{topic}.dlq".into(), "{topic}".into()], topics: Vec::new() };
+        let got = resolve_dlq("c", &config, &[], &consumed(&[("g", "a"), ("g", "b")]), &topics);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].dlq_topic, "a.dlq");
+    }
+
+    #[test]
+    fn probe_picks_uncached_lagging_partitions_largest_lag_first_within_budget() {
+        let committed = vec![(
+            "g".to_string(),
+            Ok(vec![(tp("t", 0), Some(1)), (tp("t", 1), Some(1)), (tp("t", 2), Some(10)), (tp("t", 3), None)]),
+        )];
+        let ends: HashMap<_, _> = [(tp("t", 0), Ok(5)), (tp("t", 1), Ok(50)), (tp("t", 2), Ok(10)), (tp("t", 3), Ok(9))].into_iter().collect();
+        let s = build_snapshot("c", &[listing("g")], &[], &committed, &HashMap::new(), &ends);
+        let picked = probe_candidates(&s.groups, &|_| false, 10);
+        assert_eq!(picked, vec![(tp("t", 1), 1), (tp("t", 0), 1)], "caught-up and uncommitted partitions are never probed");
+        assert_eq!(probe_candidates(&s.groups, &|_| false, 1), vec![(tp("t", 1), 1)]);
+        assert_eq!(probe_candidates(&s.groups, &|k| k.0.partition == 1, 10), vec![(tp("t", 0), 1)]);
+    }
+
     #[test]
     fn filter_applies_include_then_exclude() {
         let f = GroupFilter {

@@ -42,6 +42,23 @@ fn points(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
     entry.series.get(key).map(|s| s.since(since).collect()).unwrap_or_default()
 }
 
+/// Sum of several series at the times all of them have a point (they come from the same
+/// snapshots, so their timestamps line up), oldest first.
+fn aligned_sum(entry: &Entry, keys: &[SeriesKey], since: SystemTime) -> Vec<Point> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let mut sums: BTreeMap<SystemTime, (f64, usize)> = BTreeMap::new();
+    for k in keys {
+        for (t, v) in points(entry, k, since) {
+            let e = sums.entry(t).or_insert((0.0, 0));
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+    sums.into_iter().filter(|(_, (_, n))| *n == keys.len()).map(|(t, (v, _))| (t, v)).collect()
+}
+
 fn since(at: SystemTime, window: Duration) -> SystemTime {
     at.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH)
 }
@@ -85,7 +102,6 @@ pub fn derive(
     }
 
     // Per group: time lag, consume rate, status, rebalances, rewinds.
-    let mut consume_by_topic: HashMap<(&str, &str), f64> = HashMap::new();
     for g in &snapshot.groups {
         let gname = g.group.as_str();
         let gl = [("cluster", c), ("group", gname)];
@@ -189,7 +205,6 @@ pub fn derive(
             for (topic, r) in topic_rates {
                 if let Some(r) = r {
                     out.extend(Observation::new("group_topic_consume_rate", &[gl[0], gl[1], ("topic", topic)], r));
-                    consume_by_topic.insert((gname, topic), r);
                 }
             }
         }
@@ -199,15 +214,41 @@ pub fn derive(
         }
     }
 
-    // DLQ rate and ratio.
+    // DLQ rate and ratio. Both are computed over the sample times the DLQ topic and the
+    // source's committed offsets have in common, so the ratio compares the same interval
+    // (a group first seen later than its DLQ would otherwise skew it).
     for d in &snapshot.dlq {
         let l = [("cluster", c), ("dlq_topic", d.dlq_topic.as_str()), ("topic", d.source_topic.as_str()), ("group", d.group.as_str())];
-        let Some(Some(dlq_rate)) = produce.get(d.dlq_topic.as_str()) else { continue };
-        out.extend(Observation::new("dlq_rate", &l, *dlq_rate));
+        let dlq_keys: Vec<SeriesKey> = snapshot
+            .partitions
+            .keys()
+            .filter(|tp| tp.topic == d.dlq_topic)
+            .map(|tp| SeriesKey::new("log_end_offset", &[("cluster", c), ("topic", tp.topic.as_str()), ("partition", &tp.partition.to_string())]))
+            .collect();
+        let Some(group) = snapshot.groups.iter().find(|g| g.group == d.group && g.error.is_none()) else { continue };
+        let committed_keys: Vec<SeriesKey> = group
+            .partitions
+            .iter()
+            .filter(|p| p.topic == d.source_topic && p.committed_offset.is_some())
+            .map(|p| {
+                SeriesKey::new(
+                    "committed_offset",
+                    &[("cluster", c), ("group", d.group.as_str()), ("topic", p.topic.as_str()), ("partition", &p.partition.to_string())],
+                )
+            })
+            .collect();
+        let dlq_points = aligned_sum(entry, &dlq_keys, rate_since);
+        let Some(dlq_rate) = window::rate(&dlq_points) else { continue };
+        out.extend(Observation::new("dlq_rate", &l, dlq_rate.per_second));
+        let consumed_points = aligned_sum(entry, &committed_keys, rate_since);
+        let common: std::collections::BTreeSet<SystemTime> = consumed_points.iter().map(|p| p.0).collect();
+        let dlq_common: Vec<Point> = dlq_points.into_iter().filter(|p| common.contains(&p.0)).collect();
+        let dlq_times: std::collections::BTreeSet<SystemTime> = dlq_common.iter().map(|p| p.0).collect();
+        let consumed_common: Vec<Point> = consumed_points.into_iter().filter(|p| dlq_times.contains(&p.0)).collect();
         // Absent while the source is idle: a ratio over nothing is unknown, not 0 or ∞.
-        if let Some(consumed) = consume_by_topic.get(&(d.group.as_str(), d.source_topic.as_str())) {
-            if *consumed > 0.0 {
-                out.extend(Observation::new("dlq_ratio", &l, dlq_rate / consumed));
+        if let (Some(failed), Some(consumed)) = (window::rate(&dlq_common), window::rate(&consumed_common)) {
+            if consumed.per_second > 0.0 {
+                out.extend(Observation::new("dlq_ratio", &l, failed.per_second / consumed.per_second));
             }
         }
     }

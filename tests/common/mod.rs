@@ -431,3 +431,46 @@ impl Agent {
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+pub fn connect_url() -> String {
+    std::env::var("CONNECT_URL").unwrap_or_else(|_| "http://127.0.0.1:8083".to_string())
+}
+
+/// A connector created on the real Connect worker; deleted on drop.
+pub struct Connector {
+    pub name: String,
+}
+
+impl Connector {
+    pub fn create(name: &str, config: serde_json::Value) -> Connector {
+        let url = format!("{}/connectors/{name}/config", connect_url());
+        let (status, body) = block_on(async {
+            let resp = reqwest::Client::new().put(&url).json(&config).send().await.expect("Connect REST reachable");
+            (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+        });
+        assert!(status == 200 || status == 201, "PUT {url}: {status} {body}");
+        Connector { name: name.to_string() }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let url = format!("{}/connectors/{}/status", connect_url(), self.name);
+        block_on(async { reqwest::get(&url).await.unwrap().json().await.unwrap_or_default() })
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let url = format!("{}/connectors/{}", connect_url(), self.name);
+        let _ = block_on(async { reqwest::Client::new().delete(&url).send().await });
+    }
+}
+
+/// Produces raw string payloads to partition 0.
+pub fn produce_payloads(bootstrap: &str, topic: &str, payloads: &[String]) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("producer");
+    for p in payloads {
+        producer.send(BaseRecord::<(), str>::to(topic).partition(0).payload(p.as_str())).expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}

@@ -1,0 +1,111 @@
+//! DLQ rate and ratio with a real Kafka Connect sink: `errors.tolerance=all` sends
+//! records its JsonConverter cannot read to a dead-letter topic; streamguard matches the
+//! DLQ to the sink's consumer group and reports rate and ratio.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Runs the scenario: a sink reading `topic`, failing records to `dlq`; returns the agent.
+fn scenario(topic: &str, dlq: &str, connector: &str, extra_config: &str) -> (Agent, Connector, tempfile::TempDir) {
+    let b = bootstrap();
+    create_topic(&b, topic, 1);
+    create_topic(&b, dlq, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Connector::create(
+        connector,
+        serde_json::json!({
+            "connector.class": "org.apache.kafka.connect.file.FileStreamSinkConnector",
+            "tasks.max": "1",
+            "topics": topic,
+            "file": dir.path().join("sink.txt").to_string_lossy(),
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter.schemas.enable": "false",
+            "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+            "errors.tolerance": "all",
+            "errors.deadletterqueue.topic.name": dlq,
+            "errors.deadletterqueue.topic.replication.factor": "1",
+            "errors.deadletterqueue.context.headers.enable": "true",
+        }),
+    );
+    let port = free_port();
+    let config = format!(
+        r#"listen = "127.0.0.1:{port}"
+sample_interval = "1s"
+sample_timeout = "1s"
+[history]
+rate_window = "60s"
+[[clusters]]
+name = "local"
+bootstrap_servers = "{b}"
+groups = {{ include = ["^connect-{connector}$"] }}
+{extra_config}
+"#
+    );
+    let agent = Agent::start_with(port, &config);
+    (agent, sink, dir)
+}
+
+fn value(s: Option<serde_json::Value>) -> Option<f64> {
+    s.and_then(|s| s["value"].as_f64())
+}
+
+fn run_mix(agent: &Agent, topic: &str, dlq: &str, group: &str) {
+    let b = bootstrap();
+    // Warm-up: 10 good records, so the sink's group has a committed offset in history.
+    produce_payloads(&b, topic, &(0..10).map(|i| format!("{{\"n\":{i}}}")).collect::<Vec<_>>());
+    wait_until(Duration::from_secs(60), "the sink to commit the warm-up records", || {
+        value(agent.fresh("committed_offset", group, &[("topic", topic)])) == Some(10.0)
+    });
+    // The mix: 100 records, every 5th one not JSON (20 poison pills).
+    let mix: Vec<String> =
+        (0..100).map(|i| if i % 5 == 0 { format!("poison pill {i}") } else { format!("{{\"n\":{i}}}") }).collect();
+    produce_payloads(&b, topic, &mix);
+    wait_until(Duration::from_secs(60), "the sink to process the mix and the DLQ to hold 20", || {
+        value(agent.fresh("committed_offset", group, &[("topic", topic)])) == Some(110.0)
+            && value(agent.fresh("log_end_offset", dlq, &[])) == Some(20.0)
+    });
+    wait_until(Duration::from_secs(10), "dlq_ratio", || agent.fresh("dlq_ratio", dlq, &[]).is_some());
+}
+
+#[test]
+fn dlq_rate_and_ratio_match_the_poison_pill_share_of_a_real_connect_sink() {
+    let topic = unique("orders");
+    let dlq = format!("{topic}.dlq"); // matches the default pattern {topic}.dlq
+    let connector = unique("dlq-sink");
+    let group = format!("connect-{connector}");
+    let (agent, _sink, _dir) = scenario(&topic, &dlq, &connector, "");
+    run_mix(&agent, &topic, &dlq, &group);
+
+    let ratio = agent.fresh("dlq_ratio", &dlq, &[("group", &group), ("topic", &topic)]).unwrap();
+    // Both rates span the same sample times, from before the mix to after it, so the
+    // ratio is exactly 20 failed of 100 consumed.
+    assert!((ratio["value"].as_f64().unwrap() - 0.2).abs() < 1e-9, "{ratio}");
+    // The DLQ rate is the 20 failed records over the span of the DLQ's sampled history
+    // (the whole run: it is shorter than the 60 s rate window).
+    let rate = agent.fresh("dlq_rate", &dlq, &[("group", &group)]).unwrap();
+    let end = agent.fresh("log_end_offset", &dlq, &[]).unwrap();
+    let (rate_at, h) = (rate["last_time"].as_f64().unwrap(), end["history"].as_array().unwrap());
+    let first = h.iter().find(|p| p[0].as_f64().unwrap() <= rate_at).unwrap();
+    let last = h.iter().rev().find(|p| p[0].as_f64().unwrap() <= rate_at).unwrap();
+    let expected = (last[1].as_f64().unwrap() - first[1].as_f64().unwrap()) / (last[0].as_f64().unwrap() - first[0].as_f64().unwrap());
+    assert_eq!(first[1].as_f64(), Some(0.0), "history starts before the first poison pill: {end}");
+    assert!((rate["value"].as_f64().unwrap() - expected).abs() < 1e-6, "rate {rate} expected {expected}");
+    let (_, metrics) = agent.get("/metrics");
+    assert!(metrics.contains("streamguard_kafka_dlq_ratio{"), "{metrics}");
+}
+
+#[test]
+fn an_explicitly_mapped_dlq_is_matched_whatever_its_name() {
+    let topic = unique("payments");
+    let dlq = unique("failed-payments");
+    let connector = unique("mapped-sink");
+    let group = format!("connect-{connector}");
+    let extra = format!("[[dlq.topics]]\ndlq_topic = \"{dlq}\"\nsource_topic = \"{topic}\"\n");
+    let (agent, _sink, _dir) = scenario(&topic, &dlq, &connector, &extra);
+    run_mix(&agent, &topic, &dlq, &group);
+    let ratio = value(agent.fresh("dlq_ratio", &dlq, &[("group", &group)])).unwrap();
+    assert!((ratio - 0.2).abs() < 1e-9, "{ratio}");
+}
