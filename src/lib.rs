@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod events;
 pub mod report;
+pub mod rules;
 pub mod sample;
 pub mod serve;
 pub mod signal;

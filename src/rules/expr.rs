@@ -1,0 +1,909 @@
+//! The condition language of rules and SLOs: parsing and pure evaluation.
+//!
+//! ```text
+//! condition  := or
+//! or         := and ("or" and)*
+//! and        := atom ("and" atom)*
+//! atom       := "(" or ")" | value CMP quantity
+//! value      := AGG ["by" "(" label, … ")"] "(" series ")" | series
+//! series     := FN "(" selector ["," duration] ")"          FN: last avg max min rate increase slope
+//!             | "quantile" "(" number "," selector "," duration ")"
+//!             | "time_to_breach" "(" selector "," quantity ["," duration] ")"
+//!             | selector                                     (the latest value)
+//! selector   := signal ["{" label OP "value", … "}"]        OP: = != =~ !~
+//! quantity   := number [unit]                               units: ms s m h d (→ seconds), % (→ ratio)
+//! ```
+//! Examples: `max(lag_seconds{group="payments", method="probe"}) > 30s`,
+//! `avg(dlq_ratio{topic="orders"}, 5m) > 1%`, `time_to_breach(lag_seconds{group="etl"}, 5m) < 10m`.
+//!
+//! Evaluation is pure: a [`Dataset`] (series with quality and history) and the current
+//! time go in, per-series three-valued results come out. Stale or missing data makes a
+//! result [`Truth::Unknown`], never true; `and`/`or` follow Kleene logic.
+//!
+//! It does not evaluate arithmetic between series, joins on label subsets, or offsets:
+//! rules compare one value against one threshold, and combine such comparisons.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use regex::Regex;
+
+use crate::rules::trend;
+use crate::signal::Labels;
+use crate::window::{self, Point};
+
+/// A parse error at a byte offset of the expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// Aggregation across series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agg {
+    Max,
+    Min,
+    Sum,
+    Avg,
+    Count,
+}
+
+/// A function over one series' window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Func {
+    Last,
+    Avg,
+    Max,
+    Min,
+    /// Per second, over the monotonic part of the window (a rewind is never negative).
+    Rate,
+    Increase,
+    /// Least-squares slope per second; 0 unless significant at the configured confidence.
+    Slope,
+    Quantile(f64),
+    /// Seconds until the trend reaches this threshold; +∞ if it never does.
+    TimeToBreach(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Eq,
+    Ne,
+    Re,
+    NotRe,
+}
+
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub label: String,
+    pub op: MatchOp,
+    pub value: String,
+    /// Compiled, anchored, for `=~` and `!~`.
+    pub regex: Option<Regex>,
+}
+
+impl Matcher {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let v = labels.get(&self.label).map(String::as_str).unwrap_or("");
+        match self.op {
+            MatchOp::Eq => v == self.value,
+            MatchOp::Ne => v != self.value,
+            MatchOp::Re => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+            MatchOp::NotRe => !self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Selector {
+    pub signal: String,
+    /// Byte offset of the signal name in the expression (for "unknown signal" errors).
+    pub offset: usize,
+    pub matchers: Vec<Matcher>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValueExpr {
+    pub agg: Option<(Agg, Vec<String>)>,
+    pub func: Func,
+    pub selector: Selector,
+    pub window: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl CmpOp {
+    fn apply(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+        }
+    }
+}
+
+/// What unit a quantity was written in (for checks against the signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Plain,
+    Seconds,
+    Percent,
+}
+
+#[derive(Debug, Clone)]
+pub enum Cond {
+    Cmp { lhs: ValueExpr, op: CmpOp, rhs: f64, unit: Unit, offset: usize },
+    And(Box<Cond>, Box<Cond>),
+    Or(Box<Cond>, Box<Cond>),
+}
+
+impl Cond {
+    /// Every value expression, in order.
+    pub fn values(&self) -> Vec<(&ValueExpr, Unit, usize)> {
+        match self {
+            Cond::Cmp { lhs, unit, offset, .. } => vec![(lhs, *unit, *offset)],
+            Cond::And(a, b) | Cond::Or(a, b) => {
+                let mut v = a.values();
+                v.extend(b.values());
+                v
+            }
+        }
+    }
+
+    /// The longest window any part needs (to size history copies).
+    pub fn max_window(&self) -> Duration {
+        self.values().iter().filter_map(|(v, _, _)| v.window).max().unwrap_or_default()
+    }
+}
+
+// ------------------------------------------------------------------------ parsing
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(f64, Unit, String),
+    Sym(&'static str),
+}
+
+fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i] as char;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if c.is_ascii_alphabetic() || c == '_' {
+            while i < b.len() && ((b[i] as char).is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                i += 1;
+            }
+            out.push((Tok::Ident(s[start..i].to_string()), start));
+        } else if c.is_ascii_digit()
+            || ((c == '.' || c == '-') && i + 1 < b.len() && ((b[i + 1] as char).is_ascii_digit() || b[i + 1] == b'.'))
+        {
+            // There is no subtraction in the language, so a leading `-` is a sign.
+            if c == '-' {
+                i += 1;
+            }
+            while i < b.len() && ((b[i] as char).is_ascii_digit() || b[i] == b'.' || b[i] == b'e' || b[i] == b'E') {
+                i += 1;
+            }
+            let num_end = i;
+            while i < b.len() && ((b[i] as char).is_ascii_alphabetic() || b[i] == b'%') {
+                i += 1;
+            }
+            let (num, unit) = (&s[start..num_end], &s[num_end..i]);
+            let n: f64 = num.parse().map_err(|_| ParseError { offset: start, message: format!("invalid number {num:?}") })?;
+            let (value, unit) = match unit {
+                "" => (n, Unit::Plain),
+                "%" => (n / 100.0, Unit::Percent),
+                "ms" => (n / 1000.0, Unit::Seconds),
+                "s" => (n, Unit::Seconds),
+                "m" => (n * 60.0, Unit::Seconds),
+                "h" => (n * 3600.0, Unit::Seconds),
+                "d" => (n * 86400.0, Unit::Seconds),
+                "w" => (n * 7.0 * 86400.0, Unit::Seconds),
+                u => {
+                    return Err(ParseError { offset: num_end, message: format!("unknown unit {u:?} (use ms, s, m, h, d, w or %)") });
+                }
+            };
+            out.push((Tok::Num(value, unit, s[start..i].to_string()), start));
+        } else if c == '"' || c == '\'' {
+            i += 1;
+            let mut v = String::new();
+            loop {
+                if i >= b.len() {
+                    return Err(ParseError { offset: start, message: "unterminated string".into() });
+                }
+                let ch = s[i..].chars().next().unwrap_or('"');
+                if ch == c {
+                    i += 1;
+                    break;
+                }
+                if ch == '\\' && i + 1 < b.len() {
+                    let next = s[i + 1..].chars().next().unwrap_or('\\');
+                    v.push(next);
+                    i += 1 + next.len_utf8();
+                    continue;
+                }
+                v.push(ch);
+                i += ch.len_utf8();
+            }
+            out.push((Tok::Str(v), start));
+        } else {
+            let two = s.get(i..i + 2).unwrap_or("");
+            let sym = match two {
+                ">=" | "<=" | "==" | "!=" | "=~" | "!~" => {
+                    i += 2;
+                    match two {
+                        ">=" => ">=",
+                        "<=" => "<=",
+                        "==" => "==",
+                        "!=" => "!=",
+                        "=~" => "=~",
+                        _ => "!~",
+                    }
+                }
+                _ => {
+                    i += 1;
+                    match c {
+                        '>' => ">",
+                        '<' => "<",
+                        '=' => "=",
+                        '(' => "(",
+                        ')' => ")",
+                        '{' => "{",
+                        '}' => "}",
+                        ',' => ",",
+                        _ => return Err(ParseError { offset: start, message: format!("unexpected character {c:?}") }),
+                    }
+                }
+            };
+            out.push((Tok::Sym(sym), start));
+        }
+    }
+    Ok(out)
+}
+
+struct Parser<'a> {
+    toks: Vec<(Tok, usize)>,
+    pos: usize,
+    len: usize,
+    _src: &'a str,
+}
+
+const AGGS: [&str; 5] = ["max", "min", "sum", "avg", "count"];
+const FUNCS: [&str; 9] = ["last", "avg", "max", "min", "rate", "increase", "slope", "quantile", "time_to_breach"];
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos).map(|t| &t.0)
+    }
+
+    fn offset(&self) -> usize {
+        self.toks.get(self.pos).map_or(self.len, |t| t.1)
+    }
+
+    fn err<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
+        Err(ParseError { offset: self.offset(), message: message.into() })
+    }
+
+    fn eat_sym(&mut self, s: &str) -> bool {
+        if self.peek() == Some(&Tok::Sym(match s {
+            "(" => "(",
+            ")" => ")",
+            "{" => "{",
+            "}" => "}",
+            "," => ",",
+            _ => return false,
+        })) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_sym(&mut self, s: &str) -> Result<(), ParseError> {
+        if self.eat_sym(s) {
+            Ok(())
+        } else {
+            self.err(format!("expected `{s}`"))
+        }
+    }
+
+    fn eat_word(&mut self, w: &str) -> bool {
+        if matches!(self.peek(), Some(Tok::Ident(x)) if x == w) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn or(&mut self) -> Result<Cond, ParseError> {
+        let mut c = self.and()?;
+        while self.eat_word("or") {
+            c = Cond::Or(Box::new(c), Box::new(self.and()?));
+        }
+        Ok(c)
+    }
+
+    fn and(&mut self) -> Result<Cond, ParseError> {
+        let mut c = self.atom()?;
+        while self.eat_word("and") {
+            c = Cond::And(Box::new(c), Box::new(self.atom()?));
+        }
+        Ok(c)
+    }
+
+    fn atom(&mut self) -> Result<Cond, ParseError> {
+        if self.peek() == Some(&Tok::Sym("(")) {
+            // A parenthesised condition, unless it is the start of nothing else we know.
+            self.pos += 1;
+            let c = self.or()?;
+            self.expect_sym(")")?;
+            return Ok(c);
+        }
+        let offset = self.offset();
+        let lhs = self.value()?;
+        let op = match self.peek() {
+            Some(Tok::Sym(">")) => CmpOp::Gt,
+            Some(Tok::Sym(">=")) => CmpOp::Ge,
+            Some(Tok::Sym("<")) => CmpOp::Lt,
+            Some(Tok::Sym("<=")) => CmpOp::Le,
+            Some(Tok::Sym("==")) => CmpOp::Eq,
+            Some(Tok::Sym("!=")) => CmpOp::Ne,
+            _ => return self.err("expected a comparison (>, >=, <, <=, ==, !=) and a threshold"),
+        };
+        self.pos += 1;
+        let (rhs, unit) = self.quantity()?;
+        Ok(Cond::Cmp { lhs, op, rhs, unit, offset })
+    }
+
+    fn quantity(&mut self) -> Result<(f64, Unit), ParseError> {
+        match self.peek().cloned() {
+            Some(Tok::Num(v, u, _)) => {
+                self.pos += 1;
+                Ok((v, u))
+            }
+            _ => self.err("expected a number such as 30s, 5m, 1%, 1000"),
+        }
+    }
+
+    fn duration(&mut self) -> Result<Duration, ParseError> {
+        match self.peek().cloned() {
+            Some(Tok::Num(v, Unit::Seconds, _)) if v > 0.0 => {
+                self.pos += 1;
+                Ok(Duration::from_secs_f64(v))
+            }
+            _ => self.err("expected a window such as 5m or 1h"),
+        }
+    }
+
+    fn value(&mut self) -> Result<ValueExpr, ParseError> {
+        let Some(Tok::Ident(name)) = self.peek().cloned() else {
+            return self.err("expected a signal, a function or an aggregation");
+        };
+        let next_is_paren = matches!(self.toks.get(self.pos + 1), Some((Tok::Sym("("), _)));
+        let next_is_by = matches!(self.toks.get(self.pos + 1), Some((Tok::Ident(b), _)) if b == "by");
+        if AGGS.contains(&name.as_str()) && (next_is_by || next_is_paren) {
+            // `avg`, `max` and `min` are both aggregations and window functions: with a
+            // window argument at the top level they are window functions.
+            if next_is_paren && !next_is_by && self.is_window_call() {
+                return self.series();
+            }
+            self.pos += 1;
+            let agg = match name.as_str() {
+                "max" => Agg::Max,
+                "min" => Agg::Min,
+                "sum" => Agg::Sum,
+                "avg" => Agg::Avg,
+                _ => Agg::Count,
+            };
+            let mut by = Vec::new();
+            if self.eat_word("by") {
+                self.expect_sym("(")?;
+                loop {
+                    match self.peek().cloned() {
+                        Some(Tok::Ident(l)) => {
+                            self.pos += 1;
+                            by.push(l);
+                        }
+                        _ => return self.err("expected a label name"),
+                    }
+                    if !self.eat_sym(",") {
+                        break;
+                    }
+                }
+                self.expect_sym(")")?;
+            }
+            self.expect_sym("(")?;
+            let mut inner = self.series()?;
+            self.expect_sym(")")?;
+            inner.agg = Some((agg, by));
+            return Ok(inner);
+        }
+        self.series()
+    }
+
+    /// Is the call at the cursor `f(selector, window)` (a window function)?
+    fn is_window_call(&self) -> bool {
+        let mut depth = 0;
+        for (t, _) in &self.toks[self.pos + 1..] {
+            match t {
+                Tok::Sym("(") | Tok::Sym("{") => depth += 1,
+                Tok::Sym(")") | Tok::Sym("}") => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return false;
+                    }
+                }
+                Tok::Sym(",") if depth == 1 => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn series(&mut self) -> Result<ValueExpr, ParseError> {
+        let Some(Tok::Ident(name)) = self.peek().cloned() else {
+            return self.err("expected a signal or a function");
+        };
+        let is_call = matches!(self.toks.get(self.pos + 1), Some((Tok::Sym("("), _)));
+        if !is_call {
+            let selector = self.selector()?;
+            return Ok(ValueExpr { agg: None, func: Func::Last, selector, window: None });
+        }
+        if !FUNCS.contains(&name.as_str()) {
+            let hint = crate::suggest::nearest(&name, FUNCS.iter().chain(AGGS.iter()).copied())
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            return self.err(format!("unknown function `{name}`{hint}"));
+        }
+        self.pos += 2;
+        let (func, selector, window) = match name.as_str() {
+            "quantile" => {
+                let (q, _) = self.quantity()?;
+                if !(0.0..=1.0).contains(&q) {
+                    return self.err("quantile must be between 0 and 1");
+                }
+                self.expect_sym(",")?;
+                let sel = self.selector()?;
+                self.expect_sym(",")?;
+                (Func::Quantile(q), sel, Some(self.duration()?))
+            }
+            "time_to_breach" => {
+                let sel = self.selector()?;
+                self.expect_sym(",")?;
+                let (threshold, _) = self.quantity()?;
+                let w = if self.eat_sym(",") { Some(self.duration()?) } else { Some(Duration::from_secs(900)) };
+                (Func::TimeToBreach(threshold), sel, w)
+            }
+            f => {
+                let sel = self.selector()?;
+                let w = if self.eat_sym(",") { Some(self.duration()?) } else { None };
+                let func = match f {
+                    "last" => Func::Last,
+                    "avg" => Func::Avg,
+                    "max" => Func::Max,
+                    "min" => Func::Min,
+                    "rate" => Func::Rate,
+                    "increase" => Func::Increase,
+                    _ => Func::Slope,
+                };
+                if func != Func::Last && w.is_none() {
+                    return self.err(format!("{f}() needs a window, e.g. {f}(signal{{…}}, 5m)"));
+                }
+                (func, sel, w)
+            }
+        };
+        self.expect_sym(")")?;
+        Ok(ValueExpr { agg: None, func, selector, window })
+    }
+
+    fn selector(&mut self) -> Result<Selector, ParseError> {
+        let offset = self.offset();
+        let Some(Tok::Ident(signal)) = self.peek().cloned() else {
+            return self.err("expected a signal name");
+        };
+        self.pos += 1;
+        let mut matchers = Vec::new();
+        if self.eat_sym("{") {
+            while !self.eat_sym("}") {
+                let Some(Tok::Ident(label)) = self.peek().cloned() else {
+                    return self.err("expected a label name");
+                };
+                self.pos += 1;
+                let op = match self.peek() {
+                    Some(Tok::Sym("=")) => MatchOp::Eq,
+                    Some(Tok::Sym("!=")) => MatchOp::Ne,
+                    Some(Tok::Sym("=~")) => MatchOp::Re,
+                    Some(Tok::Sym("!~")) => MatchOp::NotRe,
+                    _ => return self.err("expected =, !=, =~ or !~"),
+                };
+                self.pos += 1;
+                let value_offset = self.offset();
+                let Some(Tok::Str(value)) = self.peek().cloned() else {
+                    return self.err("expected a quoted value");
+                };
+                self.pos += 1;
+                let regex = match op {
+                    MatchOp::Re | MatchOp::NotRe => Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| ParseError {
+                        offset: value_offset,
+                        message: format!("invalid regex {value:?}: {}", e.to_string().lines().last().unwrap_or("").trim()),
+                    })?),
+                    _ => None,
+                };
+                matchers.push(Matcher { label, op, value, regex });
+                if !self.eat_sym(",") {
+                    self.expect_sym("}")?;
+                    break;
+                }
+            }
+        }
+        Ok(Selector { signal, offset, matchers })
+    }
+}
+
+/// Parses a condition.
+pub fn parse(src: &str) -> Result<Cond, ParseError> {
+    let toks = lex(src)?;
+    let mut p = Parser { toks, pos: 0, len: src.len(), _src: src };
+    let c = p.or()?;
+    if p.pos < p.toks.len() {
+        return p.err("unexpected text after the condition (combine conditions with `and` / `or`)");
+    }
+    Ok(c)
+}
+
+// --------------------------------------------------------------------- evaluation
+
+/// Three-valued truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truth {
+    True,
+    False,
+    Unknown,
+}
+
+impl Truth {
+    fn and(self, o: Truth) -> Truth {
+        match (self, o) {
+            (Truth::False, _) | (_, Truth::False) => Truth::False,
+            (Truth::True, Truth::True) => Truth::True,
+            _ => Truth::Unknown,
+        }
+    }
+
+    fn or(self, o: Truth) -> Truth {
+        match (self, o) {
+            (Truth::True, _) | (_, Truth::True) => Truth::True,
+            (Truth::False, Truth::False) => Truth::False,
+            _ => Truth::Unknown,
+        }
+    }
+}
+
+/// One series as the evaluator sees it.
+#[derive(Debug, Clone)]
+pub struct SeriesData {
+    pub labels: Labels,
+    /// Fresh data only may make a condition true.
+    pub fresh: bool,
+    /// Oldest first.
+    pub points: Vec<Point>,
+}
+
+/// All series available to one evaluation, by signal.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub by_signal: HashMap<String, Vec<SeriesData>>,
+}
+
+/// Evaluation options.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    /// Confidence of the slope test (0.95 = 95 %).
+    pub confidence: f64,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { confidence: 0.95 }
+    }
+}
+
+/// Value of one series (or group of series): `None` is unknown.
+fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOptions) -> Option<f64> {
+    if !s.fresh {
+        return None;
+    }
+    let pts: Vec<Point> = match expr.window {
+        Some(w) => {
+            let since = now.checked_sub(w).unwrap_or(SystemTime::UNIX_EPOCH);
+            s.points.iter().copied().filter(|(t, _)| *t >= since && *t <= now).collect()
+        }
+        None => s.points.iter().copied().filter(|(t, _)| *t <= now).collect(),
+    };
+    let values = || pts.iter().map(|p| p.1);
+    match &expr.func {
+        Func::Last => pts.last().map(|p| p.1),
+        Func::Avg => (!pts.is_empty()).then(|| values().sum::<f64>() / pts.len() as f64),
+        Func::Max => values().reduce(f64::max),
+        Func::Min => values().reduce(f64::min),
+        Func::Rate => window::rate(&pts).map(|r| r.per_second),
+        Func::Increase => {
+            let r = window::rate(&pts)?;
+            let span = window::age(pts.last()?.0, pts.first()?.0);
+            Some(r.per_second * span)
+        }
+        Func::Slope => trend::fit(&pts).map(|f| if f.significant(opts.confidence) { f.slope } else { 0.0 }),
+        Func::Quantile(q) => {
+            let mut v: Vec<f64> = values().collect();
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(f64::total_cmp);
+            let rank = q * (v.len() - 1) as f64;
+            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+            Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
+        }
+        Func::TimeToBreach(threshold) => trend::time_to_breach(&pts, *threshold, now, opts.confidence),
+    }
+}
+
+fn aggregate(agg: Agg, values: &[Option<f64>]) -> Option<f64> {
+    if agg == Agg::Count {
+        return Some(values.len() as f64);
+    }
+    // One unknown member makes the aggregate unknown: it could hold the maximum.
+    let known: Option<Vec<f64>> = values.iter().copied().collect();
+    let known = known?;
+    if known.is_empty() {
+        return None;
+    }
+    Some(match agg {
+        Agg::Max => known.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        Agg::Min => known.iter().copied().fold(f64::INFINITY, f64::min),
+        Agg::Sum => known.iter().sum(),
+        Agg::Avg => known.iter().sum::<f64>() / known.len() as f64,
+        Agg::Count => known.len() as f64,
+    })
+}
+
+/// Values of a value expression: one entry per series (or per `by` group).
+pub fn eval_value(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(Labels, Option<f64>)> {
+    let selected: Vec<&SeriesData> = data
+        .by_signal
+        .get(&expr.selector.signal)
+        .map(|v| v.iter().filter(|s| expr.selector.matchers.iter().all(|m| m.matches(&s.labels))).collect())
+        .unwrap_or_default();
+    match &expr.agg {
+        None => selected.iter().map(|s| (s.labels.clone(), series_value(expr, s, now, opts))).collect(),
+        Some((agg, by)) => {
+            let mut groups: BTreeMap<Labels, Vec<Option<f64>>> = BTreeMap::new();
+            for s in &selected {
+                let key: Labels = by.iter().filter_map(|l| s.labels.get(l).map(|v| (l.clone(), v.clone()))).collect();
+                groups.entry(key).or_default().push(series_value(expr, s, now, opts));
+            }
+            if groups.is_empty() && by.is_empty() {
+                // Nothing selected: the aggregate is unknown (never 0), except a count.
+                let v = (*agg == Agg::Count).then_some(0.0);
+                return vec![(Labels::new(), v)];
+            }
+            groups.into_iter().map(|(k, v)| (k, aggregate(*agg, &v))).collect()
+        }
+    }
+}
+
+/// Evaluates a condition: per series (label set), its truth and the value compared
+/// (of the first comparison; for display).
+pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> BTreeMap<Labels, (Truth, Option<f64>)> {
+    match cond {
+        Cond::Cmp { lhs, op, rhs, .. } => eval_value(lhs, data, now, opts)
+            .into_iter()
+            .map(|(l, v)| {
+                let t = match v {
+                    None => Truth::Unknown,
+                    Some(x) if op.apply(x, *rhs) => Truth::True,
+                    Some(_) => Truth::False,
+                };
+                (l, (t, v))
+            })
+            .collect(),
+        Cond::And(a, b) | Cond::Or(a, b) => {
+            let is_and = matches!(cond, Cond::And(..));
+            let (ra, rb) = (eval(a, data, now, opts), eval(b, data, now, opts));
+            combine(ra, rb, is_and)
+        }
+    }
+}
+
+/// Joins two per-series results: identical label sets pair up; a side with one
+/// label-less result (an aggregate) applies to every series of the other; a series
+/// missing on one side meets `Unknown`.
+fn combine(
+    a: BTreeMap<Labels, (Truth, Option<f64>)>,
+    b: BTreeMap<Labels, (Truth, Option<f64>)>,
+    is_and: bool,
+) -> BTreeMap<Labels, (Truth, Option<f64>)> {
+    let op = |x: Truth, y: Truth| if is_and { x.and(y) } else { x.or(y) };
+    let scalar = |m: &BTreeMap<Labels, (Truth, Option<f64>)>| {
+        (m.len() == 1).then(|| m.iter().next().filter(|(k, _)| k.is_empty()).map(|(_, v)| *v)).flatten()
+    };
+    match (scalar(&a), scalar(&b)) {
+        (Some(sa), Some(sb)) => BTreeMap::from([(Labels::new(), (op(sa.0, sb.0), sa.1))]),
+        (Some(sa), None) => b.into_iter().map(|(k, v)| (k, (op(sa.0, v.0), v.1))).collect(),
+        (None, Some(sb)) => a.into_iter().map(|(k, v)| (k, (op(v.0, sb.0), v.1))).collect(),
+        (None, None) => {
+            let mut out = BTreeMap::new();
+            for (k, va) in &a {
+                let vb = b.get(k).map_or(Truth::Unknown, |v| v.0);
+                out.insert(k.clone(), (op(va.0, vb), va.1));
+            }
+            for (k, vb) in b {
+                out.entry(k).or_insert((op(Truth::Unknown, vb.0), vb.1));
+            }
+            out
+        }
+    }
+}
+
+impl fmt::Display for Truth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Truth::True => "true",
+            Truth::False => "false",
+            Truth::Unknown => "unknown",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: f64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(1_000_000.0 + s)
+    }
+
+    fn labels(l: &[(&str, &str)]) -> Labels {
+        l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn data(series: &[(&str, &[(&str, &str)], bool, &[f64])]) -> Dataset {
+        let mut d = Dataset::default();
+        for (signal, l, fresh, values) in series {
+            let points = values.iter().enumerate().map(|(i, v)| (t(i as f64 * 10.0), *v)).collect();
+            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l), fresh: *fresh, points });
+        }
+        d
+    }
+
+    fn truth(src: &str, d: &Dataset, now: f64) -> Vec<Truth> {
+        eval(&parse(src).unwrap(), d, t(now), &EvalOptions::default()).values().map(|v| v.0).collect()
+    }
+
+    #[test]
+    fn parses_units_matchers_aggregations_and_functions() {
+        let c = parse(r#"max by (group) (avg(lag_seconds{group=~"pay.*", method="probe"}, 5m)) > 30s and count(x) >= 1"#).unwrap();
+        let vals = c.values();
+        assert_eq!(vals.len(), 2);
+        let (v, unit, _) = vals[0];
+        assert_eq!(v.agg.as_ref().unwrap().0, Agg::Max);
+        assert_eq!(v.agg.as_ref().unwrap().1, vec!["group".to_string()]);
+        assert_eq!(v.func, Func::Avg);
+        assert_eq!(v.window, Some(Duration::from_secs(300)));
+        assert_eq!(v.selector.matchers.len(), 2);
+        assert_eq!(unit, Unit::Seconds);
+        let Cond::And(a, _) = &c else { panic!() };
+        let Cond::Cmp { rhs, .. } = a.as_ref() else { panic!() };
+        assert_eq!(*rhs, 30.0);
+        assert!(matches!(parse("dlq_ratio > 1%").unwrap(), Cond::Cmp { rhs, unit: Unit::Percent, .. } if (rhs - 0.01).abs() < 1e-12));
+        assert!(matches!(parse("slope(lag_offsets, 10m) < -2.5").unwrap(), Cond::Cmp { rhs, .. } if rhs == -2.5));
+    }
+
+    #[test]
+    fn a_window_function_and_an_aggregation_are_told_apart() {
+        let agg = parse("max(lag_seconds) > 1").unwrap();
+        let Cond::Cmp { lhs, .. } = &agg else { panic!() };
+        assert!(lhs.agg.is_some() && lhs.func == Func::Last);
+        let f = parse("max(lag_seconds, 5m) > 1").unwrap();
+        let Cond::Cmp { lhs, .. } = &f else { panic!() };
+        assert!(lhs.agg.is_none() && lhs.func == Func::Max);
+    }
+
+    #[test]
+    fn parse_errors_point_at_the_offending_text() {
+        let e = parse("max(lag_seconds) >").unwrap_err();
+        assert_eq!(e.offset, 18);
+        assert!(e.message.contains("expected a number"));
+        let e = parse("maxx(lag_seconds) > 1").unwrap_err();
+        assert_eq!(e.message, "unknown function `maxx` (did you mean `max`?)");
+        let e = parse(r#"lag_seconds{group=~"(("} > 1"#).unwrap_err();
+        assert_eq!(e.offset, 19);
+        let e = parse("rate(x) > 1").unwrap_err();
+        assert!(e.message.contains("needs a window"), "{e:?}");
+        assert_eq!(parse("x > 5parsecs").unwrap_err().message, "unknown unit \"parsecs\" (use ms, s, m, h, d, w or %)");
+    }
+
+    #[test]
+    fn stale_or_missing_data_is_unknown_never_true() {
+        let d = data(&[("lag_seconds", &[("group", "a")], false, &[100.0])]);
+        assert_eq!(truth("lag_seconds > 1", &d, 0.0), vec![Truth::Unknown]);
+        assert_eq!(truth("max(lag_seconds) > 1", &d, 0.0), vec![Truth::Unknown]);
+        assert_eq!(truth("max(nothing) > 1", &d, 0.0), vec![Truth::Unknown]);
+        assert_eq!(truth("count(nothing) < 1", &d, 0.0), vec![Truth::True]);
+    }
+
+    #[test]
+    fn kleene_logic_combines_conditions() {
+        let d = data(&[("a", &[], true, &[5.0]), ("b", &[], false, &[5.0])]);
+        assert_eq!(truth("max(a) > 1 and max(b) > 1", &d, 0.0), vec![Truth::Unknown]);
+        assert_eq!(truth("max(a) > 10 and max(b) > 1", &d, 0.0), vec![Truth::False]);
+        assert_eq!(truth("max(a) > 1 or max(b) > 1", &d, 0.0), vec![Truth::True]);
+        assert_eq!(truth("(max(a) > 10 or max(b) > 1)", &d, 0.0), vec![Truth::Unknown]);
+    }
+
+    #[test]
+    fn window_functions_on_a_known_sequence() {
+        let d = data(&[("x", &[("p", "0")], true, &[1.0, 2.0, 3.0, 4.0, 10.0])]);
+        let v = |src: &str| {
+            let c = parse(&format!("{src} > 0")).unwrap();
+            let Cond::Cmp { lhs, .. } = &c else { panic!() };
+            eval_value(lhs, &d, t(40.0), &EvalOptions::default())[0].1
+        };
+        assert_eq!(v("x"), Some(10.0));
+        assert_eq!(v("avg(x, 25s)"), Some((3.0 + 4.0 + 10.0) / 3.0));
+        assert_eq!(v("max(x, 1h)"), Some(10.0));
+        assert_eq!(v("min(x, 1h)"), Some(1.0));
+        assert_eq!(v("rate(x, 1h)"), Some(9.0 / 40.0));
+        assert_eq!(v("increase(x, 1h)"), Some(9.0));
+        assert_eq!(v("quantile(0.5, x, 1h)"), Some(3.0));
+        assert_eq!(v("quantile(1, x, 1h)"), Some(10.0));
+    }
+
+    #[test]
+    fn per_series_results_keep_their_labels_and_by_groups_aggregate() {
+        let d = data(&[
+            ("lag", &[("group", "a"), ("p", "0")], true, &[5.0]),
+            ("lag", &[("group", "a"), ("p", "1")], true, &[50.0]),
+            ("lag", &[("group", "b"), ("p", "0")], true, &[1.0]),
+        ]);
+        let r = eval(&parse("max by (group) (lag) > 10").unwrap(), &d, t(0.0), &EvalOptions::default());
+        assert_eq!(r[&labels(&[("group", "a")])].0, Truth::True);
+        assert_eq!(r[&labels(&[("group", "b")])].0, Truth::False);
+        let r = eval(&parse(r#"lag{group="a"} > 10"#).unwrap(), &d, t(0.0), &EvalOptions::default());
+        assert_eq!(r.len(), 2);
+    }
+}

@@ -1,0 +1,591 @@
+//! Rule files: YAML documents (`apiVersion: streamguard/v1`, several per file) of kind
+//! `Alert`, `SLO` and `Runbook` (reserved for remediation: accepted and referenced, not
+//! executed yet), validated into [`RuleSet`].
+//!
+//! Every error names its place, `rules/payments.yaml:14:7: slo "payments-fresh": objective
+//! must be below 100%`, and every error of a file is reported at once. Unknown fields and
+//! signals get the nearest valid name as a suggestion.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
+
+use super::expr::{self, Cond, Func, Unit, ValueExpr};
+use super::slo::{BurnAlert, Sli, SloSpec, DEFAULT_BURN_ALERTS};
+
+pub const API_VERSION: &str = "streamguard/v1";
+
+/// One located problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: PathBuf,
+    pub line: usize,
+    /// 1-based.
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}
+
+/// All problems of one load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// A validated alert rule.
+#[derive(Debug, Clone)]
+pub struct AlertRule {
+    pub file: PathBuf,
+    pub name: String,
+    pub condition: Cond,
+    pub condition_text: String,
+    pub for_: Duration,
+    pub keep_firing_for: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runbooks: Vec<String>,
+}
+
+/// A validated set of rules, SLOs and runbook names from one or more files.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub alerts: Vec<AlertRule>,
+    pub slos: Vec<SloSpec>,
+    pub runbooks: BTreeSet<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// What validation needs to know about signals.
+pub struct SignalNames<'a> {
+    /// Built-in signals plus configured Prometheus query signals.
+    pub known: &'a BTreeSet<String>,
+}
+
+impl SignalNames<'_> {
+    /// Built-in signals only.
+    pub fn builtin() -> BTreeSet<String> {
+        crate::catalog::all().map(|d| d.name.to_string()).collect()
+    }
+}
+
+type Node = MarkedYamlOwned;
+
+fn pos(n: &Node) -> (usize, usize) {
+    (n.span.start.line(), n.span.start.col() + 1)
+}
+
+fn str_of(n: &Node) -> Option<&str> {
+    match &n.data {
+        YamlDataOwned::Value(ScalarOwned::String(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// A scalar as text (numbers and booleans too), for fields written either way.
+fn text_of(n: &Node) -> Option<String> {
+    match &n.data {
+        YamlDataOwned::Value(ScalarOwned::String(s)) => Some(s.clone()),
+        YamlDataOwned::Value(ScalarOwned::Integer(i)) => Some(i.to_string()),
+        YamlDataOwned::Value(ScalarOwned::FloatingPoint(f)) => Some(f.to_string()),
+        YamlDataOwned::Value(ScalarOwned::Boolean(b)) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn entries(n: &Node) -> Option<Vec<(&Node, &Node)>> {
+    match &n.data {
+        YamlDataOwned::Mapping(m) => Some(m.iter().collect()),
+        _ => None,
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    source: &'a str,
+    errors: Vec<RuleError>,
+    signals: &'a BTreeSet<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, at: (usize, usize), message: impl Into<String>) {
+        self.errors.push(RuleError { file: self.file.to_path_buf(), line: at.0, col: at.1, message: message.into() });
+    }
+
+    /// Fields of a mapping by name; reports unknown fields (with a suggestion) and
+    /// non-mappings.
+    fn fields<'n>(&mut self, n: &'n Node, what: &str, known: &[&str]) -> BTreeMap<String, &'n Node> {
+        let mut out = BTreeMap::new();
+        let Some(es) = entries(n) else {
+            self.err(pos(n), format!("{what}: expected a mapping"));
+            return out;
+        };
+        for (k, v) in es {
+            let Some(key) = str_of(k) else {
+                self.err(pos(k), format!("{what}: keys must be strings"));
+                continue;
+            };
+            if !known.contains(&key) {
+                let hint = crate::suggest::nearest(key, known.iter().copied())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_else(|| format!(" (expected one of: {})", known.join(", ")));
+                self.err(pos(k), format!("{what}: unknown field `{key}`{hint}"));
+                continue;
+            }
+            out.insert(key.to_string(), v);
+        }
+        out
+    }
+
+    fn duration(&mut self, n: &Node, what: &str) -> Option<Duration> {
+        let Some(t) = text_of(n) else {
+            self.err(pos(n), format!("{what}: expected a duration such as 5m"));
+            return None;
+        };
+        match humantime::parse_duration(&t) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(pos(n), format!("{what}: invalid duration {t:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn string_map(&mut self, n: &Node, what: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(es) = entries(n) else {
+            self.err(pos(n), format!("{what}: expected a mapping of strings"));
+            return out;
+        };
+        for (k, v) in es {
+            match (str_of(k), text_of(v)) {
+                (Some(k), Some(v)) => {
+                    out.insert(k.to_string(), v);
+                }
+                _ => self.err(pos(v), format!("{what}: expected string keys and values")),
+            }
+        }
+        out
+    }
+
+    fn string_list(&mut self, n: &Node, what: &str) -> Vec<(String, (usize, usize))> {
+        match &n.data {
+            YamlDataOwned::Sequence(items) => items
+                .iter()
+                .filter_map(|i| match str_of(i) {
+                    Some(s) => Some((s.to_string(), pos(i))),
+                    None => {
+                        self.err(pos(i), format!("{what}: expected a string"));
+                        None
+                    }
+                })
+                .collect(),
+            _ => {
+                self.err(pos(n), format!("{what}: expected a list of names"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Parses a condition written in the scalar `n`, reporting errors at the exact
+    /// column, and checks signals and units.
+    fn condition(&mut self, n: &Node, what: &str) -> Option<(Cond, String)> {
+        let Some(text) = str_of(n) else {
+            self.err(pos(n), format!("{what}: expected a condition string"));
+            return None;
+        };
+        let (line, col) = pos(n);
+        // Offsets inside a quoted scalar start one column after the quote.
+        let quoted = self.source.chars().nth(n.span.start.index()).is_some_and(|c| c == '"' || c == '\'');
+        let at = |offset: usize| (line, col + offset + usize::from(quoted));
+        match expr::parse(text) {
+            Err(e) => {
+                self.err(at(e.offset), format!("{what}: {}", e.message));
+                None
+            }
+            Ok(cond) => {
+                let mut ok = true;
+                for (v, unit, offset) in cond.values() {
+                    ok &= self.check_value(v, unit, what, at(v.selector.offset), at(offset));
+                }
+                ok.then(|| (cond, text.to_string()))
+            }
+        }
+    }
+
+    fn check_value(&mut self, v: &ValueExpr, unit: Unit, what: &str, sig_at: (usize, usize), at: (usize, usize)) -> bool {
+        let name = &v.selector.signal;
+        if !self.signals.contains(name) {
+            let hint = crate::suggest::nearest(name, self.signals.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            self.err(sig_at, format!("{what}: unknown signal `{name}`{hint}"));
+            return false;
+        }
+        let is_time = name.ends_with("_seconds") || matches!(v.func, Func::TimeToBreach(_));
+        let rate_like = matches!(v.func, Func::Rate | Func::Slope | Func::Increase | Func::TimeToBreach(_))
+            || v.agg.as_ref().is_some_and(|(a, _)| *a == expr::Agg::Count);
+        if unit == Unit::Seconds && !is_time && !rate_like {
+            self.err(at, format!("{what}: `{name}` is not a time; compare it with a plain number or a %"));
+            return false;
+        }
+        true
+    }
+
+    fn percent(&mut self, n: &Node, what: &str) -> Option<f64> {
+        let t = text_of(n)?;
+        let v = if let Some(p) = t.trim().strip_suffix('%') {
+            p.trim().parse::<f64>().ok().map(|x| x / 100.0)
+        } else {
+            t.trim().parse::<f64>().ok()
+        };
+        if v.is_none() {
+            self.err(pos(n), format!("{what}: expected a percentage such as 99.5%"));
+        }
+        v
+    }
+}
+
+const DOC_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
+const META_FIELDS: [&str; 3] = ["name", "labels", "annotations"];
+const ALERT_FIELDS: [&str; 4] = ["condition", "for", "keep_firing_for", "runbooks"];
+const SLO_FIELDS: [&str; 5] = ["objective", "window", "indicator", "alerting", "runbooks"];
+const INDICATOR_FIELDS: [&str; 2] = ["timeslice", "ratio"];
+const TIMESLICE_FIELDS: [&str; 1] = ["condition"];
+const RATIO_FIELDS: [&str; 2] = ["bad", "total"];
+const ALERTING_FIELDS: [&str; 1] = ["burn_rates"];
+const BURN_FIELDS: [&str; 4] = ["severity", "factor", "long", "short"];
+const KINDS: [&str; 3] = ["Alert", "SLO", "Runbook"];
+
+/// Unresolved runbook references, checked once all files are read.
+type RunbookRefs = Vec<(String, PathBuf, (usize, usize))>;
+
+/// Parses one file's text into `set`; returns its errors (empty when valid).
+pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &mut RuleSet, refs: &mut RunbookRefs) -> Vec<RuleError> {
+    let mut cx = Ctx { file: path, source, errors: Vec::new(), signals };
+    let docs = match MarkedYamlOwned::load_from_str(source) {
+        Ok(d) => d,
+        Err(e) => {
+            let m = e.marker();
+            cx.err((m.line(), m.col() + 1), format!("invalid YAML: {}", e.info()));
+            return cx.errors;
+        }
+    };
+    let mut names: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    for doc in &docs {
+        if matches!(doc.data, YamlDataOwned::Value(ScalarOwned::Null)) {
+            continue; // an empty document (a trailing `---`)
+        }
+        let f = cx.fields(doc, "document", &DOC_FIELDS);
+        match f.get("apiVersion").map(|n| (str_of(n), pos(n))) {
+            Some((Some(API_VERSION), _)) => {}
+            Some((other, at)) => cx.err(at, format!("apiVersion must be {API_VERSION:?}, got {:?}", other.unwrap_or("?"))),
+            None => cx.err(pos(doc), format!("missing apiVersion: {API_VERSION}")),
+        }
+        let kind = match f.get("kind") {
+            Some(n) => match str_of(n) {
+                Some(k) if KINDS.contains(&k) => k.to_string(),
+                Some(k) => {
+                    let hint = crate::suggest::nearest(k, KINDS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                    cx.err(pos(n), format!("unknown kind `{k}`{hint}; expected Alert, SLO or Runbook"));
+                    continue;
+                }
+                None => {
+                    cx.err(pos(n), "kind must be a string");
+                    continue;
+                }
+            },
+            None => {
+                cx.err(pos(doc), "missing kind (Alert, SLO or Runbook)");
+                continue;
+            }
+        };
+        let Some(meta) = f.get("metadata") else {
+            cx.err(pos(doc), format!("{}: missing metadata.name", kind.to_lowercase()));
+            continue;
+        };
+        let m = cx.fields(meta, "metadata", &META_FIELDS);
+        let name = match m.get("name").map(|n| (str_of(n), pos(n))) {
+            Some((Some(n), at)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) => {
+                if let Some(first) = names.insert((kind.clone(), n.to_string()), at) {
+                    cx.err(at, format!("{} {n:?} is defined twice (first at line {})", kind.to_lowercase(), first.0));
+                }
+                n.to_string()
+            }
+            Some((_, at)) => {
+                cx.err(at, "metadata.name: use letters, digits, `-`, `_`, `.`, `:`");
+                continue;
+            }
+            None => {
+                cx.err(pos(meta), "metadata.name is required");
+                continue;
+            }
+        };
+        let labels = m.get("labels").map(|n| cx.string_map(n, "metadata.labels")).unwrap_or_default();
+        let annotations = m.get("annotations").map(|n| cx.string_map(n, "metadata.annotations")).unwrap_or_default();
+        let what = format!("{} {name:?}", kind.to_lowercase());
+        match kind.as_str() {
+            "Runbook" => {
+                // Reserved: the remediation engine will give `spec` its meaning.
+                set.runbooks.insert(name);
+            }
+            "Alert" => {
+                let Some(spec) = f.get("spec") else {
+                    cx.err(pos(doc), format!("{what}: missing spec"));
+                    continue;
+                };
+                let s = cx.fields(spec, &what, &ALERT_FIELDS);
+                let Some(cn) = s.get("condition") else {
+                    cx.err(pos(spec), format!("{what}: spec.condition is required"));
+                    continue;
+                };
+                let cond = cx.condition(cn, &what);
+                let for_ = s.get("for").and_then(|n| cx.duration(n, &format!("{what}: for"))).unwrap_or_default();
+                let keep = s.get("keep_firing_for").and_then(|n| cx.duration(n, &format!("{what}: keep_firing_for"))).unwrap_or_default();
+                let runbooks = s.get("runbooks").map(|n| cx.string_list(n, &format!("{what}: runbooks"))).unwrap_or_default();
+                for (r, at) in &runbooks {
+                    refs.push((r.clone(), path.to_path_buf(), *at));
+                }
+                if let Some((condition, condition_text)) = cond {
+                    set.alerts.push(AlertRule {
+                        file: path.to_path_buf(),
+                        name,
+                        condition,
+                        condition_text,
+                        for_,
+                        keep_firing_for: keep,
+                        labels,
+                        annotations,
+                        runbooks: runbooks.into_iter().map(|r| r.0).collect(),
+                    });
+                }
+            }
+            _ => {
+                let Some(spec) = f.get("spec") else {
+                    cx.err(pos(doc), format!("{what}: missing spec"));
+                    continue;
+                };
+                if let Some(slo) = parse_slo(&mut cx, spec, &what, path, &name, labels, refs) {
+                    set.slos.push(slo);
+                }
+            }
+        }
+    }
+    cx.errors
+}
+
+fn parse_slo(
+    cx: &mut Ctx,
+    spec: &Node,
+    what: &str,
+    path: &Path,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    refs: &mut RunbookRefs,
+) -> Option<SloSpec> {
+    let s = cx.fields(spec, what, &SLO_FIELDS);
+    let objective = match s.get("objective") {
+        None => {
+            cx.err(pos(spec), format!("{what}: objective is required (e.g. 99.5%)"));
+            None
+        }
+        Some(n) => match cx.percent(n, &format!("{what}: objective")) {
+            Some(o) if o >= 1.0 => {
+                cx.err(pos(n), format!("{what}: objective must be below 100%"));
+                None
+            }
+            Some(o) if o <= 0.0 => {
+                cx.err(pos(n), format!("{what}: objective must be above 0%"));
+                None
+            }
+            o => o,
+        },
+    };
+    let window = match s.get("window") {
+        None => {
+            cx.err(pos(spec), format!("{what}: window is required (e.g. 28d)"));
+            None
+        }
+        Some(n) => cx.duration(n, &format!("{what}: window")),
+    };
+    let sli = match s.get("indicator") {
+        None => {
+            cx.err(pos(spec), format!("{what}: indicator is required (timeslice or ratio)"));
+            None
+        }
+        Some(n) => {
+            let i = cx.fields(n, &format!("{what}: indicator"), &INDICATOR_FIELDS);
+            match (i.get("timeslice"), i.get("ratio")) {
+                (Some(t), None) => {
+                    let tf = cx.fields(t, &format!("{what}: timeslice"), &TIMESLICE_FIELDS);
+                    match tf.get("condition") {
+                        Some(c) => cx.condition(c, &format!("{what}: timeslice")).map(|(cond, text)| Sli::TimeSlice { cond, text }),
+                        None => {
+                            cx.err(pos(t), format!("{what}: timeslice.condition is required"));
+                            None
+                        }
+                    }
+                }
+                (None, Some(r)) => {
+                    let rf = cx.fields(r, &format!("{what}: ratio"), &RATIO_FIELDS);
+                    let mut part = |k: &str| -> Option<(ValueExpr, String)> {
+                        let Some(n) = rf.get(k) else {
+                            cx.err(pos(r), format!("{what}: ratio.{k} is required"));
+                            return None;
+                        };
+                        // A ratio part is a value, parsed as the left side of `>= 0`.
+                        let text = str_of(n)?.to_string();
+                        let probe = MarkedYamlOwned { span: n.span, data: YamlDataOwned::Value(ScalarOwned::String(format!("{text} >= 0"))) };
+                        let (cond, _) = cx.condition(&probe, &format!("{what}: ratio.{k}"))?;
+                        match cond {
+                            Cond::Cmp { lhs, .. } => Some((lhs, text)),
+                            _ => None,
+                        }
+                    };
+                    let (bad, total) = (part("bad"), part("total"));
+                    match (bad, total) {
+                        (Some(b), Some(t)) => Some(Sli::Ratio { bad: b.0, bad_text: b.1, total: t.0, total_text: t.1 }),
+                        _ => None,
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    cx.err(pos(n), format!("{what}: indicator: choose one of timeslice or ratio"));
+                    None
+                }
+                (None, None) => {
+                    cx.err(pos(n), format!("{what}: indicator needs timeslice or ratio"));
+                    None
+                }
+            }
+        }
+    };
+    let alerts = match s.get("alerting") {
+        None => DEFAULT_BURN_ALERTS.to_vec(),
+        Some(n) => {
+            let a = cx.fields(n, &format!("{what}: alerting"), &ALERTING_FIELDS);
+            match a.get("burn_rates").map(|b| &b.data) {
+                None => DEFAULT_BURN_ALERTS.to_vec(),
+                Some(YamlDataOwned::Sequence(rows)) => rows
+                    .iter()
+                    .filter_map(|row| {
+                        let r = cx.fields(row, &format!("{what}: burn_rates"), &BURN_FIELDS);
+                        let severity = r.get("severity").and_then(|n| str_of(n)).unwrap_or("page").to_string();
+                        let factor = r.get("factor").and_then(|n| text_of(n)).and_then(|t| t.parse::<f64>().ok());
+                        let long = r.get("long").and_then(|n| cx.duration(n, &format!("{what}: burn_rates.long")));
+                        let short = r.get("short").and_then(|n| cx.duration(n, &format!("{what}: burn_rates.short")));
+                        match (factor, long, short) {
+                            (Some(f), Some(l), Some(s)) if f > 0.0 && s < l => Some(BurnAlert { severity, factor: f, long: l, short: s }),
+                            _ => {
+                                cx.err(pos(row), format!("{what}: each burn rate needs factor > 0 and short < long windows"));
+                                None
+                            }
+                        }
+                    })
+                    .collect(),
+                Some(_) => {
+                    cx.err(pos(n), format!("{what}: alerting.burn_rates must be a list"));
+                    Vec::new()
+                }
+            }
+        }
+    };
+    let runbooks = s.get("runbooks").map(|n| cx.string_list(n, &format!("{what}: runbooks"))).unwrap_or_default();
+    for (r, at) in &runbooks {
+        refs.push((r.clone(), path.to_path_buf(), *at));
+    }
+    Some(SloSpec {
+        file: path.to_path_buf(),
+        name: name.to_string(),
+        objective: objective?,
+        window: window?,
+        sli: sli?,
+        alerts,
+        labels,
+        runbooks: runbooks.into_iter().map(|r| r.0).collect(),
+    })
+}
+
+/// Rule files under `paths` (files, or directories scanned for `*.yaml`/`*.yml`, not
+/// recursing, skipping `*.test.yaml` unit-test files), sorted.
+pub fn rule_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                let f = e?.path();
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+                if f.is_file() && yaml && !name.contains(".test.") {
+                    out.push(f);
+                }
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Per-file outcome of [`load`].
+#[derive(Debug)]
+pub struct FileReport {
+    pub file: PathBuf,
+    pub errors: Vec<RuleError>,
+    pub alerts: usize,
+    pub slos: usize,
+}
+
+/// Loads and validates every rule file under `paths`. The set is valid only if every
+/// file is; reports say per file what was found.
+pub fn load(paths: &[PathBuf], signals: &BTreeSet<String>) -> (Result<RuleSet, RuleErrors>, Vec<FileReport>) {
+    let mut set = RuleSet::default();
+    let mut reports = Vec::new();
+    let mut refs = RunbookRefs::new();
+    let files = match rule_files(paths) {
+        Ok(f) => f,
+        Err(e) => {
+            let err = RuleError { file: paths.first().cloned().unwrap_or_default(), line: 0, col: 0, message: format!("cannot read: {e}") };
+            return (Err(RuleErrors(vec![err])), reports);
+        }
+    };
+    for file in &files {
+        let (a0, s0) = (set.alerts.len(), set.slos.len());
+        let errors = match std::fs::read_to_string(file) {
+            Ok(text) => parse_file(file, &text, signals, &mut set, &mut refs),
+            Err(e) => vec![RuleError { file: file.clone(), line: 0, col: 0, message: format!("cannot read: {e}") }],
+        };
+        reports.push(FileReport { file: file.clone(), errors, alerts: set.alerts.len() - a0, slos: set.slos.len() - s0 });
+    }
+    for (name, file, at) in refs {
+        if !set.runbooks.contains(&name) {
+            let hint = crate::suggest::nearest(&name, set.runbooks.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            let e = RuleError { file: file.clone(), line: at.0, col: at.1, message: format!("unknown runbook `{name}`{hint}") };
+            if let Some(r) = reports.iter_mut().find(|r| r.file == file) {
+                r.errors.push(e);
+            }
+        }
+    }
+    set.files = files;
+    let all: Vec<RuleError> = reports.iter().flat_map(|r| r.errors.iter().cloned()).collect();
+    if all.is_empty() {
+        (Ok(set), reports)
+    } else {
+        (Err(RuleErrors(all)), reports)
+    }
+}

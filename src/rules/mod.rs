@@ -1,0 +1,9 @@
+//! Declarative rules kept in git: files (`file`), the condition language (`expr`), the
+//! pure evaluator (`eval`), SLO math (`slo`), trends (`trend`), rule unit tests
+//! (`testing`), Prometheus export (`export`) and budget persistence (`state`).
+
+pub mod eval;
+pub mod expr;
+pub mod file;
+pub mod slo;
+pub mod trend;
