@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HttpSourceConfig};
+use crate::evaluate::Rules;
 use crate::events::{SampleFailed, SampleSkipped, SampleSucceeded};
 use crate::sample::connect::ConnectSampler;
 use crate::sample::flink::FlinkSampler;
@@ -55,6 +56,8 @@ pub enum AgentError {
         #[source]
         source: HttpError,
     },
+    #[error("invalid rules:\n{0}")]
+    Rules(#[source] crate::rules::file::RuleErrors),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -187,7 +190,10 @@ async fn timed(
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let store = Arc::new(Store::new(config.history));
     store.set_dlq_config(config.dlq.clone());
-    let metrics = Arc::new(Metrics::new(store.clone()));
+    let mut signals = crate::rules::file::SignalNames::builtin();
+    signals.extend(config.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
+    let rules = Arc::new(Rules::load(config.rules.clone(), signals).map_err(AgentError::Rules)?);
+    let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
     let mut loops: Vec<(Source, String, Schedule)> = Vec::new();
     for c in &config.clusters {
         let sampler = KafkaSampler::new(c).map_err(|source| AgentError::Client { cluster: c.name.clone(), source })?;
@@ -221,7 +227,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     for (source, name, sched) in loops {
         tracker.spawn(source_loop(source, name, sched, store.clone(), metrics.clone(), cancel.child_token()));
     }
-    let app = router(AppState { store, metrics });
+    tracker.spawn(rules.clone().run(store.clone(), cancel.child_token()));
+    let app = router(AppState { store, metrics, rules });
     let server_cancel = cancel.child_token();
     let server = tracker.spawn(async move {
         axum::serve(listener, app)

@@ -82,8 +82,40 @@ pub struct Config {
     pub prometheus: Vec<PrometheusConfig>,
     pub dlq: DlqConfig,
     pub history: HistoryConfig,
+    pub rules: RulesConfig,
     /// The file it was loaded from.
     pub path: PathBuf,
+}
+
+/// Where rules live and how they are evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesConfig {
+    /// Rule files or directories (relative paths are relative to the config file).
+    pub paths: Vec<PathBuf>,
+    pub evaluation_interval: Duration,
+    /// A rule unknown (stale or missing data) this long raises `<rule>:unknown`.
+    pub unknown_after: Duration,
+    /// Confidence of trend tests (`slope`, `time_to_breach`).
+    pub confidence: f64,
+    /// SLO budgets survive restarts in this file (written atomically).
+    pub state_file: PathBuf,
+}
+
+impl RulesConfig {
+    /// No rule paths; a state file nobody writes (for tests of other parts).
+    pub fn for_tests() -> Self {
+        RulesConfig::defaults(Path::new("/nonexistent"))
+    }
+
+    fn defaults(base: &Path) -> Self {
+        RulesConfig {
+            paths: Vec::new(),
+            evaluation_interval: Duration::from_secs(10),
+            unknown_after: Duration::from_secs(600),
+            confidence: 0.95,
+            state_file: base.join("streamguard-state.json"),
+        }
+    }
 }
 
 /// A source reached over HTTP (Kafka Connect, Flink).
@@ -203,7 +235,8 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_OFFSET_FETCH_CONCURRENCY: usize = 16;
 const DEFAULT_PROBE_BUDGET: usize = 50;
 
-const TOP_KEYS: [&str; 12] = [
+const TOP_KEYS: [&str; 13] = [
+    "rules",
     "listen",
     "sample_interval",
     "sample_timeout",
@@ -223,6 +256,7 @@ const QUERY_KEYS: [&str; 2] = ["signal", "query"];
 const DLQ_KEYS: [&str; 2] = ["patterns", "topics"];
 const DLQ_TOPIC_KEYS: [&str; 4] = ["cluster", "dlq_topic", "source_topic", "group"];
 const HISTORY_KEYS: [&str; 4] = ["retention", "max_points", "rate_window", "status_window"];
+const RULES_KEYS: [&str; 5] = ["paths", "evaluation_interval", "unknown_after", "confidence", "state_file"];
 const CLUSTER_KEYS: [&str; 9] = [
     "probe_budget",
     "name",
@@ -341,7 +375,9 @@ impl Validator<'_> {
         self.unique_signals(&prometheus, dict);
         let dlq = self.dlq(dict);
         let history = self.history(dict);
-        Config { listen, clusters, connect, flink, prometheus, dlq, history, path: path.to_path_buf() }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let rules = self.rules(dict, &base);
+        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, path: path.to_path_buf() }
     }
 
     /// Validates an array of tables under `key` with `each`; bad entries are reported
@@ -541,6 +577,47 @@ impl Validator<'_> {
             Some(DlqMapping { cluster, dlq_topic: dlq_topic?, source_topic: source_topic?, group })
         });
         out
+    }
+
+    fn rules(&mut self, dict: &Dict, base: &Path) -> RulesConfig {
+        let mut r = RulesConfig::defaults(base);
+        let d = match dict.get("rules") {
+            None => return r,
+            Some(Value::Dict(_, d)) => d,
+            Some(v) => {
+                self.error(Some(v), "rules", "expected a table ([rules])");
+                return r;
+            }
+        };
+        self.unknown_keys(d, "rules", &RULES_KEYS);
+        match d.get("paths") {
+            None => {}
+            Some(Value::Array(_, items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(p) => r.paths.push(base.join(p)),
+                        None => self.error(Some(item), &format!("rules.paths[{i}]"), "expected a path"),
+                    }
+                }
+            }
+            Some(v) => self.error(Some(v), "rules.paths", "expected a list of files or directories"),
+        }
+        if let Some(v) = self.duration(d, "rules", "evaluation_interval") {
+            r.evaluation_interval = v;
+        }
+        if let Some(v) = self.duration(d, "rules", "unknown_after") {
+            r.unknown_after = v;
+        }
+        if let Some(v) = d.get("confidence") {
+            match v.to_f64().or_else(|| v.to_i128().map(|i| i as f64)) {
+                Some(c) if c > 0.5 && c < 1.0 => r.confidence = c,
+                _ => self.error(Some(v), "rules.confidence", "expected a number between 0.5 and 1 (e.g. 0.95)"),
+            }
+        }
+        if let Some((p, _)) = self.string(d, "rules", "state_file") {
+            r.state_file = base.join(p);
+        }
+        r
     }
 
     fn history(&mut self, dict: &Dict) -> HistoryConfig {

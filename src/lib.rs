@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod catalog;
 pub mod config;
+pub mod evaluate;
 pub mod events;
 pub mod report;
 pub mod rules;

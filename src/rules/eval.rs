@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::expr::{self, Dataset, EvalOptions, Truth};
 use super::file::{AlertRule, RuleSet};
-use super::slo::{self, Events, Sli, SloStatus};
+use super::slo::{self, Events, Sli, SloSpec, SloStatus};
 use crate::signal::Labels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -287,9 +287,9 @@ impl Engine {
     }
 
     /// Adds this tick's SLI events for every SLO and returns their statuses.
-    pub fn eval_slos(&mut self, set: &RuleSet, data: &Dataset, now: SystemTime, opts: &EngineOptions) -> Vec<SloStatus> {
-        let mut out = Vec::with_capacity(set.slos.len());
-        for spec in &set.slos {
+    pub fn eval_slos(&mut self, slos: &[SloSpec], data: &Dataset, now: SystemTime, opts: &EngineOptions) -> Vec<SloStatus> {
+        let mut out = Vec::with_capacity(slos.len());
+        for spec in slos {
             let last = self.last_slo_eval.insert(spec.name.clone(), now);
             // The slice is the time since the previous evaluation (capped, so a long
             // pause is not counted as one huge good or bad slice).
@@ -303,14 +303,15 @@ impl Engine {
             events.trim(now, slo::retention(spec));
             out.push(slo::status(spec, events, now));
         }
-        // Forget SLOs that are gone from the set.
-        self.events.retain(|k, _| set.slos.iter().any(|s| &s.name == k));
         out
     }
 
-    /// Forgets instances of rules that are no longer in the set (after a reload).
-    pub fn retain_rules(&mut self, set: &RuleSet) {
+    /// Forgets instances of rules and events of SLOs that are no longer in the set
+    /// (after a reload); everything else carries over.
+    pub fn retain(&mut self, set: &RuleSet) {
         self.instances.retain(|k, _| set.alerts.iter().any(|r| r.file == k.0 && r.name == k.1));
+        self.events.retain(|k, _| set.slos.iter().any(|s| &s.name == k));
+        self.last_slo_eval.retain(|k, _| set.slos.iter().any(|s| &s.name == k));
     }
 }
 

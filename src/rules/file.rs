@@ -581,6 +581,21 @@ pub fn load(paths: &[PathBuf], signals: &BTreeSet<String>) -> (Result<RuleSet, R
             }
         }
     }
+    // SLO budgets are persisted by name, so an SLO name is unique across files.
+    let mut slo_names: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut dup = Vec::new();
+    for s in &set.slos {
+        if let Some(first) = slo_names.insert(&s.name, &s.file) {
+            if first != s.file {
+                dup.push((s.file.clone(), format!("slo {:?} is also defined in {} (SLO names are global)", s.name, first.display())));
+            }
+        }
+    }
+    for (file, message) in dup {
+        if let Some(r) = reports.iter_mut().find(|r| r.file == file) {
+            r.errors.push(RuleError { file, line: 1, col: 1, message });
+        }
+    }
     set.files = files;
     let all: Vec<RuleError> = reports.iter().flat_map(|r| r.errors.iter().cloned()).collect();
     if all.is_empty() {

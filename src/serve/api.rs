@@ -153,3 +153,28 @@ pub async fn signals(State(s): State<AppState>, Query(q): Query<SignalsQuery>) -
     views.sort_by(|a, b| (&a.signal, &a.labels).cmp(&(&b.signal, &b.labels)));
     Ok(Json(serde_json::json!({ "signals": views, "total": total, "truncated": total > views.len() })))
 }
+
+/// Every alert rule: its condition, timing and instances with their states.
+pub async fn rules(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let reload = s.rules.reload.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let rules: Vec<serde_json::Value> = s
+        .rules
+        .rule_statuses()
+        .into_iter()
+        .map(|r| {
+            let instances: Vec<serde_json::Value> =
+                r.instances.iter().map(|(labels, i)| serde_json::json!({ "labels": labels, "instance": i })).collect();
+            serde_json::json!({
+                "file": r.file, "name": r.name, "condition": r.condition, "for_seconds": r.for_seconds,
+                "keep_firing_for_seconds": r.keep_firing_for_seconds, "labels": r.labels, "annotations": r.annotations,
+                "runbooks": r.runbooks, "unknown": r.unknown, "instances": instances,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "rules": rules, "reload": reload }))
+}
+
+/// Every SLO: SLI, error budget left, burn rates and burn-rate alerts.
+pub async fn slos(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "slos": s.rules.slo_statuses() }))
+}

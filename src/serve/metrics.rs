@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 use prometheus_client::metrics::counter::ConstCounter;
 
 use crate::catalog;
+use crate::evaluate::{Rules, EVAL_BUCKETS};
+use crate::rules::eval::AlertState;
 use crate::signal::{unix_secs, MetricKind, Quality, SignalDef};
 use crate::store::{SourceKind, Store};
 
@@ -49,7 +51,7 @@ fn source_labels(kind: SourceKind, source: &str) -> SourceLabels {
 }
 
 impl Metrics {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<Store>, rules: Arc<Rules>) -> Self {
         let mut registry = Registry::with_prefix("streamguard");
         let samples = Family::<SourceLabels, Counter>::default();
         let sample_errors = Family::<SourceLabels, Counter>::default();
@@ -75,6 +77,7 @@ impl Metrics {
             sample_duration.clone(),
         );
         registry.register_collector(Box::new(StoreCollector { store }));
+        registry.register_collector(Box::new(RulesCollector { rules }));
         Metrics { registry, samples, sample_errors, sample_skipped, sample_duration }
     }
 
@@ -221,3 +224,119 @@ impl Collector for StoreCollector {
 fn ordered_labels(def: &SignalDef, labels: &crate::signal::Labels) -> SourceLabels {
     def.labels.iter().filter_map(|name| labels.get(*name).map(|v| (*name, v.clone()))).collect()
 }
+
+/// Renders rule and SLO state at scrape time.
+#[derive(Debug)]
+struct RulesCollector {
+    rules: Arc<Rules>,
+}
+
+impl Collector for RulesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        let mut alerts = Vec::new();
+        let mut unknown = Vec::new();
+        for r in self.rules.rule_statuses() {
+            let base = vec![("file", r.file.display().to_string()), ("rule", r.name.clone())];
+            for state in AlertState::ALL {
+                let n = r.instances.iter().filter(|(_, i)| i.state == state).count();
+                let mut l = base.clone();
+                l.push(("state", state.as_str().to_string()));
+                alerts.push((l, n as i64));
+            }
+            unknown.push((base, i64::from(r.unknown)));
+        }
+        gauge_family(e, "rule_alerts", "Alert instances of the rule per state", None, &alerts)?;
+        gauge_family(
+            e,
+            "rule_unknown",
+            "1 when every instance of the rule has had unknown (stale or missing) data for longer than rules.unknown_after",
+            None,
+            &unknown,
+        )?;
+
+        let mut objective = Vec::new();
+        let mut sli = Vec::new();
+        let mut budget = Vec::new();
+        let mut burn = Vec::new();
+        let mut burn_alert = Vec::new();
+        for s in self.rules.slo_statuses() {
+            let l = vec![("slo", s.name.clone())];
+            objective.push((l.clone(), s.objective));
+            if let Some(v) = s.sli {
+                sli.push((l.clone(), v));
+            }
+            if let Some(v) = s.budget_remaining {
+                budget.push((l.clone(), v));
+            }
+            for (w, v) in &s.burn_rates {
+                if let Some(v) = v {
+                    burn.push((vec![("slo", s.name.clone()), ("window", w.clone())], *v));
+                }
+            }
+            for a in &s.alerts {
+                let l = vec![
+                    ("slo", s.name.clone()),
+                    ("severity", a.severity.clone()),
+                    ("long", a.long.clone()),
+                    ("short", a.short.clone()),
+                ];
+                burn_alert.push((l, i64::from(a.firing)));
+            }
+        }
+        gauge_family(e, "slo_objective_ratio", "The SLO's objective", None, &objective)?;
+        gauge_family(e, "slo_sli_ratio", "Fraction of good events (or time slices) over the SLO window", None, &sli)?;
+        gauge_family(
+            e,
+            "slo_error_budget_remaining_ratio",
+            "Fraction of the SLO window's error budget left (negative when overspent)",
+            None,
+            &budget,
+        )?;
+        gauge_family(e, "slo_burn_rate", "Error budget burn rate over the window (1 = exactly on budget)", None, &burn)?;
+        gauge_family(e, "slo_burn_rate_alert", "1 when the multi-window burn-rate alert fires", None, &burn_alert)?;
+
+        let groups = self.rules.groups.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !groups.is_empty() {
+            let mut family = e.encode_descriptor(
+                "rule_group_evaluation_duration_seconds",
+                "Duration of one evaluation of a rule group (a rule file)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (file, g) in &groups {
+                let l = [("group", file.display().to_string())];
+                let mut buckets: Vec<(f64, u64)> = EVAL_BUCKETS.iter().copied().zip(g.bucket_counts).collect();
+                buckets.push((f64::INFINITY, g.evaluations));
+                family.encode_family(&l)?.encode_histogram::<NoLabels>(g.duration_sum, g.evaluations, &buckets, None)?;
+            }
+            for (name, help, get) in [
+                ("rule_group_missed_ticks", "Evaluation ticks of the group that started a whole interval late", (|g: &crate::evaluate::GroupStats| g.missed_ticks) as fn(&crate::evaluate::GroupStats) -> u64),
+                ("rule_group_evaluation_failures", "Evaluations of the group that failed", |g| g.failures),
+                ("rule_group_evaluations", "Evaluations of the group", |g| g.evaluations),
+            ] {
+                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (file, g) in &groups {
+                    let l = [("group", file.display().to_string())];
+                    ConstCounter::new(get(g)).encode(family.encode_family(&l)?)?;
+                }
+            }
+        }
+        let reload = self.rules.reload.read().unwrap_or_else(|p| p.into_inner()).clone();
+        gauge_family(e, "rules_reload_success", "1 when the last rule (re)load succeeded; 0 while a rejected set is being ignored", None, &[(vec![], i64::from(reload.success))])?;
+        if let Some(t) = reload.last_success {
+            gauge_family(e, "rules_last_reload_success_timestamp_seconds", "Unix time of the last successful rule load", None, &[(vec![], unix_secs(t))])?;
+        }
+        let set = self.rules.set();
+        gauge_family(
+            e,
+            "rules_loaded",
+            "Rules and SLOs in the running set",
+            None,
+            &[(vec![("kind", "alert".to_string())], set.alerts.len() as i64), (vec![("kind", "slo".to_string())], set.slos.len() as i64)],
+        )?;
+        Ok(())
+    }
+}
+
+type NoLabels = Vec<(&'static str, String)>;

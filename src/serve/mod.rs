@@ -25,6 +25,7 @@ use metrics::{Format, Metrics};
 pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    pub rules: Arc<crate::evaluate::Rules>,
 }
 
 /// One error type for every handler.
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/signals", get(api::signals))
+        .route("/api/v1/rules", get(api::rules))
+        .route("/api/v1/slos", get(api::slos))
         .with_state(state)
 }
 
@@ -114,8 +117,9 @@ mod tests {
             dlq_links: Vec::new(),
         };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
-        let metrics = Arc::new(Metrics::new(store.clone()));
-        router(AppState { store, metrics })
+        let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
+        let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
+        router(AppState { store, metrics, rules })
     }
 
     async fn get(uri: &str) -> (StatusCode, serde_json::Value) {
