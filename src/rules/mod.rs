@@ -3,7 +3,9 @@
 //! (`testing`), Prometheus export (`export`) and budget persistence (`state`).
 
 pub mod eval;
+pub mod export;
 pub mod expr;
 pub mod file;
 pub mod slo;
+pub mod testing;
 pub mod trend;
