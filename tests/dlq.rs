@@ -109,3 +109,16 @@ fn an_explicitly_mapped_dlq_is_matched_whatever_its_name() {
     let ratio = value(agent.fresh("dlq_ratio", &dlq, &[("group", &group)])).unwrap();
     assert!((ratio - 0.2).abs() < 1e-9, "{ratio}");
 }
+
+#[test]
+fn a_dlq_named_only_in_a_connect_sink_config_is_discovered_through_the_connect_source() {
+    let topic = unique("invoices");
+    let dlq = unique("sink-dead-letters"); // matches no pattern and no explicit mapping
+    let connector = unique("discovered-sink");
+    let group = format!("connect-{connector}");
+    let extra = format!("[[connect]]\nname = \"local\"\nurl = \"{}\"\n", connect_url());
+    let (agent, _sink, _dir) = scenario(&topic, &dlq, &connector, &extra);
+    run_mix(&agent, &topic, &dlq, &group);
+    let ratio = value(agent.fresh("dlq_ratio", &dlq, &[("group", &group), ("topic", &topic)])).unwrap();
+    assert!((ratio - 0.2).abs() < 1e-9, "{ratio}");
+}
