@@ -28,10 +28,28 @@ enum Command {
         #[arg(long, short, env = "STREAMGUARD_CONFIG", default_value = "streamguard.toml")]
         config: PathBuf,
     },
-    /// Validate a configuration file: prints SUCCESS or FAILED with every error; exit 0 or 1.
+    /// Validate rule files (given as PATHS: files or directories) or, without PATHS, the
+    /// configuration and the rules it names. Prints SUCCESS or FAILED per file with every
+    /// error; exit 0 when all are valid, 1 otherwise.
     Check {
-        #[arg(long, short, env = "STREAMGUARD_CONFIG", default_value = "streamguard.toml")]
-        config: PathBuf,
+        #[arg(long, short, env = "STREAMGUARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Rule files or directories.
+        paths: Vec<PathBuf>,
+    },
+    /// Run rule unit tests (YAML test files, like `promtool test rules`).
+    Test {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// A configuration whose Prometheus query signals the rules may use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Export rules as other tools' rules.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
     },
     /// Sample every cluster once and print each group's per-partition lag.
     Lag {
@@ -43,6 +61,16 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportFormat {
+    /// Prometheus recording and alerting rules over streamguard's metrics (YAML on stdout).
+    Prometheus {
+        /// Rule files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -75,7 +103,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(check(&config)),
+        Command::Check { config, paths } => Ok(check(config.as_deref(), &paths)),
+        Command::Test { files, config } => {
+            let signals = known_signals(config.as_deref())?;
+            let (mut passed, mut failed) = (0, 0);
+            for f in &files {
+                let o = streamguard::rules::testing::run_file(f, &signals);
+                for m in &o.messages {
+                    println!("FAILED: {m}");
+                }
+                if o.failed == 0 {
+                    println!("SUCCESS: {}: {} expectation(s) met", f.display(), o.passed);
+                }
+                passed += o.passed;
+                failed += o.failed;
+            }
+            println!("{passed} passed, {failed} failed");
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Export { format: ExportFormat::Prometheus { paths } } => {
+            let (set, _) = streamguard::rules::file::load(&paths, &known_signals(None)?);
+            let set = set?;
+            match streamguard::rules::export::prometheus(&set) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("streamguard: cannot export {e}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Command::Run { config } => {
             let cfg = config::load(&config)?;
             let rt = runtime()?;
@@ -104,22 +165,74 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
-        Ok(cfg) => {
-            println!("SUCCESS: {}: {} cluster(s): {}", path.display(), cfg.clusters.len(), {
-                let names: Vec<&str> = config::cluster_names(&cfg).into_iter().collect();
-                names.join(", ")
-            });
-            ExitCode::SUCCESS
+/// Built-in signals plus the Prometheus query signals of `config`, if given.
+fn known_signals(config: Option<&std::path::Path>) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut signals = streamguard::rules::file::SignalNames::builtin();
+    if let Some(c) = config {
+        let cfg = config::load(c)?;
+        signals.extend(cfg.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
+    }
+    Ok(signals)
+}
+
+/// Prints SUCCESS/FAILED per rule file; returns whether all were valid.
+fn check_rules(paths: &[PathBuf], signals: &std::collections::BTreeSet<String>) -> bool {
+    let (result, reports) = streamguard::rules::file::load(paths, signals);
+    if reports.is_empty() {
+        if let Err(e) = &result {
+            println!("FAILED: {e}");
+            return false;
         }
-        Err(errors) => {
-            println!("FAILED: {}: {} error(s)", path.display(), errors.0.len());
-            for e in &errors.0 {
+        println!("SUCCESS: no rule files in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    for r in &reports {
+        if r.errors.is_empty() {
+            println!("SUCCESS: {}: {} alert(s), {} SLO(s)", r.file.display(), r.alerts, r.slos);
+        } else {
+            println!("FAILED: {}: {} error(s)", r.file.display(), r.errors.len());
+            for e in &r.errors {
                 eprintln!("  {e}");
             }
-            ExitCode::from(1)
         }
+    }
+    result.is_ok()
+}
+
+fn check(config_path: Option<&std::path::Path>, paths: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    let mut signals = streamguard::rules::file::SignalNames::builtin();
+    let config_path = match (config_path, paths.is_empty()) {
+        (Some(c), _) => Some(c.to_path_buf()),
+        (None, true) => Some(PathBuf::from("streamguard.toml")),
+        (None, false) => None,
+    };
+    let mut rule_paths = paths.to_vec();
+    if let Some(path) = &config_path {
+        match config::load(path) {
+            Ok(cfg) => {
+                let names: Vec<&str> = config::cluster_names(&cfg).into_iter().collect();
+                println!("SUCCESS: {}: {} cluster(s): {}", path.display(), cfg.clusters.len(), names.join(", "));
+                signals.extend(cfg.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
+                if paths.is_empty() {
+                    rule_paths = cfg.rules.paths.clone();
+                }
+            }
+            Err(errors) => {
+                println!("FAILED: {}: {} error(s)", path.display(), errors.0.len());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                ok = false;
+            }
+        }
+    }
+    if !rule_paths.is_empty() {
+        ok &= check_rules(&rule_paths, &signals);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -127,8 +127,17 @@ fn condition(c: &Cond, as_bool: bool) -> Result<String, String> {
                     return Err("time_to_breach must be compared with < or <= a duration".into());
                 }
                 let inner = format!("predict_linear({}[{}], {})", selector(lhs)?, window(lhs), number(*rhs));
+                // The soonest breach (min of times) is the highest prediction (max).
+                let mut flipped = lhs.clone();
+                if let Some((agg, _)) = flipped.agg.as_mut() {
+                    *agg = match *agg {
+                        Agg::Min => Agg::Max,
+                        Agg::Max => Agg::Min,
+                        other => other,
+                    };
+                }
                 let b = if as_bool { " bool" } else { "" };
-                return Ok(format!("{} >={b} {}", aggregate(lhs, inner), number(threshold)));
+                return Ok(format!("{} >={b} {}", aggregate(&flipped, inner), number(threshold)));
             }
             let b = if as_bool { " bool" } else { "" };
             Ok(format!("{} {}{b} {}", value(lhs)?, op.as_str(), number(*rhs)))

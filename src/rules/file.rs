@@ -244,12 +244,13 @@ impl Ctx<'_> {
         true
     }
 
+    /// `99.5%`, `99.5` (a number above 1 is a percentage) or `0.995`.
     fn percent(&mut self, n: &Node, what: &str) -> Option<f64> {
         let t = text_of(n)?;
         let v = if let Some(p) = t.trim().strip_suffix('%') {
             p.trim().parse::<f64>().ok().map(|x| x / 100.0)
         } else {
-            t.trim().parse::<f64>().ok()
+            t.trim().parse::<f64>().ok().map(|x| if x > 1.0 { x / 100.0 } else { x })
         };
         if v.is_none() {
             self.err(pos(n), format!("{what}: expected a percentage such as 99.5%"));

@@ -188,7 +188,8 @@ fn dur(s: &str, what: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{what}: invalid duration {s:?}: {e}"))
 }
 
-const EPOCH: Duration = Duration::from_secs(1_700_000_000);
+/// Test time 0, on a minute boundary so SLO buckets line up with evaluation steps.
+const EPOCH: Duration = Duration::from_secs(1_700_000_040);
 
 /// Runs every test of one test file.
 pub fn run_file(path: &Path, known_signals: &BTreeSet<String>) -> Outcome {

@@ -1,0 +1,119 @@
+//! Rule files and their tooling through the real binary and promtool: table tests over
+//! `tests/testdata/rules/*.{good,bad}.yaml` (every expected message and position), the
+//! shipped examples in `rules/` with their unit tests, and the Prometheus export.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use streamguard::rules::file;
+
+fn testdata() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(repo_root().join("tests/testdata/rules")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_bad_file_reports_exactly_its_expected_errors_with_positions_and_good_files_load() {
+    let signals = file::SignalNames::builtin();
+    let files = testdata();
+    assert!(files.len() >= 4);
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let (result, _) = file::load(std::slice::from_ref(&path), &signals);
+        if name.ends_with(".good.yaml") {
+            assert!(result.is_ok(), "{name}: {}", result.unwrap_err());
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected: BTreeSet<String> =
+            text.lines().filter_map(|l| l.strip_prefix("# expect: ")).map(|l| format!("{}:{l}", path.display())).collect();
+        assert!(!expected.is_empty(), "{name} has no # expect: lines");
+        let got: BTreeSet<String> = result.unwrap_err().0.iter().map(ToString::to_string).collect();
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+#[test]
+fn check_prints_success_or_failed_per_file_with_exit_codes() {
+    let out = run(Command::new(bin()).arg("check").arg(repo_root().join("rules")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("SUCCESS: ")).count(), 5, "{stdout}");
+
+    let out = run(Command::new(bin()).arg("check").arg(repo_root().join("tests/testdata/rules")));
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("SUCCESS: ") && stdout.contains("everything.good.yaml"), "{stdout}");
+    assert!(stdout.contains("FAILED: ") && stdout.contains("alert.bad.yaml: 4 error(s)"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("alert.bad.yaml:21:3: alert \"c\": unknown field `fro` (did you mean `for`?)"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_example_rules_pass_their_unit_tests() {
+    let tests: Vec<PathBuf> = std::fs::read_dir(repo_root().join("rules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".test.yaml"))
+        .collect();
+    assert!(tests.len() >= 4, "{tests:?}");
+    let out = run(Command::new(bin()).arg("test").args(&tests));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_rule_test_with_a_wrong_expectation_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo_root().join("rules/flink.yaml"), dir.path().join("flink.yaml")).unwrap();
+    let test = dir.path().join("wrong.test.yaml");
+    std::fs::write(
+        &test,
+        r#"rule_files: [flink.yaml]
+evaluation_interval: 1m
+tests:
+  - name: claims the alert fires too early
+    input_series:
+      - series: 'checkpoint_age_seconds{flink="local",job="etl"}'
+        values: "0+60x20"
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: flink-checkpoint-stale
+        exp_alerts:
+          - exp_labels: { flink: local, job: etl }
+"#,
+    )
+    .unwrap();
+    let out = run(Command::new(bin()).arg("test").arg(&test));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAILED: ") && stdout.contains("claims the alert fires too early: at 5m"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn exported_prometheus_rules_pass_promtool_check_rules() {
+    let out = run(Command::new(bin()).args(["export", "prometheus"]).arg(repo_root().join("rules")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exported.yml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("alert: \"payments-lag-rising\""), "{text}");
+    assert!(text.contains("record: streamguard:slo_error_ratio:1h"), "{text}");
+    let promtool = std::env::var("PROMTOOL_BIN").unwrap_or_else(|_| "promtool".into());
+    let check = run(Command::new(promtool).args(["check", "rules"]).arg(&file));
+    assert!(
+        check.status.success(),
+        "promtool rejected the export:\n{}{}\n{text}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
