@@ -294,7 +294,7 @@ impl Engine {
             // The slice is the time since the previous evaluation (capped, so a long
             // pause is not counted as one huge good or bad slice).
             let slice = last.and_then(|l| now.duration_since(l).ok()).unwrap_or_default().min(Duration::from_secs(300));
-            let events = self.events.entry(spec.name.clone()).or_default();
+            let events = self.events.entry(spec.name.clone()).or_insert_with(|| Events::with_width(spec.bucket()));
             if !slice.is_zero() {
                 if let Some((good, total)) = sli_events(&spec.sli, data, now, slice, opts) {
                     events.add(now, good, total);

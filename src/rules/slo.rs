@@ -83,14 +83,36 @@ pub struct SloSpec {
     pub runbooks: Vec<String>,
 }
 
-/// Bucket width.
+/// Widest bucket.
 pub const BUCKET: Duration = Duration::from_secs(60);
 
-/// Good and total events per minute.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+impl SloSpec {
+    /// Bucket width: a fifth of the shortest alert window, between 1 s and 1 minute, so
+    /// a 5-minute window still has 5 buckets and a 28-day SLO at most 40,320.
+    pub fn bucket(&self) -> Duration {
+        let shortest = self.alerts.iter().map(|a| a.short).min().unwrap_or(self.window);
+        (shortest / 5).clamp(Duration::from_secs(1), BUCKET)
+    }
+}
+
+fn default_width() -> u64 {
+    BUCKET.as_secs()
+}
+
+/// Good and total events per bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Events {
+    /// Bucket width in seconds.
+    #[serde(default = "default_width")]
+    pub width: u64,
     /// Bucket start (unix seconds) → (good, total).
     pub buckets: BTreeMap<u64, (f64, f64)>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::with_width(BUCKET)
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -98,9 +120,14 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl Events {
+    pub fn with_width(width: Duration) -> Self {
+        Events { width: width.as_secs().max(1), buckets: BTreeMap::new() }
+    }
+
     /// Adds events at `at`.
     pub fn add(&mut self, at: SystemTime, good: f64, total: f64) {
-        let key = unix(at) / BUCKET.as_secs() * BUCKET.as_secs();
+        let w = self.width.max(1);
+        let key = unix(at) / w * w;
         let e = self.buckets.entry(key).or_insert((0.0, 0.0));
         e.0 += good;
         e.1 += total;
@@ -109,13 +136,15 @@ impl Events {
     /// Drops buckets older than `keep` before `now`.
     pub fn trim(&mut self, now: SystemTime, keep: Duration) {
         let horizon = unix(now).saturating_sub(keep.as_secs());
-        self.buckets.retain(|k, _| *k + BUCKET.as_secs() > horizon);
+        let w = self.width.max(1);
+        self.buckets.retain(|k, _| *k + w > horizon);
     }
 
     /// (good, total) over the last `window` (whole buckets overlapping it).
     pub fn sum(&self, now: SystemTime, window: Duration) -> (f64, f64) {
+        let w = self.width.max(1);
         let from = unix(now).saturating_sub(window.as_secs());
-        self.buckets.range(from / BUCKET.as_secs() * BUCKET.as_secs()..).fold((0.0, 0.0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
+        self.buckets.range(from / w * w..).fold((0.0, 0.0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
     }
 
     /// Fraction of bad events over the window; `None` without events.
