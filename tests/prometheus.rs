@@ -86,7 +86,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 
 #[test]
 fn dashboard_queries_are_valid_promql_over_metrics_the_agent_exposes() {
-    let path = repo_root().join("dashboards/streamguard-kafka-lag.json");
+    let path = repo_root().join("dashboards/streamguard.json");
     let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("dashboard is JSON");
     let exprs: Vec<String> = dash["panels"]
         .as_array()
