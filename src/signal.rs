@@ -123,7 +123,7 @@ pub struct TargetInfo {
     /// `kafka_cluster`, `kafka_group`, `connect_cluster`, `connector`, `flink_cluster`,
     /// `flink_job`, `prometheus`.
     pub kind: &'static str,
-    /// Unique within (source, kind): group id, connector name, job id.
+    /// Unique within (source, kind): group id, connector name, Flink job name.
     pub name: String,
     /// `ok`, `warn`, `failed` or `unknown`, in the target's own terms (detail explains).
     pub health: &'static str,

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -117,36 +115,7 @@ fn value(s: &SourceSample, signal: &str, labels: &[(&str, &str)]) -> Option<f64>
 /// The real `streamguard run` with `config` (`{port}` is replaced by its listen port).
 fn start_agent(config: &str) -> Agent {
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config.replace("{port}", &port.to_string()));
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("STREAMGUARD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn streamguard");
-    let agent = Agent { child, port, _dir: dir };
-    wait_until(Duration::from_secs(20), "agent /healthz", || agent.get("/healthz").0 == 200);
-    agent
-}
-
-/// `promtool check metrics` (installed by `stack/deps`) accepts the exposition.
-fn promtool_check_metrics(text: &str) {
-    let promtool = std::env::var("PROMTOOL_BIN").unwrap_or_else(|_| "promtool".to_string());
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (stack/deps installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    Agent::start_with(port, &config.replace("{port}", &port.to_string()))
 }
 
 #[test]

@@ -238,7 +238,6 @@ impl View {
 fn the_agent_exports_a_healthy_jobs_state_and_a_checkpoint_age_below_a_few_intervals() {
     let job = Job::submit(&unique("sg-healthy"), &[]);
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"listen = "127.0.0.1:{port}"
 
@@ -250,17 +249,7 @@ sample_timeout = "1s"
 "#,
         url = flink_url()
     );
-    let cfg = write_config(dir.path(), &config);
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("STREAMGUARD_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn streamguard");
-    let agent = Agent { child, port, _dir: dir };
+    let agent = Agent::start_with(port, &config);
     let labels = [("flink", "local"), ("job", job.name.as_str())];
     let age_metric = "streamguard_flink_checkpoint_age_seconds";
     let mut m = None;

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -28,17 +27,7 @@ fn metrics_pass_promtool_lint_and_openmetrics_is_served_on_request() {
     let (status, text) = agent.get("/metrics");
     assert_eq!(status, 200);
     assert!(text.contains(&format!("streamguard_kafka_partition_lag_offsets{{cluster=\"local\",group=\"{group}\"")), "{text}");
-    let mut child = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (stack/deps installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    promtool_check_metrics(&text);
 
     let (status, om) = http_get_with(agent.port, "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n");
     assert_eq!(status, 200);

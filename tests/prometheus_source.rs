@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
@@ -194,21 +193,12 @@ fn an_unreachable_server_fails_the_sample_within_the_timeout() {
     assert!(matches!(&err, HttpError::Connect { url: u, .. } if u.starts_with(&format!("{url}/api/v1/query?query="))), "{err:?}");
 }
 
-/// The real `streamguard run` with only a `[[prometheus]]` source; killed on drop.
-struct AgentProcess {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl AgentProcess {
-    fn start(prometheus_url: &str) -> AgentProcess {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(
-            dir.path(),
-            &format!(
-                r#"listen = "127.0.0.1:{port}"
+fn start_agent(prometheus_url: &str) -> Agent {
+    let port = free_port();
+    Agent::start_with(
+        port,
+        &format!(
+            r#"listen = "127.0.0.1:{port}"
 
 [[prometheus]]
 name = "local"
@@ -217,35 +207,13 @@ sample_interval = "1s"
 sample_timeout = "1s"
 queries = [{{ signal = "prom_up", query = "up{{job=\"prometheus\"}}" }}]
 "#
-            ),
-        );
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("STREAMGUARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn streamguard");
-        AgentProcess { child, port, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        ),
+    )
 }
 
 #[test]
 fn the_agent_samples_prometheus_but_does_not_reexport_its_signals() {
-    let agent = AgentProcess::start(&prometheus_url());
+    let agent = start_agent(&prometheus_url());
     let started = Instant::now();
     let mut last = (0, String::new());
     let deadline = started + Duration::from_secs(20);

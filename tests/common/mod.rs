@@ -474,3 +474,20 @@ pub fn produce_payloads(bootstrap: &str, topic: &str, payloads: &[String]) {
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
+
+/// `promtool check metrics` (installed by `stack/deps`) accepts the exposition: no errors,
+/// no lint warnings.
+pub fn promtool_check_metrics(text: &str) {
+    let promtool = std::env::var("PROMTOOL_BIN").unwrap_or_else(|_| "promtool".to_string());
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (stack/deps installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+}
