@@ -5,7 +5,7 @@
 # Layout:
 #   $STACK_DIR (default <repo>/stack/.run)   everything a running stack writes: configs,
 #                                            data, logs, pid files
-#   $STREAMGUARD_CACHE (~/.cache/streamguard) downloads: the Kafka classpath file (jars in
+#   $STACK_CACHE (~/.cache/streamguard) downloads: the Kafka classpath file (jars in
 #                                            ~/.m2) and the Flink virtualenv
 set -euo pipefail
 
@@ -13,8 +13,8 @@ STACK_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${STACK_DIR:=$STACK_HOME/.run}"
 mkdir -p "$STACK_DIR"
 STACK_DIR="$(cd "$STACK_DIR" && pwd)"
-: "${STREAMGUARD_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/streamguard}"
-mkdir -p "$STREAMGUARD_CACHE"
+: "${STACK_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/streamguard}"
+mkdir -p "$STACK_CACHE"
 
 KAFKA_VERSION=4.1.1 # keep in sync with stack/pom.xml
 : "${FLINK_VERSION:=2.3.0}"
@@ -42,10 +42,6 @@ declare -A STACK_PORT_DEFAULTS=(
 
 load_ports() {
   local k v f="$STACK_DIR/ports.env"
-  # STREAMGUARD_SCRAPE: older name of PROMETHEUS_SCRAPE_TARGETS
-  if [[ -z ${PROMETHEUS_SCRAPE_TARGETS:-} && -n ${STREAMGUARD_SCRAPE:-} ]]; then
-    PROMETHEUS_SCRAPE_TARGETS=$STREAMGUARD_SCRAPE
-  fi
   declare -A saved=()
   if [[ -f $f ]]; then
     while IFS='=' read -r k v; do
@@ -299,7 +295,7 @@ ensure_deps() {
     sudo=(sudo)
   fi
   say "installing OS packages: ${missing[*]}"
-  local log="$STREAMGUARD_CACHE/apt.log" policy=/usr/sbin/policy-rc.d made_policy=""
+  local log="$STACK_CACHE/apt.log" policy=/usr/sbin/policy-rc.d made_policy=""
   # Keep Debian's maintainer scripts from starting system services (e.g. a prometheus
   # on 0.0.0.0:9090): we run our own instances.
   if [[ ! -e $policy ]]; then
@@ -369,7 +365,7 @@ cds_promote() {
 # Kafka (broker + controller) and Kafka Connect: jars from Maven Central via stack/pom.xml
 # ---------------------------------------------------------------------------------------
 kafka_classpath_file() {
-  echo "$STREAMGUARD_CACHE/kafka-$KAFKA_VERSION-classpath-$(sha256sum "$STACK_HOME/pom.xml" | cut -c1-16).txt"
+  echo "$STACK_CACHE/kafka-$KAFKA_VERSION-classpath-$(sha256sum "$STACK_HOME/pom.xml" | cut -c1-16).txt"
 }
 
 classpath_complete() {
@@ -385,9 +381,9 @@ _fetch_kafka_locked() {
   local cpf log
   cpf=$(kafka_classpath_file)
   classpath_complete "$cpf" && return 0
-  log="$STREAMGUARD_CACHE/mvn.log"
+  log="$STACK_CACHE/mvn.log"
   say "kafka: resolving Kafka $KAFKA_VERSION jars with Maven (first run only, see $log)"
-  if ! (cd "$STREAMGUARD_CACHE" && mvn -q -B -Dstyle.color=never -f "$STACK_HOME/pom.xml" \
+  if ! (cd "$STACK_CACHE" && mvn -q -B -Dstyle.color=never -f "$STACK_HOME/pom.xml" \
     dependency:build-classpath -Dmdep.includeScope=runtime -Dmdep.outputFile="$cpf.tmp") >"$log" 2>&1; then
     show_log_tail "$log"
     die "kafka: maven dependency resolution failed"
@@ -398,7 +394,7 @@ _fetch_kafka_locked() {
 
 fetch_kafka() {
   classpath_complete "$(kafka_classpath_file)" && return 0
-  with_lock "$STREAMGUARD_CACHE/.lock-kafka" _fetch_kafka_locked
+  with_lock "$STACK_CACHE/.lock-kafka" _fetch_kafka_locked
 }
 
 kafka_classpath() {
@@ -416,7 +412,7 @@ KAFKA_CLI_JAVA_OPTS=(-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xshare:auto -Xss1
 
 # AppCDS archive of the classes a Kafka CLI loads: halves the tools' start time (~1.5 s ->
 # ~0.7 s). Keyed on the classpath and the JVM; made by stack/up once the broker runs.
-kafka_cds_prefix() { echo "$STREAMGUARD_CACHE/$(basename "$(kafka_classpath_file)" .txt)"; }
+kafka_cds_prefix() { echo "$STACK_CACHE/$(basename "$(kafka_classpath_file)" .txt)"; }
 
 kafka_cli_archive() { echo "$(kafka_cds_prefix)-cli-$(jvm_key).jsa"; }
 
@@ -444,7 +440,7 @@ _build_kafka_cli_archive_locked() {
 
 build_kafka_cli_archive() {
   [[ -s $(kafka_cli_archive) ]] && return 0
-  with_lock "$STREAMGUARD_CACHE/.lock-kafka" _build_kafka_cli_archive_locked
+  with_lock "$STACK_CACHE/.lock-kafka" _build_kafka_cli_archive_locked
 }
 
 STACK_BACKGROUND=()
@@ -644,7 +640,7 @@ wait_connect() {
 # Flink: the PyPI apache-flink + apache-flink-libraries wheels form a full distribution
 # ---------------------------------------------------------------------------------------
 FLINK_DIR="$STACK_DIR/flink"
-: "${FLINK_VENV:=$STREAMGUARD_CACHE/flink-$FLINK_VERSION-venv}"
+: "${FLINK_VENV:=$STACK_CACHE/flink-$FLINK_VERSION-venv}"
 export FLINK_CONF_DIR="$FLINK_DIR/conf"
 export FLINK_LOG_DIR="$FLINK_DIR/log"
 export FLINK_PID_DIR="$FLINK_DIR/pid"
@@ -670,7 +666,7 @@ flink_home_cached() {
 
 _fetch_flink_locked() {
   flink_home_cached >/dev/null && return 0
-  local py log="$STREAMGUARD_CACHE/pip-flink.log" h
+  local py log="$STACK_CACHE/pip-flink.log" h
   py=$(flink_python) || die "flink: no python3 with venv support (apt-get install python3-venv)"
   say "flink: installing apache-flink $FLINK_VERSION from PyPI into $FLINK_VENV (first run only, ~350 MB)"
   rm -rf "$FLINK_VENV"
@@ -687,7 +683,7 @@ _fetch_flink_locked() {
 }
 
 fetch_flink() {
-  flink_home_cached >/dev/null || with_lock "$STREAMGUARD_CACHE/.lock-flink" _fetch_flink_locked
+  flink_home_cached >/dev/null || with_lock "$STACK_CACHE/.lock-flink" _fetch_flink_locked
   FLINK_HOME=$(flink_home_cached) || die "flink: installation in $FLINK_VENV is incomplete"
   export FLINK_HOME
 }
@@ -700,7 +696,7 @@ fetch_flink() {
 write_flink_java_wrapper() {
   local real jvmdir="$FLINK_DIR/jvm" jsa
   real=$(readlink -f "$(command -v java)")
-  jsa="$STREAMGUARD_CACHE/flink-$FLINK_VERSION-bashjavautils-$(jvm_key).jsa"
+  jsa="$STACK_CACHE/flink-$FLINK_VERSION-bashjavautils-$(jvm_key).jsa"
   mkdir -p "$jvmdir/bin"
   cat >"$jvmdir/bin/java.tmp" <<EOF
 #!/usr/bin/env bash
@@ -736,7 +732,7 @@ write_flink_config() {
   # Flink 2.x reads conf/config.yaml (flink-conf.yaml is gone). Keep the distribution's JVM
   # --add-opens list, replace everything else.
   javaopts=$(sed -n 's/^ *all: *\(--add-.*\)$/\1/p' "$FLINK_HOME/conf/config.yaml" | head -1)
-  local cds="" prefix="$STREAMGUARD_CACHE/flink-$FLINK_VERSION" extra
+  local cds="" prefix="$STACK_CACHE/flink-$FLINK_VERSION" extra
   extra="$(fast_jvm_opts) ${FLINK_EXTRA_JAVA_OPTS:-}"
   cds_opts flink-jm "$prefix"
   cds+="env.java.opts.jobmanager: ${CDS_OPTS[*]} $extra"$'\n'

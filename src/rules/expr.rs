@@ -801,7 +801,10 @@ mod tests {
         l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn data(series: &[(&str, &[(&str, &str)], bool, &[f64])]) -> Dataset {
+    /// (signal, labels, fresh, values every 10 s)
+    type Input<'a> = (&'a str, &'a [(&'a str, &'a str)], bool, &'a [f64]);
+
+    fn data(series: &[Input]) -> Dataset {
         let mut d = Dataset::default();
         for (signal, l, fresh, values) in series {
             let points = values.iter().enumerate().map(|(i, v)| (t(i as f64 * 10.0), *v)).collect();

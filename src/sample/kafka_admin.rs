@@ -160,6 +160,9 @@ pub struct GroupDescription {
     pub error: Option<AdminError>,
 }
 
+/// Offsets of many partitions from one `ListOffsets` spec, each with its own outcome.
+pub type PartitionOffsetMap = HashMap<TopicPartition, Result<i64, AdminError>>;
+
 /// A committed offset, `None` when the group has no commit for that partition.
 pub type Committed = (TopicPartition, Option<i64>);
 
@@ -407,9 +410,9 @@ impl Admin {
         partitions: &[TopicPartition],
         specs: &[OffsetSpec],
         timeout: Duration,
-    ) -> Result<Vec<HashMap<TopicPartition, Result<i64, AdminError>>>, AdminError> {
+    ) -> Result<Vec<PartitionOffsetMap>, AdminError> {
         const OP: &str = "ListOffsets";
-        let mut out: Vec<Option<HashMap<TopicPartition, Result<i64, AdminError>>>> = vec![None; specs.len()];
+        let mut out: Vec<Option<PartitionOffsetMap>> = vec![None; specs.len()];
         if partitions.is_empty() {
             return Ok(specs.iter().map(|_| HashMap::new()).collect());
         }

@@ -220,8 +220,14 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("spawn streamguard");
-        let agent = Agent { child, port, _dir: dir };
-        wait_until(Duration::from_secs(20), "agent /healthz", || agent.get("/healthz").0 == 200);
+        let mut agent = Agent { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.get("/healthz").0 != 200 {
+            // An agent that exited (bad config, port taken) says why in its log.
+            let exited = agent.child.try_wait().ok().flatten();
+            assert!(exited.is_none() && Instant::now() < deadline, "agent not healthy ({exited:?}):\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
         agent
     }
 
