@@ -114,9 +114,13 @@ impl Failure {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("previous sample still running")]
-struct Busy;
+/// What one cycle did.
+enum Cycle {
+    /// Sampled and recorded this many series.
+    Sampled(usize),
+    /// The previous attempt has not returned yet.
+    Skipped,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("sample did not return within {0:?}")]
@@ -132,13 +136,13 @@ impl Source {
         }
     }
 
-    /// One attempt: sample, then record into the store. Returns the number of series.
-    async fn run_once(&mut self, name: &str, store: &Store, hard_timeout: Duration) -> Result<usize, Failure> {
+    /// One attempt: sample, then record into the store.
+    async fn run_once(&mut self, name: &str, store: &Store, hard_timeout: Duration) -> Result<Cycle, Failure> {
         let kind = self.kind();
         let sample = match self {
             Source::Kafka { sampler, pending, derive } => {
                 if pending.as_ref().is_some_and(|h| !h.is_finished()) {
-                    return Err(Failure::new("skipped", Busy));
+                    return Ok(Cycle::Skipped);
                 }
                 let s = sampler.clone();
                 let dlq = store.dlq_inputs();
@@ -162,8 +166,7 @@ impl Source {
                     .unwrap_or_default();
                 let n = n + derived.len();
                 store.record_derived(kind, name, at, derived);
-                store.set_snapshot(kind, name, snapshot);
-                return Ok(n);
+                return Ok(Cycle::Sampled(n));
             }
             Source::Connect(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
             Source::Flink(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
@@ -171,7 +174,7 @@ impl Source {
         };
         let n = sample.observations.len();
         store.record_success(kind, name, SystemTime::now(), sample);
-        Ok(n)
+        Ok(Cycle::Sampled(n))
     }
 }
 
@@ -275,12 +278,12 @@ async fn source_loop(
             r = source.run_once(&name, &store, hard_timeout) => r,
         };
         match outcome {
-            Ok(series) => {
+            Ok(Cycle::Sampled(series)) => {
                 SampleSucceeded { kind, source: &name, seconds: started.elapsed().as_secs_f64(), series, recovered_after: failures }
                     .emit(&metrics);
                 failures = 0;
             }
-            Err(f) if f.kind == "skipped" => {
+            Ok(Cycle::Skipped) => {
                 SampleSkipped { kind, source: &name }.emit(&metrics);
             }
             Err(f) => {

@@ -13,13 +13,12 @@
 //! - No NaN is ever stored ([`Observation::new`] refuses non-finite values).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::{DlqConfig, HistoryConfig};
-use crate::sample::kafka::KafkaSnapshot;
 use crate::signal::{quality, DlqLink, Observation, Quality, SeriesKey, SourceSample, TargetInfo};
 
 /// Which kind of source a loop samples.
@@ -87,8 +86,6 @@ impl Series {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub health: SourceHealth,
-    /// The latest Kafka snapshot (Kafka sources only), for `lag` and the API.
-    pub snapshot: Option<Arc<KafkaSnapshot>>,
     pub targets: Vec<TargetInfo>,
     /// Dead-letter links the source discovered (Kafka Connect).
     pub dlq_links: Vec<DlqLink>,
@@ -176,7 +173,7 @@ impl Store {
             stale_after,
         };
         self.write()
-            .insert((kind, name.to_string()), Entry { health, snapshot: None, targets: Vec::new(), dlq_links: Vec::new(), series: HashMap::new() });
+            .insert((kind, name.to_string()), Entry { health, targets: Vec::new(), dlq_links: Vec::new(), series: HashMap::new() });
     }
 
     /// Records a successful sample: appends every observation to its series' history,
@@ -204,13 +201,6 @@ impl Store {
         }
     }
 
-    /// Keeps the latest Kafka snapshot of a source.
-    pub fn set_snapshot(&self, kind: SourceKind, name: &str, snapshot: KafkaSnapshot) {
-        if let Some(e) = self.write().get_mut(&(kind, name.to_string())) {
-            e.snapshot = Some(Arc::new(snapshot));
-        }
-    }
-
     /// Records a failed attempt; history is kept but the source's series are now stale.
     /// Returns the number of consecutive failures.
     pub fn record_failure(&self, kind: SourceKind, name: &str, at: SystemTime, error: String) -> u32 {
@@ -234,9 +224,9 @@ impl Store {
         f(&mut it)
     }
 
-    /// A copy of every source's health and latest snapshot (cheap: no series).
-    pub fn health(&self) -> Vec<(SourceHealth, Option<Arc<KafkaSnapshot>>)> {
-        self.read().values().map(|e| (e.health.clone(), e.snapshot.clone())).collect()
+    /// A copy of every source's health (cheap: no series).
+    pub fn health(&self) -> Vec<SourceHealth> {
+        self.read().values().map(|e| e.health.clone()).collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(SourceKind, String), Entry>> {

@@ -164,7 +164,7 @@ impl Collector for StoreCollector {
         let mut quality = Vec::new();
         let mut last_success = Vec::new();
         let mut failures = Vec::new();
-        for (h, _) in self.store.health() {
+        for h in self.store.health() {
             let l = source_labels(h.kind, &h.name);
             let q = h.quality(now);
             up.push((l.clone(), i64::from(h.last_success.is_some() && h.consecutive_failures == 0)));

@@ -82,7 +82,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
         .store
         .health()
         .iter()
-        .filter_map(|(h, _)| {
+        .filter_map(|h| {
             let q = h.quality(now);
             (q != Quality::Fresh).then(|| format!("{} {}: {}", h.kind.as_str(), h.name, q.as_str()))
         })
