@@ -42,6 +42,14 @@ fn points(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
     entry.series.get(key).map(|s| s.since(since).collect()).unwrap_or_default()
 }
 
+/// Points since `since` plus the last one before it, so a window sampled every interval
+/// spans the whole window (not the window minus one interval) once history reaches back.
+fn points_covering(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
+    let Some(series) = entry.series.get(key) else { return Vec::new() };
+    let anchor = series.points.iter().rev().find(|(t, _)| *t < since).copied();
+    anchor.into_iter().chain(series.since(since)).collect()
+}
+
 /// Sum of several series at the times all of them have a point (they come from the same
 /// snapshots, so their timestamps line up), oldest first.
 fn aligned_sum(entry: &Entry, keys: &[SeriesKey], since: SystemTime) -> Vec<Point> {
@@ -186,8 +194,8 @@ pub fn derive(
             // Status.
             let lag_key = SeriesKey::new("lag_offsets", &pl);
             statuses.push(window::partition_status(
-                &points(entry, &committed_key, status_since),
-                &points(entry, &lag_key, status_since),
+                &points_covering(entry, &committed_key, status_since),
+                &points_covering(entry, &lag_key, status_since),
                 history.status_window,
                 g.members > 0,
             ));
