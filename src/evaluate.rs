@@ -184,8 +184,11 @@ impl Rules {
         Ok(n)
     }
 
-    /// Writes SLO events atomically.
+    /// Writes SLO events atomically (nothing when there are no SLOs).
     pub fn persist(&self) -> Result<(), StateError> {
+        if self.set().slos.is_empty() {
+            return Ok(());
+        }
         let path = &self.config.state_file;
         let state = StateFile { version: 1, slos: self.engine.lock().unwrap_or_else(|p| p.into_inner()).events.clone() };
         let io = |source| StateError::Io { path: path.clone(), source };
