@@ -31,25 +31,10 @@ fn scenario(topic: &str, dlq: &str, connector: &str, extra_config: &str) -> (Age
         }),
     );
     let port = free_port();
-    let config = format!(
-        r#"listen = "127.0.0.1:{port}"
-sample_interval = "1s"
-sample_timeout = "1s"
-[history]
-rate_window = "60s"
-[[clusters]]
-name = "local"
-bootstrap_servers = "{b}"
-groups = {{ include = ["^connect-{connector}$"] }}
-{extra_config}
-"#
-    );
+    let extra = format!("[history]\nrate_window = \"60s\"\n{extra_config}\n");
+    let config = agent_config_with(port, &b, &format!("^connect-{connector}$"), &extra);
     let agent = Agent::start_with(port, &config);
     (agent, sink, dir)
-}
-
-fn value(s: Option<serde_json::Value>) -> Option<f64> {
-    s.and_then(|s| s["value"].as_f64())
 }
 
 fn run_mix(agent: &Agent, topic: &str, dlq: &str, group: &str) {

@@ -9,22 +9,12 @@ use std::time::Duration;
 use common::*;
 
 fn config(port: u16, bootstrap: &str, group: &str, rules_dir: &std::path::Path) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-sample_interval = "1s"
-sample_timeout = "1s"
-[rules]
-paths = ["{rules}"]
-evaluation_interval = "1s"
-state_file = "{state}"
-[[clusters]]
-name = "local"
-bootstrap_servers = "{bootstrap}"
-groups = {{ include = ["^{group}$"] }}
-"#,
-        rules = rules_dir.display(),
-        state = rules_dir.join("state.json").display(),
-    )
+    let rules = format!(
+        "[rules]\npaths = [\"{}\"]\nevaluation_interval = \"1s\"\nstate_file = \"{}\"\n",
+        rules_dir.display(),
+        rules_dir.join("state.json").display()
+    );
+    agent_config_with(port, bootstrap, &format!("^{group}$"), &rules)
 }
 
 fn rules(group: &str) -> String {

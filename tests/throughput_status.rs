@@ -8,23 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn config(port: u16, bootstrap: &str, group_regex: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-sample_interval = "1s"
-sample_timeout = "1s"
-[history]
-rate_window = "4s"
-status_window = "4s"
-[[clusters]]
-name = "local"
-bootstrap_servers = "{bootstrap}"
-groups = {{ include = ["{group_regex}"] }}
-"#
-    )
-}
-
-fn value(s: Option<serde_json::Value>) -> Option<f64> {
-    s.and_then(|s| s["value"].as_f64())
+    agent_config_with(port, bootstrap, group_regex, "[history]\nrate_window = \"4s\"\nstatus_window = \"4s\"\n")
 }
 
 #[test]

@@ -8,19 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn config(port: u16, bootstrap: &str, group: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-sample_interval = "1s"
-sample_timeout = "1s"
-[history]
-rate_window = "5s"
-status_window = "10s"
-[[clusters]]
-name = "local"
-bootstrap_servers = "{bootstrap}"
-groups = {{ include = ["^{group}$"] }}
-"#
-    )
+    agent_config_with(port, bootstrap, &format!("^{group}$"), "[history]\nrate_window = \"5s\"\nstatus_window = \"10s\"\n")
 }
 
 #[test]

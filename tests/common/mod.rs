@@ -173,6 +173,11 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
 
 /// A config for one cluster watching groups that match `group_regex`, sampling every second.
 pub fn agent_config(port: u16, bootstrap: &str, group_regex: &str) -> String {
+    agent_config_with(port, bootstrap, group_regex, "")
+}
+
+/// As [`agent_config`], followed by `extra` TOML tables (`[history]`, `[rules]` …).
+pub fn agent_config_with(port: u16, bootstrap: &str, group_regex: &str, extra: &str) -> String {
     format!(
         r#"listen = "127.0.0.1:{port}"
 sample_interval = "1s"
@@ -183,7 +188,7 @@ backoff_max = "2s"
 name = "local"
 bootstrap_servers = "{bootstrap}"
 groups = {{ include = ["{group_regex}"] }}
-"#
+{extra}"#
     )
 }
 
@@ -496,4 +501,9 @@ pub fn promtool_check_metrics(text: &str) {
     let out = child.wait_with_output().unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+}
+
+/// The value of a series from [`Agent::fresh`].
+pub fn value(s: Option<serde_json::Value>) -> Option<f64> {
+    s.and_then(|s| s["value"].as_f64())
 }
