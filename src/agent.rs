@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HttpSourceConfig};
 use crate::evaluate::Rules;
-use crate::events::{SampleFailed, SampleSkipped, SampleSucceeded};
+use crate::events::{SampleFailed, SamplePartial, SampleSkipped, SampleSucceeded};
 use crate::sample::connect::ConnectSampler;
 use crate::sample::flink::FlinkSampler;
 use crate::sample::http::HttpError;
@@ -114,10 +114,17 @@ impl Failure {
     }
 }
 
+/// Errors that did not fail a sample, by bounded cause.
+#[derive(Debug, Default)]
+struct PartialErrors {
+    causes: std::collections::BTreeMap<&'static str, u64>,
+    first: Option<String>,
+}
+
 /// What one cycle did.
 enum Cycle {
-    /// Sampled and recorded this many series.
-    Sampled(usize),
+    /// Sampled and recorded this many series; some values may be missing (`partial`).
+    Sampled { series: usize, partial: PartialErrors },
     /// The previous attempt has not returned yet.
     Skipped,
 }
@@ -157,16 +164,15 @@ impl Source {
                     Ok(Ok(Ok(snapshot))) => snapshot,
                 };
                 let at = snapshot.taken_at;
-                let sample = snapshot.to_sample();
-                let n = sample.observations.len();
-                store.record_success(kind, name, at, sample);
                 let history = store.history_config();
-                let derived = store
-                    .with_entry(kind, name, |e| kafka_derive::derive(e, &snapshot, at, &history, derive))
-                    .unwrap_or_default();
-                let n = n + derived.len();
-                store.record_derived(kind, name, at, derived);
-                return Ok(Cycle::Sampled(n));
+                // Raw and derived series are published together, as one snapshot.
+                let n = store.record_success_with(kind, name, at, snapshot.to_sample(), |e| {
+                    kafka_derive::derive(e, &snapshot, at, &history, derive)
+                });
+                let size = serde_json::to_value(derive.size()).unwrap_or_default();
+                store.annotate_target(kind, name, "kafka_cluster", "derive_state", size);
+                let partial = PartialErrors { causes: snapshot.partial_causes.clone(), first: snapshot.partial_errors.first().cloned() };
+                return Ok(Cycle::Sampled { series: n, partial });
             }
             Source::Connect(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
             Source::Flink(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
@@ -174,7 +180,7 @@ impl Source {
         };
         let n = sample.observations.len();
         store.record_success(kind, name, SystemTime::now(), sample);
-        Ok(Cycle::Sampled(n))
+        Ok(Cycle::Sampled { series: n, partial: PartialErrors::default() })
     }
 }
 
@@ -266,6 +272,7 @@ async fn source_loop(
     // not return, so a stuck call can never stall the loop.
     let hard_timeout = sched.timeout + Duration::from_secs(2);
     let mut failures = 0u32;
+    let mut partial_before = false;
     let mut delay = Duration::ZERO;
     loop {
         tokio::select! {
@@ -278,10 +285,15 @@ async fn source_loop(
             r = source.run_once(&name, &store, hard_timeout) => r,
         };
         match outcome {
-            Ok(Cycle::Sampled(series)) => {
+            Ok(Cycle::Sampled { series, partial }) => {
                 SampleSucceeded { kind, source: &name, seconds: started.elapsed().as_secs_f64(), series, recovered_after: failures }
                     .emit(&metrics);
                 failures = 0;
+                if !partial.causes.is_empty() || partial_before {
+                    SamplePartial { kind, source: &name, causes: &partial.causes, first: partial.first.as_deref(), was_partial: partial_before }
+                        .emit(&metrics);
+                }
+                partial_before = !partial.causes.is_empty();
             }
             Ok(Cycle::Skipped) => {
                 SampleSkipped { kind, source: &name }.emit(&metrics);

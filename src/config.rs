@@ -219,6 +219,10 @@ pub struct ClusterConfig {
     /// Lagging partitions whose committed record's timestamp is read per cycle (exact
     /// time lag); 0 disables the probe.
     pub probe_budget: usize,
+    /// Time the probe may spend per sample, always less than `sample_timeout`, so a
+    /// probe that cannot read (an open transaction, a slow leader) never makes the
+    /// whole sample time out. Default: half the sample timeout, at most 2 s.
+    pub probe_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -234,6 +238,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_OFFSET_FETCH_CONCURRENCY: usize = 16;
 const DEFAULT_PROBE_BUDGET: usize = 50;
+const MAX_DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Half the sample timeout, at most 2 s. Pure.
+pub fn default_probe_timeout(sample_timeout: Duration) -> Duration {
+    (sample_timeout / 2).min(MAX_DEFAULT_PROBE_TIMEOUT)
+}
 
 const TOP_KEYS: [&str; 13] = [
     "rules",
@@ -257,8 +267,9 @@ const DLQ_KEYS: [&str; 2] = ["patterns", "topics"];
 const DLQ_TOPIC_KEYS: [&str; 4] = ["cluster", "dlq_topic", "source_topic", "group"];
 const HISTORY_KEYS: [&str; 4] = ["retention", "max_points", "rate_window", "status_window"];
 const RULES_KEYS: [&str; 5] = ["paths", "evaluation_interval", "unknown_after", "confidence", "state_file"];
-const CLUSTER_KEYS: [&str; 9] = [
+const CLUSTER_KEYS: [&str; 10] = [
     "probe_budget",
+    "probe_timeout",
     "name",
     "bootstrap_servers",
     "properties",
@@ -727,6 +738,21 @@ impl Validator<'_> {
         }
         .unwrap_or(DEFAULT_PROBE_BUDGET);
         let settings = self.inherited(c, prefix, Some(top));
+        let probe_timeout = match self.duration(c, prefix, "probe_timeout") {
+            Some(t) if t >= settings.timeout || t.is_zero() => {
+                self.error(
+                    c.get("probe_timeout"),
+                    &join(prefix, "probe_timeout"),
+                    format!(
+                        "must be more than 0 and less than sample_timeout ({})",
+                        humantime::format_duration(settings.timeout)
+                    ),
+                );
+                None
+            }
+            t => t,
+        }
+        .unwrap_or_else(|| default_probe_timeout(settings.timeout));
         Some(ClusterConfig {
             name: name?,
             bootstrap_servers: bootstrap?,
@@ -737,6 +763,7 @@ impl Validator<'_> {
             offset_fetch_concurrency: settings.concurrency,
             groups: settings.groups,
             probe_budget,
+            probe_timeout,
         })
     }
 

@@ -59,3 +59,33 @@ impl SampleSkipped<'_> {
         tracing::warn!(kind = self.kind.as_str(), source = self.source, "previous sample still running, cycle skipped");
     }
 }
+
+/// A sample succeeded but some values could not be computed (a group's offsets, probe
+/// reads): the data is published without them, the target says why, and this counts it.
+pub struct SamplePartial<'a> {
+    pub kind: SourceKind,
+    pub source: &'a str,
+    /// Bounded causes and how many items each affected this cycle (may be empty when
+    /// the previous cycle was partial and this one is complete).
+    pub causes: &'a std::collections::BTreeMap<&'static str, u64>,
+    pub first: Option<&'a str>,
+    /// Whether the previous cycle was partial too (then this is not news).
+    pub was_partial: bool,
+}
+
+impl SamplePartial<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        for (cause, n) in self.causes {
+            metrics.count_partial(self.kind, self.source, cause, *n);
+        }
+        match (self.causes.is_empty(), self.was_partial) {
+            (true, _) => tracing::info!(kind = self.kind.as_str(), source = self.source, "sample complete again"),
+            (false, false) => {
+                tracing::warn!(kind = self.kind.as_str(), source = self.source, causes = ?self.causes, first = self.first.unwrap_or(""), "sample incomplete: some values are missing")
+            }
+            (false, true) => {
+                tracing::debug!(kind = self.kind.as_str(), source = self.source, causes = ?self.causes, "sample still incomplete")
+            }
+        }
+    }
+}

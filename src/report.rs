@@ -91,7 +91,7 @@ pub fn render_table(reports: &[ClusterReport]) -> String {
                     opt(p.log_start_offset),
                     opt(p.committed_offset),
                     opt(p.log_end_offset),
-                    opt(p.lag_offsets),
+                    opt(p.tool_lag()),
                     p.client_id.clone().unwrap_or_else(|| "-".into()),
                 ]);
                 rows.push(row);

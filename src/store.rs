@@ -191,13 +191,44 @@ impl Store {
         append(&mut e.series, at, sample.observations, &history);
     }
 
-    /// Adds observations derived after a sample (time lag, rates, status) at the same
-    /// timestamp as that sample, so they count as produced by it.
-    pub fn record_derived(&self, kind: SourceKind, name: &str, at: SystemTime, observations: Vec<Observation>) {
+    /// Records a successful sample and the series derived from it (time lag, rates,
+    /// status) as one snapshot: `derive` reads the entry with the raw series already
+    /// appended, and no reader ever sees the raw series of a sample without its derived
+    /// ones (which would read as `missing`, reset pending alerts and make a scrape
+    /// withdraw them). Returns the number of series recorded.
+    pub fn record_success_with(
+        &self,
+        kind: SourceKind,
+        name: &str,
+        at: SystemTime,
+        sample: SourceSample,
+        derive: impl FnOnce(&Entry) -> Vec<Observation>,
+    ) -> usize {
         let history = self.history;
         let mut map = self.write();
-        if let Some(e) = map.get_mut(&(kind, name.to_string())) {
-            append(&mut e.series, at, observations, &history);
+        let Some(e) = map.get_mut(&(kind, name.to_string())) else { return 0 };
+        let raw = sample.observations.len();
+        e.health.last_attempt = Some(at);
+        e.health.last_success = Some(at);
+        e.health.last_error = None;
+        e.health.consecutive_failures = 0;
+        e.targets = sample.targets;
+        e.dlq_links = sample.dlq_links;
+        append(&mut e.series, at, sample.observations, &history);
+        let derived = derive(e);
+        let n = raw + derived.len();
+        append(&mut e.series, at, derived, &history);
+        n
+    }
+
+    /// Adds `key: value` to the detail of one of a source's targets.
+    pub fn annotate_target(&self, kind: SourceKind, name: &str, target_kind: &str, key: &str, value: serde_json::Value) {
+        let mut map = self.write();
+        let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
+        for t in e.targets.iter_mut().filter(|t| t.kind == target_kind) {
+            if let Some(obj) = t.detail.as_object_mut() {
+                obj.insert(key.to_string(), value.clone());
+            }
         }
     }
 

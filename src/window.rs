@@ -83,7 +83,7 @@ pub fn age(now: SystemTime, then: SystemTime) -> f64 {
 
 /// Status of a consumer group (worst of its partitions), in the spirit of Burrow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Not enough history in the window to judge.
     Unknown,
@@ -96,10 +96,25 @@ pub enum Status {
     Stall,
     /// Lag > 0, offsets unchanged across the window, no members (nobody consuming).
     Stop,
+    /// The committed offset is beyond the log end (truncated or recreated topic): the
+    /// group will reset by its `auto.offset.reset` policy. Judged on the latest sample.
+    OutOfRange,
+    /// The committed offset is below the log start: records were deleted before the
+    /// group consumed them. Judged on the latest sample.
+    DataLoss,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [Status::Ok, Status::Warn, Status::Stall, Status::Stop, Status::Rewind, Status::Unknown];
+    pub const ALL: [Status; 8] = [
+        Status::Ok,
+        Status::Warn,
+        Status::Stall,
+        Status::Stop,
+        Status::Rewind,
+        Status::OutOfRange,
+        Status::DataLoss,
+        Status::Unknown,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,6 +124,8 @@ impl Status {
             Status::Rewind => "REWIND",
             Status::Stall => "STALL",
             Status::Stop => "STOP",
+            Status::OutOfRange => "OUT_OF_RANGE",
+            Status::DataLoss => "DATA_LOSS",
         }
     }
 }
@@ -268,5 +285,7 @@ mod tests {
         assert_eq!(group_status([Status::Stall, Status::Stop, Status::Rewind]), Status::Stop);
         assert_eq!(group_status([Status::Unknown, Status::Unknown]), Status::Unknown);
         assert_eq!(group_status([]), Status::Unknown);
+        assert_eq!(group_status([Status::Stop, Status::OutOfRange, Status::Ok]), Status::OutOfRange);
+        assert_eq!(group_status([Status::OutOfRange, Status::DataLoss, Status::Unknown]), Status::DataLoss);
     }
 }

@@ -1,6 +1,8 @@
 //! DLQ rate and ratio with a real Kafka Connect sink: `errors.tolerance=all` sends
 //! records its JsonConverter cannot read to a dead-letter topic; streamguard matches the
-//! DLQ to the sink's consumer group and reports rate and ratio.
+//! DLQ to the sink's consumer group and reports rate and ratio. A DLQ belongs to the
+//! group that writes it: a match that names only the topic is never blamed on the groups
+//! that happen to read that topic.
 
 mod common;
 
@@ -58,9 +60,9 @@ fn run_mix(agent: &Agent, topic: &str, dlq: &str, group: &str) {
 #[test]
 fn dlq_rate_and_ratio_match_the_poison_pill_share_of_a_real_connect_sink() {
     let topic = unique("orders");
-    let dlq = format!("{topic}.dlq"); // matches the default pattern {topic}.dlq
     let connector = unique("dlq-sink");
     let group = format!("connect-{connector}");
+    let dlq = format!("dlq-{group}"); // matches the default pattern dlq-{group}
     let (agent, _sink, _dir) = scenario(&topic, &dlq, &connector, "");
     run_mix(&agent, &topic, &dlq, &group);
 
@@ -70,7 +72,8 @@ fn dlq_rate_and_ratio_match_the_poison_pill_share_of_a_real_connect_sink() {
     assert!((ratio["value"].as_f64().unwrap() - 0.2).abs() < 1e-9, "{ratio}");
     // The DLQ rate is the 20 failed records over the span of the DLQ's sampled history
     // (the whole run: it is shorter than the 60 s rate window).
-    let rate = agent.fresh("dlq_rate", &dlq, &[("group", &group)]).unwrap();
+    let rate = agent.fresh("dlq_rate", &dlq, &[]).unwrap();
+    assert!(rate["labels"].get("group").is_none(), "dlq_rate is per DLQ topic: {rate}");
     let end = agent.fresh("log_end_offset", &dlq, &[]).unwrap();
     let (rate_at, h) = (rate["last_time"].as_f64().unwrap(), end["history"].as_array().unwrap());
     let first = h.iter().find(|p| p[0].as_f64().unwrap() <= rate_at).unwrap();
@@ -88,7 +91,7 @@ fn an_explicitly_mapped_dlq_is_matched_whatever_its_name() {
     let dlq = unique("failed-payments");
     let connector = unique("mapped-sink");
     let group = format!("connect-{connector}");
-    let extra = format!("[[dlq.topics]]\ndlq_topic = \"{dlq}\"\nsource_topic = \"{topic}\"\n");
+    let extra = format!("[[dlq.topics]]\ndlq_topic = \"{dlq}\"\nsource_topic = \"{topic}\"\ngroup = \"{group}\"\n");
     let (agent, _sink, _dir) = scenario(&topic, &dlq, &connector, &extra);
     run_mix(&agent, &topic, &dlq, &group);
     let ratio = value(agent.fresh("dlq_ratio", &dlq, &[("group", &group)])).unwrap();
@@ -106,4 +109,28 @@ fn a_dlq_named_only_in_a_connect_sink_config_is_discovered_through_the_connect_s
     run_mix(&agent, &topic, &dlq, &group);
     let ratio = value(agent.fresh("dlq_ratio", &dlq, &[("group", &group), ("topic", &topic)])).unwrap();
     assert!((ratio - 0.2).abs() < 1e-9, "{ratio}");
+}
+
+#[test]
+fn a_dlq_matched_by_topic_name_is_counted_once_and_blamed_on_no_group() {
+    let b = bootstrap();
+    let topic = unique("shipments");
+    let dlq = format!("{topic}.dlq"); // the default pattern {topic}.dlq names no group
+    create_topic(&b, &topic, 1);
+    create_topic(&b, &dlq, 1);
+    produce(&b, &topic, &[10], None);
+    let (g1, g2) = (unique("ship-a"), unique("ship-b"));
+    consume_and_commit(&b, &g1, &topic, &[4]);
+    consume_and_commit(&b, &g2, &topic, &[6]);
+    let port = free_port();
+    let agent = Agent::start_with(port, &agent_config_with(port, &b, &format!("^({g1}|{g2})$"), "[history]\nrate_window = \"30s\"\n"));
+    wait_until(Duration::from_secs(20), "the DLQ sampled", || agent.fresh("log_end_offset", &dlq, &[]).is_some());
+    produce(&b, &dlq, &[5], None);
+    wait_until(Duration::from_secs(20), "a DLQ rate", || value(agent.fresh("dlq_rate", &dlq, &[])).is_some_and(|r| r > 0.0));
+    let rates: Vec<serde_json::Value> =
+        agent.signals(&format!("signal=dlq_rate&target={}", urlencode(&dlq))).into_iter().filter(|s| s["quality"] == "fresh").collect();
+    assert_eq!(rates.len(), 1, "one series per DLQ topic, not one per group reading the source: {rates:?}");
+    assert!(agent.signals(&format!("signal=dlq_ratio&target={}", urlencode(&dlq))).is_empty(), "no group writes it, so no ratio");
+    let m = agent.metrics();
+    assert_eq!(m.count("streamguard_kafka_dlq_rate", &[("dlq_topic", dlq.as_str())]), 1);
 }

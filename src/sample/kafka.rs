@@ -5,12 +5,16 @@
 //! 2. `DescribeConsumerGroups` for the watched groups in one call (members, assignments),
 //! 3. `ListConsumerGroupOffsets`, one group per request as librdkafka requires, with a
 //!    bounded number in flight on one queue,
-//! 4. `ListOffsets` earliest and latest for the union of committed and assigned
-//!    partitions, issued together (librdkafka sends one request per leader broker).
+//! 4. `ListOffsets` earliest, latest and last stable (read_committed) for the union of
+//!    committed and assigned partitions, issued together (librdkafka sends one request
+//!    per leader broker),
+//! 5. the exact time-lag probe ([`super::kafka_probe`]) within its own, shorter budget.
 //!
 //! The result is turned into a [`KafkaSnapshot`] by the pure [`build_snapshot`]: lag per
 //! partition is `log_end − committed`, and a partition with no committed offset has *no*
-//! lag (`None`), never 0.
+//! lag (`None`), never 0. A committed offset outside the log (beyond its end after a
+//! truncation, or below its start after retention deleted unread records) is flagged
+//! per partition, never hidden behind a lag of 0.
 //!
 //! This module does not schedule, retry or decide anything: the agent loop calls
 //! [`KafkaSampler::sample`] (blocking) on its interval and the store keeps the result.
@@ -24,6 +28,7 @@ use serde::Serialize;
 use super::kafka_admin::{
     Admin, AdminError, Committed, GroupDescription, GroupListing, GroupState, GroupType, OffsetSpec, TopicPartition,
 };
+use super::kafka_probe::{Probe, ProbeValue};
 use crate::config::{ClusterConfig, DlqConfig};
 use crate::signal::{DlqLink, MetricKind, Observation, SignalDef, SourceSample, TargetInfo};
 
@@ -44,6 +49,11 @@ pub const SIGNALS: &[SignalDef] = &[
     gauge("has_committed_offset", "kafka_partition_has_committed_offset", P, "1 when the group has a committed offset for the partition, 0 when it has none"),
     gauge("log_end_offset", "kafka_partition_log_end_offset", TP, "Offset of the next record to be written"),
     gauge("log_start_offset", "kafka_partition_log_start_offset", TP, "Earliest offset still in the log"),
+    gauge("last_stable_offset", "kafka_partition_last_stable_offset", TP, "Last stable offset (LSO): read_committed consumers cannot read past it; below the log end while a transaction is open"),
+    gauge("open_transaction_offsets", "kafka_partition_open_transaction_offsets", TP, "Log end minus last stable offset: offsets held back by transactions not yet committed or aborted"),
+    gauge("offsets_out_of_range", "kafka_partition_offsets_out_of_range", P, "1 when the committed offset is outside the log (beyond its end, or below its start), else 0"),
+    gauge("lost_records", "kafka_partition_lost_records", P, "Log start minus committed offset when positive: records deleted before the group consumed them, else 0"),
+    SignalDef { name: "group_lost_records", metric: "kafka_group_lost_records", kind: MetricKind::Counter, help: "Records deleted before the group consumed them, counted since the agent started", labels: G },
     gauge("group_lag_offsets", "kafka_group_lag_offsets", G, "Sum of the group's known partition lags"),
     gauge("group_topic_lag_offsets", "kafka_group_topic_lag_offsets", GT, "Sum of the group's known partition lags on one topic"),
     gauge("group_topic_max_lag_offsets", "kafka_group_topic_max_lag_offsets", GT, "Largest known partition lag of the group on one topic"),
@@ -54,15 +64,18 @@ pub const SIGNALS: &[SignalDef] = &[
     gauge("groups", "kafka_groups", &["cluster"], "Consumer groups watched on the cluster (after include/exclude)"),
     gauge("lag_seconds", "kafka_partition_lag_seconds", &["cluster", "group", "topic", "partition", "method"], "Time lag: age of the next record the group will read (method probe) or time since the log end was at the committed offset (method interpolation)"),
     gauge("group_lag_seconds", "kafka_group_lag_seconds", &["cluster", "group", "method"], "Largest partition time lag of the group"),
+    gauge("probe_age_seconds", "kafka_partition_probe_age_seconds", P, "Seconds since the probe read the record behind lag_seconds{method=\"probe\"} (the value is exact while the committed offset stays)"),
+    gauge("probe_lagging_partitions", "kafka_probe_lagging_partitions", &["cluster"], "Lagging (group, partition) pairs the time-lag probe should cover"),
+    gauge("probe_uncovered_partitions", "kafka_probe_uncovered_partitions", &["cluster"], "Lagging (group, partition) pairs without a probe value for their current committed offset"),
     gauge("produce_rate", "kafka_partition_produce_rate", TP, "Records per second written to the partition over the rate window"),
     gauge("topic_produce_rate", "kafka_topic_produce_rate", &["cluster", "topic"], "Records per second written to the topic over the rate window"),
     gauge("consume_rate", "kafka_group_consume_rate", G, "Records per second the group commits over the rate window"),
     gauge("group_topic_consume_rate", "kafka_group_topic_consume_rate", GT, "Records per second the group commits on one topic over the rate window"),
-    gauge("group_status", "kafka_group_status", &["cluster", "group", "status"], "Group status over the status window: 1 for the current one of OK, WARN, STALL, STOP, REWIND, UNKNOWN"),
+    gauge("group_status", "kafka_group_status", &["cluster", "group", "status"], "Group status over the status window: 1 for the current one of OK, WARN, STALL, STOP, REWIND, OUT_OF_RANGE, DATA_LOSS, UNKNOWN"),
     SignalDef { name: "group_rebalances", metric: "kafka_group_rebalances", kind: MetricKind::Counter, help: "Rebalances seen (the group left Stable or its member count changed)", labels: G },
     SignalDef { name: "group_rewinds", metric: "kafka_group_rewinds", kind: MetricKind::Counter, help: "Committed offsets seen moving backwards", labels: G },
-    gauge("dlq_rate", "kafka_dlq_rate", &["cluster", "dlq_topic", "topic", "group"], "Records per second written to the dead-letter topic over the rate window"),
-    gauge("dlq_ratio", "kafka_dlq_ratio", &["cluster", "dlq_topic", "topic", "group"], "DLQ rate divided by the group's consume rate on the source topic; absent while the source is idle"),
+    gauge("dlq_rate", "kafka_dlq_rate", &["cluster", "dlq_topic"], "Records per second written to the dead-letter topic over the rate window (once per DLQ topic)"),
+    gauge("dlq_ratio", "kafka_dlq_ratio", &["cluster", "dlq_topic", "topic", "group"], "DLQ rate divided by the consume rate of the group that writes the DLQ, on its source topic; absent while the source is idle"),
 ];
 
 /// Why a sample failed as a whole.
@@ -101,8 +114,17 @@ pub struct PartitionLag {
     /// `None`: the offset could not be read this sample.
     pub log_start_offset: Option<i64>,
     pub log_end_offset: Option<i64>,
+    /// The LSO (read_committed end); below `log_end_offset` while a transaction is open.
+    pub last_stable_offset: Option<i64>,
     /// `log_end_offset − committed_offset`, floored at 0; `None` when either is unknown.
+    /// (Kafka's tool shows the unfloored value: see [`PartitionLag::tool_lag`].)
     pub lag_offsets: Option<i64>,
+    /// The committed offset is beyond the log end or below the log start; `None` when
+    /// unknown.
+    pub out_of_range: Option<bool>,
+    /// `log_start_offset − committed_offset` when positive, else 0: records deleted
+    /// before the group read them. `None` when unknown.
+    pub lost_records: Option<i64>,
     /// Client id of the member this partition is assigned to, if any.
     pub client_id: Option<String>,
 }
@@ -122,6 +144,14 @@ pub struct GroupLag {
     pub uncommitted_partitions: u32,
     /// Set when this group's offsets could not be read this sample.
     pub error: Option<String>,
+}
+
+impl PartitionLag {
+    /// The LAG column of `kafka-consumer-groups`: `end − committed`, negative when the
+    /// committed offset is beyond the log end.
+    pub fn tool_lag(&self) -> Option<i64> {
+        Some(self.log_end_offset? - self.committed_offset?)
+    }
 }
 
 impl GroupLag {
@@ -144,6 +174,7 @@ impl GroupLag {
 pub struct PartitionOffsets {
     pub log_start_offset: Option<i64>,
     pub log_end_offset: Option<i64>,
+    pub last_stable_offset: Option<i64>,
 }
 
 /// One complete sample of one cluster.
@@ -157,17 +188,61 @@ pub struct KafkaSnapshot {
     /// Offsets of every partition some watched group consumes, by topic and partition.
     #[serde(skip)]
     pub partitions: BTreeMap<TopicPartition, PartitionOffsets>,
-    /// Errors that did not fail the sample (a group whose offsets could not be read).
+    /// Errors that did not fail the sample (a group whose offsets could not be read,
+    /// partitions the probe could not read), for people.
     pub partial_errors: Vec<String>,
+    /// The same, counted by bounded cause (`group_offsets`, `partition_offsets`,
+    /// `probe_timeout` …), for the error counter.
+    #[serde(skip)]
+    pub partial_causes: BTreeMap<&'static str, u64>,
     /// Dead-letter topics found on the cluster and what they serve.
     pub dlq: Vec<ResolvedDlq>,
-    /// Time (ms since the epoch) of the record at (partition, committed offset), for
-    /// lagging partitions the exact probe has read (this cycle or cached).
+    /// What the exact probe knows of the record at (partition, committed offset), for
+    /// lagging partitions it has read (this cycle or cached).
     #[serde(skip)]
-    pub record_times: HashMap<TopicPartition, HashMap<i64, i64>>,
+    pub record_times: HashMap<TopicPartition, HashMap<i64, ProbeValue>>,
+}
+
+/// How much of the lagging partitions the probe covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeCoverage {
+    /// Lagging (group, partition) pairs (lag > 0, committed offset known).
+    pub lagging: u64,
+    /// Those without a probe value for their current committed offset.
+    pub uncovered: u64,
 }
 
 impl KafkaSnapshot {
+    /// The probe's value for one (partition, committed offset), if known.
+    pub fn probe_value(&self, tp: &TopicPartition, committed: i64) -> Option<&ProbeValue> {
+        self.record_times.get(tp).and_then(|m| m.get(&committed))
+    }
+
+    /// Coverage of the lagging partitions by probe values. Pure.
+    pub fn probe_coverage(&self) -> ProbeCoverage {
+        let mut c = ProbeCoverage::default();
+        for g in self.groups.iter().filter(|g| g.error.is_none()) {
+            for p in &g.partitions {
+                if let (Some(committed), Some(lag)) = (p.committed_offset, p.lag_offsets) {
+                    if lag > 0 {
+                        c.lagging += 1;
+                        let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
+                        if self.probe_value(&tp, committed).is_none() {
+                            c.uncovered += 1;
+                        }
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    /// Records an error that did not fail the sample.
+    pub fn add_partial_error(&mut self, cause: &'static str, message: String) {
+        self.partial_errors.push(message);
+        *self.partial_causes.entry(cause).or_default() += 1;
+    }
+
     /// The raw signals of this sample. Unknown values produce no observation.
     pub fn observations(&self) -> Vec<Observation> {
         let c = self.cluster.as_str();
@@ -181,6 +256,12 @@ impl KafkaSnapshot {
             }
             if let Some(v) = o.log_start_offset {
                 out.extend(Observation::new("log_start_offset", &l, v as f64));
+            }
+            if let Some(v) = o.last_stable_offset {
+                out.extend(Observation::new("last_stable_offset", &l, v as f64));
+                if let Some(end) = o.log_end_offset {
+                    out.extend(Observation::new("open_transaction_offsets", &l, (end - v).max(0) as f64));
+                }
             }
         }
         for g in &self.groups {
@@ -213,6 +294,12 @@ impl KafkaSnapshot {
                 if let Some(v) = p.lag_offsets {
                     out.extend(Observation::new("lag_offsets", &l, v as f64));
                 }
+                if let Some(v) = p.out_of_range {
+                    out.extend(Observation::new("offsets_out_of_range", &l, f64::from(u8::from(v))));
+                }
+                if let Some(v) = p.lost_records {
+                    out.extend(Observation::new("lost_records", &l, v as f64));
+                }
             }
         }
         out
@@ -220,16 +307,28 @@ impl KafkaSnapshot {
 
     /// The cluster and its groups as API targets.
     pub fn targets(&self) -> Vec<TargetInfo> {
+        // A cluster that answered but could not give every value is not "ok": something
+        // a user relies on (a group's offsets, a probe value) is missing.
+        let health = if self.partial_errors.is_empty() { "ok" } else { "warn" };
         let mut out = vec![TargetInfo {
             kind: "kafka_cluster",
             name: self.cluster.clone(),
-            health: "ok",
-            detail: serde_json::json!({ "groups": self.groups.len(), "partial_errors": self.partial_errors }),
+            health,
+            detail: serde_json::json!({
+                "groups": self.groups.len(),
+                "partial_errors": self.partial_errors,
+                "partial_error_causes": self.partial_causes,
+                "probe": self.probe_coverage(),
+                "taken_at": crate::signal::unix_secs(self.taken_at),
+                "duration_seconds": self.duration_seconds,
+            }),
         }];
         for g in &self.groups {
+            let outside = g.partitions.iter().any(|p| p.out_of_range == Some(true));
             let health = match (&g.error, g.state) {
                 (Some(_), _) => "unknown",
                 (None, GroupState::Dead | GroupState::Unknown) => "warn",
+                _ if outside => "warn",
                 _ => "ok",
             };
             out.push(TargetInfo {
@@ -239,6 +338,8 @@ impl KafkaSnapshot {
                 detail: serde_json::json!({
                     "state": g.state, "type": g.kind, "members": g.members, "lag_offsets": g.lag_offsets,
                     "uncommitted_partitions": g.uncommitted_partitions, "error": g.error,
+                    "offsets_out_of_range": g.partitions.iter().filter(|p| p.out_of_range == Some(true)).count(),
+                    "lost_records": g.partitions.iter().filter_map(|p| p.lost_records).sum::<i64>(),
                 }),
             });
         }
@@ -278,6 +379,10 @@ pub struct KafkaSampler {
     probe: Probe,
 }
 
+/// Bounded causes of partial errors (label values of the error counter).
+pub const PARTIAL_CAUSES: [&str; 7] =
+    ["describe_group", "group_offsets", "partition_offsets", "probe_consumer", "probe_assign", "probe_timeout", "probe_fetch"];
+
 /// librdkafka properties the sampler sets itself unless the user overrides them.
 pub fn client_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
     let mut cfg = ClientConfig::new();
@@ -304,7 +409,7 @@ impl KafkaSampler {
             filter: cluster.groups.clone(),
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
-            probe: Probe::new(config, cluster.probe_budget),
+            probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout),
         })
     }
 
@@ -320,7 +425,15 @@ impl KafkaSampler {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let fail = |stage, source| SampleError::Admin { cluster: self.cluster.clone(), stage, source };
+        // A timeout is reported against the sample's budget, not the time that happened
+        // to be left for the call: the same failure reads the same every time.
+        let fail = |stage, source| {
+            let source = match source {
+                AdminError::Timeout { op, .. } => AdminError::Timeout { op, timeout: self.timeout },
+                other => other,
+            };
+            SampleError::Admin { cluster: self.cluster.clone(), stage, source }
+        };
 
         let (listings, list_errors) = self.admin.list_groups(left()).map_err(|e| fail("list_groups", e))?;
         // librdkafka answers ListConsumerGroups with per-broker errors and whatever the
@@ -348,7 +461,7 @@ impl KafkaSampler {
         wanted.sort();
         wanted.dedup();
 
-        let specs = [OffsetSpec::Earliest, OffsetSpec::Latest];
+        let specs = [OffsetSpec::Earliest, OffsetSpec::Latest, OffsetSpec::LastStable];
         let mut offsets = self.admin.list_offsets(&wanted, &specs, left()).map_err(|e| fail("list_offsets", e))?;
         let failed = failed_partitions(&offsets);
         if !failed.is_empty() {
@@ -362,23 +475,36 @@ impl KafkaSampler {
                 }
             }
         }
+        // The moment the offsets were read: lag and time lag are as of now.
+        let taken_at = SystemTime::now();
         let mut specs = offsets.into_iter();
-        let (starts, ends) = (specs.next().unwrap_or_default(), specs.next().unwrap_or_default());
+        let (starts, ends, stable) = (specs.next().unwrap_or_default(), specs.next().unwrap_or_default(), specs.next().unwrap_or_default());
 
         let mut snapshot = build_snapshot(&self.cluster, &listings, &descriptions, &committed, &starts, &ends);
+        let get = |m: &HashMap<TopicPartition, Result<i64, AdminError>>, tp: &TopicPartition| m.get(tp).and_then(|r| r.as_ref().ok().copied());
         for tp in dlq_partitions {
-            let o = PartitionOffsets {
-                log_start_offset: starts.get(&tp).and_then(|r| r.as_ref().ok().copied()),
-                log_end_offset: ends.get(&tp).and_then(|r| r.as_ref().ok().copied()),
-            };
+            let o = PartitionOffsets { log_start_offset: get(&starts, &tp), log_end_offset: get(&ends, &tp), last_stable_offset: None };
             snapshot.partitions.entry(tp).or_insert(o);
         }
-        snapshot.dlq = dlqs;
-        // The exact time-lag probe spends what is left of the budget, never more.
-        for ((tp, offset), ms) in self.probe.run(&snapshot.groups, deadline) {
-            snapshot.record_times.entry(tp).or_default().insert(offset, ms);
+        for (tp, o) in snapshot.partitions.iter_mut() {
+            o.last_stable_offset = get(&stable, tp);
         }
-        snapshot.taken_at = SystemTime::now();
+        for g in &mut snapshot.groups {
+            for p in &mut g.partitions {
+                p.last_stable_offset = get(&stable, &TopicPartition { topic: p.topic.clone(), partition: p.partition });
+            }
+        }
+        snapshot.dlq = dlqs;
+        snapshot.taken_at = taken_at;
+        // The exact time-lag probe has its own budget, shorter than the sample's.
+        let probe = self.probe.run(&snapshot.groups, deadline, taken_at);
+        for ((tp, offset), v) in probe.values {
+            snapshot.record_times.entry(tp).or_default().insert(offset, v);
+        }
+        for e in probe.errors {
+            tracing::debug!(cluster = %self.cluster, error = %e, "time-lag probe incomplete");
+            snapshot.add_partial_error(e.cause(), e.to_string());
+        }
         snapshot.duration_seconds = started.elapsed().as_secs_f64();
         Ok(snapshot)
     }
@@ -409,8 +535,10 @@ pub struct ResolvedDlq {
     pub dlq_topic: String,
     /// The topic whose failed records go to the DLQ.
     pub source_topic: String,
-    /// The group consuming `source_topic` (its consume rate is the ratio's denominator).
-    pub group: String,
+    /// The group that writes the DLQ while consuming `source_topic` (its consume rate is
+    /// the ratio's denominator); `None` when the match names only the topic, so the DLQ
+    /// is not blamed on every group that happens to read the topic.
+    pub group: Option<String>,
     /// `config`, `pattern <p>` or `connect:<source>/<connector>`.
     pub origin: String,
 }
@@ -420,6 +548,10 @@ pub struct ResolvedDlq {
 /// Precedence: explicit config, then links discovered from Kafka Connect, then name
 /// patterns (`{topic}` is a consumed topic, `{group}` a group consuming it). A DLQ topic
 /// is never matched to itself as a source.
+///
+/// A DLQ belongs to the group (or connector) that writes it: a match is attached to a
+/// group only when it says which group (config `group`, a Connect sink's own group, a
+/// pattern with `{group}`); otherwise it is attached to the source topic alone.
 pub fn resolve_dlq(
     cluster: &str,
     config: &DlqConfig,
@@ -427,168 +559,39 @@ pub fn resolve_dlq(
     consumed: &BTreeSet<(String, String)>,
     topics: &BTreeMap<String, i32>,
 ) -> Vec<ResolvedDlq> {
-    let mut out: BTreeMap<(String, String, String), String> = BTreeMap::new();
-    let mut add = |dlq: &str, source: &str, group: &str, origin: String| {
+    // Keyed by (dlq, source, group): the first origin (highest precedence) wins.
+    let mut out: BTreeMap<(String, String, Option<String>), String> = BTreeMap::new();
+    let mut add = |dlq: &str, source: &str, group: Option<&str>, origin: String| {
         if dlq != source && topics.contains_key(dlq) {
-            out.entry((dlq.to_string(), source.to_string(), group.to_string())).or_insert(origin);
+            out.entry((dlq.to_string(), source.to_string(), group.map(str::to_string))).or_insert(origin);
         }
     };
     for m in &config.topics {
         if m.cluster.as_deref().is_some_and(|c| c != cluster) {
             continue;
         }
-        match &m.group {
-            Some(g) => add(&m.dlq_topic, &m.source_topic, g, "config".into()),
-            None => {
-                for (g, t) in consumed {
-                    if *t == m.source_topic {
-                        add(&m.dlq_topic, t, g, "config".into());
-                    }
-                }
-            }
-        }
+        add(&m.dlq_topic, &m.source_topic, m.group.as_deref(), "config".into());
     }
     for l in links {
         for t in &l.source_topics {
-            add(&l.dlq_topic, t, &l.group, l.origin.clone());
+            add(&l.dlq_topic, t, Some(&l.group), l.origin.clone());
         }
     }
     for (g, t) in consumed {
         for p in &config.patterns {
             let name = p.replace("{topic}", t).replace("{group}", g);
-            add(&name, t, g, format!("pattern {p}"));
+            let group = p.contains("{group}").then_some(g.as_str());
+            add(&name, t, group, format!("pattern {p}"));
         }
     }
+    // A topic-only match is redundant where the same DLQ and source are already
+    // attributed to a group.
+    let attributed: BTreeSet<(String, String)> =
+        out.keys().filter(|(_, _, g)| g.is_some()).map(|(d, s, _)| (d.clone(), s.clone())).collect();
     out.into_iter()
+        .filter(|((d, s, g), _)| g.is_some() || !attributed.contains(&(d.clone(), s.clone())))
         .map(|((dlq_topic, source_topic, group), origin)| ResolvedDlq { dlq_topic, source_topic, group, origin })
         .collect()
-}
-
-/// The exact time-lag probe: reads the timestamp of the record at a lagging group's
-/// committed offset (the next record it will process), a bounded number per cycle,
-/// cached by (partition, offset) so a stuck group costs one read, not one per cycle.
-struct Probe {
-    config: ClientConfig,
-    budget: usize,
-    consumer: std::sync::Mutex<Option<rdkafka::consumer::BaseConsumer>>,
-    cache: std::sync::Mutex<HashMap<(TopicPartition, i64), i64>>,
-}
-
-impl std::fmt::Debug for Probe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probe").field("budget", &self.budget).finish_non_exhaustive()
-    }
-}
-
-/// Which (partition, committed offset) pairs to probe this cycle: lagging ones not yet
-/// cached, largest lag first, at most `budget`. Pure.
-pub fn probe_candidates(
-    groups: &[GroupLag],
-    cached: &dyn Fn(&(TopicPartition, i64)) -> bool,
-    budget: usize,
-) -> Vec<(TopicPartition, i64)> {
-    let mut lagging: BTreeMap<(TopicPartition, i64), i64> = BTreeMap::new();
-    for g in groups {
-        for p in &g.partitions {
-            if let (Some(c), Some(lag)) = (p.committed_offset, p.lag_offsets) {
-                if lag > 0 {
-                    let key = (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c);
-                    let e = lagging.entry(key).or_insert(0);
-                    *e = (*e).max(lag);
-                }
-            }
-        }
-    }
-    let mut v: Vec<((TopicPartition, i64), i64)> = lagging.into_iter().filter(|(k, _)| !cached(k)).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    v.into_iter().take(budget).map(|(k, _)| k).collect()
-}
-
-impl Probe {
-    fn new(mut config: ClientConfig, budget: usize) -> Self {
-        config
-            .set("group.id", "streamguard-probe")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50")
-            .set("max.partition.fetch.bytes", "65536");
-        Probe { config, budget, consumer: std::sync::Mutex::new(None), cache: std::sync::Mutex::new(HashMap::new()) }
-    }
-
-    /// Probes what the budget and `deadline` allow; returns the record time (ms since
-    /// the epoch) of every (partition, committed offset) of a lagging group that is known.
-    fn run(&self, groups: &[GroupLag], deadline: Instant) -> HashMap<(TopicPartition, i64), i64> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Keep only entries still at some group's committed offset: bounded by partitions.
-        let live: BTreeSet<(TopicPartition, i64)> = groups
-            .iter()
-            .flat_map(|g| g.partitions.iter().filter_map(|p| p.committed_offset.map(|c| (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c))))
-            .collect();
-        cache.retain(|k, _| live.contains(k));
-        if self.budget > 0 {
-            let wanted = probe_candidates(groups, &|k| cache.contains_key(k), self.budget);
-            if !wanted.is_empty() {
-                let found = self.read_timestamps(&wanted, deadline);
-                cache.extend(found);
-            }
-        }
-        cache.clone()
-    }
-
-    fn read_timestamps(&self, wanted: &[(TopicPartition, i64)], deadline: Instant) -> HashMap<(TopicPartition, i64), i64> {
-        use rdkafka::consumer::Consumer as _;
-        use rdkafka::Message as _;
-        let mut out = HashMap::new();
-        let mut slot = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            match self.config.create::<rdkafka::consumer::BaseConsumer>() {
-                Ok(c) => *slot = Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create the time-lag probe consumer");
-                    return out;
-                }
-            }
-        }
-        let Some(consumer) = slot.as_ref() else { return out };
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        let mut pending: HashMap<(String, i32), i64> = HashMap::new();
-        for (tp, offset) in wanted {
-            if tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(*offset)).is_ok() {
-                pending.insert((tp.topic.clone(), tp.partition), *offset);
-            }
-        }
-        if let Err(e) = consumer.assign(&tpl) {
-            tracing::warn!(error = %e, "time-lag probe: assign failed");
-            return out;
-        }
-        while !pending.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match consumer.poll(left.min(Duration::from_millis(100))) {
-                Some(Ok(m)) => {
-                    let key = (m.topic().to_string(), m.partition());
-                    if let Some(&offset) = pending.get(&key) {
-                        // The first record at or after the committed offset (a compacted
-                        // or deleted record is replaced by the next one that exists).
-                        if m.offset() >= offset {
-                            pending.remove(&key);
-                            if let Some(ms) = m.timestamp().to_millis() {
-                                out.insert((TopicPartition { topic: key.0, partition: key.1 }, offset), ms);
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "time-lag probe: fetch error"),
-                None => {}
-            }
-        }
-        let _ = consumer.unassign().map_err(|e| tracing::debug!(error = %e, "time-lag probe: unassign failed"));
-        out
-    }
 }
 
 /// Every partition some group consumes: committed or assigned, deduplicated and sorted.
@@ -622,6 +625,21 @@ pub fn partition_lag(committed: Option<i64>, end: Option<i64>) -> Option<i64> {
     Some((end? - committed?).max(0))
 }
 
+/// Where a committed offset lies relative to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// Beyond the log end (truncated or recreated topic) or below the log start.
+    pub out_of_range: bool,
+    /// `start − committed` when positive (records deleted unread), else 0.
+    pub lost_records: i64,
+}
+
+/// Classifies a committed offset; `None` when it or either end of the log is unknown. Pure.
+pub fn offset_range(committed: Option<i64>, start: Option<i64>, end: Option<i64>) -> Option<OffsetRange> {
+    let (c, s, e) = (committed?, start?, end?);
+    Some(OffsetRange { out_of_range: c > e || c < s, lost_records: (s - c).max(0) })
+}
+
 /// Assembles a snapshot from the raw admin answers. Pure.
 pub fn build_snapshot(
     cluster: &str,
@@ -640,6 +658,7 @@ pub fn build_snapshot(
 
     let mut partitions = BTreeMap::new();
     let mut partial_errors = Vec::new();
+    let mut partial_causes: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut groups = Vec::with_capacity(listings.len());
     for listing in listings {
         let desc = described.get(listing.group_id.as_str()).copied();
@@ -656,23 +675,26 @@ pub fn build_snapshot(
                 owner.insert(tp.clone(), Some(m.client_id.clone()));
             }
         }
-        let mut error = desc.and_then(|d| d.error.as_ref()).map(|e| e.to_string());
+        let mut error = desc.and_then(|d| d.error.as_ref()).map(|e| ("describe_group", e.to_string()));
         let mut commits: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
         match committed.get(listing.group_id.as_str()) {
             Some(Ok(list)) => commits.extend(list.iter().cloned()),
-            Some(Err(e)) => error = Some(e.to_string()),
+            Some(Err(e)) => error = Some(("group_offsets", e.to_string())),
             None => {}
         }
-        if let Some(e) = &error {
+        if let Some((cause, e)) = &error {
             partial_errors.push(format!("group {}: {e}", listing.group_id));
+            *partial_causes.entry(cause).or_default() += 1;
         }
+        let error = error.map(|(_, e)| e);
         for tp in owner.keys() {
             commits.entry(tp.clone()).or_insert(None);
         }
         let mut parts = Vec::with_capacity(commits.len());
         for (tp, committed_offset) in commits {
-            let o = PartitionOffsets { log_start_offset: offset(starts, &tp), log_end_offset: offset(ends, &tp) };
+            let o = PartitionOffsets { log_start_offset: offset(starts, &tp), log_end_offset: offset(ends, &tp), last_stable_offset: None };
             partitions.insert(tp.clone(), o);
+            let range = offset_range(committed_offset, o.log_start_offset, o.log_end_offset);
             parts.push(PartitionLag {
                 client_id: owner.get(&tp).cloned().flatten(),
                 lag_offsets: partition_lag(committed_offset, o.log_end_offset),
@@ -681,6 +703,9 @@ pub fn build_snapshot(
                 committed_offset,
                 log_start_offset: o.log_start_offset,
                 log_end_offset: o.log_end_offset,
+                last_stable_offset: None,
+                out_of_range: range.map(|r| r.out_of_range),
+                lost_records: range.map(|r| r.lost_records),
             });
         }
         let known: Vec<i64> = parts.iter().filter_map(|p| p.lag_offsets).collect();
@@ -703,7 +728,10 @@ pub fn build_snapshot(
             *offset_errors.entry(e.to_string()).or_default() += 1;
         }
     }
-    partial_errors.extend(offset_errors.into_iter().map(|(e, n)| format!("{n} partition offset(s): {e}")));
+    for (e, n) in offset_errors {
+        partial_errors.push(format!("{n} partition offset(s): {e}"));
+        *partial_causes.entry("partition_offsets").or_default() += n as u64;
+    }
     KafkaSnapshot {
         cluster: cluster.to_string(),
         taken_at: SystemTime::UNIX_EPOCH,
@@ -711,6 +739,7 @@ pub fn build_snapshot(
         groups,
         partitions,
         partial_errors,
+        partial_causes,
         dlq: Vec::new(),
         record_times: HashMap::new(),
     }
@@ -818,16 +847,17 @@ mod tests {
             &consumed(&[("app", "orders"), ("pay", "payments"), ("billing", "invoices"), ("connect-sink", "orders")]),
             &topics,
         );
-        let rows: Vec<(&str, &str, &str, &str)> =
-            got.iter().map(|d| (d.dlq_topic.as_str(), d.source_topic.as_str(), d.group.as_str(), d.origin.as_str())).collect();
+        let rows: Vec<(&str, &str, Option<&str>, &str)> =
+            got.iter().map(|d| (d.dlq_topic.as_str(), d.source_topic.as_str(), d.group.as_deref(), d.origin.as_str())).collect();
         assert_eq!(
             rows,
             vec![
-                ("dlq-billing", "invoices", "billing", "pattern dlq-{group}"),
-                ("failed-payments", "payments", "pay", "config"),
-                ("orders.dlq", "orders", "app", "pattern {topic}.dlq"),
-                ("orders.dlq", "orders", "connect-sink", "pattern {topic}.dlq"),
-                ("sink-dlq", "orders", "connect-sink", "connect:local/sink"),
+                ("dlq-billing", "invoices", Some("billing"), "pattern dlq-{group}"),
+                ("failed-payments", "payments", None, "config"),
+                // A name pattern without {group} names the topic only: not blamed on
+                // `app` and `connect-sink`, the two groups that read `orders`.
+                ("orders.dlq", "orders", None, "pattern {topic}.dlq"),
+                ("sink-dlq", "orders", Some("connect-sink"), "connect:local/sink"),
             ]
         );
     }
@@ -842,17 +872,49 @@ mod tests {
     }
 
     #[test]
-    fn probe_picks_uncached_lagging_partitions_largest_lag_first_within_budget() {
-        let committed = vec![(
-            "g".to_string(),
-            Ok(vec![(tp("t", 0), Some(1)), (tp("t", 1), Some(1)), (tp("t", 2), Some(10)), (tp("t", 3), None)]),
-        )];
-        let ends: HashMap<_, _> = [(tp("t", 0), Ok(5)), (tp("t", 1), Ok(50)), (tp("t", 2), Ok(10)), (tp("t", 3), Ok(9))].into_iter().collect();
-        let s = build_snapshot("c", &[listing("g")], &[], &committed, &HashMap::new(), &ends);
-        let picked = probe_candidates(&s.groups, &|_| false, 10);
-        assert_eq!(picked, vec![(tp("t", 1), 1), (tp("t", 0), 1)], "caught-up and uncommitted partitions are never probed");
-        assert_eq!(probe_candidates(&s.groups, &|_| false, 1), vec![(tp("t", 1), 1)]);
-        assert_eq!(probe_candidates(&s.groups, &|k| k.0.partition == 1, 10), vec![(tp("t", 0), 1)]);
+    fn a_committed_offset_outside_the_log_is_flagged_and_lost_records_counted() {
+        assert_eq!(offset_range(Some(50), Some(0), Some(10)), Some(OffsetRange { out_of_range: true, lost_records: 0 }));
+        assert_eq!(offset_range(Some(3), Some(8), Some(10)), Some(OffsetRange { out_of_range: true, lost_records: 5 }));
+        assert_eq!(offset_range(Some(8), Some(8), Some(10)), Some(OffsetRange { out_of_range: false, lost_records: 0 }));
+        assert_eq!(offset_range(Some(10), Some(8), Some(10)), Some(OffsetRange { out_of_range: false, lost_records: 0 }), "at the end is in range");
+        assert_eq!(offset_range(None, Some(0), Some(10)), None);
+        assert_eq!(offset_range(Some(3), None, Some(10)), None, "unknown is not in range");
+    }
+
+    #[test]
+    fn tool_lag_is_negative_beyond_the_log_end_while_the_lag_metric_stays_at_zero() {
+        let committed = vec![("g".to_string(), Ok(vec![(tp("t", 0), Some(50))]))];
+        let ends: HashMap<_, _> = [(tp("t", 0), Ok(10))].into_iter().collect();
+        let starts: HashMap<_, _> = [(tp("t", 0), Ok(0))].into_iter().collect();
+        let s = build_snapshot("c", &[listing("g")], &[], &committed, &starts, &ends);
+        let p = &s.groups[0].partitions[0];
+        assert_eq!(p.tool_lag(), Some(-40));
+        assert_eq!(p.lag_offsets, Some(0));
+        assert_eq!(p.out_of_range, Some(true));
+        let obs = s.observations();
+        let get = |name: &str| obs.iter().find(|o| o.key.signal == name).map(|o| o.value);
+        assert_eq!(get("offsets_out_of_range"), Some(1.0));
+        assert_eq!(get("lost_records"), Some(0.0));
+        assert_eq!(get("lag_offsets"), Some(0.0));
+        assert_eq!(s.targets()[1].health, "warn");
+    }
+
+    #[test]
+    fn partial_errors_are_counted_by_bounded_cause_and_make_the_cluster_warn() {
+        let err = AdminError::Timeout { op: "ListConsumerGroupOffsets", timeout: Duration::from_secs(1) };
+        let committed = vec![("g".to_string(), Err(err))];
+        let ends: HashMap<_, _> = [(tp("t", 0), Err(AdminError::Timeout { op: "ListOffsets", timeout: Duration::from_secs(1) }))].into_iter().collect();
+        let mut s = build_snapshot("c", &[listing("g")], &[], &committed, &HashMap::new(), &ends);
+        s.add_partial_error("probe_timeout", "probe".into());
+        assert_eq!(s.partial_causes.get("group_offsets"), Some(&1));
+        assert_eq!(s.partial_causes.get("partition_offsets"), Some(&1));
+        assert_eq!(s.partial_causes.get("probe_timeout"), Some(&1));
+        for cause in s.partial_causes.keys() {
+            assert!(PARTIAL_CAUSES.contains(cause), "{cause} is not a declared cause");
+        }
+        let cluster = &s.targets()[0];
+        assert_eq!(cluster.health, "warn");
+        assert_eq!(cluster.detail["partial_errors"].as_array().map(Vec::len), Some(3));
     }
 
     #[test]

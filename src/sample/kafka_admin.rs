@@ -169,15 +169,27 @@ pub type Committed = (TopicPartition, Option<i64>);
 /// Which offset `ListOffsets` should return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
+    /// The log start offset.
     Earliest,
+    /// The high watermark (read_uncommitted), as `kafka-consumer-groups` and Burrow use.
     Latest,
+    /// The last stable offset: the latest offset with read_committed isolation. Below
+    /// the high watermark while a transaction is open.
+    LastStable,
 }
 
 impl OffsetSpec {
     fn native(self) -> i64 {
         match self {
             OffsetSpec::Earliest => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_EARLIEST as i64,
-            OffsetSpec::Latest => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_LATEST as i64,
+            OffsetSpec::Latest | OffsetSpec::LastStable => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_LATEST as i64,
+        }
+    }
+
+    fn isolation(self) -> rd::rd_kafka_IsolationLevel_t {
+        match self {
+            OffsetSpec::LastStable => rd::rd_kafka_IsolationLevel_t::RD_KAFKA_ISOLATION_LEVEL_READ_COMMITTED,
+            _ => rd::rd_kafka_IsolationLevel_t::RD_KAFKA_ISOLATION_LEVEL_READ_UNCOMMITTED,
         }
     }
 }
@@ -420,6 +432,7 @@ impl Admin {
         for (i, spec) in specs.iter().enumerate() {
             let list = TplList::new(partitions, spec.native())?;
             let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS, timeout, i + 1)?;
+            opts.set_isolation(spec.isolation())?;
             // SAFETY: the list and options are valid for the call and copied by librdkafka.
             unsafe { rd::rd_kafka_ListOffsets(self.rk(), list.0, opts.0, queue.0) };
         }
@@ -596,6 +609,21 @@ impl Options {
             }
             rd::rd_kafka_AdminOptions_set_opaque(o.0, opaque as *mut c_void);
             Ok(o)
+        }
+    }
+}
+
+impl Options {
+    fn set_isolation(&self, level: rd::rd_kafka_IsolationLevel_t) -> Result<(), AdminError> {
+        // SAFETY: the options are alive; a returned error object is owned by us.
+        unsafe {
+            let err = rd::rd_kafka_AdminOptions_set_isolation_level(self.0, level);
+            if err.is_null() {
+                return Ok(());
+            }
+            let e = error_from("ListOffsets", err);
+            rd::rd_kafka_error_destroy(err);
+            Err(e)
         }
     }
 }

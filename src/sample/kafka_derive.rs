@@ -5,9 +5,14 @@
 //! Everything here is computed from the store's bounded history of the raw signals
 //! (`log_end_offset`, `committed_offset`, `lag_offsets`) plus the snapshot just taken, with
 //! the pure functions of [`crate::window`]. The only state kept across samples is what a
-//! counter needs (rebalances, rewinds), in [`DeriveState`].
+//! counter needs (rebalances, rewinds, lost records), in [`DeriveState`].
 //!
 //! Unknown stays unknown: with too little history a derived value is simply absent.
+//!
+//! # Guarantees
+//! - Memory follows the cluster: [`DeriveState`] keeps only the groups and partitions of
+//!   the current snapshot, plus a group's counters for a grace period (the history
+//!   retention) after it disappears, so ephemeral and deleted groups do not accumulate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -15,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::HistoryConfig;
 use crate::sample::kafka::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
+use crate::sample::kafka_probe::ProbeValue;
 use crate::signal::{Observation, SeriesKey};
 use crate::store::Entry;
 use crate::window::{self, Point, Status};
@@ -22,12 +28,68 @@ use crate::window::{self, Point, Status};
 /// What counters need from one sample to the next.
 #[derive(Debug, Default)]
 pub struct DeriveState {
-    /// (state, members) of each group at the previous sample.
-    previous: HashMap<String, (GroupState, u32)>,
-    /// Committed offset of each (group, partition) at the previous sample.
-    committed: HashMap<(String, TopicPartition), i64>,
-    rebalances: HashMap<String, u64>,
-    rewinds: HashMap<String, u64>,
+    groups: HashMap<String, GroupMemo>,
+    partitions: HashMap<(String, TopicPartition), PartitionMemo>,
+}
+
+/// One group's counters and what the next sample compares with.
+#[derive(Debug, Clone, Copy)]
+struct GroupMemo {
+    /// (state, members) at the previous sample.
+    previous: (GroupState, u32),
+    rebalances: u64,
+    rewinds: u64,
+    lost_records: u64,
+    last_seen: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionMemo {
+    /// Committed offset at the previous sample.
+    committed: i64,
+    /// Records below this offset that were deleted unread are already counted.
+    lost_counted_to: i64,
+}
+
+/// How much [`DeriveState`] holds (shown in the cluster's target detail).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateSize {
+    pub groups: usize,
+    pub partitions: usize,
+}
+
+impl DeriveState {
+    pub fn size(&self) -> StateSize {
+        StateSize { groups: self.groups.len(), partitions: self.partitions.len() }
+    }
+
+    /// Forgets partitions the snapshot no longer has (except those of a group whose
+    /// offsets failed this time) and groups unseen for longer than `grace`.
+    fn prune(&mut self, snapshot: &KafkaSnapshot, at: SystemTime, grace: Duration) {
+        let mut keep_all: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut live: std::collections::HashSet<(&str, &str, i32)> = std::collections::HashSet::new();
+        for g in &snapshot.groups {
+            if g.error.is_some() {
+                keep_all.insert(g.group.as_str());
+            }
+            live.extend(g.partitions.iter().map(|p| (g.group.as_str(), p.topic.as_str(), p.partition)));
+        }
+        self.partitions
+            .retain(|(g, tp), _| keep_all.contains(g.as_str()) || live.contains(&(g.as_str(), tp.topic.as_str(), tp.partition)));
+        let cutoff = at.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.groups.retain(|_, m| m.last_seen >= cutoff);
+    }
+}
+
+/// Records newly found deleted unread: `start − max(committed, counted_to)` when
+/// positive. Returns (new records, new counted_to). Pure.
+pub fn newly_lost(committed: i64, start: i64, counted_to: i64) -> (u64, i64) {
+    let from = committed.max(counted_to);
+    if start > from {
+        (u64::try_from(start - from).unwrap_or(0), start)
+    } else {
+        (0, counted_to)
+    }
 }
 
 /// A rebalance is seen when the group leaves Stable or its member count changes. Pure.
@@ -109,16 +171,29 @@ pub fn derive(
         }
     }
 
-    // Per group: time lag, consume rate, status, rebalances, rewinds.
+    // Probe coverage of the lagging partitions.
+    let coverage = snapshot.probe_coverage();
+    out.extend(Observation::new("probe_lagging_partitions", &[("cluster", c)], coverage.lagging as f64));
+    out.extend(Observation::new("probe_uncovered_partitions", &[("cluster", c)], coverage.uncovered as f64));
+
+    // Per group: time lag, consume rate, status, rebalances, rewinds, lost records.
     for g in &snapshot.groups {
         let gname = g.group.as_str();
         let gl = [("cluster", c), ("group", gname)];
         let now = (g.state, g.members);
-        if is_rebalance(state.previous.get(&g.group).copied(), now) {
-            *state.rebalances.entry(g.group.clone()).or_default() += 1;
+        let memo = state.groups.entry(g.group.clone()).or_insert(GroupMemo {
+            previous: now,
+            rebalances: 0,
+            rewinds: 0,
+            lost_records: 0,
+            last_seen: at,
+        });
+        if is_rebalance(Some(memo.previous), now) {
+            memo.rebalances += 1;
         }
-        state.previous.insert(g.group.clone(), now);
-        out.extend(Observation::new("group_rebalances", &gl, *state.rebalances.entry(g.group.clone()).or_default() as f64));
+        memo.previous = now;
+        memo.last_seen = at;
+        out.extend(Observation::new("group_rebalances", &gl, memo.rebalances as f64));
         if g.error.is_some() {
             continue;
         }
@@ -133,10 +208,18 @@ pub fn derive(
             let part = p.partition.to_string();
             let pl = [("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", part.as_str())];
 
-            if let Some(prev) = state.committed.insert((g.group.clone(), tp.clone()), committed) {
-                if committed < prev {
-                    *state.rewinds.entry(g.group.clone()).or_default() += 1;
-                }
+            let pmemo = state
+                .partitions
+                .entry((g.group.clone(), tp.clone()))
+                .or_insert(PartitionMemo { committed, lost_counted_to: committed });
+            if committed < pmemo.committed {
+                memo.rewinds += 1;
+            }
+            pmemo.committed = committed;
+            if let Some(start) = p.log_start_offset {
+                let (lost, counted_to) = newly_lost(committed, start, pmemo.lost_counted_to);
+                pmemo.lost_counted_to = counted_to;
+                memo.lost_records += lost;
             }
 
             // Time lag, both methods.
@@ -144,11 +227,15 @@ pub fn derive(
             let probe = if caught_up {
                 Some(0.0)
             } else {
-                snapshot
-                    .record_times
-                    .get(&tp)
-                    .and_then(|m| m.get(&committed))
-                    .map(|ms| window::age(at, SystemTime::UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64)))
+                match snapshot.probe_value(&tp, committed) {
+                    Some(ProbeValue::Record { timestamp_ms, read_at }) => {
+                        out.extend(Observation::new("probe_age_seconds", &pl, window::age(at, *read_at)));
+                        Some(window::age(at, SystemTime::UNIX_EPOCH + Duration::from_millis((*timestamp_ms).max(0) as u64)))
+                    }
+                    // Only transaction markers after the committed offset: nothing waits.
+                    Some(ProbeValue::NoRecord { .. }) => Some(0.0),
+                    None => None,
+                }
             };
             let end_key = SeriesKey::new("log_end_offset", &[("cluster", c), ("topic", p.topic.as_str()), ("partition", part.as_str())]);
             let interpolation = if caught_up {
@@ -191,16 +278,21 @@ pub fn derive(
                 }
             }
 
-            // Status.
+            // Status: a committed offset outside the log is judged on this sample alone.
             let lag_key = SeriesKey::new("lag_offsets", &pl);
-            statuses.push(window::partition_status(
-                &points_covering(entry, &committed_key, status_since),
-                &points_covering(entry, &lag_key, status_since),
-                history.status_window,
-                g.members > 0,
-            ));
+            statuses.push(match (p.out_of_range, p.lost_records) {
+                (Some(true), Some(lost)) if lost > 0 => Status::DataLoss,
+                (Some(true), _) => Status::OutOfRange,
+                _ => window::partition_status(
+                    &points_covering(entry, &committed_key, status_since),
+                    &points_covering(entry, &lag_key, status_since),
+                    history.status_window,
+                    g.members > 0,
+                ),
+            });
         }
-        out.extend(Observation::new("group_rewinds", &gl, *state.rewinds.entry(g.group.clone()).or_default() as f64));
+        out.extend(Observation::new("group_rewinds", &gl, memo.rewinds as f64));
+        out.extend(Observation::new("group_lost_records", &gl, memo.lost_records as f64));
         if g.partitions.iter().any(|p| p.committed_offset.is_some()) {
             for (method, max) in max_lag {
                 if let Some(m) = max {
@@ -225,15 +317,27 @@ pub fn derive(
     // DLQ rate and ratio. Both are computed over the sample times the DLQ topic and the
     // source's committed offsets have in common, so the ratio compares the same interval
     // (a group first seen later than its DLQ would otherwise skew it).
-    for d in &snapshot.dlq {
-        let l = [("cluster", c), ("dlq_topic", d.dlq_topic.as_str()), ("topic", d.source_topic.as_str()), ("group", d.group.as_str())];
-        let dlq_keys: Vec<SeriesKey> = snapshot
+    let dlq_keys = |dlq: &str| -> Vec<SeriesKey> {
+        snapshot
             .partitions
             .keys()
-            .filter(|tp| tp.topic == d.dlq_topic)
+            .filter(|tp| tp.topic == dlq)
             .map(|tp| SeriesKey::new("log_end_offset", &[("cluster", c), ("topic", tp.topic.as_str()), ("partition", &tp.partition.to_string())]))
-            .collect();
-        let Some(group) = snapshot.groups.iter().find(|g| g.group == d.group && g.error.is_none()) else { continue };
+            .collect()
+    };
+    // The rate once per DLQ topic, however many pipelines it serves.
+    let dlq_topics: std::collections::BTreeSet<&str> = snapshot.dlq.iter().map(|d| d.dlq_topic.as_str()).collect();
+    for dlq in dlq_topics {
+        if let Some(r) = window::rate(&aligned_sum(entry, &dlq_keys(dlq), rate_since)) {
+            out.extend(Observation::new("dlq_rate", &[("cluster", c), ("dlq_topic", dlq)], r.per_second));
+        }
+    }
+    // The ratio only where the DLQ is attributed to the group that writes it.
+    for d in &snapshot.dlq {
+        let Some(gname) = d.group.as_deref() else { continue };
+        let l = [("cluster", c), ("dlq_topic", d.dlq_topic.as_str()), ("topic", d.source_topic.as_str()), ("group", gname)];
+        let dlq_keys = dlq_keys(&d.dlq_topic);
+        let Some(group) = snapshot.groups.iter().find(|g| g.group == gname && g.error.is_none()) else { continue };
         let committed_keys: Vec<SeriesKey> = group
             .partitions
             .iter()
@@ -241,13 +345,11 @@ pub fn derive(
             .map(|p| {
                 SeriesKey::new(
                     "committed_offset",
-                    &[("cluster", c), ("group", d.group.as_str()), ("topic", p.topic.as_str()), ("partition", &p.partition.to_string())],
+                    &[("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", &p.partition.to_string())],
                 )
             })
             .collect();
         let dlq_points = aligned_sum(entry, &dlq_keys, rate_since);
-        let Some(dlq_rate) = window::rate(&dlq_points) else { continue };
-        out.extend(Observation::new("dlq_rate", &l, dlq_rate.per_second));
         let consumed_points = aligned_sum(entry, &committed_keys, rate_since);
         let common: std::collections::BTreeSet<SystemTime> = consumed_points.iter().map(|p| p.0).collect();
         let dlq_common: Vec<Point> = dlq_points.into_iter().filter(|p| common.contains(&p.0)).collect();
@@ -260,6 +362,7 @@ pub fn derive(
             }
         }
     }
+    state.prune(snapshot, at, history.retention);
     out
 }
 
@@ -306,14 +409,18 @@ mod tests {
             }
             let mut snap = build_snapshot("c", &[listing], &[], &commits, &HashMap::new(), &ends);
             if let Some(d) = dlq_end {
-                snap.partitions.insert(tp("t.dlq", 0), crate::sample::kafka::PartitionOffsets { log_start_offset: Some(0), log_end_offset: Some(d[i]) });
-                snap.dlq = vec![ResolvedDlq { dlq_topic: "t.dlq".into(), source_topic: "t".into(), group: "g".into(), origin: "config".into() }];
+                snap.partitions.insert(
+                    tp("t.dlq", 0),
+                    crate::sample::kafka::PartitionOffsets { log_start_offset: Some(0), log_end_offset: Some(d[i]), last_stable_offset: None },
+                );
+                snap.dlq = vec![ResolvedDlq { dlq_topic: "t.dlq".into(), source_topic: "t".into(), group: Some("g".into()), origin: "config".into() }];
             }
             snap.groups[0].members = *members;
             snap.taken_at = t(*s);
-            store.record_success(SourceKind::Kafka, "c", t(*s), snap.to_sample());
-            last = store.with_entry(SourceKind::Kafka, "c", |e| derive(e, &snap, t(*s), &history, &mut state)).unwrap();
-            store.record_derived(SourceKind::Kafka, "c", t(*s), last.clone());
+            store.record_success_with(SourceKind::Kafka, "c", t(*s), snap.to_sample(), |e| {
+                last = derive(e, &snap, t(*s), &history, &mut state);
+                last.clone()
+            });
         }
         last
     }

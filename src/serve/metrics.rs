@@ -42,6 +42,7 @@ pub struct Metrics {
     registry: Registry,
     samples: Family<SourceLabels, Counter>,
     sample_errors: Family<SourceLabels, Counter>,
+    sample_partial_errors: Family<SourceLabels, Counter>,
     sample_skipped: Family<SourceLabels, Counter>,
     sample_duration: Family<SourceLabels, Histogram>,
 }
@@ -55,6 +56,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("streamguard");
         let samples = Family::<SourceLabels, Counter>::default();
         let sample_errors = Family::<SourceLabels, Counter>::default();
+        let sample_partial_errors = Family::<SourceLabels, Counter>::default();
         let sample_skipped = Family::<SourceLabels, Counter>::default();
         let sample_duration = Family::<SourceLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
@@ -64,6 +66,11 @@ impl Metrics {
             "sample_errors",
             "Failed sample attempts per source and error kind (timeout, list_groups, describe_groups, list_offsets, client)",
             sample_errors.clone(),
+        );
+        registry.register(
+            "sample_partial_errors",
+            "Values a successful sample could not compute, per source and cause (describe_group, group_offsets, partition_offsets, probe_consumer, probe_assign, probe_timeout, probe_fetch)",
+            sample_partial_errors.clone(),
         );
         registry.register(
             "sample_skipped",
@@ -78,7 +85,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(StoreCollector { store }));
         registry.register_collector(Box::new(RulesCollector { rules }));
-        Metrics { registry, samples, sample_errors, sample_skipped, sample_duration }
+        Metrics { registry, samples, sample_errors, sample_partial_errors, sample_skipped, sample_duration }
     }
 
     pub fn observe_sample(&self, kind: SourceKind, source: &str, seconds: f64) {
@@ -91,6 +98,12 @@ impl Metrics {
         let mut l = source_labels(kind, source);
         l.push(("error", error.to_string()));
         self.sample_errors.get_or_create(&l).inc();
+    }
+
+    pub fn count_partial(&self, kind: SourceKind, source: &str, cause: &'static str, n: u64) {
+        let mut l = source_labels(kind, source);
+        l.push(("cause", cause.to_string()));
+        self.sample_partial_errors.get_or_create(&l).inc_by(n);
     }
 
     pub fn count_skipped(&self, kind: SourceKind, source: &str) {
