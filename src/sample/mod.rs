@@ -7,4 +7,5 @@ pub mod http;
 pub mod kafka;
 pub mod kafka_admin;
 pub mod kafka_derive;
+pub mod kafka_diagnose;
 pub mod prometheus;
