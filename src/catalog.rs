@@ -33,4 +33,16 @@ mod tests {
             assert!(!d.metric.ends_with("_total"), "counters are registered without _total: {}", d.metric);
         }
     }
+
+    #[test]
+    fn no_signal_declares_a_label_prometheus_reserves_for_its_targets() {
+        // With the default `honor_labels: false` Prometheus renames an exported `job` or
+        // `instance` to `exported_job`/`exported_instance`, so queries grouping by it
+        // would silently merge unrelated series.
+        for d in all() {
+            for reserved in ["job", "instance"] {
+                assert!(!d.labels.contains(&reserved), "signal {} declares the reserved label {reserved:?}", d.name);
+            }
+        }
+    }
 }

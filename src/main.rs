@@ -154,10 +154,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let cfg = config::load(&config)?;
             let mut reports = runtime()?.block_on(report::sample_all(&cfg));
             report::filter_groups(&mut reports, group.as_ref());
+            // Data on stdout, failures on stderr, so the table or JSON stays parseable.
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "clusters": reports }))?);
             } else {
                 print!("{}", report::render_table(&reports));
+            }
+            for line in report::error_lines(&reports) {
+                eprintln!("streamguard: {line}");
             }
             let failed = reports.iter().any(|r| r.error.is_some());
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -52,12 +52,19 @@ struct Slot;
 
 impl Slot {
     fn acquire() -> Slot {
+        Slot::acquire_many(1).pop().unwrap()
+    }
+
+    /// `n` slots taken together, so two tests that each need several never deadlock
+    /// holding one apiece.
+    fn acquire_many(n: usize) -> Vec<Slot> {
+        assert!(n <= MAX_RUNNING_JOBS);
         let mut used = SLOTS.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used >= MAX_RUNNING_JOBS {
+        while *used + n > MAX_RUNNING_JOBS {
             used = SLOTS.freed.wait(used).unwrap_or_else(|p| p.into_inner());
         }
-        *used += 1;
-        Slot
+        *used += n;
+        (0..n).map(|_| Slot).collect()
     }
 }
 
@@ -65,7 +72,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut used = SLOTS.used.lock().unwrap_or_else(|p| p.into_inner());
         *used -= 1;
-        SLOTS.freed.notify_one();
+        SLOTS.freed.notify_all();
     }
 }
 
@@ -84,7 +91,11 @@ impl Job {
     /// Submits a run named `name` with a 1 s checkpoint interval, markers in its own
     /// directory, and `extra` job options.
     fn submit(name: &str, extra: &[&str]) -> Job {
-        let slot = Slot::acquire();
+        Job::submit_in(Slot::acquire(), name, extra)
+    }
+
+    /// As [`Job::submit`], in a slot the caller already holds.
+    fn submit_in(slot: Slot, name: &str, extra: &[&str]) -> Job {
         let dir = tempfile::tempdir().unwrap();
         let interval = INTERVAL_MS.to_string();
         let out = run(Command::new(submit_script())
@@ -202,7 +213,7 @@ impl View {
         let job = snap.jobs.iter().find(|j| j.name == name)?.clone();
         let health = snap.targets().into_iter().find(|t| t.kind == "flink_job" && t.name == name)?.health;
         let observations =
-            snap.observations().into_iter().filter(|o| o.key.label("job") == Some(name)).collect();
+            snap.observations().into_iter().filter(|o| o.key.label("flink_job") == Some(name)).collect();
         Some(View { job, health, observations })
     }
 
@@ -250,7 +261,7 @@ sample_timeout = "1s"
         url = flink_url()
     );
     let agent = Agent::start_with(port, &config);
-    let labels = [("flink", "local"), ("job", job.name.as_str())];
+    let labels = [("flink", "local"), ("flink_job", job.name.as_str())];
     let age_metric = "streamguard_flink_checkpoint_age_seconds";
     let mut m = None;
     let deadline = Instant::now() + STARTUP;
@@ -264,9 +275,9 @@ sample_timeout = "1s"
         }
     }
     let m = m.unwrap();
-    let series: Vec<_> = m.samples.iter().filter(|(n, l, _)| n == age_metric && l.get("job") == Some(&job.name)).collect();
+    let series: Vec<_> = m.samples.iter().filter(|(n, l, _)| n == age_metric && l.get("flink_job") == Some(&job.name)).collect();
     assert_eq!(series.len(), 1);
-    assert_eq!(series[0].1.keys().collect::<Vec<_>>(), vec!["flink", "job"], "labels are exactly flink and job");
+    assert_eq!(series[0].1.keys().collect::<Vec<_>>(), vec!["flink", "flink_job"], "labels are exactly flink and flink_job");
     let completed_metric = "streamguard_flink_checkpoints_completed_total";
     let first_completed = m.get(completed_metric, &labels).expect("completed count");
 
@@ -382,4 +393,81 @@ fn an_unreachable_cluster_fails_the_sample() {
         Err(HttpError::Connect { url, .. }) => assert!(url.ends_with("/jobs/overview"), "{url}"),
         other => panic!("expected a connection error, got {other:?}"),
     }
+}
+
+/// The first `host:port` the stack's Prometheus scrapes as job `streamguard`.
+fn scrape_port() -> u16 {
+    let targets = std::env::var("PROMETHEUS_SCRAPE_TARGETS").unwrap_or_else(|_| "127.0.0.1:9898".to_string());
+    let first = targets.split(',').next().unwrap_or_default();
+    first.rsplit(':').next().and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("bad PROMETHEUS_SCRAPE_TARGETS {targets:?}"))
+}
+
+/// The label sets of a Prometheus instant-query answer.
+fn result_labels(v: &serde_json::Value) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    v["data"]["result"].as_array().into_iter().flatten().filter_map(|r| r["metric"].as_object().cloned()).collect()
+}
+
+#[test]
+fn prometheus_scraping_the_agent_keeps_one_series_per_flink_job_instead_of_collapsing_them_into_exported_job() {
+    // Both jobs run at once; the slots are taken together so this test never holds one
+    // while waiting for the other.
+    let mut slots = Slot::acquire_many(2);
+    let a = Job::submit_in(slots.pop().unwrap(), &unique("sg-label-a"), &[]);
+    let b = Job::submit_in(slots.pop().unwrap(), &unique("sg-label-b"), &[]);
+    // A source name of its own: series from earlier runs or other tests never match.
+    let source = unique("sg-scrape");
+    let port = scrape_port();
+    let config = format!(
+        r#"listen = "127.0.0.1:{port}"
+
+[[flink]]
+name = "{source}"
+url = "{url}"
+sample_interval = "1s"
+sample_timeout = "1s"
+"#,
+        url = flink_url()
+    );
+    let agent = Agent::start_with(port, &config);
+
+    let metric = "streamguard_flink_job_uptime_seconds";
+    let by_job = format!("count by (flink_job) ({metric}{{flink=\"{source}\"}})");
+    let names = [a.name.as_str(), b.name.as_str()];
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let (status, v) = prometheus_query(&by_job);
+        let seen: Vec<String> =
+            result_labels(&v).iter().filter_map(|l| l.get("flink_job").and_then(|j| j.as_str()).map(str::to_string)).collect();
+        if status == 200 && names.iter().all(|n| seen.iter().any(|s| s == n)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let (_, raw) = prometheus_query(&format!("{metric}{{flink=\"{source}\"}}"));
+            panic!(
+                "Prometheus has no separate series for {names:?} after {STARTUP:?}.\n{by_job} -> {status} {v}\nraw series: {raw}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Exactly one group per job, and the scrape kept its own `job` label intact.
+    let selector = format!("{metric}{{flink=\"{source}\",flink_job=~\"{}|{}\"}}", a.name, b.name);
+    let (status, v) = prometheus_query(&format!("count by (flink_job) ({selector})"));
+    assert_eq!(status, 200, "{v}");
+    let mut groups: Vec<String> =
+        result_labels(&v).iter().map(|l| l.get("flink_job").and_then(|j| j.as_str()).unwrap_or("").to_string()).collect();
+    groups.sort();
+    assert_eq!(groups, vec![a.name.clone(), b.name.clone()], "{v}");
+    assert!(v["data"]["result"].as_array().unwrap().iter().all(|r| r["value"][1] == "1"), "{v}");
+    let (_, raw) = prometheus_query(&selector);
+    let series = result_labels(&raw);
+    assert_eq!(series.len(), 2, "{raw}");
+    for l in &series {
+        assert!(!l.contains_key("exported_job") && !l.contains_key("exported_instance"), "{raw}");
+        assert_eq!(l.get("job").and_then(|j| j.as_str()), Some("streamguard"), "the scrape's own job label: {raw}");
+    }
+    drop(agent);
+    // Jobs are cancelled (and their slots freed) on drop.
+    drop((a, b));
 }

@@ -86,13 +86,13 @@ evaluation_interval: 1m
 tests:
   - name: claims the alert fires too early
     input_series:
-      - series: 'checkpoint_age_seconds{flink="local",job="etl"}'
+      - series: 'checkpoint_age_seconds{flink="local",flink_job="etl"}'
         values: "0+60x20"
     alert_rule_test:
       - eval_time: 5m
         alertname: flink-checkpoint-stale
         exp_alerts:
-          - exp_labels: { flink: local, job: etl }
+          - exp_labels: { flink: local, flink_job: etl }
 "#,
     )
     .unwrap();

@@ -59,7 +59,11 @@ const MIN_JOB_BUDGET: Duration = Duration::from_millis(250);
 /// The Flink metric holding a job's restart count.
 const RESTARTS_METRIC: &str = "numRestarts";
 
-const J: &[&str] = &["flink", "job"];
+/// Labels of every per-job series. The job name is `flink_job`, never `job`: Prometheus
+/// reserves `job` (and `instance`) as target labels and, with the default
+/// `honor_labels: false`, renames an exported `job` to `exported_job`, which would merge
+/// every Flink job into one series group in `by (flink, job)` queries.
+const J: &[&str] = &["flink", "flink_job"];
 
 const fn gauge(name: &'static str, metric: &'static str, labels: &'static [&'static str], help: &'static str) -> SignalDef {
     SignalDef { name, metric, kind: MetricKind::Gauge, help, labels }
@@ -70,12 +74,12 @@ const fn counter(name: &'static str, metric: &'static str, labels: &'static [&'s
 }
 
 /// Signals of the Flink source. Every job series is labelled `flink` (the source name)
-/// and `job` (the job name).
+/// and `flink_job` (the job name).
 pub const SIGNALS: &[SignalDef] = &[
     gauge(
         "flink_job_state",
         "flink_job_state",
-        &["flink", "job", "state"],
+        &["flink", "flink_job", "state"],
         "Job state: 1 for the current one of INITIALIZING, CREATED, RUNNING, FAILING, FAILED, CANCELLING, CANCELED, FINISHED, RESTARTING, SUSPENDED, RECONCILING",
     ),
     gauge(
@@ -535,7 +539,7 @@ impl FlinkSnapshot {
         let mut out = Vec::new();
         out.extend(Observation::new("flink_jobs", &[("flink", f)], self.jobs_listed as f64));
         for j in &self.jobs {
-            let l = [("flink", f), ("job", j.name.as_str())];
+            let l = [("flink", f), ("flink_job", j.name.as_str())];
             let state = j.parsed_state();
             for st in JobState::ALL {
                 out.extend(Observation::new(
@@ -812,7 +816,7 @@ mod tests {
         }
     }
 
-    const L: [(&str, &str); 2] = [("flink", "local"), ("job", "orders")];
+    const L: [(&str, &str); 2] = [("flink", "local"), ("flink_job", "orders")];
 
     #[test]
     fn a_running_job_with_checkpoints_yields_exact_values() {
@@ -985,7 +989,7 @@ mod tests {
             assert_eq!(value(&obs, s, &L), None, "{s}");
         }
         assert_eq!(value(&obs, "flink_job_uptime_seconds", &L), Some(60.0));
-        let billing = [("flink", "local"), ("job", "billing")];
+        let billing = [("flink", "local"), ("flink_job", "billing")];
         assert_eq!(value(&obs, "checkpoint_age_seconds", &billing), Some(1.0));
         let orders = snap.targets().into_iter().find(|t| t.name == "orders").unwrap();
         assert_eq!(orders.health, "unknown");
@@ -1091,9 +1095,12 @@ mod tests {
     }
 
     #[test]
-    fn signals_have_the_flink_and_job_labels_and_counter_names_without_total() {
+    fn signals_have_the_flink_and_flink_job_labels_and_counter_names_without_total() {
         for d in SIGNALS {
             assert_eq!(d.labels.first(), Some(&"flink"), "{}", d.name);
+            if d.name != "flink_jobs" {
+                assert_eq!(d.labels.get(1), Some(&"flink_job"), "{}", d.name);
+            }
             assert!(d.metric.starts_with("flink_"), "{}", d.metric);
             assert!(!d.metric.ends_with("_total"), "{}", d.metric);
         }
