@@ -66,6 +66,12 @@ pub enum AgentError {
     },
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot start the recording in {path}")]
+    Record {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Delay before the next attempt. Pure.
@@ -199,6 +205,11 @@ async fn timed(
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let store = Arc::new(Store::new(config.history));
     store.set_dlq_config(config.dlq.clone());
+    if let Some(rc) = &config.record {
+        let recorder = crate::record::Recorder::start(rc.clone()).map_err(|source| AgentError::Record { path: rc.path.clone(), source })?;
+        tracing::info!(path = %rc.path.display(), "recording every stored observation");
+        store.set_recorder(recorder);
+    }
     let mut signals = crate::rules::file::SignalNames::builtin();
     signals.extend(config.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
     let rules = Arc::new(Rules::load(config.rules.clone(), signals).map_err(AgentError::Rules)?);

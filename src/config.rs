@@ -83,6 +83,8 @@ pub struct Config {
     pub dlq: DlqConfig,
     pub history: HistoryConfig,
     pub rules: RulesConfig,
+    /// Where every stored observation is recorded for `streamguard replay` (`[record]`).
+    pub record: Option<crate::record::RecordConfig>,
     /// The file it was loaded from.
     pub path: PathBuf,
 }
@@ -245,7 +247,8 @@ pub fn default_probe_timeout(sample_timeout: Duration) -> Duration {
     (sample_timeout / 2).min(MAX_DEFAULT_PROBE_TIMEOUT)
 }
 
-const TOP_KEYS: [&str; 13] = [
+const TOP_KEYS: [&str; 14] = [
+    "record",
     "rules",
     "listen",
     "sample_interval",
@@ -280,6 +283,30 @@ const CLUSTER_KEYS: [&str; 10] = [
     "groups",
 ];
 const GROUP_KEYS: [&str; 2] = ["include", "exclude"];
+const RECORD_KEYS: [&str; 3] = ["path", "max_size", "max_age"];
+const DEFAULT_RECORD_MAX_SIZE: u64 = 1 << 30;
+const DEFAULT_RECORD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A recording smaller than this could not hold one sample of a busy cluster.
+const MIN_RECORD_MAX_SIZE: u64 = 64 * 1024;
+
+/// A size such as `1073741824`, `"512MiB"`, `"1GB"`, `"64KiB"`. Pure.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
 /// Properties the agent owns; setting them through `properties` would break sampling.
 const RESERVED_PROPERTIES: [&str; 3] = ["bootstrap.servers", "group.id", "enable.auto.commit"];
 
@@ -388,7 +415,8 @@ impl Validator<'_> {
         let history = self.history(dict);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rules = self.rules(dict, &base);
-        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, path: path.to_path_buf() }
+        let record = self.record(dict, &base);
+        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, path: path.to_path_buf() }
     }
 
     /// Validates an array of tables under `key` with `each`; bad entries are reported
@@ -765,6 +793,50 @@ impl Validator<'_> {
             probe_budget,
             probe_timeout,
         })
+    }
+
+    fn record(&mut self, dict: &Dict, base: &Path) -> Option<crate::record::RecordConfig> {
+        let v = dict.get("record")?;
+        let Value::Dict(_, d) = v else {
+            self.error(Some(v), "record", "expected a table ([record])");
+            return None;
+        };
+        self.unknown_keys(d, "record", &RECORD_KEYS);
+        let path = match self.string(d, "record", "path") {
+            Some((p, _)) if !p.trim().is_empty() => Some(base.join(p)),
+            Some((_, pv)) => {
+                self.error(Some(pv), "record.path", "must not be empty");
+                None
+            }
+            None => {
+                if d.get("path").is_none() {
+                    self.error(Some(v), "record.path", "missing (a directory for the recording segments)");
+                }
+                None
+            }
+        };
+        let max_size = match d.get("max_size") {
+            None => Some(DEFAULT_RECORD_MAX_SIZE),
+            Some(sv) => {
+                let parsed = match sv {
+                    Value::String(_, s) => parse_size(s),
+                    other => other.to_i128().and_then(|n| u64::try_from(n).ok()),
+                };
+                match parsed {
+                    Some(n) if n >= MIN_RECORD_MAX_SIZE => Some(n),
+                    Some(_) => {
+                        self.error(Some(sv), "record.max_size", format!("must be at least {MIN_RECORD_MAX_SIZE} bytes (64KiB)"));
+                        None
+                    }
+                    None => {
+                        self.error(Some(sv), "record.max_size", "expected a size in bytes, or a string such as \"512MiB\" or \"1GB\"");
+                        None
+                    }
+                }
+            }
+        };
+        let max_age = if d.contains_key("max_age") { self.duration(d, "record", "max_age") } else { Some(DEFAULT_RECORD_MAX_AGE) };
+        Some(crate::record::RecordConfig { path: path?, max_size: max_size?, max_age: max_age? })
     }
 
     fn properties(&mut self, c: &Dict, prefix: &str) -> BTreeMap<String, String> {

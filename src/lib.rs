@@ -8,6 +8,8 @@ pub mod catalog;
 pub mod config;
 pub mod evaluate;
 pub mod events;
+pub mod record;
+pub mod replay;
 pub mod report;
 pub mod rules;
 pub mod sample;

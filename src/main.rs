@@ -1,4 +1,4 @@
-//! The `streamguard` command line: `run`, `check`, `lag`.
+//! The `streamguard` command line: `run`, `check`, `test`, `export`, `lag`, `replay`.
 //!
 //! Library code returns typed errors; this file alone turns them into text, prefixed
 //! `streamguard:`, and into exit codes (0 success, 1 failure or invalid input).
@@ -62,6 +62,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate rules over a recording (`[record]`) in simulated time and print every
+    /// alert transition and SLO burn alert with its time, value and evidence.
+    Replay {
+        /// A recording directory or one segment file.
+        recording: PathBuf,
+        /// Rule files or directories.
+        #[arg(long, short, required = true)]
+        rules: Vec<PathBuf>,
+        /// Evaluation interval of the simulation (default: the configuration's
+        /// `rules.evaluation_interval`, else 10s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// A configuration whose rules settings (interval, confidence, unknown_after) and
+        /// Prometheus query signals apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write a `promtool test rules` file for the exported rules of the same rule
+        /// set: the recording's series as input and the native verdicts as expectations.
+        #[arg(long, value_name = "FILE")]
+        emit_promtool_test: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +95,10 @@ enum ExportFormat {
         /// Rule files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Export the rules that translate exactly and report the others on stderr
+        /// (without it, any such rule fails the export and nothing is written).
+        #[arg(long)]
+        partial: bool,
     },
 }
 
@@ -121,20 +149,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{passed} passed, {failed} failed");
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Export { format: ExportFormat::Prometheus { paths } } => {
+        Command::Export { format: ExportFormat::Prometheus { paths, partial } } => {
             let (set, _) = streamguard::rules::file::load(&paths, &known_signals(None)?);
             let set = set?;
-            match streamguard::rules::export::prometheus(&set) {
-                Ok(text) => {
-                    print!("{text}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(errors) => {
-                    for e in errors {
-                        eprintln!("streamguard: cannot export {e}");
-                    }
-                    Ok(ExitCode::from(1))
-                }
+            let (text, errors) = streamguard::rules::export::prometheus_partial(&set);
+            for e in &errors {
+                eprintln!("streamguard: cannot export {e}");
+            }
+            if errors.is_empty() || partial {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("streamguard: nothing written; --partial exports the rest");
+                Ok(ExitCode::from(1))
             }
         }
         Command::Run { config } => {
@@ -146,6 +173,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 agent::run(cfg, cancel).await
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { recording, rules, interval, config, json, emit_promtool_test } => {
+            replay(&recording, &rules, interval, config.as_deref(), json, emit_promtool_test.as_deref())
         }
         Command::Lag { config, group, json } => {
             let group = group
@@ -261,4 +291,49 @@ async fn cancel_on_signal(cancel: CancellationToken) {
         _ = term => tracing::info!("SIGTERM received"),
     }
     cancel.cancel();
+}
+
+/// `streamguard replay`.
+fn replay(
+    recording: &std::path::Path,
+    rules: &[PathBuf],
+    interval: Option<std::time::Duration>,
+    config: Option<&std::path::Path>,
+    json: bool,
+    emit: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = config.map(config::load).transpose()?;
+    let rules_cfg = cfg.as_ref().map(|c| c.rules.clone());
+    let interval = interval.or(rules_cfg.as_ref().map(|r| r.evaluation_interval)).unwrap_or(std::time::Duration::from_secs(10));
+    anyhow::ensure!(!interval.is_zero(), "--interval must be more than 0");
+    let signals = known_signals(config)?;
+    let (set, _) = streamguard::rules::file::load(rules, &signals);
+    let set = set?;
+    let rec = streamguard::record::read(recording)?;
+    let opts = streamguard::replay::ReplayOptions {
+        evaluation_interval: interval,
+        confidence: rules_cfg.as_ref().map_or(0.95, |r| r.confidence),
+        unknown_after: rules_cfg.as_ref().map_or(std::time::Duration::from_secs(600), |r| r.unknown_after),
+    };
+    let timeline = streamguard::replay::replay(rec.clone(), &set, &opts);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&timeline)?);
+    } else {
+        print!("{}", streamguard::replay::render(&timeline));
+    }
+    if let Some(path) = emit {
+        // The exported rules go next to the test, which names them.
+        let exported = streamguard::rules::export::prometheus(&set).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("cannot export exactly, so cannot test:\n  {}", lines.join("\n  "))
+        })?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("replay");
+        let rules_name = format!("{stem}.rules.yml");
+        let rules_path = path.with_file_name(&rules_name);
+        let text = streamguard::replay::promtool_test(&rec, &set, &opts, &rules_name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::write(&rules_path, exported).with_context(|| format!("cannot write {}", rules_path.display()))?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("streamguard: wrote {} and {}", path.display(), rules_path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

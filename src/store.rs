@@ -129,6 +129,8 @@ pub struct Store {
     inner: RwLock<BTreeMap<(SourceKind, String), Entry>>,
     history: HistoryConfig,
     dlq: RwLock<DlqConfig>,
+    /// Where every stored observation is also recorded (`[record]`), if anywhere.
+    recorder: std::sync::OnceLock<crate::record::Recorder>,
 }
 
 impl Default for Store {
@@ -143,7 +145,19 @@ impl Store {
             inner: RwLock::default(),
             history,
             dlq: RwLock::new(DlqConfig { patterns: Vec::new(), topics: Vec::new() }),
+            recorder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records every observation stored from now on (and every failed attempt).
+    pub fn set_recorder(&self, recorder: crate::record::Recorder) {
+        if self.recorder.set(recorder).is_err() {
+            tracing::warn!("a recorder was already set; keeping the first");
+        }
+    }
+
+    pub fn recorder(&self) -> Option<&crate::record::Recorder> {
+        self.recorder.get()
     }
 
     pub fn set_dlq_config(&self, dlq: DlqConfig) {
@@ -188,6 +202,9 @@ impl Store {
         e.health.consecutive_failures = 0;
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
+        if let Some(r) = self.recorder.get() {
+            r.sample(at, kind, name, e.health.stale_after, sample.observations.clone());
+        }
         append(&mut e.series, at, sample.observations, &history);
     }
 
@@ -214,9 +231,14 @@ impl Store {
         e.health.consecutive_failures = 0;
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
+        let recorded = self.recorder.get().map(|_| sample.observations.clone());
         append(&mut e.series, at, sample.observations, &history);
         let derived = derive(e);
         let n = raw + derived.len();
+        if let (Some(r), Some(mut all)) = (self.recorder.get(), recorded) {
+            all.extend(derived.iter().cloned());
+            r.sample(at, kind, name, e.health.stale_after, all);
+        }
         append(&mut e.series, at, derived, &history);
         n
     }
@@ -240,6 +262,9 @@ impl Store {
         e.health.last_attempt = Some(at);
         e.health.last_error = Some(error);
         e.health.consecutive_failures = e.health.consecutive_failures.saturating_add(1);
+        if let Some(r) = self.recorder.get() {
+            r.failure(at, kind, name, e.health.stale_after);
+        }
         e.health.consecutive_failures
     }
 

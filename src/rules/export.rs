@@ -1,20 +1,39 @@
-//! `streamguard export prometheus`: equivalent Prometheus recording and alerting rules
-//! over streamguard's own metrics, for teams that alert from Prometheus.
+//! `streamguard export prometheus`: Prometheus recording and alerting rules over
+//! streamguard's own metrics that mean what the native rules mean, for teams that alert
+//! from Prometheus.
 //!
-//! Translation: a selector becomes the signal's metric (`lag_seconds` →
-//! `streamguard_kafka_partition_lag_seconds`); window functions become `*_over_time`,
-//! `rate`, `increase`, `deriv` (slope, without streamguard's significance test) and
-//! `quantile_over_time`; `time_to_breach(x, T) < D` becomes `predict_linear(x[w], D) >= T`.
-//! SLOs become error-ratio recording rules per window and the multi-window burn-rate
-//! alerts of their table. PromQL has no unknown: data that is absent simply yields no
-//! alert, which matches streamguard's "unknown is never true".
+//! # Translation
+//! - A selector becomes the signal's metric (`lag_seconds` →
+//!   `streamguard_kafka_partition_lag_seconds`); window functions become
+//!   `avg/max/min/quantile_over_time`, `rate` and `increase`.
+//! - `a and b` pairs series with identical labels, as the engine does; when one side is
+//!   an aggregate without `by` (one label-less value that applies to every series of the
+//!   other side), it becomes `other and on() aggregate`, so it matches.
+//! - An SLO becomes Sloth-style recording rules: the instantaneous bad/total of its SLI at
+//!   every evaluation (`slo:streamguard_sli_bad:bool` for a time slice, good only when the
+//!   condition holds for *every* series, as the engine requires; `slo:streamguard_sli_bad:sum`
+//!   and `slo:streamguard_sli_total:sum` for a ratio), and per alert window the error
+//!   ratio over that record (`slo:streamguard_sli_error:ratio_rate<w>`). Long windows cost
+//!   one sample per evaluation, never a 40,320-step subquery. The burn-rate alerts
+//!   compare two of those windows.
+//! - PromQL has no unknown: absent data yields no alert, which matches "unknown is never
+//!   true".
 //!
-//! Not exportable (an error names the rule): Prometheus-query signals (alert on the query
-//! itself), and `time_to_breach` compared any other way than `<`/`<=` a duration.
+//! # Refused (with the reason; the rest of the file is still exported with `--partial`)
+//! Prometheus-query signals (alert on the query itself); `slope` and `time_to_breach`
+//! (the engine's significance test and confidence bound have no PromQL equivalent; a
+//! `deriv`/`predict_linear` rule would fire where the native one does not); `or` between
+//! an aggregate without `by` and per-series values (PromQL's `or` cannot apply a scalar
+//! truth to every series); `or` inside a time-slice SLI.
+//!
+//! # Assumptions
+//! `rate` and `increase` equal PromQL's on a window covered by samples at both ends with
+//! no counter reset; at the edges (a window only partly covered) PromQL extrapolates and
+//! the engine does not.
 
 use std::fmt::Write as _;
 
-use super::expr::{Agg, CmpOp, Cond, Func, MatchOp, ValueExpr};
+use super::expr::{Agg, Cond, Func, MatchOp, ValueExpr};
 use super::file::RuleSet;
 use super::slo::{self, Sli, SloSpec};
 use crate::signal::MetricKind;
@@ -57,6 +76,20 @@ fn selector(v: &ValueExpr) -> Result<String, String> {
     Ok(s)
 }
 
+/// Whether the value is one label-less number (an aggregate without `by`).
+fn labelless(v: &ValueExpr) -> bool {
+    matches!(&v.agg, Some((_, by)) if by.is_empty())
+}
+
+fn cond_labelless(c: &Cond) -> bool {
+    match c {
+        Cond::Cmp { lhs, .. } => labelless(lhs),
+        Cond::And(a, b) | Cond::Or(a, b) => cond_labelless(a) && cond_labelless(b),
+    }
+}
+
+const NOT_EXACT_TREND: &str = "slope and time_to_breach cannot be exported exactly: the engine's significance test and lower confidence bound have no PromQL equivalent (deriv/predict_linear would fire where the native rule does not); alert on it natively";
+
 fn window(v: &ValueExpr) -> String {
     prom_duration(v.window.unwrap_or_default().as_secs())
 }
@@ -83,9 +116,8 @@ fn value(v: &ValueExpr) -> Result<String, String> {
         Func::Min => format!("min_over_time({sel}[{}])", window(v)),
         Func::Rate => format!("rate({sel}[{}])", window(v)),
         Func::Increase => format!("increase({sel}[{}])", window(v)),
-        Func::Slope => format!("deriv({sel}[{}])", window(v)),
         Func::Quantile(q) => format!("quantile_over_time({q}, {sel}[{}])", window(v)),
-        Func::TimeToBreach(_) => return Err("time_to_breach must be compared with < or <= a duration".into()),
+        Func::Slope | Func::TimeToBreach(_) => return Err(NOT_EXACT_TREND.into()),
     };
     Ok(aggregate(v, inner))
 }
@@ -118,38 +150,35 @@ fn number(x: f64) -> String {
     }
 }
 
-/// PromQL of a condition; with `as_bool`, comparisons return 0/1 (for time-slice SLIs).
-fn condition(c: &Cond, as_bool: bool) -> Result<String, String> {
+/// PromQL of an alert condition: the series for which it holds.
+fn condition(c: &Cond) -> Result<String, String> {
     match c {
-        Cond::Cmp { lhs, op, rhs, .. } => {
-            if let Func::TimeToBreach(threshold) = lhs.func {
-                if !matches!(op, CmpOp::Lt | CmpOp::Le) {
-                    return Err("time_to_breach must be compared with < or <= a duration".into());
-                }
-                let inner = format!("predict_linear({}[{}], {})", selector(lhs)?, window(lhs), number(*rhs));
-                // The soonest breach (min of times) is the highest prediction (max).
-                let mut flipped = lhs.clone();
-                if let Some((agg, _)) = flipped.agg.as_mut() {
-                    *agg = match *agg {
-                        Agg::Min => Agg::Max,
-                        Agg::Max => Agg::Min,
-                        other => other,
-                    };
-                }
-                let b = if as_bool { " bool" } else { "" };
-                return Ok(format!("{} >={b} {}", aggregate(&flipped, inner), number(threshold)));
-            }
-            let b = if as_bool { " bool" } else { "" };
-            Ok(format!("{} {}{b} {}", value(lhs)?, op.as_str(), number(*rhs)))
-        }
+        Cond::Cmp { lhs, op, rhs, .. } => Ok(format!("{} {} {}", value(lhs)?, op.as_str(), number(*rhs))),
         Cond::And(a, b) => {
-            let (a, b) = (condition(a, as_bool)?, condition(b, as_bool)?);
-            Ok(if as_bool { format!("(({a}) * ({b}))") } else { format!("({a}) and ({b})") })
+            let (ea, eb) = (condition(a)?, condition(b)?);
+            Ok(match (cond_labelless(a), cond_labelless(b)) {
+                // A label-less side applies to every series of the other side.
+                (true, false) => format!("({eb}) and on() ({ea})"),
+                (false, true) => format!("({ea}) and on() ({eb})"),
+                _ => format!("({ea}) and ({eb})"),
+            })
         }
         Cond::Or(a, b) => {
-            let (a, b) = (condition(a, as_bool)?, condition(b, as_bool)?);
-            Ok(if as_bool { format!("clamp_max(({a}) + ({b}), 1)") } else { format!("({a}) or ({b})") })
+            if cond_labelless(a) != cond_labelless(b) {
+                return Err("`or` between an aggregate without `by` and per-series values cannot be exported exactly: PromQL's `or` does not apply a scalar truth to every series".into());
+            }
+            Ok(format!("({}) or ({})", condition(a)?, condition(b)?))
         }
+    }
+}
+
+/// 1 when a time-slice condition holds for every series (as the engine requires of a
+/// good slice), 0 when some series fails it; absent without data.
+fn slice_good(c: &Cond) -> Result<String, String> {
+    match c {
+        Cond::Cmp { lhs, op, rhs, .. } => Ok(format!("min({} {} bool {})", value(lhs)?, op.as_str(), number(*rhs))),
+        Cond::And(a, b) => Ok(format!("({}) * ({})", slice_good(a)?, slice_good(b)?)),
+        Cond::Or(..) => Err("`or` inside a time-slice SLI cannot be exported exactly (\"every series holds a or b\" has no PromQL form); split the SLO".into()),
     }
 }
 
@@ -157,22 +186,55 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// Error ratio of an SLO over `w`, in PromQL.
-fn error_ratio(spec: &SloSpec, w: &str) -> Result<String, String> {
+/// Recording rule names (`level:metric:operations`).
+pub const SLI_BAD_BOOL: &str = "slo:streamguard_sli_bad:bool";
+pub const SLI_BAD_SUM: &str = "slo:streamguard_sli_bad:sum";
+pub const SLI_TOTAL_SUM: &str = "slo:streamguard_sli_total:sum";
+
+fn ratio_record(w: u64) -> String {
+    format!("slo:streamguard_sli_error:ratio_rate{}", prom_duration(w))
+}
+
+/// The whole of a ratio SLI side as one label-less number, as the engine sums it.
+fn summed(v: &ValueExpr) -> Result<String, String> {
+    let e = value(v)?;
+    Ok(if labelless(v) { e } else { format!("sum({e})") })
+}
+
+/// The per-evaluation SLI records of an SLO: (record name, PromQL).
+fn sli_records(spec: &SloSpec) -> Result<Vec<(&'static str, String)>, String> {
     match &spec.sli {
-        Sli::TimeSlice { cond, .. } => Ok(format!("1 - avg_over_time(({})[{w}:1m])", condition(cond, true)?)),
+        Sli::TimeSlice { cond, .. } => Ok(vec![(SLI_BAD_BOOL, format!("1 - ({})", slice_good(cond)?))]),
         Sli::Ratio { bad, total, .. } => {
-            let over = |v: &ValueExpr| -> Result<String, String> {
-                let sel = selector(v)?;
-                Ok(aggregate(v, format!("avg_over_time({sel}[{w}])")))
-            };
-            Ok(format!("({}) / ({})", over(bad)?, over(total)?))
+            // The engine skips a slice whose total is not positive and clamps bad to
+            // [0, total]; both records are absent in such a slice.
+            let total_pos = format!("({}) > 0", summed(total)?);
+            let bad = format!("(clamp_min({}, 0) < on() ({total_pos})) or on() ({total_pos})", summed(bad)?);
+            Ok(vec![(SLI_BAD_SUM, bad), (SLI_TOTAL_SUM, total_pos)])
         }
     }
 }
 
-/// The whole rule set as one Prometheus rule file.
+/// Error ratio of an SLO over `w`, from its SLI records.
+fn error_ratio(spec: &SloSpec, w: &str) -> String {
+    let slo = format!("{{slo={:?}}}", spec.name);
+    match &spec.sli {
+        Sli::TimeSlice { .. } => format!("avg_over_time({SLI_BAD_BOOL}{slo}[{w}])"),
+        Sli::Ratio { .. } => format!("sum_over_time({SLI_BAD_SUM}{slo}[{w}]) / sum_over_time({SLI_TOTAL_SUM}{slo}[{w}])"),
+    }
+}
+
+/// The whole rule set as one Prometheus rule file, or every rule that cannot be exported
+/// exactly.
 pub fn prometheus(set: &RuleSet) -> Result<String, Vec<ExportError>> {
+    match prometheus_partial(set) {
+        (text, errors) if errors.is_empty() => Ok(text),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// Every rule that can be exported exactly, and the reasons for those that cannot.
+pub fn prometheus_partial(set: &RuleSet) -> (String, Vec<ExportError>) {
     let mut out = String::from("# Generated by `streamguard export prometheus` from streamguard rule files.\n# Do not edit: change the source rules and export again.\ngroups:\n");
     let mut errors = Vec::new();
     for file in &set.files {
@@ -184,8 +246,8 @@ pub fn prometheus(set: &RuleSet) -> Result<String, Vec<ExportError>> {
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("rules");
         let _ = writeln!(out, "  - name: streamguard-{stem}\n    rules:");
         for r in alerts {
-            match condition(&r.condition, false) {
-                Err(message) => errors.push(ExportError { rule: r.name.clone(), message }),
+            match condition(&r.condition) {
+                Err(message) => errors.push(ExportError { rule: format!("{}: rule {:?}", r.file.display(), r.name), message }),
                 Ok(expr) => {
                     let _ = writeln!(out, "      - alert: {}\n        expr: {}", yaml_str(&r.name), yaml_str(&expr));
                     if !r.for_.is_zero() {
@@ -201,15 +263,11 @@ pub fn prometheus(set: &RuleSet) -> Result<String, Vec<ExportError>> {
         }
         for s in slos {
             if let Err(message) = write_slo(&mut out, s) {
-                errors.push(ExportError { rule: s.name.clone(), message });
+                errors.push(ExportError { rule: format!("{}: slo {:?}", s.file.display(), s.name), message });
             }
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }
 
 fn write_map(out: &mut String, key: &str, map: &std::collections::BTreeMap<String, String>) {
@@ -222,19 +280,48 @@ fn write_map(out: &mut String, key: &str, map: &std::collections::BTreeMap<Strin
     }
 }
 
+/// The exported name of one burn-rate alert of an SLO.
+pub fn slo_alert_name(s: &SloSpec, a: &slo::BurnAlert) -> String {
+    format!("{}-burn-{}-{}", s.name, prom_duration(a.long.as_secs()), prom_duration(a.short.as_secs()))
+}
+
+/// Its `summary` annotation.
+pub fn slo_alert_summary(s: &SloSpec, a: &slo::BurnAlert) -> String {
+    format!(
+        "SLO {} burns its error budget {}x faster than allowed over {} and {}",
+        s.name,
+        a.factor,
+        prom_duration(a.long.as_secs()),
+        prom_duration(a.short.as_secs())
+    )
+}
+
+/// A duration as Prometheus writes it (`5m`, `1h`, `90s`).
+pub fn prom_duration_of(d: std::time::Duration) -> String {
+    prom_duration(d.as_secs())
+}
+
+/// The exported metric of a catalog signal (`streamguard_…`, counters with `_total`).
+pub fn metric_name(signal: &str) -> Result<String, String> {
+    metric(signal)
+}
+
 fn write_slo(out: &mut String, s: &SloSpec) -> Result<(), String> {
     let mut windows: Vec<u64> = s.alerts.iter().flat_map(|a| [a.long.as_secs(), a.short.as_secs()]).collect();
     windows.push(s.window.as_secs());
     windows.sort_unstable();
     windows.dedup();
-    let record = |w: u64| format!("streamguard:slo_error_ratio:{}", prom_duration(w));
+    let record = ratio_record;
     let mut text = String::new();
+    for (name, expr) in sli_records(s)? {
+        let _ = writeln!(text, "      - record: {name}\n        expr: {}\n        labels:\n          slo: {}", yaml_str(&expr), yaml_str(&s.name));
+    }
     for w in &windows {
         let _ = writeln!(
             text,
             "      - record: {}\n        expr: {}\n        labels:\n          slo: {}",
             record(*w),
-            yaml_str(&error_ratio(s, &prom_duration(*w))?),
+            yaml_str(&error_ratio(s, &prom_duration(*w))),
             yaml_str(&s.name)
         );
     }
@@ -252,17 +339,11 @@ fn write_slo(out: &mut String, s: &SloSpec) -> Result<(), String> {
         let _ = writeln!(
             text,
             "      - alert: {}\n        expr: {}\n        labels:\n          severity: {}\n          slo: {}\n        annotations:\n          summary: {}",
-            yaml_str(&format!("{}-burn-{}-{}", s.name, prom_duration(a.long.as_secs()), prom_duration(a.short.as_secs()))),
+            yaml_str(&slo_alert_name(s, a)),
             yaml_str(&expr),
             yaml_str(sev),
             yaml_str(&s.name),
-            yaml_str(&format!(
-                "SLO {} burns its error budget {}x faster than allowed over {} and {}",
-                s.name,
-                a.factor,
-                prom_duration(a.long.as_secs()),
-                prom_duration(a.short.as_secs())
-            )),
+            yaml_str(&slo_alert_summary(s, a)),
         );
     }
     out.push_str(&text);
@@ -278,21 +359,46 @@ mod tests {
     fn conditions_translate_to_promql_over_streamguard_metrics() {
         let c = parse(r#"max by (group) (avg(lag_seconds{group=~"pay.*"}, 5m)) > 30s"#).unwrap();
         assert_eq!(
-            condition(&c, false).unwrap(),
+            condition(&c).unwrap(),
             r#"max by (group) (avg_over_time(streamguard_kafka_partition_lag_seconds{group=~"pay.*"}[5m])) > 30"#
         );
-        let c = parse("time_to_breach(lag_seconds, 60s, 10m) < 5m").unwrap();
-        assert_eq!(condition(&c, false).unwrap(), "predict_linear(streamguard_kafka_partition_lag_seconds[10m], 300) >= 60");
         let c = parse("group_rewinds > 0 and dlq_ratio > 1%").unwrap();
+        assert_eq!(condition(&c).unwrap(), "(streamguard_kafka_group_rewinds_total > 0) and (streamguard_kafka_dlq_ratio > 0.01)");
+    }
+
+    #[test]
+    fn an_aggregate_without_by_applies_to_every_series_of_the_other_side() {
+        // Before: `(max(...) > 10) and (lag > 5)` never matched in PromQL (no common labels).
+        let c = parse("max(lag_offsets) > 10 and group_lag_offsets > 5").unwrap();
         assert_eq!(
-            condition(&c, true).unwrap(),
-            "((streamguard_kafka_group_rewinds_total >bool 0) * (streamguard_kafka_dlq_ratio >bool 0.01))".replace(">bool", "> bool")
+            condition(&c).unwrap(),
+            "(streamguard_kafka_group_lag_offsets > 5) and on() (max(streamguard_kafka_partition_lag_offsets) > 10)"
         );
+        let c = parse("max(lag_offsets) > 10 or group_lag_offsets > 5").unwrap();
+        assert!(condition(&c).unwrap_err().contains("`or` between an aggregate"));
+    }
+
+    #[test]
+    fn trend_functions_are_refused_not_approximated() {
+        for text in ["slope(lag_seconds, 10m) > 0", "time_to_breach(lag_seconds, 60s, 10m) < 5m"] {
+            let c = parse(text).unwrap();
+            assert!(condition(&c).unwrap_err().contains("cannot be exported exactly"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_time_slice_is_good_only_when_every_series_holds() {
+        let c = parse("lag_seconds < 30s and group_lag_offsets < 100").unwrap();
+        assert_eq!(
+            slice_good(&c).unwrap(),
+            "(min(streamguard_kafka_partition_lag_seconds < bool 30)) * (min(streamguard_kafka_group_lag_offsets < bool 100))"
+        );
+        assert!(slice_good(&parse("lag_seconds < 1 or lag_offsets < 1").unwrap()).is_err());
     }
 
     #[test]
     fn query_signals_are_not_exportable() {
         let c = parse("my_query > 1").unwrap();
-        assert!(condition(&c, false).unwrap_err().contains("not a streamguard metric"));
+        assert!(condition(&c).unwrap_err().contains("not a streamguard metric"));
     }
 }

@@ -226,6 +226,19 @@ impl Collector for StoreCollector {
                 }
             }
         }
+        if let Some(r) = self.store.recorder() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let none: SourceLabels = Vec::new();
+            for (name, help, v) in [
+                ("record_records", "Samples and failed attempts written to the recording", r.stats.records.load(Relaxed)),
+                ("record_dropped", "Records dropped because the recording writer fell behind", r.stats.dropped.load(Relaxed)),
+                ("record_errors", "Records that could not be written to the recording", r.stats.errors.load(Relaxed)),
+                ("record_written_bytes", "Bytes written to the recording", r.stats.bytes.load(Relaxed)),
+            ] {
+                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(v).encode(family.encode_family(&none)?)?;
+            }
+        }
         let mut build = e.encode_descriptor("build", "streamguard build information", None, MetricType::Info)?;
         build.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         Ok(())
