@@ -33,6 +33,13 @@ use crate::rules::trend;
 use crate::signal::Labels;
 use crate::window::{self, Point};
 
+/// The longest duration a rule, a rule test or the config may give (windows, `for`,
+/// SLO windows, intervals): a year and a day. Longer ones are almost certainly typos, and
+/// bounding them keeps every sum of durations and times far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+/// [`MAX_DURATION`] as written in error messages.
+pub const MAX_DURATION_TEXT: &str = "366d";
+
 /// A parse error at a byte offset of the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -235,6 +242,11 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     return Err(ParseError { offset: num_end, message: format!("unknown unit {u:?} (use ms, s, m, h, d, w or %)") });
                 }
             };
+            // `1e400` parses as +∞ and `1e306d` overflows once scaled: no threshold or
+            // window is meaningful there, and ∞ would poison every comparison.
+            if !value.is_finite() {
+                return Err(ParseError { offset: start, message: format!("number {} is out of range", &s[start..i]) });
+            }
             out.push((Tok::Num(value, unit, s[start..i].to_string()), start));
         } else if c == '"' || c == '\'' {
             i += 1;
@@ -401,10 +413,13 @@ impl Parser<'_> {
 
     fn duration(&mut self) -> Result<Duration, ParseError> {
         match self.peek().cloned() {
-            Some(Tok::Num(v, Unit::Seconds, _)) if v > 0.0 => {
-                self.pos += 1;
-                Ok(Duration::from_secs_f64(v))
-            }
+            Some(Tok::Num(v, Unit::Seconds, text)) if v > 0.0 => match Duration::try_from_secs_f64(v) {
+                Ok(d) if d <= MAX_DURATION => {
+                    self.pos += 1;
+                    Ok(d)
+                }
+                _ => self.err(format!("window {text} is too long (at most {MAX_DURATION_TEXT})")),
+            },
             _ => self.err("expected a window such as 5m or 1h"),
         }
     }
