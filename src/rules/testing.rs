@@ -307,22 +307,33 @@ fn run_case(case: &TestCase, set: &RuleSet, eval_interval: Duration) -> Result<(
     Ok((passed, failures))
 }
 
+/// The inputs as the engine sees them at `t`. Each input series has its own source:
+/// - a sample at this step: the series is fresh;
+/// - `_`: the source failed to sample, so the data is unknown;
+/// - after the last value: the source answers without the series, which is gone (and
+///   takes no part, as an absent series in Prometheus).
 fn dataset_at(inputs: &[(String, Labels, Vec<Option<f64>>)], interval: Duration, t: Duration) -> Dataset {
     let mut data = Dataset::default();
-    for (signal, labels, values) in inputs {
-        let upto = (t.as_nanos() / interval.as_nanos().max(1)) as usize;
+    for (n, (signal, labels, values)) in inputs.iter().enumerate() {
+        let upto = usize::try_from(t.as_nanos() / interval.as_nanos().max(1)).unwrap_or(usize::MAX);
         let points: Vec<_> = values
             .iter()
             .enumerate()
-            .take(upto + 1)
-            .filter_map(|(i, v)| v.map(|v| (SystemTime::UNIX_EPOCH + EPOCH + interval * i as u32, v)))
+            .take(upto.saturating_add(1))
+            .filter_map(|(i, v)| Some((at(interval, i)?, (*v)?)))
             .collect();
-        // Fresh when the sample of this step is present; `_` and the time after the
-        // last sample are missing data.
-        let fresh = values.get(upto).is_some_and(Option::is_some);
-        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone(), fresh, points });
+        let now = values.get(upto);
+        let source = data.add_source(&format!("test/{n}"), !matches!(now, Some(None)));
+        let fresh = now.is_some_and(Option::is_some);
+        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone(), fresh, points, source: Some(source) });
     }
     data
+}
+
+/// The time of sample `i` (`None` if it cannot be represented).
+fn at(interval: Duration, i: usize) -> Option<SystemTime> {
+    let offset = interval.checked_mul(u32::try_from(i).ok()?)?;
+    (SystemTime::UNIX_EPOCH + EPOCH).checked_add(offset)
 }
 
 fn check_alert(a: &AlertTest, engine: &Engine, set: &RuleSet) -> Result<(), String> {
