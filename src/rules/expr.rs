@@ -772,7 +772,10 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
             let span = window::age(pts.last()?.0, pts.first()?.0);
             Some(r.per_second * span)
         }
-        Func::Slope => trend::fit(&pts).map(|f| if f.significant(opts.confidence) { f.slope } else { 0.0 }),
+        Func::Slope => {
+            let f = trend::fit(&pts).filter(|f| f.span >= min_span(expr))?;
+            Some(if f.significant(opts.confidence) { f.slope } else { 0.0 })
+        }
         Func::Quantile(q) => {
             let mut v: Vec<f64> = values().collect();
             if v.is_empty() {
@@ -783,8 +786,14 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
             let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
             Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
         }
-        Func::TimeToBreach(threshold) => trend::time_to_breach(&pts, *threshold, now, opts.confidence),
+        Func::TimeToBreach(threshold) => trend::time_to_breach(&pts, *threshold, opts.confidence, min_span(expr)),
     }
+}
+
+/// A trend needs data over at least half its window: a fit over the first minute of a
+/// 15-minute window extrapolates from too little.
+fn min_span(expr: &ValueExpr) -> Duration {
+    expr.window.unwrap_or_default() / 2
 }
 
 fn aggregate(agg: Agg, values: &[Option<f64>]) -> Option<f64> {
