@@ -83,11 +83,11 @@ impl SignalNames<'_> {
 
 type Node = MarkedYamlOwned;
 
-fn pos(n: &Node) -> (usize, usize) {
+pub(super) fn pos(n: &Node) -> (usize, usize) {
     (n.span.start.line(), n.span.start.col() + 1)
 }
 
-fn str_of(n: &Node) -> Option<&str> {
+pub(super) fn str_of(n: &Node) -> Option<&str> {
     match &n.data {
         YamlDataOwned::Value(ScalarOwned::String(s)) => Some(s.as_str()),
         _ => None,
