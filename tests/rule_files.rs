@@ -206,3 +206,37 @@ tests:
         assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn an_exported_slo_burn_rate_alert_carries_the_slo_labels_and_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("slo.yaml");
+    std::fs::write(
+        &rules,
+        r#"apiVersion: streamguard/v1
+kind: SLO
+metadata:
+  name: fresh
+  labels: { team: payments }
+  annotations: { dashboard: "https://grafana.example/d/fresh" }
+spec:
+  objective: 99%
+  window: 30d
+  indicator:
+    timeslice:
+      condition: max(lag_seconds) < 30s
+  alerting:
+    burn_rates:
+      - { severity: page, factor: 14.4, long: 1h, short: 5m }
+"#,
+    )
+    .unwrap();
+    let out = run(Command::new(bin()).args(["export", "prometheus"]).arg(&rules));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let alert = text.split("- alert: ").nth(1).unwrap_or_default();
+    assert!(alert.contains("team: \"payments\""), "{alert}");
+    assert!(alert.contains("severity: \"page\""), "{alert}");
+    assert!(alert.contains("dashboard: \"https://grafana.example/d/fresh\""), "{alert}");
+    assert!(alert.contains("summary: "), "{alert}");
+}

@@ -251,19 +251,27 @@ fn write_slo(out: &mut String, s: &SloSpec) -> Result<(), String> {
         );
         let _ = writeln!(
             text,
-            "      - alert: {}\n        expr: {}\n        labels:\n          severity: {}\n          slo: {}\n        annotations:\n          summary: {}",
+            "      - alert: {}\n        expr: {}",
             yaml_str(&format!("{}-burn-{}-{}", s.name, prom_duration(a.long.as_secs()), prom_duration(a.short.as_secs()))),
             yaml_str(&expr),
-            yaml_str(sev),
-            yaml_str(&s.name),
-            yaml_str(&format!(
+        );
+        // The SLO's labels and annotations, then what the alert sets itself (load
+        // rejects SLO labels named slo or severity); a `summary` of the SLO wins.
+        let mut labels = s.labels.clone();
+        labels.insert("severity".into(), sev.to_string());
+        labels.insert("slo".into(), s.name.clone());
+        let mut annotations = s.annotations.clone();
+        annotations.entry("summary".into()).or_insert_with(|| {
+            format!(
                 "SLO {} burns its error budget {}x faster than allowed over {} and {}",
                 s.name,
                 a.factor,
                 prom_duration(a.long.as_secs()),
                 prom_duration(a.short.as_secs())
-            )),
-        );
+            )
+        });
+        write_map(&mut text, "labels", &labels);
+        write_map(&mut text, "annotations", &annotations);
     }
     out.push_str(&text);
     Ok(())

@@ -184,6 +184,21 @@ impl Ctx<'_> {
         out
     }
 
+    /// Label names must be Prometheus label names (they become labels of series and of
+    /// exported alerts), not reserved by Prometheus (`__…`) nor in `reserved`.
+    fn label_names(&mut self, n: &Node, what: &str, reserved: &[&str]) {
+        for (k, _) in entries(n).unwrap_or_default() {
+            let Some(key) = str_of(k) else { continue };
+            let mut chars = key.chars();
+            let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || key.starts_with("__") {
+                self.err(pos(k), format!("{what}: invalid label name {key:?} (use [a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"));
+            } else if reserved.contains(&key) {
+                self.err(pos(k), format!("{what}: label {key:?} is set by streamguard (reserved: {})", reserved.join(", ")));
+            }
+        }
+    }
+
     fn string_list(&mut self, n: &Node, what: &str) -> Vec<(String, (usize, usize))> {
         match &n.data {
             YamlDataOwned::Sequence(items) => items
@@ -300,6 +315,9 @@ impl Ctx<'_> {
     }
 }
 
+/// Labels an SLO's burn-rate alerts and metrics set themselves.
+const SLO_RESERVED_LABELS: [&str; 4] = ["slo", "severity", "long", "short"];
+
 const DOC_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 const META_FIELDS: [&str; 3] = ["name", "labels", "annotations"];
 const ALERT_FIELDS: [&str; 4] = ["condition", "for", "keep_firing_for", "runbooks"];
@@ -377,6 +395,11 @@ pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &m
         };
         let labels = m.get("labels").map(|n| cx.string_map(n, "metadata.labels")).unwrap_or_default();
         let annotations = m.get("annotations").map(|n| cx.string_map(n, "metadata.annotations")).unwrap_or_default();
+        if let Some(n) = m.get("labels") {
+            // SLO labels go on series that already carry these names.
+            let reserved: &[&str] = if kind == "SLO" { &SLO_RESERVED_LABELS } else { &[] };
+            cx.label_names(n, &format!("{} {name:?}: metadata.labels", kind.to_lowercase()), reserved);
+        }
         let what = format!("{} {name:?}", kind.to_lowercase());
         match kind.as_str() {
             "Runbook" => {
@@ -419,7 +442,7 @@ pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &m
                     cx.err(pos(doc), format!("{what}: missing spec"));
                     continue;
                 };
-                if let Some(slo) = parse_slo(&mut cx, spec, &what, path, &name, labels, refs) {
+                if let Some(slo) = parse_slo(&mut cx, spec, &what, path, &name, (labels, annotations), refs) {
                     set.slos.push(slo);
                 }
             }
@@ -434,7 +457,7 @@ fn parse_slo(
     what: &str,
     path: &Path,
     name: &str,
-    labels: BTreeMap<String, String>,
+    (labels, annotations): (BTreeMap<String, String>, BTreeMap<String, String>),
     refs: &mut RunbookRefs,
 ) -> Option<SloSpec> {
     let s = cx.fields(spec, what, &SLO_FIELDS);
@@ -559,6 +582,7 @@ fn parse_slo(
         sli: sli?,
         alerts,
         labels,
+        annotations,
         runbooks: runbooks.into_iter().map(|r| r.0).collect(),
     })
 }

@@ -99,7 +99,10 @@ pub struct SloSpec {
     pub window: Duration,
     pub sli: Sli,
     pub alerts: Vec<BurnAlert>,
+    /// Added to its burn-rate alerts (metrics, export); shown in the API.
     pub labels: BTreeMap<String, String>,
+    /// Added to its exported burn-rate alerts; shown in the API.
+    pub annotations: BTreeMap<String, String>,
     pub runbooks: Vec<String>,
 }
 
@@ -196,6 +199,9 @@ pub struct SloStatus {
     /// Burn rate per window (every window of the alert table).
     pub burn_rates: BTreeMap<String, Option<f64>>,
     pub alerts: Vec<BurnAlertStatus>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runbooks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -239,6 +245,9 @@ pub fn status(spec: &SloSpec, events: &Events, now: SystemTime) -> SloStatus {
         budget_remaining: window_er.map(|e| budget_remaining(e, spec.objective)),
         burn_rates,
         alerts,
+        labels: spec.labels.clone(),
+        annotations: spec.annotations.clone(),
+        runbooks: spec.runbooks.clone(),
     }
 }
 
@@ -263,8 +272,9 @@ mod tests {
             window,
             sli: Sli::TimeSlice { cond: super::super::expr::parse("x > 1").unwrap(), text: String::new() },
             alerts: default_burn_alerts(window),
-            labels: BTreeMap::new(),
-            runbooks: Vec::new(),
+            labels: BTreeMap::from([("team".into(), "payments".into())]),
+            annotations: BTreeMap::from([("summary".into(), "payments are late".into())]),
+            runbooks: vec!["scale-payments-consumers".into()],
         }
     }
 
@@ -303,6 +313,16 @@ mod tests {
         }
         let s = status(&spec(0.99, Duration::from_secs(28 * 86400)), &e, t(79));
         assert!(!s.alerts[0].firing, "{:?}", s.alerts[0]);
+    }
+
+    #[test]
+    fn a_status_carries_the_slo_labels_annotations_and_runbooks() {
+        let s = status(&spec(0.99, Duration::from_secs(3600)), &Events::default(), t(0));
+        assert_eq!(s.labels["team"], "payments");
+        assert_eq!(s.annotations["summary"], "payments are late");
+        assert_eq!(s.runbooks, ["scale-payments-consumers"]);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["labels"]["team"], "payments", "{json}");
     }
 
     #[test]
