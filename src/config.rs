@@ -930,6 +930,12 @@ impl Validator<'_> {
                 self.error(Some(v), &key, "must be greater than zero");
                 None
             }
+            // Bounded so that sums such as `2 × interval + timeout` and `now + interval`
+            // can never overflow (which would panic in a sampler or the rule loop).
+            Ok(d) if d > crate::rules::expr::MAX_DURATION => {
+                self.error(Some(v), &key, format!("must be at most {}", crate::rules::expr::MAX_DURATION_TEXT));
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.error(Some(v), &key, format!("invalid duration {s:?}: {e} (use e.g. \"10s\", \"2m\", \"1h\")"));

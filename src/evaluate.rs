@@ -221,10 +221,10 @@ impl Rules {
         for t in &transitions {
             let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let level_firing = t.to == AlertState::Firing;
-            if level_firing {
-                tracing::warn!(rule = %t.rule, labels = %labels.join(","), from = t.from.as_str(), to = t.to.as_str(), value = ?t.value, "alert state changed");
+            if level_firing || t.stale {
+                tracing::warn!(rule = %t.rule, labels = %labels.join(","), from = t.from.as_str(), to = t.to.as_str(), value = ?t.value, stale = t.stale, "alert state changed");
             } else {
-                tracing::info!(rule = %t.rule, labels = %labels.join(","), from = t.from.as_str(), to = t.to.as_str(), value = ?t.value, "alert state changed");
+                tracing::info!(rule = %t.rule, labels = %labels.join(","), from = t.from.as_str(), to = t.to.as_str(), value = ?t.value, stale = t.stale, "alert state changed");
             }
         }
         {
@@ -362,6 +362,10 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
     let mut data = Dataset::default();
     store.with_entries(|entries| {
         for e in entries {
+            // Every source, with or without wanted series: an alert whose series vanished
+            // is resolved only if the source it came from is known to be fresh.
+            let source_name = format!("{}/{}", e.health.kind.as_str(), e.health.name);
+            let source = data.add_source(&source_name, e.health.quality(now) == Quality::Fresh);
             for (key, series) in &e.series {
                 let Some(window) = wanted.get(key.signal.as_str()) else { continue };
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -374,6 +378,7 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
                     labels: key.labels.clone(),
                     fresh: e.series_quality(now, key) == Quality::Fresh,
                     points,
+                    source: Some(source),
                 });
             }
         }

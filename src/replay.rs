@@ -339,12 +339,7 @@ pub fn promtool_test(rec: &Recording, set: &RuleSet, opts: &ReplayOptions, rules
                 }
                 let mut expected: Expected = Vec::new();
                 if st.firing {
-                    let labels = BTreeMap::from([
-                        ("severity".to_string(), crate::rules::slo::severity(a).to_string()),
-                        ("slo".to_string(), spec.name.clone()),
-                    ]);
-                    let annotations = BTreeMap::from([("summary".to_string(), crate::rules::export::slo_alert_summary(spec, a))]);
-                    expected.push((labels, annotations));
+                    expected.push((crate::rules::export::slo_alert_labels(spec, a), crate::rules::export::slo_alert_annotations(spec, a)));
                 }
                 checks.push((tick, crate::rules::export::slo_alert_name(spec, a), expected));
             }

@@ -90,3 +90,33 @@ fn a_missing_config_file_is_an_error_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sg.toml: cannot read config file"));
 }
+
+#[test]
+fn a_rule_with_an_absurd_window_fails_check_with_a_located_error_instead_of_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("absurd.yaml");
+    std::fs::write(
+        &rules,
+        "apiVersion: streamguard/v1\nkind: Alert\nmetadata: { name: a }\nspec:\n  condition: max(rate(lag_offsets, 1e20s)) > 0\n",
+    )
+    .unwrap();
+    let out = run(Command::new(bin()).arg("check").arg(&rules));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("FAILED: ") && stdout.contains("absurd.yaml: 1 error(s)"), "{stdout}");
+    let want = format!("{}:5:36: alert \"a\": window 1e20s is too long (at most 366d)", rules.display());
+    assert!(stderr.contains(&want), "expected {want:?} in:\n{stderr}");
+}
+
+#[test]
+fn config_durations_too_large_to_compute_with_are_named_errors() {
+    for (key, body) in [
+        ("sample_interval", format!("sample_interval = \"500000000000y\"\n{GOOD}")),
+        ("rules.evaluation_interval", format!("{GOOD}[rules]\nevaluation_interval = \"500000000000y\"\n")),
+    ] {
+        let (code, out, err, path, _d) = check(&body);
+        assert_eq!(code, 1, "{key}: {out}{err}");
+        let want = format!("{}: {key}: must be at most 366d", path.display());
+        assert!(err.contains(&want), "{key}: expected {want:?} in:\n{err}");
+    }
+}

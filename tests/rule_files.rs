@@ -122,3 +122,121 @@ fn exported_prometheus_rules_pass_promtool_check_rules() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Writes `flink.yaml` and a test file with `body` into a temporary directory and runs
+/// `streamguard test` on it: (exit code, stdout, test file path, dir).
+fn run_flink_test(body: &str) -> (Option<i32>, String, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo_root().join("rules/flink.yaml"), dir.path().join("flink.yaml")).unwrap();
+    let test = dir.path().join("t.test.yaml");
+    std::fs::write(&test, body).unwrap();
+    let out = run(Command::new(bin()).arg("test").arg(&test));
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), test, dir)
+}
+
+#[test]
+fn a_rule_test_whose_last_eval_time_is_off_the_evaluation_grid_fails_with_a_located_error() {
+    let (code, stdout, test, _dir) = run_flink_test(
+        r#"rule_files: [flink.yaml]
+evaluation_interval: 1m
+tests:
+  - name: the only expectation is between two evaluations
+    input_series:
+      - series: 'checkpoint_age_seconds{flink="local",flink_job="etl"}'
+        values: "0+60x20"
+    alert_rule_test:
+      - eval_time: 10m30s
+        alertname: flink-checkpoint-stale
+        exp_alerts: []
+"#,
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    let want = format!(
+        "FAILED: {}:9:20: the only expectation is between two evaluations: eval_time 10m 30s is not a multiple of evaluation_interval 1m",
+        test.display()
+    );
+    assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+    assert!(!stdout.contains("SUCCESS"), "{stdout}");
+}
+
+#[test]
+fn a_rule_test_file_with_no_expectations_fails() {
+    let (code, stdout, test, _dir) = run_flink_test(
+        r#"rule_files: [flink.yaml]
+tests:
+  - name: input but nothing to check
+    input_series:
+      - series: 'checkpoint_age_seconds{flink="local",flink_job="etl"}'
+        values: "0+60x20"
+"#,
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    let want = format!("FAILED: {}:3:5: input but nothing to check: no alert_rule_test or slo_test to check", test.display());
+    assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+}
+
+#[test]
+fn non_finite_or_unbounded_numbers_in_a_rule_test_are_located_errors() {
+    let (code, stdout, test, _dir) = run_flink_test(
+        r#"rule_files: [flink.yaml]
+evaluation_interval: 0s
+tests:
+  - name: absurd numbers
+    input_series:
+      - series: 'checkpoint_age_seconds{flink="local",flink_job="etl"}'
+        values: "0+60x100000000000 inf"
+    alert_rule_test:
+      - eval_time: 500000000000y
+        alertname: flink-checkpoint-stale
+        exp_alerts: []
+    slo_test:
+      - eval_time: 1m
+        slo: none
+        exp_sli: .nan
+"#,
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    let p = test.display();
+    for want in [
+        format!("{p}:2:22: evaluation_interval: must be greater than zero"),
+        format!("{p}:7:17: absurd numbers: values: more than 100000 samples"),
+        format!("{p}:9:20: absurd numbers: eval_time: must be at most 366d"),
+        format!("{p}:15:18: absurd numbers: exp_sli: must be a finite number"),
+    ] {
+        assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn an_exported_slo_burn_rate_alert_carries_the_slo_labels_and_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("slo.yaml");
+    std::fs::write(
+        &rules,
+        r#"apiVersion: streamguard/v1
+kind: SLO
+metadata:
+  name: fresh
+  labels: { team: payments }
+  annotations: { dashboard: "https://grafana.example/d/fresh" }
+spec:
+  objective: 99%
+  window: 30d
+  indicator:
+    timeslice:
+      condition: max(lag_seconds) < 30s
+  alerting:
+    burn_rates:
+      - { severity: page, factor: 14.4, long: 1h, short: 5m }
+"#,
+    )
+    .unwrap();
+    let out = run(Command::new(bin()).args(["export", "prometheus"]).arg(&rules));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let alert = text.split("- alert: ").nth(1).unwrap_or_default();
+    assert!(alert.contains("team: \"payments\""), "{alert}");
+    assert!(alert.contains("severity: \"page\""), "{alert}");
+    assert!(alert.contains("dashboard: \"https://grafana.example/d/fresh\""), "{alert}");
+    assert!(alert.contains("summary: "), "{alert}");
+}

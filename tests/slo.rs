@@ -21,8 +21,12 @@ fn rules(group: &str) -> String {
     format!(
         r#"apiVersion: streamguard/v1
 kind: SLO
-metadata: {{ name: fresh }}
+metadata:
+  name: fresh
+  labels: {{ team: streaming }}
+  annotations: {{ dashboard: "https://grafana.example/d/fresh" }}
 spec:
+  runbooks: [catch-up]
   objective: 90%
   window: 10m
   indicator:
@@ -38,6 +42,11 @@ metadata: {{ name: lag-high }}
 spec:
   condition: max by (group) (lag_seconds{{group="{group}", method="probe"}}) > 5s
   for: 2s
+---
+apiVersion: streamguard/v1
+kind: Runbook
+metadata: {{ name: catch-up }}
+spec: {{}}
 "#
     )
 }
@@ -84,7 +93,13 @@ fn a_group_falling_behind_fires_the_burn_rate_alert_which_resolves_when_it_catch
     assert!(s["budget_remaining"].as_f64().unwrap() < 1.0, "{s}");
     wait_until(Duration::from_secs(20), "the lag alert to fire", || alert_state(&agent).as_deref() == Some("firing"));
     let (_, metrics) = agent.get("/metrics");
-    assert!(metrics.contains("streamguard_slo_burn_rate_alert{slo=\"fresh\",severity=\"page\",long=\"20s\",short=\"5s\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("streamguard_slo_burn_rate_alert{slo=\"fresh\",severity=\"page\",long=\"20s\",short=\"5s\",team=\"streaming\"} 1"),
+        "the SLO's labels are on its alert series: {metrics}"
+    );
+    assert_eq!(s["labels"]["team"], "streaming", "{s}");
+    assert_eq!(s["annotations"]["dashboard"], "https://grafana.example/d/fresh", "{s}");
+    assert_eq!(s["runbooks"][0], "catch-up", "{s}");
     assert!(metrics.contains("streamguard_rule_alerts{file="), "{metrics}");
 
     // Catch up: the short window clears and the page stops; the alert resolves.

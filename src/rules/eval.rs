@@ -2,11 +2,16 @@
 //! alert states, SLO statuses and transitions come out. No I/O, no clock.
 //!
 //! # Guarantees
-//! - States move `inactive → pending (held for `for`) → firing (kept for
-//!   `keep_firing_for` after the condition stops holding) → resolved`.
-//! - Unknown (stale or missing data) is never true: a pending alert falls back to
-//!   inactive, a firing one keeps firing (no data is not an all-clear) and is flagged;
-//!   a rule unknown for longer than `unknown_after` raises its own `<rule>:unknown` alert.
+//! - States move `inactive → pending (held for `for`) → firing → resolved`. As in
+//!   Prometheus, `keep_firing_for` runs from the first evaluation that finds the
+//!   condition false after firing (not from the last one that found it true).
+//! - A series that is gone while its source is fresh (a deleted group, connector or job)
+//!   is false, as an absent series is in Prometheus: its alert resolves after
+//!   `keep_firing_for`.
+//! - Unknown (data of a stale or failing source) is never true: a pending alert falls
+//!   back to inactive; a firing one keeps firing (no data is not an all-clear) for at most
+//!   `unknown_after`, then resolves marked [`Instance::resolved_stale`], while the rule
+//!   shows as unknown (`streamguard_rule_unknown`, which `alerts/` pages on).
 //! - Instances are keyed by (file, rule, series labels), so a reload that keeps a rule
 //!   keeps its pending timers and firing state.
 
@@ -16,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::expr::{self, Dataset, EvalOptions, Truth};
+use super::expr::{self, Dataset, EvalOptions, SourceName, SourceSet, Truth};
 use super::file::{AlertRule, RuleSet};
 use super::slo::{self, Events, Sli, SloSpec, SloStatus};
 use crate::signal::Labels;
@@ -57,9 +62,29 @@ pub struct Instance {
     pub resolved_at: Option<SystemTime>,
     #[serde(with = "opt_secs")]
     pub unknown_since: Option<SystemTime>,
+    /// The first evaluation that found the condition false since it last fired: the
+    /// start of `keep_firing_for`.
+    #[serde(with = "opt_secs")]
+    pub keep_firing_since: Option<SystemTime>,
+    /// Since when its series has been absent from the results.
+    #[serde(with = "opt_secs")]
+    pub absent_since: Option<SystemTime>,
+    /// Resolved because its data stayed unknown for `unknown_after`, not because the
+    /// condition cleared.
+    pub resolved_stale: bool,
+    /// The sources its series came from at the last evaluation that had it.
+    #[serde(serialize_with = "names")]
+    pub sources: Vec<SourceName>,
+    /// False when some of those sources could not be named (see [`SourceSet`]).
+    #[serde(skip)]
+    pub sources_complete: bool,
     /// The compared value at the last evaluation (`None`: unknown).
     pub value: Option<f64>,
     pub truth: Truth,
+}
+
+fn names<S: serde::Serializer>(v: &[SourceName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| &**n))
 }
 
 mod opt_secs {
@@ -80,8 +105,33 @@ impl Default for Instance {
             last_true: None,
             resolved_at: None,
             unknown_since: None,
+            keep_firing_since: None,
+            absent_since: None,
+            resolved_stale: false,
+            sources: Vec::new(),
+            sources_complete: true,
             value: None,
             truth: Truth::Unknown,
+        }
+    }
+}
+
+impl Instance {
+    /// Remembers the sources of this evaluation (allocating only when they change).
+    fn set_sources(&mut self, set: SourceSet, data: &Dataset) {
+        if !set.names(data).eq(self.sources.iter()) {
+            self.sources = set.names(data).cloned().collect();
+        }
+        self.sources_complete = set.is_complete();
+    }
+
+    /// Truth of an instance whose series is absent: false when every source it came from
+    /// is fresh (the series is gone), unknown otherwise (it may only be late).
+    fn absent_truth(&self, data: &Dataset) -> Truth {
+        if self.sources_complete && self.sources.iter().all(|s| data.source_fresh(s) == Some(true)) {
+            Truth::False
+        } else {
+            Truth::Unknown
         }
     }
 }
@@ -91,6 +141,8 @@ impl Default for Instance {
 pub struct Timing {
     pub for_: Duration,
     pub keep_firing_for: Duration,
+    /// A firing alert whose data stays unknown this long resolves (marked stale).
+    pub unknown_after: Duration,
 }
 
 fn elapsed(now: SystemTime, since: Option<SystemTime>) -> Duration {
@@ -105,10 +157,12 @@ pub fn step(i: &mut Instance, truth: Truth, value: Option<f64>, now: SystemTime,
         Truth::True => {
             i.last_true = Some(now);
             i.unknown_since = None;
+            i.keep_firing_since = None;
             match i.state {
                 AlertState::Inactive | AlertState::Resolved => {
                     i.active_since = Some(now);
                     i.resolved_at = None;
+                    i.resolved_stale = false;
                     if t.for_.is_zero() {
                         i.state = AlertState::Firing;
                         i.firing_since = Some(now);
@@ -132,24 +186,40 @@ pub fn step(i: &mut Instance, truth: Truth, value: Option<f64>, now: SystemTime,
                     i.state = AlertState::Inactive;
                     i.active_since = None;
                 }
-                AlertState::Firing if elapsed(now, i.last_true) >= t.keep_firing_for => {
-                    i.state = AlertState::Resolved;
-                    i.resolved_at = Some(now);
-                    i.active_since = None;
-                    i.firing_since = None;
+                AlertState::Firing => {
+                    // Prometheus: `KeepFiringSince` is stamped by the first evaluation
+                    // that misses, and the alert resolves once `keep_firing_for` has
+                    // passed since then.
+                    let since = *i.keep_firing_since.get_or_insert(now);
+                    if elapsed(now, Some(since)) >= t.keep_firing_for {
+                        resolve(i, now, false);
+                    }
                 }
                 _ => {}
             }
         }
         Truth::Unknown => {
-            i.unknown_since.get_or_insert(now);
-            if i.state == AlertState::Pending {
-                i.state = AlertState::Inactive;
-                i.active_since = None;
+            let since = *i.unknown_since.get_or_insert(now);
+            match i.state {
+                AlertState::Pending => {
+                    i.state = AlertState::Inactive;
+                    i.active_since = None;
+                }
+                AlertState::Firing if elapsed(now, Some(since)) >= t.unknown_after => resolve(i, now, true),
+                _ => {}
             }
         }
     }
     i.state
+}
+
+fn resolve(i: &mut Instance, now: SystemTime, stale: bool) {
+    i.state = AlertState::Resolved;
+    i.resolved_at = Some(now);
+    i.resolved_stale = stale;
+    i.active_since = None;
+    i.firing_since = None;
+    i.keep_firing_since = None;
 }
 
 /// A state change, for logs and the audit trail.
@@ -161,6 +231,8 @@ pub struct Transition {
     pub from: AlertState,
     pub to: AlertState,
     pub value: Option<f64>,
+    /// Resolved because the data stayed unknown for `unknown_after`.
+    pub stale: bool,
 }
 
 /// Evaluation settings.
@@ -218,37 +290,42 @@ impl Engine {
     }
 
     fn eval_rule(&mut self, rule: &AlertRule, data: &Dataset, now: SystemTime, opts: &EngineOptions) -> Vec<Transition> {
-        let timing = Timing { for_: rule.for_, keep_firing_for: rule.keep_firing_for };
+        let timing = Timing { for_: rule.for_, keep_firing_for: rule.keep_firing_for, unknown_after: opts.unknown_after };
         let results = expr::eval(&rule.condition, data, now, &opts.eval);
         let mut out = Vec::new();
-        let mut seen = Vec::with_capacity(results.len());
-        for (labels, (truth, value)) in results {
-            let key = (rule.file.clone(), rule.name.clone(), labels.clone());
-            let inst = self.instances.entry(key).or_default();
-            let from = inst.state;
-            let to = step(inst, truth, value, now, timing);
-            if from != to {
-                out.push(Transition { file: rule.file.clone(), rule: rule.name.clone(), labels: labels.clone(), from, to, value });
+        let mut transition = |key: &Key, from: AlertState, inst: &Instance| {
+            if from != inst.state {
+                let stale = inst.state == AlertState::Resolved && inst.resolved_stale;
+                out.push(Transition { file: key.0.clone(), rule: key.1.clone(), labels: key.2.clone(), from, to: inst.state, value: inst.value, stale });
             }
-            seen.push(labels);
+        };
+        for (labels, v) in &results {
+            let key = (rule.file.clone(), rule.name.clone(), labels.clone());
+            let inst = self.instances.entry(key.clone()).or_default();
+            let from = inst.state;
+            inst.absent_since = None;
+            inst.set_sources(v.sources, data);
+            step(inst, v.truth, v.value, now, timing);
+            transition(&key, from, inst);
         }
-        // Instances whose series vanished: their data is missing, so unknown.
-        let gone: Vec<Key> = self
+        // Instances whose series are absent: gone (false) if their sources are fresh,
+        // unknown if not.
+        let absent: Vec<Key> = self
             .instances
             .range((rule.file.clone(), rule.name.clone(), Labels::new())..)
             .take_while(|(k, _)| k.0 == rule.file && k.1 == rule.name)
-            .filter(|(k, _)| !seen.contains(&k.2))
+            .filter(|(k, _)| !results.contains_key(&k.2))
             .map(|(k, _)| k.clone())
             .collect();
-        for key in gone {
+        for key in absent {
             let Some(inst) = self.instances.get_mut(&key) else { continue };
             let from = inst.state;
-            let to = step(inst, Truth::Unknown, None, now, timing);
-            if from != to {
-                out.push(Transition { file: key.0.clone(), rule: key.1.clone(), labels: key.2.clone(), from, to, value: None });
-            }
-            let quiet = matches!(to, AlertState::Inactive | AlertState::Resolved);
-            if quiet && elapsed(now, inst.unknown_since) >= opts.forget_after {
+            inst.absent_since.get_or_insert(now);
+            let truth = inst.absent_truth(data);
+            step(inst, truth, None, now, timing);
+            transition(&key, from, inst);
+            let quiet = matches!(inst.state, AlertState::Inactive | AlertState::Resolved);
+            if quiet && elapsed(now, inst.absent_since) >= opts.forget_after {
                 self.instances.remove(&key);
             }
         }
@@ -321,10 +398,11 @@ pub fn sli_events(sli: &Sli, data: &Dataset, now: SystemTime, slice: Duration, o
     match sli {
         Sli::TimeSlice { cond, .. } => {
             let results = expr::eval(cond, data, now, &opts.eval);
-            if results.is_empty() || results.values().any(|(t, _)| *t == Truth::Unknown) && !results.values().any(|(t, _)| *t == Truth::False) {
+            let has = |t: Truth| results.values().any(|v| v.truth == t);
+            if results.is_empty() || has(Truth::Unknown) && !has(Truth::False) {
                 return None;
             }
-            let good = results.values().all(|(t, _)| *t == Truth::True);
+            let good = results.values().all(|v| v.truth == Truth::True);
             Some((if good { secs } else { 0.0 }, secs))
         }
         Sli::Ratio { bad, total, .. } => {
@@ -354,7 +432,8 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
     }
 
-    const TIMING: Timing = Timing { for_: Duration::from_secs(30), keep_firing_for: Duration::from_secs(20) };
+    const TIMING: Timing =
+        Timing { for_: Duration::from_secs(30), keep_firing_for: Duration::from_secs(20), unknown_after: Duration::from_secs(60) };
 
     fn run(truths: &[Truth], timing: Timing) -> Vec<AlertState> {
         let mut i = Instance::default();
@@ -370,8 +449,12 @@ mod tests {
     }
 
     #[test]
-    fn keep_firing_for_holds_firing_after_the_condition_clears() {
-        assert_eq!(run(&[T, T, T, T, F, F, F], TIMING), vec![Pending, Pending, Pending, Firing, Firing, Resolved, Resolved]);
+    fn keep_firing_for_runs_from_the_first_false_evaluation_as_in_prometheus() {
+        // Fires at 30 s; first false at 40 s; keep_firing_for 20 s holds it at 40 and 50 s
+        // and resolves it at 60 s (counted from the last true, 30 s, it would be 50 s).
+        assert_eq!(run(&[T, T, T, T, F, F, F], TIMING), vec![Pending, Pending, Pending, Firing, Firing, Firing, Resolved]);
+        // A true evaluation restarts it.
+        assert_eq!(run(&[T, T, T, T, F, T, F, F, F], TIMING)[4..], [Firing, Firing, Firing, Firing, Resolved]);
     }
 
     #[test]
@@ -382,26 +465,137 @@ mod tests {
     }
 
     #[test]
+    fn a_firing_alert_unknown_for_unknown_after_resolves_marked_stale() {
+        let mut i = Instance::default();
+        let states: Vec<AlertState> =
+            [T, T, T, T, U, U, U, U, U, U, U].iter().enumerate().map(|(k, tr)| step(&mut i, *tr, None, t(k as u64 * 10), TIMING)).collect();
+        // Unknown from 40 s; unknown_after 60 s resolves it at 100 s.
+        assert_eq!(states[4..], [Firing, Firing, Firing, Firing, Firing, Firing, Resolved]);
+        assert!(i.resolved_stale);
+        step(&mut i, T, None, t(110), TIMING);
+        assert!(!i.resolved_stale, "a new activation clears the mark");
+    }
+
+    #[test]
     fn without_for_an_alert_fires_at_once_and_resolves_without_keep() {
-        let timing = Timing { for_: Duration::ZERO, keep_firing_for: Duration::ZERO };
+        let timing = Timing { for_: Duration::ZERO, keep_firing_for: Duration::ZERO, unknown_after: Duration::from_secs(60) };
         assert_eq!(run(&[F, T, F, T], timing), vec![Inactive, Firing, Resolved, Firing]);
     }
 
-    /// A naive model of the state machine, written from the spec independently.
-    fn model(truths: &[Truth], for_ticks: usize, keep_ticks: usize) -> Vec<AlertState> {
+    /// One Kafka source and, per entry, a series of `lag` for group `g`:
+    /// (group, series produced by the latest sample).
+    fn data(source_fresh: bool, series: &[(&str, bool)], at: u64) -> Dataset {
+        let mut d = Dataset::default();
+        let source = Some(d.add_source("kafka/prod", source_fresh));
+        for (g, fresh) in series {
+            let labels: Labels = [("group".to_string(), g.to_string())].into();
+            let s = expr::SeriesData { labels, fresh: *fresh, points: vec![(t(at), 100.0)], source };
+            d.by_signal.entry("lag".into()).or_default().push(s);
+        }
+        d
+    }
+
+    fn rule(condition: &str, keep: u64) -> AlertRule {
+        AlertRule {
+            file: PathBuf::from("r.yaml"),
+            name: "lagging".into(),
+            condition: expr::parse(condition).unwrap(),
+            condition_text: condition.into(),
+            for_: Duration::ZERO,
+            keep_firing_for: Duration::from_secs(keep),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            runbooks: Vec::new(),
+        }
+    }
+
+    fn opts() -> EngineOptions {
+        EngineOptions { unknown_after: Duration::from_secs(60), ..EngineOptions::default() }
+    }
+
+    /// Runs `rule` over one dataset per 10 s step; the state of group `g` after each.
+    fn states(rule: &AlertRule, steps: &[Dataset]) -> (Engine, Vec<Option<AlertState>>) {
+        let mut e = Engine::default();
+        let key = (rule.file.clone(), rule.name.clone(), Labels::from([("group".to_string(), "g".to_string())]));
+        let out = steps
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                e.eval_alerts(std::slice::from_ref(rule), d, t(k as u64 * 10), &opts());
+                e.instances.get(&key).map(|i| i.state)
+            })
+            .collect();
+        (e, out)
+    }
+
+    #[test]
+    fn a_firing_alert_whose_series_is_gone_from_a_fresh_source_resolves_after_keep_firing_for() {
+        for condition in ["lag > 1", "max by (group) (lag) > 1"] {
+            let r = rule(condition, 20);
+            let mut steps: Vec<Dataset> = (0..2).map(|k| data(true, &[("g", true)], k * 10)).collect();
+            // The group is deleted: the source still answers, without it.
+            steps.extend((2..6).map(|_| data(true, &[("g", false)], 0)));
+            let (_, got) = states(&r, &steps);
+            assert_eq!(got, [Some(Firing), Some(Firing), Some(Firing), Some(Firing), Some(Resolved), Some(Resolved)], "{condition}");
+            // And the same once the store has dropped the series altogether.
+            let mut steps: Vec<Dataset> = (0..2).map(|k| data(true, &[("g", true)], k * 10)).collect();
+            steps.extend((2..6).map(|_| data(true, &[], 0)));
+            let (_, got) = states(&r, &steps);
+            assert_eq!(got[4], Some(Resolved), "{condition}: dropped from the store");
+        }
+    }
+
+    #[test]
+    fn a_firing_alert_whose_source_is_stale_keeps_firing_until_unknown_after_then_resolves_marked() {
+        let r = rule("max by (group) (lag) > 1", 20);
+        let mut steps: Vec<Dataset> = (0..2).map(|k| data(true, &[("g", true)], k * 10)).collect();
+        steps.extend((2..10).map(|_| data(false, &[("g", false)], 0)));
+        let (e, got) = states(&r, &steps);
+        // Unknown from 20 s; unknown_after 60 s: still firing at 70 s, resolved at 80 s.
+        assert_eq!(got[2..], [Some(Firing), Some(Firing), Some(Firing), Some(Firing), Some(Firing), Some(Firing), Some(Resolved), Some(Resolved)]);
+        let status = &e.rule_statuses(std::slice::from_ref(&r), t(90), &opts())[0];
+        assert!(status.unknown, "the rule shows as unknown");
+        assert!(status.instances[0].1.resolved_stale);
+        // The source also stale once its series are dropped: still unknown, not gone.
+        let mut steps: Vec<Dataset> = (0..2).map(|k| data(true, &[("g", true)], k * 10)).collect();
+        steps.extend((2..5).map(|_| data(false, &[], 0)));
+        assert_eq!(states(&r, &steps).1[4], Some(Firing));
+    }
+
+    #[test]
+    fn a_stale_resolution_is_reported_as_such_in_its_transition() {
+        let r = rule("lag > 1", 0);
+        let mut e = Engine::default();
+        e.eval_alerts(std::slice::from_ref(&r), &data(true, &[("g", true)], 0), t(0), &opts());
+        e.eval_alerts(std::slice::from_ref(&r), &data(false, &[("g", false)], 0), t(10), &opts());
+        let tr = e.eval_alerts(std::slice::from_ref(&r), &data(false, &[("g", false)], 0), t(70), &opts());
+        assert_eq!(tr.len(), 1);
+        assert!(tr[0].stale && tr[0].to == Resolved, "{tr:?}");
+    }
+
+    /// A naive model of the state machine, written from the spec independently: ticks
+    /// are 10 s; `keep_firing_for` counts from the first false tick after firing; a firing
+    /// alert unknown for `unknown_ticks` resolves.
+    fn model(truths: &[Truth], for_ticks: usize, keep_ticks: usize, unknown_ticks: usize) -> Vec<AlertState> {
         let mut out = Vec::new();
         let mut state = Inactive;
         let mut true_run = 0usize; // consecutive trues ending now
-        let mut since_true: Option<usize> = None; // ticks since last true
-        for tr in truths {
+        let mut false_since: Option<usize> = None; // tick of the first false while firing
+        let mut unknown_run = 0usize; // consecutive unknowns ending now
+        for (k, tr) in truths.iter().enumerate() {
             match tr {
                 T => {
                     true_run += 1;
-                    since_true = Some(0);
+                    unknown_run = 0;
+                    false_since = None;
                 }
-                _ => {
+                F => {
                     true_run = 0;
-                    since_true = since_true.map(|s| s + 1);
+                    unknown_run = 0;
+                }
+                U => {
+                    true_run = 0;
+                    unknown_run += 1;
                 }
             }
             state = match (state, tr) {
@@ -413,9 +607,16 @@ mod tests {
                         Pending
                     }
                 }
-                (Firing, U) => Firing,
                 (Firing, F) => {
-                    if since_true.is_none_or(|s| s >= keep_ticks) {
+                    let since = *false_since.get_or_insert(k);
+                    if k - since >= keep_ticks {
+                        Resolved
+                    } else {
+                        Firing
+                    }
+                }
+                (Firing, U) => {
+                    if unknown_run > unknown_ticks {
                         Resolved
                     } else {
                         Firing
@@ -424,6 +625,9 @@ mod tests {
                 (Pending, _) => Inactive,
                 (s, _) => s,
             };
+            if state == Resolved {
+                false_since = None;
+            }
             out.push(state);
         }
         out
@@ -435,9 +639,11 @@ mod tests {
             truths in proptest::collection::vec(prop_oneof![Just(T), Just(F), Just(U)], 1..40),
             for_ticks in 0usize..4,
             keep_ticks in 0usize..4,
+            unknown_ticks in 0usize..4,
         ) {
-            let timing = Timing { for_: Duration::from_secs(10 * for_ticks as u64), keep_firing_for: Duration::from_secs(10 * keep_ticks as u64) };
-            prop_assert_eq!(run(&truths, timing), model(&truths, for_ticks, keep_ticks));
+            let secs = |ticks: usize| Duration::from_secs(10 * ticks as u64);
+            let timing = Timing { for_: secs(for_ticks), keep_firing_for: secs(keep_ticks), unknown_after: secs(unknown_ticks) };
+            prop_assert_eq!(run(&truths, timing), model(&truths, for_ticks, keep_ticks, unknown_ticks));
         }
     }
 }

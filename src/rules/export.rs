@@ -285,7 +285,23 @@ pub fn slo_alert_name(s: &SloSpec, a: &slo::BurnAlert) -> String {
     format!("{}-burn-{}-{}", s.name, prom_duration(a.long.as_secs()), prom_duration(a.short.as_secs()))
 }
 
-/// Its `summary` annotation.
+/// Its labels: the SLO's, then what the alert sets itself (load rejects SLO labels named
+/// `slo` or `severity`).
+pub fn slo_alert_labels(s: &SloSpec, a: &slo::BurnAlert) -> std::collections::BTreeMap<String, String> {
+    let mut labels = s.labels.clone();
+    labels.insert("severity".into(), slo::severity(a).to_string());
+    labels.insert("slo".into(), s.name.clone());
+    labels
+}
+
+/// Its annotations: the SLO's, and a `summary` unless the SLO has one.
+pub fn slo_alert_annotations(s: &SloSpec, a: &slo::BurnAlert) -> std::collections::BTreeMap<String, String> {
+    let mut annotations = s.annotations.clone();
+    annotations.entry("summary".into()).or_insert_with(|| slo_alert_summary(s, a));
+    annotations
+}
+
+/// The default `summary` annotation.
 pub fn slo_alert_summary(s: &SloSpec, a: &slo::BurnAlert) -> String {
     format!(
         "SLO {} burns its error budget {}x faster than allowed over {} and {}",
@@ -327,7 +343,6 @@ fn write_slo(out: &mut String, s: &SloSpec) -> Result<(), String> {
     }
     let budget = 1.0 - s.objective;
     for a in &s.alerts {
-        let sev = slo::severity(a);
         let threshold = number(a.factor * budget);
         let expr = format!(
             "{}{{slo={:?}}} > {threshold} and {}{{slo={:?}}} > {threshold}",
@@ -338,13 +353,12 @@ fn write_slo(out: &mut String, s: &SloSpec) -> Result<(), String> {
         );
         let _ = writeln!(
             text,
-            "      - alert: {}\n        expr: {}\n        labels:\n          severity: {}\n          slo: {}\n        annotations:\n          summary: {}",
+            "      - alert: {}\n        expr: {}",
             yaml_str(&slo_alert_name(s, a)),
             yaml_str(&expr),
-            yaml_str(sev),
-            yaml_str(&s.name),
-            yaml_str(&slo_alert_summary(s, a)),
         );
+        write_map(&mut text, "labels", &slo_alert_labels(s, a));
+        write_map(&mut text, "annotations", &slo_alert_annotations(s, a));
     }
     out.push_str(&text);
     Ok(())

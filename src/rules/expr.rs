@@ -17,14 +17,16 @@
 //! `avg(dlq_ratio{topic="orders"}, 5m) > 1%`, `time_to_breach(lag_seconds{group="etl"}, 5m) < 10m`.
 //!
 //! Evaluation is pure: a [`Dataset`] (series with quality and history) and the current
-//! time go in, per-series three-valued results come out. Stale or missing data makes a
-//! result [`Truth::Unknown`], never true; `and`/`or` follow Kleene logic.
+//! time go in, per-series three-valued results come out. Data of a stale source makes a
+//! result [`Truth::Unknown`], never true, while a series gone from a fresh source takes
+//! no part (see [`Dataset`]); `and`/`or` follow Kleene logic.
 //!
 //! It does not evaluate arithmetic between series, joins on label subsets, or offsets:
 //! rules compare one value against one threshold, and combine such comparisons.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use regex::Regex;
@@ -32,6 +34,13 @@ use regex::Regex;
 use crate::rules::trend;
 use crate::signal::Labels;
 use crate::window::{self, Point};
+
+/// The longest duration a rule, a rule test or the config may give (windows, `for`,
+/// SLO windows, intervals): a year and a day. Longer ones are almost certainly typos, and
+/// bounding them keeps every sum of durations and times far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+/// [`MAX_DURATION`] as written in error messages.
+pub const MAX_DURATION_TEXT: &str = "366d";
 
 /// A parse error at a byte offset of the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +244,11 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     return Err(ParseError { offset: num_end, message: format!("unknown unit {u:?} (use ms, s, m, h, d, w or %)") });
                 }
             };
+            // `1e400` parses as +∞ and `1e306d` overflows once scaled: no threshold or
+            // window is meaningful there, and ∞ would poison every comparison.
+            if !value.is_finite() {
+                return Err(ParseError { offset: start, message: format!("number {} is out of range", &s[start..i]) });
+            }
             out.push((Tok::Num(value, unit, s[start..i].to_string()), start));
         } else if c == '"' || c == '\'' {
             i += 1;
@@ -401,10 +415,13 @@ impl Parser<'_> {
 
     fn duration(&mut self) -> Result<Duration, ParseError> {
         match self.peek().cloned() {
-            Some(Tok::Num(v, Unit::Seconds, _)) if v > 0.0 => {
-                self.pos += 1;
-                Ok(Duration::from_secs_f64(v))
-            }
+            Some(Tok::Num(v, Unit::Seconds, text)) if v > 0.0 => match Duration::try_from_secs_f64(v) {
+                Ok(d) if d <= MAX_DURATION => {
+                    self.pos += 1;
+                    Ok(d)
+                }
+                _ => self.err(format!("window {text} is too long (at most {MAX_DURATION_TEXT})")),
+            },
             _ => self.err("expected a window such as 5m or 1h"),
         }
     }
@@ -618,16 +635,104 @@ impl Truth {
 #[derive(Debug, Clone)]
 pub struct SeriesData {
     pub labels: Labels,
-    /// Fresh data only may make a condition true.
+    /// Produced by its source's latest sample, which is recent: only fresh data may make
+    /// a condition true.
     pub fresh: bool,
     /// Oldest first.
     pub points: Vec<Point>,
+    /// Index of the source that produced it in [`Dataset::sources`]; `None` when not
+    /// known, in which case missing data is always unknown.
+    pub source: Option<u32>,
 }
 
-/// All series available to one evaluation, by signal.
+/// Identity of a source (one sampling loop, `kafka/prod`): opaque to the evaluator, which
+/// only asks whether it is fresh.
+pub type SourceName = Arc<str>;
+
+/// One source as of this evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceState {
+    pub name: SourceName,
+    /// Its latest sample succeeded recently.
+    pub fresh: bool,
+}
+
+/// All series available to one evaluation, by signal, and the sources they came from.
+///
+/// A series that is not fresh means one of two things, and they are told apart by its
+/// source: if the source is stale (failing or stopped) the series' data is *unknown*; if
+/// the source is fresh but no longer produces the series (group, connector or job
+/// deleted), the series is *gone*, and it takes no part in the evaluation, as an absent
+/// series in Prometheus.
 #[derive(Debug, Clone, Default)]
 pub struct Dataset {
     pub by_signal: HashMap<String, Vec<SeriesData>>,
+    pub sources: Vec<SourceState>,
+}
+
+impl Dataset {
+    /// The index of source `name` (added as `fresh` if new) for [`SeriesData::source`].
+    pub fn add_source(&mut self, name: &str, fresh: bool) -> u32 {
+        if let Some(i) = self.sources.iter().position(|s| &*s.name == name) {
+            return i as u32;
+        }
+        self.sources.push(SourceState { name: Arc::from(name), fresh });
+        (self.sources.len() - 1) as u32
+    }
+
+    /// Is source `name` fresh now? `None` when the dataset does not know it.
+    pub fn source_fresh(&self, name: &str) -> Option<bool> {
+        self.sources.iter().find(|s| &*s.name == name).map(|s| s.fresh)
+    }
+
+    /// Gone: not produced any more by a source that is itself fresh.
+    fn is_gone(&self, s: &SeriesData) -> bool {
+        !s.fresh && s.source.and_then(|i| self.sources.get(i as usize)).is_some_and(|src| src.fresh)
+    }
+}
+
+/// The sources a result was computed from: a set of indices into [`Dataset::sources`].
+/// Indices from 64 on are kept only as "some other source" (`overflow`), which never
+/// counts as fresh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceSet {
+    bits: u64,
+    overflow: bool,
+}
+
+impl SourceSet {
+    fn of(source: Option<u32>) -> Self {
+        match source {
+            Some(i) if i < 64 => SourceSet { bits: 1 << i, overflow: false },
+            Some(_) => SourceSet { bits: 0, overflow: true },
+            None => SourceSet::default(),
+        }
+    }
+
+    fn union(self, o: SourceSet) -> Self {
+        SourceSet { bits: self.bits | o.bits, overflow: self.overflow || o.overflow }
+    }
+
+    /// Every source beyond the 64th is known only as "another source".
+    pub fn is_complete(&self) -> bool {
+        !self.overflow
+    }
+
+    /// The names of the sources, in index order.
+    pub fn names<'d>(&self, data: &'d Dataset) -> impl Iterator<Item = &'d SourceName> + 'd {
+        let bits = self.bits;
+        data.sources.iter().take(64).enumerate().filter(move |(i, _)| bits & (1 << i) != 0).map(|(_, s)| &s.name)
+    }
+}
+
+/// The outcome of a condition for one series (or group).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub truth: Truth,
+    /// The compared value (of the first comparison), for display; `None` when unknown.
+    pub value: Option<f64>,
+    /// The sources the series came from.
+    pub sources: SourceSet,
 }
 
 /// Evaluation options.
@@ -667,7 +772,10 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
             let span = window::age(pts.last()?.0, pts.first()?.0);
             Some(r.per_second * span)
         }
-        Func::Slope => trend::fit(&pts).map(|f| if f.significant(opts.confidence) { f.slope } else { 0.0 }),
+        Func::Slope => {
+            let f = trend::fit(&pts).filter(|f| f.span >= min_span(expr))?;
+            Some(if f.significant(opts.confidence) { f.slope } else { 0.0 })
+        }
         Func::Quantile(q) => {
             let mut v: Vec<f64> = values().collect();
             if v.is_empty() {
@@ -678,8 +786,14 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
             let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
             Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
         }
-        Func::TimeToBreach(threshold) => trend::time_to_breach(&pts, *threshold, now, opts.confidence),
+        Func::TimeToBreach(threshold) => trend::time_to_breach(&pts, *threshold, opts.confidence, min_span(expr)),
     }
+}
+
+/// A trend needs data over at least half its window: a fit over the first minute of a
+/// 15-minute window extrapolates from too little.
+fn min_span(expr: &ValueExpr) -> Duration {
+    expr.window.unwrap_or_default() / 2
 }
 
 fn aggregate(agg: Agg, values: &[Option<f64>]) -> Option<f64> {
@@ -703,42 +817,57 @@ fn aggregate(agg: Agg, values: &[Option<f64>]) -> Option<f64> {
 
 /// Values of a value expression: one entry per series (or per `by` group).
 pub fn eval_value(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(Labels, Option<f64>)> {
-    let selected: Vec<&SeriesData> = data
+    eval_value_sourced(expr, data, now, opts).into_iter().map(|(l, v, _)| (l, v)).collect()
+}
+
+/// As [`eval_value`], with the sources of each entry. Gone series (see [`Dataset`]) take
+/// no part: a group whose series are all gone is absent from the result.
+fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(Labels, Option<f64>, SourceSet)> {
+    let matched: Vec<&SeriesData> = data
         .by_signal
         .get(&expr.selector.signal)
         .map(|v| v.iter().filter(|s| expr.selector.matchers.iter().all(|m| m.matches(&s.labels))).collect())
         .unwrap_or_default();
+    let selected = matched.iter().copied().filter(|s| !data.is_gone(s));
     match &expr.agg {
-        None => selected.iter().map(|s| (s.labels.clone(), series_value(expr, s, now, opts))).collect(),
+        None => selected.map(|s| (s.labels.clone(), series_value(expr, s, now, opts), SourceSet::of(s.source))).collect(),
         Some((agg, by)) => {
-            let mut groups: BTreeMap<Labels, Vec<Option<f64>>> = BTreeMap::new();
-            for s in &selected {
+            let mut groups: BTreeMap<Labels, (Vec<Option<f64>>, SourceSet)> = BTreeMap::new();
+            for s in selected {
                 let key: Labels = by.iter().filter_map(|l| s.labels.get(l).map(|v| (l.clone(), v.clone()))).collect();
-                groups.entry(key).or_default().push(series_value(expr, s, now, opts));
+                let g = groups.entry(key).or_default();
+                g.0.push(series_value(expr, s, now, opts));
+                g.1 = g.1.union(SourceSet::of(s.source));
             }
             if groups.is_empty() && by.is_empty() {
-                // Nothing selected: the aggregate is unknown (never 0), except a count.
-                let v = (*agg == Agg::Count).then_some(0.0);
-                return vec![(Labels::new(), v)];
+                let sources = matched.iter().fold(SourceSet::default(), |a, s| a.union(SourceSet::of(s.source)));
+                return match (agg, matched.is_empty()) {
+                    // Nothing left to count is 0, whether nothing matched or all is gone.
+                    (Agg::Count, _) => vec![(Labels::new(), Some(0.0), sources)],
+                    // Nothing matched at all: unknown (never 0).
+                    (_, true) => vec![(Labels::new(), None, sources)],
+                    // Everything it aggregated is gone: so is the aggregate.
+                    (_, false) => Vec::new(),
+                };
             }
-            groups.into_iter().map(|(k, v)| (k, aggregate(*agg, &v))).collect()
+            groups.into_iter().map(|(k, (v, src))| (k, aggregate(*agg, &v), src)).collect()
         }
     }
 }
 
-/// Evaluates a condition: per series (label set), its truth and the value compared
-/// (of the first comparison; for display).
-pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> BTreeMap<Labels, (Truth, Option<f64>)> {
+/// Evaluates a condition: per series (label set), its truth, the value compared (of the
+/// first comparison; for display) and the sources it came from.
+pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> BTreeMap<Labels, Verdict> {
     match cond {
-        Cond::Cmp { lhs, op, rhs, .. } => eval_value(lhs, data, now, opts)
+        Cond::Cmp { lhs, op, rhs, .. } => eval_value_sourced(lhs, data, now, opts)
             .into_iter()
-            .map(|(l, v)| {
-                let t = match v {
+            .map(|(l, v, sources)| {
+                let truth = match v {
                     None => Truth::Unknown,
                     Some(x) if op.apply(x, *rhs) => Truth::True,
                     Some(_) => Truth::False,
                 };
-                (l, (t, v))
+                (l, Verdict { truth, value: v, sources })
             })
             .collect(),
         Cond::And(a, b) | Cond::Or(a, b) => {
@@ -751,28 +880,36 @@ pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) ->
 
 /// Joins two per-series results: identical label sets pair up; a side with one
 /// label-less result (an aggregate) applies to every series of the other; a series
-/// missing on one side meets `Unknown`.
-fn combine(
-    a: BTreeMap<Labels, (Truth, Option<f64>)>,
-    b: BTreeMap<Labels, (Truth, Option<f64>)>,
-    is_and: bool,
-) -> BTreeMap<Labels, (Truth, Option<f64>)> {
-    let op = |x: Truth, y: Truth| if is_and { x.and(y) } else { x.or(y) };
-    let scalar = |m: &BTreeMap<Labels, (Truth, Option<f64>)>| {
-        (m.len() == 1).then(|| m.iter().next().filter(|(k, _)| k.is_empty()).map(|(_, v)| *v)).flatten()
+/// missing on one side meets `Unknown`. A side with no result at all is absent: `and`
+/// gives nothing, `or` gives the other side (as PromQL does).
+fn combine(a: BTreeMap<Labels, Verdict>, b: BTreeMap<Labels, Verdict>, is_and: bool) -> BTreeMap<Labels, Verdict> {
+    let op = |x: Verdict, y: Verdict| Verdict {
+        truth: if is_and { x.truth.and(y.truth) } else { x.truth.or(y.truth) },
+        value: x.value,
+        sources: x.sources.union(y.sources),
     };
+    if a.is_empty() || b.is_empty() {
+        return if is_and {
+            BTreeMap::new()
+        } else if a.is_empty() {
+            b
+        } else {
+            a
+        };
+    }
+    let scalar = |m: &BTreeMap<Labels, Verdict>| (m.len() == 1).then(|| m.iter().next().filter(|(k, _)| k.is_empty()).map(|(_, v)| *v)).flatten();
     match (scalar(&a), scalar(&b)) {
-        (Some(sa), Some(sb)) => BTreeMap::from([(Labels::new(), (op(sa.0, sb.0), sa.1))]),
-        (Some(sa), None) => b.into_iter().map(|(k, v)| (k, (op(sa.0, v.0), v.1))).collect(),
-        (None, Some(sb)) => a.into_iter().map(|(k, v)| (k, (op(v.0, sb.0), v.1))).collect(),
+        (Some(sa), Some(sb)) => BTreeMap::from([(Labels::new(), op(sa, sb))]),
+        (Some(sa), None) => b.into_iter().map(|(k, v)| (k, Verdict { value: v.value, ..op(sa, v) })).collect(),
+        (None, Some(sb)) => a.into_iter().map(|(k, v)| (k, op(v, sb))).collect(),
         (None, None) => {
+            let unknown = Verdict { truth: Truth::Unknown, value: None, sources: SourceSet::default() };
             let mut out = BTreeMap::new();
             for (k, va) in &a {
-                let vb = b.get(k).map_or(Truth::Unknown, |v| v.0);
-                out.insert(k.clone(), (op(va.0, vb), va.1));
+                out.insert(k.clone(), op(*va, b.get(k).copied().unwrap_or(unknown)));
             }
             for (k, vb) in b {
-                out.entry(k).or_insert((op(Truth::Unknown, vb.0), vb.1));
+                out.entry(k).or_insert(Verdict { value: vb.value, ..op(unknown, vb) });
             }
             out
         }
@@ -808,13 +945,13 @@ mod tests {
         let mut d = Dataset::default();
         for (signal, l, fresh, values) in series {
             let points = values.iter().enumerate().map(|(i, v)| (t(i as f64 * 10.0), *v)).collect();
-            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l), fresh: *fresh, points });
+            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l), fresh: *fresh, points, source: None });
         }
         d
     }
 
     fn truth(src: &str, d: &Dataset, now: f64) -> Vec<Truth> {
-        eval(&parse(src).unwrap(), d, t(now), &EvalOptions::default()).values().map(|v| v.0).collect()
+        eval(&parse(src).unwrap(), d, t(now), &EvalOptions::default()).values().map(|v| v.truth).collect()
     }
 
     #[test]
@@ -869,6 +1006,42 @@ mod tests {
         assert_eq!(truth("count(nothing) < 1", &d, 0.0), vec![Truth::True]);
     }
 
+    /// Series of `lag` with labels `p`: (p, series fresh, source fresh), one source each.
+    fn sourced(series: &[(&str, bool, bool)]) -> Dataset {
+        let mut d = Dataset::default();
+        for (p, fresh, source_fresh) in series {
+            let source = Some(d.add_source(&format!("kafka/{p}"), *source_fresh));
+            let s = SeriesData { labels: labels(&[("p", p)]), fresh: *fresh, points: vec![(t(0.0), 50.0)], source };
+            d.by_signal.entry("lag".into()).or_default().push(s);
+        }
+        d
+    }
+
+    #[test]
+    fn a_series_gone_from_a_fresh_source_takes_no_part_but_one_from_a_stale_source_is_unknown() {
+        // p=1 is gone (its source answers without it), p=2 is stale (its source fails).
+        let d = sourced(&[("0", true, true), ("1", false, true), ("2", false, false)]);
+        let r = eval(&parse("lag > 10").unwrap(), &d, t(0.0), &EvalOptions::default());
+        let by_p: Vec<(&str, Truth)> = r.iter().map(|(l, v)| (l["p"].as_str(), v.truth)).collect();
+        assert_eq!(by_p, vec![("0", Truth::True), ("2", Truth::Unknown)]);
+        let gone_only = sourced(&[("0", true, true), ("1", false, true)]);
+        assert_eq!(truth("max(lag) > 10", &gone_only, 0.0), vec![Truth::True], "the gone member is left out, not unknown");
+        assert_eq!(truth("count(lag) == 1", &gone_only, 0.0), vec![Truth::True]);
+        let all_gone = sourced(&[("1", false, true)]);
+        assert!(truth("max(lag) > 10", &all_gone, 0.0).is_empty(), "an aggregate of gone series is absent");
+        assert_eq!(truth("count(lag) < 1", &all_gone, 0.0), vec![Truth::True]);
+        assert_eq!(truth("max(lag) > 10 or max(other) > 1", &all_gone, 0.0), vec![Truth::Unknown], "or keeps the other side");
+        assert!(truth("max(lag) > 10 and max(lag) > 1", &all_gone, 0.0).is_empty());
+    }
+
+    #[test]
+    fn a_verdict_names_the_sources_it_came_from() {
+        let d = sourced(&[("0", true, true), ("1", true, false)]);
+        let r = eval(&parse("max(lag) > 10").unwrap(), &d, t(0.0), &EvalOptions::default());
+        let names: Vec<&str> = r[&Labels::new()].sources.names(&d).map(|n| &**n).collect();
+        assert_eq!(names, vec!["kafka/0", "kafka/1"]);
+    }
+
     #[test]
     fn kleene_logic_combines_conditions() {
         let d = data(&[("a", &[], true, &[5.0]), ("b", &[], false, &[5.0])]);
@@ -904,8 +1077,8 @@ mod tests {
             ("lag", &[("group", "b"), ("p", "0")], true, &[1.0]),
         ]);
         let r = eval(&parse("max by (group) (lag) > 10").unwrap(), &d, t(0.0), &EvalOptions::default());
-        assert_eq!(r[&labels(&[("group", "a")])].0, Truth::True);
-        assert_eq!(r[&labels(&[("group", "b")])].0, Truth::False);
+        assert_eq!(r[&labels(&[("group", "a")])].truth, Truth::True);
+        assert_eq!(r[&labels(&[("group", "b")])].truth, Truth::False);
         let r = eval(&parse(r#"lag{group="a"} > 10"#).unwrap(), &d, t(0.0), &EvalOptions::default());
         assert_eq!(r.len(), 2);
     }

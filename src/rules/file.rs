@@ -14,7 +14,7 @@ use std::time::Duration;
 use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
 
 use super::expr::{self, Cond, Func, Unit, ValueExpr};
-use super::slo::{BurnAlert, Sli, SloSpec, DEFAULT_BURN_ALERTS};
+use super::slo::{self, BurnAlert, Sli, SloSpec};
 
 pub const API_VERSION: &str = "streamguard/v1";
 
@@ -83,11 +83,11 @@ impl SignalNames<'_> {
 
 type Node = MarkedYamlOwned;
 
-fn pos(n: &Node) -> (usize, usize) {
+pub(super) fn pos(n: &Node) -> (usize, usize) {
     (n.span.start.line(), n.span.start.col() + 1)
 }
 
-fn str_of(n: &Node) -> Option<&str> {
+pub(super) fn str_of(n: &Node) -> Option<&str> {
     match &n.data {
         YamlDataOwned::Value(ScalarOwned::String(s)) => Some(s.as_str()),
         _ => None,
@@ -155,6 +155,10 @@ impl Ctx<'_> {
             return None;
         };
         match humantime::parse_duration(&t) {
+            Ok(d) if d > expr::MAX_DURATION => {
+                self.err(pos(n), format!("{what}: must be at most {}", expr::MAX_DURATION_TEXT));
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.err(pos(n), format!("{what}: invalid duration {t:?}: {e}"));
@@ -178,6 +182,21 @@ impl Ctx<'_> {
             }
         }
         out
+    }
+
+    /// Label names must be Prometheus label names (they become labels of series and of
+    /// exported alerts), not reserved by Prometheus (`__…`) nor in `reserved`.
+    fn label_names(&mut self, n: &Node, what: &str, reserved: &[&str]) {
+        for (k, _) in entries(n).unwrap_or_default() {
+            let Some(key) = str_of(k) else { continue };
+            let mut chars = key.chars();
+            let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || key.starts_with("__") {
+                self.err(pos(k), format!("{what}: invalid label name {key:?} (use [a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"));
+            } else if reserved.contains(&key) {
+                self.err(pos(k), format!("{what}: label {key:?} is set by streamguard (reserved: {})", reserved.join(", ")));
+            }
+        }
     }
 
     fn string_list(&mut self, n: &Node, what: &str) -> Vec<(String, (usize, usize))> {
@@ -244,20 +263,60 @@ impl Ctx<'_> {
         true
     }
 
+    /// A duration that must not be zero.
+    fn positive_duration(&mut self, n: &Node, what: &str) -> Option<Duration> {
+        match self.duration(n, what)? {
+            d if d.is_zero() => {
+                self.err(pos(n), format!("{what}: must be greater than zero"));
+                None
+            }
+            d => Some(d),
+        }
+    }
+
+    /// A finite number (`NaN`, `inf` and `1e999` are errors, not values).
+    fn number(&mut self, n: &Node, what: &str) -> Option<f64> {
+        let v = text_of(n).and_then(|t| t.trim().parse::<f64>().ok());
+        match v {
+            Some(x) if x.is_finite() => Some(x),
+            Some(_) => {
+                self.err(pos(n), format!("{what}: must be a finite number"));
+                None
+            }
+            None => {
+                self.err(pos(n), format!("{what}: expected a number"));
+                None
+            }
+        }
+    }
+
     /// `99.5%`, `99.5` (a number above 1 is a percentage) or `0.995`.
     fn percent(&mut self, n: &Node, what: &str) -> Option<f64> {
-        let t = text_of(n)?;
+        let Some(t) = text_of(n) else {
+            self.err(pos(n), format!("{what}: expected a percentage such as 99.5%"));
+            return None;
+        };
         let v = if let Some(p) = t.trim().strip_suffix('%') {
             p.trim().parse::<f64>().ok().map(|x| x / 100.0)
         } else {
             t.trim().parse::<f64>().ok().map(|x| if x > 1.0 { x / 100.0 } else { x })
         };
-        if v.is_none() {
-            self.err(pos(n), format!("{what}: expected a percentage such as 99.5%"));
+        match v {
+            Some(x) if x.is_finite() => Some(x),
+            Some(_) => {
+                self.err(pos(n), format!("{what}: must be a finite number"));
+                None
+            }
+            None => {
+                self.err(pos(n), format!("{what}: expected a percentage such as 99.5%"));
+                None
+            }
         }
-        v
     }
 }
+
+/// Labels an SLO's burn-rate alerts and metrics set themselves.
+const SLO_RESERVED_LABELS: [&str; 4] = ["slo", "severity", "long", "short"];
 
 const DOC_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 const META_FIELDS: [&str; 3] = ["name", "labels", "annotations"];
@@ -336,6 +395,11 @@ pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &m
         };
         let labels = m.get("labels").map(|n| cx.string_map(n, "metadata.labels")).unwrap_or_default();
         let annotations = m.get("annotations").map(|n| cx.string_map(n, "metadata.annotations")).unwrap_or_default();
+        if let Some(n) = m.get("labels") {
+            // SLO labels go on series that already carry these names.
+            let reserved: &[&str] = if kind == "SLO" { &SLO_RESERVED_LABELS } else { &[] };
+            cx.label_names(n, &format!("{} {name:?}: metadata.labels", kind.to_lowercase()), reserved);
+        }
         let what = format!("{} {name:?}", kind.to_lowercase());
         match kind.as_str() {
             "Runbook" => {
@@ -378,7 +442,7 @@ pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &m
                     cx.err(pos(doc), format!("{what}: missing spec"));
                     continue;
                 };
-                if let Some(slo) = parse_slo(&mut cx, spec, &what, path, &name, labels, refs) {
+                if let Some(slo) = parse_slo(&mut cx, spec, &what, path, &name, (labels, annotations), refs) {
                     set.slos.push(slo);
                 }
             }
@@ -393,7 +457,7 @@ fn parse_slo(
     what: &str,
     path: &Path,
     name: &str,
-    labels: BTreeMap<String, String>,
+    (labels, annotations): (BTreeMap<String, String>, BTreeMap<String, String>),
     refs: &mut RunbookRefs,
 ) -> Option<SloSpec> {
     let s = cx.fields(spec, what, &SLO_FIELDS);
@@ -419,7 +483,7 @@ fn parse_slo(
             cx.err(pos(spec), format!("{what}: window is required (e.g. 28d)"));
             None
         }
-        Some(n) => cx.duration(n, &format!("{what}: window")),
+        Some(n) => cx.positive_duration(n, &format!("{what}: window")),
     };
     let sli = match s.get("indicator") {
         None => {
@@ -473,33 +537,37 @@ fn parse_slo(
         }
     };
     let alerts = match s.get("alerting") {
-        None => DEFAULT_BURN_ALERTS.to_vec(),
+        None => None,
         Some(n) => {
             let a = cx.fields(n, &format!("{what}: alerting"), &ALERTING_FIELDS);
-            match a.get("burn_rates").map(|b| &b.data) {
-                None => DEFAULT_BURN_ALERTS.to_vec(),
-                Some(YamlDataOwned::Sequence(rows)) => rows
-                    .iter()
-                    .filter_map(|row| {
-                        let r = cx.fields(row, &format!("{what}: burn_rates"), &BURN_FIELDS);
-                        let severity = r.get("severity").and_then(|n| str_of(n)).unwrap_or("page").to_string();
-                        let factor = r.get("factor").and_then(|n| text_of(n)).and_then(|t| t.parse::<f64>().ok());
-                        let long = r.get("long").and_then(|n| cx.duration(n, &format!("{what}: burn_rates.long")));
-                        let short = r.get("short").and_then(|n| cx.duration(n, &format!("{what}: burn_rates.short")));
-                        match (factor, long, short) {
-                            (Some(f), Some(l), Some(s)) if f > 0.0 && s < l => Some(BurnAlert { severity, factor: f, long: l, short: s }),
-                            _ => {
-                                cx.err(pos(row), format!("{what}: each burn rate needs factor > 0 and short < long windows"));
-                                None
-                            }
-                        }
-                    })
-                    .collect(),
-                Some(_) => {
-                    cx.err(pos(n), format!("{what}: alerting.burn_rates must be a list"));
-                    Vec::new()
+            match a.get("burn_rates").map(|b| (*b, &b.data)) {
+                None => None,
+                Some((_, YamlDataOwned::Sequence(rows))) => Some(rows.iter().filter_map(|row| burn_row(cx, row, what, window)).collect()),
+                Some((b, _)) => {
+                    cx.err(pos(b), format!("{what}: alerting.burn_rates must be a list"));
+                    Some(Vec::new())
                 }
             }
+        }
+    };
+    let alerts = match alerts {
+        Some(rows) => rows,
+        None => {
+            let rows = window.map(slo::default_burn_alerts).unwrap_or_default();
+            if let (Some(w), Some(longest)) = (window, rows.iter().map(|r| r.long).max()) {
+                if longest > w {
+                    let at = s.get("window").map_or(pos(spec), |n| pos(n));
+                    cx.err(
+                        at,
+                        format!(
+                            "{what}: window {} is shorter than the default burn-rate windows (up to {}): set alerting.burn_rates",
+                            short_duration(w),
+                            short_duration(longest)
+                        ),
+                    );
+                }
+            }
+            rows
         }
     };
     let runbooks = s.get("runbooks").map(|n| cx.string_list(n, &format!("{what}: runbooks"))).unwrap_or_default();
@@ -514,8 +582,61 @@ fn parse_slo(
         sli: sli?,
         alerts,
         labels,
+        annotations,
         runbooks: runbooks.into_iter().map(|r| r.0).collect(),
     })
+}
+
+/// A duration as rules write it: `3d`, `6h`, `90s` (the largest unit that divides it).
+fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    [(86_400, "d"), (3600, "h"), (60, "m")]
+        .iter()
+        .find(|(unit, _)| secs % unit == 0)
+        .map_or_else(|| format!("{secs}s"), |(unit, name)| format!("{}{name}", secs / unit))
+}
+
+/// One row of `alerting.burn_rates`, with each problem at its field.
+fn burn_row(cx: &mut Ctx, row: &Node, what: &str, window: Option<Duration>) -> Option<BurnAlert> {
+    let r = cx.fields(row, &format!("{what}: burn_rates"), &BURN_FIELDS);
+    let severity = r.get("severity").and_then(|n| str_of(n)).unwrap_or("page").to_string();
+    let factor = match r.get("factor") {
+        None => {
+            cx.err(pos(row), format!("{what}: burn_rates: factor is required"));
+            None
+        }
+        Some(n) => match cx.number(n, &format!("{what}: burn_rates.factor"))? {
+            f if f > 0.0 => Some(f),
+            _ => {
+                cx.err(pos(n), format!("{what}: burn_rates.factor: must be above 0"));
+                None
+            }
+        },
+    };
+    let mut window_of = |k: &str| -> Option<(Duration, (usize, usize))> {
+        match r.get(k) {
+            None => {
+                cx.err(pos(row), format!("{what}: burn_rates: {k} is required"));
+                None
+            }
+            Some(n) => cx.positive_duration(n, &format!("{what}: burn_rates.{k}")).map(|d| (d, pos(n))),
+        }
+    };
+    let (long, short) = (window_of("long"), window_of("short"));
+    let (Some(factor), Some((long, long_at)), Some((short, short_at))) = (factor, long, short) else { return None };
+    let fmt = short_duration;
+    if short >= long {
+        cx.err(short_at, format!("{what}: burn_rates.short: {} must be shorter than the long window {}", fmt(short), fmt(long)));
+        return None;
+    }
+    if let Some(w) = window.filter(|w| long > *w) {
+        cx.err(long_at, format!("{what}: burn_rates.long: {} is longer than the SLO window {}", fmt(long), fmt(w)));
+        return None;
+    }
+    Some(BurnAlert { severity, factor, long, short })
 }
 
 /// Rule files under `paths` (files, or directories scanned for `*.yaml`/`*.yml`, not

@@ -48,25 +48,45 @@ const fn h(hours: u64) -> Duration {
     Duration::from_secs(hours * 3600)
 }
 
-/// The standard table (Google SRE workbook; Sloth and Pyrra use it for 30-day SLOs):
-/// page at 14.4× over 1h and 5m, and 6× over 6h and 30m; ticket at 3× over 1d and 2h,
-/// and 1× over 3d and 6h.
-pub const DEFAULT_BURN_ALERTS: [BurnAlert; 4] = [
-    BurnAlert { severity: String::new(), factor: 14.4, long: h(1), short: Duration::from_secs(300) },
-    BurnAlert { severity: String::new(), factor: 6.0, long: h(6), short: Duration::from_secs(1800) },
-    BurnAlert { severity: String::new(), factor: 3.0, long: h(24), short: h(2) },
-    BurnAlert { severity: String::new(), factor: 1.0, long: h(72), short: h(6) },
+/// One row of the standard table: alert when `budget` (a fraction of the whole window's
+/// error budget) would be spent within `long`, confirmed over `short`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StandardRow {
+    pub severity: &'static str,
+    pub budget: f64,
+    pub long: Duration,
+    pub short: Duration,
+}
+
+/// The standard rows (Google SRE workbook, "Alerting on SLOs", table 5-8; Sloth's
+/// `google-30d`/`google-28d` windows): page on 2 % of the budget in 1h (confirmed over
+/// 5m) and on 5 % in 6h (30m); ticket on 10 % in 1d (2h) and 10 % in 3d (6h).
+pub const STANDARD_ROWS: [StandardRow; 4] = [
+    StandardRow { severity: "page", budget: 0.02, long: h(1), short: Duration::from_secs(300) },
+    StandardRow { severity: "page", budget: 0.05, long: h(6), short: Duration::from_secs(1800) },
+    StandardRow { severity: "ticket", budget: 0.10, long: h(24), short: h(2) },
+    StandardRow { severity: "ticket", budget: 0.10, long: h(72), short: h(6) },
 ];
 
-/// Severity of a default row (the const table cannot hold Strings).
+/// The burn-rate factor at which `budget` of a `window`'s error budget is spent in
+/// `long`: budget × window ÷ long (as Sloth derives it). 14.4 for 2 % in 1h of 30 days,
+/// 13.44 for 28 days, 3.36 for 7 days.
+pub fn factor(budget: f64, window: Duration, long: Duration) -> f64 {
+    budget * window.as_secs_f64() / long.as_secs_f64()
+}
+
+/// The default alert table for an SLO over `window`: the standard rows with their
+/// factors derived from the window. (The 14.4/6/3/1 often quoted are the 30-day values.)
+pub fn default_burn_alerts(window: Duration) -> Vec<BurnAlert> {
+    STANDARD_ROWS
+        .iter()
+        .map(|r| BurnAlert { severity: r.severity.to_string(), factor: factor(r.budget, window, r.long), long: r.long, short: r.short })
+        .collect()
+}
+
+/// Severity of a row.
 pub fn severity(a: &BurnAlert) -> &str {
-    if !a.severity.is_empty() {
-        &a.severity
-    } else if a.factor >= 6.0 {
-        "page"
-    } else {
-        "ticket"
-    }
+    &a.severity
 }
 
 /// A validated SLO.
@@ -79,7 +99,10 @@ pub struct SloSpec {
     pub window: Duration,
     pub sli: Sli,
     pub alerts: Vec<BurnAlert>,
+    /// Added to its burn-rate alerts (metrics, export); shown in the API.
     pub labels: BTreeMap<String, String>,
+    /// Added to its exported burn-rate alerts; shown in the API.
+    pub annotations: BTreeMap<String, String>,
     pub runbooks: Vec<String>,
 }
 
@@ -176,6 +199,9 @@ pub struct SloStatus {
     /// Burn rate per window (every window of the alert table).
     pub burn_rates: BTreeMap<String, Option<f64>>,
     pub alerts: Vec<BurnAlertStatus>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runbooks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -219,6 +245,9 @@ pub fn status(spec: &SloSpec, events: &Events, now: SystemTime) -> SloStatus {
         budget_remaining: window_er.map(|e| budget_remaining(e, spec.objective)),
         burn_rates,
         alerts,
+        labels: spec.labels.clone(),
+        annotations: spec.annotations.clone(),
+        runbooks: spec.runbooks.clone(),
     }
 }
 
@@ -242,9 +271,10 @@ mod tests {
             objective,
             window,
             sli: Sli::TimeSlice { cond: super::super::expr::parse("x > 1").unwrap(), text: String::new() },
-            alerts: DEFAULT_BURN_ALERTS.to_vec(),
-            labels: BTreeMap::new(),
-            runbooks: Vec::new(),
+            alerts: default_burn_alerts(window),
+            labels: BTreeMap::from([("team".into(), "payments".into())]),
+            annotations: BTreeMap::from([("summary".into(), "payments are late".into())]),
+            runbooks: vec!["scale-payments-consumers".into()],
         }
     }
 
@@ -286,11 +316,49 @@ mod tests {
     }
 
     #[test]
+    fn a_status_carries_the_slo_labels_annotations_and_runbooks() {
+        let s = status(&spec(0.99, Duration::from_secs(3600)), &Events::default(), t(0));
+        assert_eq!(s.labels["team"], "payments");
+        assert_eq!(s.annotations["summary"], "payments are late");
+        assert_eq!(s.runbooks, ["scale-payments-consumers"]);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["labels"]["team"], "payments", "{json}");
+    }
+
+    #[test]
     fn no_events_means_unknown_not_a_full_budget() {
         let s = status(&spec(0.99, Duration::from_secs(3600)), &Events::default(), t(0));
         assert_eq!(s.sli, None);
         assert_eq!(s.budget_remaining, None);
         assert!(s.alerts.iter().all(|a| !a.firing && a.long_burn.is_none()));
+    }
+
+    #[test]
+    fn default_burn_rate_factors_are_derived_from_the_slo_window() {
+        let factors = |days: u64| -> Vec<f64> {
+            default_burn_alerts(Duration::from_secs(days * 86_400)).iter().map(|a| (a.factor * 1e4).round() / 1e4).collect()
+        };
+        // budget × window ÷ long: 0.02 × 720h / 1h = 14.4, 0.05 × 720h / 6h = 6, …
+        assert_eq!(factors(30), vec![14.4, 6.0, 3.0, 1.0]);
+        // 0.02 × 672h / 1h = 13.44, 0.05 × 672h / 6h = 5.6, 0.1 × 28 = 2.8, 0.1 × 28 / 3.
+        assert_eq!(factors(28), vec![13.44, 5.6, 2.8, 0.9333]);
+        // 0.02 × 168h / 1h = 3.36, 0.05 × 168h / 6h = 1.4, 0.1 × 7 = 0.7, 0.1 × 7 / 3.
+        assert_eq!(factors(7), vec![3.36, 1.4, 0.7, 0.2333]);
+        let sev: Vec<String> = default_burn_alerts(Duration::from_secs(7 * 86_400)).into_iter().map(|a| a.severity).collect();
+        assert_eq!(sev, ["page", "page", "ticket", "ticket"], "severity does not depend on the factor");
+    }
+
+    #[test]
+    fn a_default_page_row_spends_two_percent_of_the_budget_whatever_the_window() {
+        // Burning at exactly the factor for the whole long window spends `budget` of the
+        // window's error budget: factor × long ÷ window.
+        for days in [7, 28, 30, 90] {
+            let window = Duration::from_secs(days * 86_400);
+            for (a, row) in default_burn_alerts(window).iter().zip(STANDARD_ROWS) {
+                let spent = a.factor * a.long.as_secs_f64() / window.as_secs_f64();
+                assert!((spent - row.budget).abs() < 1e-12, "{days}d {a:?}: {spent}");
+            }
+        }
     }
 
     #[test]

@@ -23,13 +23,19 @@
 //!         exp_firing: [page]         # severities of firing burn-rate alerts
 //! ```
 //! Time runs from 0 in steps of `evaluation_interval`; a series is fresh at a step when it
-//! has a sample (not `_`) for that input interval; after its last sample it is missing.
+//! has a sample (not `_`) for that input interval; `_` is a sample its source failed to
+//! take (unknown); after its last sample the series is gone (its source still answers).
+//!
+//! Every expectation is evaluated at exactly its `eval_time`, which must be on the grid
+//! of `evaluation_interval`; every problem (an off-grid time, a non-finite number, a
+//! duration over 366d, more than [`MAX_STEPS`] samples or steps, a case with nothing to
+//! check) is reported at its `file:line:col`, and nothing passes silently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use saphyr::{LoadableYamlNode, Yaml};
+use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, Yaml, YamlDataOwned};
 use serde::Deserialize;
 
 use super::eval::{AlertState, Engine, EngineOptions};
@@ -139,23 +145,39 @@ fn to_json(y: &Yaml) -> serde_json::Value {
 
 /// Expands the compact value notation: `1 2 _ 4`, `0+10x3` (0 10 20 30), `5-1x2`
 /// (5 4 3), `_x3` (three missing samples).
+/// At most [`MAX_STEPS`] samples; every number finite.
 pub fn expand(values: &str) -> Result<Vec<Option<f64>>, String> {
     let mut out = Vec::new();
+    let room = |out: &Vec<Option<f64>>, n: usize| {
+        if out.len().saturating_add(n) > MAX_STEPS {
+            Err(format!("more than {MAX_STEPS} samples"))
+        } else {
+            Ok(())
+        }
+    };
+    let finite = |x: f64, tok: &str| if x.is_finite() { Ok(x) } else { Err(format!("{tok:?} is not a finite number")) };
     for tok in values.split_whitespace() {
         if tok == "_" {
+            room(&out, 1)?;
             out.push(None);
         } else if let Some(n) = tok.strip_prefix("_x") {
             let n: usize = n.parse().map_err(|_| format!("invalid repeat in {tok:?}"))?;
+            room(&out, n)?;
             out.extend(std::iter::repeat_n(None, n));
         } else if let Some((start, (negative, rest))) = split_step(tok) {
             let (step, n) = rest.split_once('x').ok_or_else(|| format!("invalid {tok:?}: expected a+bxn"))?;
             let a: f64 = start.parse().map_err(|_| format!("invalid number in {tok:?}"))?;
             let b: f64 = step.parse().map_err(|_| format!("invalid step in {tok:?}"))?;
             let n: usize = n.parse().map_err(|_| format!("invalid count in {tok:?}"))?;
+            room(&out, n.saturating_add(1))?;
             let b = if negative { -b } else { b };
-            out.extend((0..=n).map(|i| Some(a + b * i as f64)));
+            for i in 0..=n {
+                out.push(Some(finite(a + b * i as f64, tok)?));
+            }
         } else {
-            out.push(Some(tok.parse().map_err(|_| format!("invalid value {tok:?}"))?));
+            room(&out, 1)?;
+            let v: f64 = tok.parse().map_err(|_| format!("invalid value {tok:?}"))?;
+            out.push(Some(finite(v, tok)?));
         }
     }
     Ok(out)
@@ -184,24 +206,73 @@ fn parse_series(s: &str) -> Result<(String, Labels), String> {
     Ok((lhs.selector.signal, labels))
 }
 
-fn dur(s: &str, what: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{what}: invalid duration {s:?}: {e}"))
+/// A duration of a test file: at most [`expr::MAX_DURATION`]; `positive`: above zero.
+fn dur(s: &str, what: &str, positive: bool) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if positive && d.is_zero() => Err(format!("{what}: must be greater than zero")),
+        Ok(d) if d > expr::MAX_DURATION => Err(format!("{what}: must be at most {}", expr::MAX_DURATION_TEXT)),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{what}: invalid duration {s:?}: {e}")),
+    }
 }
+
+/// The most samples one input series may expand to, and the most evaluation steps one
+/// case may take (a 28-day SLO at one-minute steps takes 40,320).
+pub const MAX_STEPS: usize = 100_000;
 
 /// Test time 0, on a minute boundary so SLO buckets line up with evaluation steps.
 const EPOCH: Duration = Duration::from_secs(1_700_000_040);
 
-/// Runs every test of one test file.
+/// One step of a path into the YAML document, for error positions.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Positions of a test file's nodes, so every error can say `file:line:col`.
+struct Locator<'a> {
+    path: &'a Path,
+    root: Option<MarkedYamlOwned>,
+}
+
+impl Locator<'_> {
+    fn node(&self, at: &[Seg]) -> Option<&MarkedYamlOwned> {
+        let mut n = self.root.as_ref()?;
+        for seg in at {
+            n = match (seg, &n.data) {
+                (Seg::Key(k), YamlDataOwned::Mapping(m)) => m.iter().find(|(key, _)| file::str_of(key) == Some(*k)).map(|(_, v)| v)?,
+                (Seg::Index(i), YamlDataOwned::Sequence(v)) => v.get(*i)?,
+                _ => return None,
+            };
+        }
+        Some(n)
+    }
+
+    /// `file:line:col: message` at the deepest node of `at` that exists.
+    fn at(&self, at: &[Seg], message: impl std::fmt::Display) -> String {
+        let (line, col) = (0..=at.len()).rev().find_map(|k| self.node(&at[..k])).map_or((1, 1), file::pos);
+        format!("{}:{line}:{col}: {message}", self.path.display())
+    }
+
+    /// A non-finite float (`.nan`, `.inf`) at `at`, which serde would read as absent.
+    fn non_finite(&self, at: &[Seg]) -> bool {
+        matches!(self.node(at).map(|n| &n.data), Some(YamlDataOwned::Value(ScalarOwned::FloatingPoint(f))) if !f.is_finite())
+    }
+}
+
+/// Runs every test of one test file. Every expectation is evaluated or reported as an
+/// error; a file or a case with nothing to check fails.
 pub fn run_file(path: &Path, known_signals: &BTreeSet<String>) -> Outcome {
     let mut out = Outcome::default();
     let fail = |out: &mut Outcome, m: String| {
         out.failed += 1;
-        out.messages.push(format!("{}: {m}", path.display()));
+        out.messages.push(m);
     };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            fail(&mut out, format!("cannot read: {e}"));
+            fail(&mut out, format!("{}: cannot read: {e}", path.display()));
             return out;
         }
     };
@@ -209,14 +280,15 @@ pub fn run_file(path: &Path, known_signals: &BTreeSet<String>) -> Outcome {
         Ok(d) if !d.is_empty() => to_json(&d[0]),
         Ok(_) => serde_json::Value::Null,
         Err(e) => {
-            fail(&mut out, format!("invalid YAML: {e}"));
+            fail(&mut out, format!("{}: invalid YAML: {e}", path.display()));
             return out;
         }
     };
+    let loc = Locator { path, root: MarkedYamlOwned::load_from_str(&text).ok().and_then(|d| d.into_iter().next()) };
     let tf: TestFile = match serde_json::from_value(doc) {
         Ok(t) => t,
         Err(e) => {
-            fail(&mut out, format!("invalid test file: {e}"));
+            fail(&mut out, format!("{}: invalid test file: {e}", path.display()));
             return out;
         }
     };
@@ -225,70 +297,160 @@ pub fn run_file(path: &Path, known_signals: &BTreeSet<String>) -> Outcome {
     let set = match file::load(&files, known_signals).0 {
         Ok(s) => s,
         Err(e) => {
-            fail(&mut out, format!("rule files are invalid:\n{e}"));
+            fail(&mut out, format!("{}: rule files are invalid:\n{e}", path.display()));
             return out;
         }
     };
-    let eval_interval = match tf.evaluation_interval.as_deref().map(|s| dur(s, "evaluation_interval")).transpose() {
-        Ok(d) => d.unwrap_or(Duration::from_secs(60)),
+    let eval_interval = match tf.evaluation_interval.as_deref().map(|s| dur(s, "evaluation_interval", true)).transpose() {
+        Ok(d) => Some(d.unwrap_or(Duration::from_secs(60))),
         Err(e) => {
-            fail(&mut out, e);
-            return out;
+            fail(&mut out, loc.at(&[Seg::Key("evaluation_interval")], e));
+            None
         }
     };
+    if tf.tests.is_empty() {
+        fail(&mut out, loc.at(&[Seg::Key("tests")], "no tests"));
+    }
     for (i, case) in tf.tests.iter().enumerate() {
         let name = case.name.clone().unwrap_or_else(|| format!("test {}", i + 1));
-        match run_case(case, &set, eval_interval) {
-            Ok((passed, failures)) => {
-                out.passed += passed;
-                for f in failures {
-                    fail(&mut out, format!("{name}: {f}"));
+        let here = [Seg::Key("tests"), Seg::Index(i)];
+        let case_fail = |out: &mut Outcome, (at, m): (Vec<Seg>, String)| {
+            let full: Vec<Seg> = here.iter().copied().chain(at).collect();
+            fail(out, loc.at(&full, format!("{name}: {m}")));
+        };
+        let prepared = match prepare(case, &loc, &here, eval_interval) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in errors {
+                    case_fail(&mut out, e);
                 }
+                continue;
             }
-            Err(e) => fail(&mut out, format!("{name}: {e}")),
+        };
+        let (passed, failures) = run_case(case, &prepared, &set);
+        out.passed += passed;
+        for f in failures {
+            case_fail(&mut out, f);
         }
     }
     out
 }
 
-/// Runs one case: returns (passed expectations, failure messages).
-fn run_case(case: &TestCase, set: &RuleSet, eval_interval: Duration) -> Result<(usize, Vec<String>), String> {
-    let interval = case.interval.as_deref().map(|s| dur(s, "interval")).transpose()?.unwrap_or(eval_interval);
+/// A case checked and ready to run.
+struct Prepared {
+    interval: Duration,
+    eval_interval: Duration,
+    inputs: Vec<(String, Labels, Vec<Option<f64>>)>,
+    /// Expectations by evaluation time: (index in alert_rule_test, index in slo_test).
+    checks: BTreeMap<Duration, (Vec<usize>, Vec<usize>)>,
+}
+
+/// A located problem inside a case: (path below the case, message).
+type CaseError = (Vec<Seg<'static>>, String);
+
+/// Checks every number and time of a case before anything runs; reports all problems.
+fn prepare(case: &TestCase, loc: &Locator, here: &[Seg], eval_interval: Option<Duration>) -> Result<Prepared, Vec<CaseError>> {
+    let mut errors: Vec<CaseError> = Vec::new();
+    let interval = match case.interval.as_deref().map(|s| dur(s, "interval", true)).transpose() {
+        Ok(d) => d.or(eval_interval),
+        Err(e) => {
+            errors.push((vec![Seg::Key("interval")], e));
+            None
+        }
+    };
     let mut inputs = Vec::new();
-    for s in &case.input_series {
-        let (signal, labels) = parse_series(&s.series)?;
-        inputs.push((signal, labels, expand(&s.values)?));
+    for (j, s) in case.input_series.iter().enumerate() {
+        let at = |k: &'static str| vec![Seg::Key("input_series"), Seg::Index(j), Seg::Key(k)];
+        match (parse_series(&s.series), expand(&s.values)) {
+            (Ok((signal, labels)), Ok(values)) => inputs.push((signal, labels, values)),
+            (Err(e), _) => errors.push((at("series"), e)),
+            (_, Err(e)) => errors.push((at("values"), format!("values: {e}"))),
+        }
     }
-    let mut checks: BTreeMap<Duration, (Vec<&AlertTest>, Vec<&SloTest>)> = BTreeMap::new();
-    for a in &case.alert_rule_test {
-        checks.entry(dur(&a.eval_time, "eval_time")?).or_default().0.push(a);
+    let mut checks: BTreeMap<Duration, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    let times = case.alert_rule_test.iter().map(|a| ("alert_rule_test", &a.eval_time)).chain(case.slo_test.iter().map(|s| ("slo_test", &s.eval_time)));
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (list, text) in times {
+        let k = *index.entry(list).and_modify(|k| *k += 1).or_insert(0);
+        let at = vec![Seg::Key(list), Seg::Index(k), Seg::Key("eval_time")];
+        let t = match dur(text, "eval_time", false) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push((at, e));
+                continue;
+            }
+        };
+        if let Some(step) = eval_interval {
+            let fmt = |d: Duration| humantime::format_duration(d).to_string();
+            if t.as_nanos() % step.as_nanos() != 0 {
+                errors.push((at, format!("eval_time {} is not a multiple of evaluation_interval {}", fmt(t), fmt(step))));
+                continue;
+            }
+            if t.as_nanos() / step.as_nanos() > MAX_STEPS as u128 {
+                errors.push((at, format!("eval_time {} is more than {MAX_STEPS} evaluation steps away", fmt(t))));
+                continue;
+            }
+        }
+        let entry = checks.entry(t).or_default();
+        if list == "alert_rule_test" {
+            entry.0.push(k);
+        } else {
+            entry.1.push(k);
+        }
     }
-    for s in &case.slo_test {
-        checks.entry(dur(&s.eval_time, "eval_time")?).or_default().1.push(s);
+    for (k, st) in case.slo_test.iter().enumerate() {
+        for (key, value) in [("exp_sli", st.exp_sli), ("exp_budget_remaining", st.exp_budget_remaining), ("tolerance", st.tolerance)] {
+            let at = vec![Seg::Key("slo_test"), Seg::Index(k), Seg::Key(key)];
+            let full: Vec<Seg> = here.iter().copied().chain(at.iter().copied()).collect();
+            if loc.non_finite(&full) || value.is_some_and(|v| !v.is_finite()) {
+                errors.push((at, format!("{key}: must be a finite number")));
+            } else if key == "tolerance" && value.is_some_and(|v| v < 0.0) {
+                errors.push((at, "tolerance: must not be negative".into()));
+            }
+        }
     }
-    let end = checks.keys().next_back().copied().unwrap_or_default();
+    if case.alert_rule_test.is_empty() && case.slo_test.is_empty() {
+        errors.push((Vec::new(), "no alert_rule_test or slo_test to check".into()));
+    }
+    match (interval, eval_interval) {
+        (Some(interval), Some(eval_interval)) if errors.is_empty() => Ok(Prepared { interval, eval_interval, inputs, checks }),
+        // Without a valid evaluation_interval nothing runs; that error is the file's.
+        _ => Err(errors),
+    }
+}
+
+/// Runs one prepared case: returns (passed expectations, located failures). Every
+/// expectation is on the evaluation grid (checked by [`prepare`]), so each is evaluated.
+fn run_case(case: &TestCase, p: &Prepared, set: &RuleSet) -> (usize, Vec<CaseError>) {
+    let end = p.checks.keys().next_back().copied().unwrap_or_default();
     let mut engine = Engine::default();
     let opts = EngineOptions::default();
     let (mut passed, mut failures) = (0usize, Vec::new());
+    let mut evaluated = 0usize;
     let mut t = Duration::ZERO;
-    loop {
-        let now = SystemTime::UNIX_EPOCH + EPOCH + t;
-        let data = dataset_at(&inputs, interval, t);
+    while let Some(now) = (SystemTime::UNIX_EPOCH + EPOCH).checked_add(t) {
+        let data = dataset_at(&p.inputs, p.interval, t);
         engine.eval_alerts(&set.alerts, &data, now, &opts);
         let slos = engine.eval_slos(&set.slos, &data, now, &opts);
-        if let Some((alerts, slo_tests)) = checks.get(&t) {
-            for a in alerts {
-                match check_alert(a, &engine, set) {
+        if let Some((alerts, slo_tests)) = p.checks.get(&t) {
+            let when = humantime::format_duration(t);
+            for &k in alerts {
+                evaluated += 1;
+                let at = vec![Seg::Key("alert_rule_test"), Seg::Index(k), Seg::Key("eval_time")];
+                match check_alert(&case.alert_rule_test[k], &engine, set) {
                     Ok(()) => passed += 1,
-                    Err(e) => failures.push(format!("at {}: {e}", humantime::format_duration(t))),
+                    Err(e) => failures.push((at, format!("at {when}: {e}"))),
                 }
             }
-            for s in slo_tests {
+            for &k in slo_tests {
+                evaluated += 1;
+                let at = vec![Seg::Key("slo_test"), Seg::Index(k), Seg::Key("eval_time")];
+                let s = &case.slo_test[k];
                 match slos.iter().find(|x| x.name == s.slo) {
-                    None => failures.push(format!("at {}: no SLO named {:?}", humantime::format_duration(t), s.slo)),
+                    None => failures.push((at, format!("at {when}: no SLO named {:?}", s.slo))),
                     Some(status) => match check_slo(s, status) {
                         Ok(()) => passed += 1,
-                        Err(e) => failures.push(format!("at {}: slo {:?}: {e}", humantime::format_duration(t), s.slo)),
+                        Err(e) => failures.push((at, format!("at {when}: slo {:?}: {e}", s.slo))),
                     },
                 }
             }
@@ -296,33 +458,43 @@ fn run_case(case: &TestCase, set: &RuleSet, eval_interval: Duration) -> Result<(
         if t >= end {
             break;
         }
-        t += eval_interval;
+        t += p.eval_interval;
     }
-    // Eval times between steps are never reached: say so instead of passing silently.
-    for (at, _) in checks.range(..end) {
-        if at.as_nanos() % eval_interval.as_nanos() != 0 {
-            failures.push(format!("eval_time {} is not a multiple of the evaluation interval", humantime::format_duration(*at)));
-        }
+    let expected: usize = p.checks.values().map(|(a, s)| a.len() + s.len()).sum();
+    if evaluated != expected {
+        // Cannot happen once `prepare` has checked the grid; never pass silently anyway.
+        failures.push((Vec::new(), format!("{} expectation(s) were not evaluated", expected - evaluated)));
     }
-    Ok((passed, failures))
+    (passed, failures)
 }
 
+/// The inputs as the engine sees them at `t`. Each input series has its own source:
+/// - a sample at this step: the series is fresh;
+/// - `_`: the source failed to sample, so the data is unknown;
+/// - after the last value: the source answers without the series, which is gone (and
+///   takes no part, as an absent series in Prometheus).
 fn dataset_at(inputs: &[(String, Labels, Vec<Option<f64>>)], interval: Duration, t: Duration) -> Dataset {
     let mut data = Dataset::default();
-    for (signal, labels, values) in inputs {
-        let upto = (t.as_nanos() / interval.as_nanos().max(1)) as usize;
+    for (n, (signal, labels, values)) in inputs.iter().enumerate() {
+        let upto = usize::try_from(t.as_nanos() / interval.as_nanos().max(1)).unwrap_or(usize::MAX);
         let points: Vec<_> = values
             .iter()
             .enumerate()
-            .take(upto + 1)
-            .filter_map(|(i, v)| v.map(|v| (SystemTime::UNIX_EPOCH + EPOCH + interval * i as u32, v)))
+            .take(upto.saturating_add(1))
+            .filter_map(|(i, v)| Some((at(interval, i)?, (*v)?)))
             .collect();
-        // Fresh when the sample of this step is present; `_` and the time after the
-        // last sample are missing data.
-        let fresh = values.get(upto).is_some_and(Option::is_some);
-        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone(), fresh, points });
+        let now = values.get(upto);
+        let source = data.add_source(&format!("test/{n}"), !matches!(now, Some(None)));
+        let fresh = now.is_some_and(Option::is_some);
+        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone(), fresh, points, source: Some(source) });
     }
     data
+}
+
+/// The time of sample `i` (`None` if it cannot be represented).
+fn at(interval: Duration, i: usize) -> Option<SystemTime> {
+    let offset = interval.checked_mul(u32::try_from(i).ok()?)?;
+    (SystemTime::UNIX_EPOCH + EPOCH).checked_add(offset)
 }
 
 fn check_alert(a: &AlertTest, engine: &Engine, set: &RuleSet) -> Result<(), String> {
@@ -381,6 +553,10 @@ mod tests {
         assert_eq!(expand("_x2 1").unwrap(), vec![None, None, Some(1.0)]);
         assert!(expand("1+x").is_err());
         assert!(expand("abc").is_err());
+        assert_eq!(expand("0+1x100000000000").unwrap_err(), "more than 100000 samples");
+        assert_eq!(expand("_x100001").unwrap_err(), "more than 100000 samples");
+        assert_eq!(expand("1 inf").unwrap_err(), "\"inf\" is not a finite number");
+        assert_eq!(expand("1e308+1e308x2").unwrap_err(), "\"1e308+1e308x2\" is not a finite number");
     }
 
     #[test]

@@ -301,12 +301,15 @@ impl Collector for RulesCollector {
                 }
             }
             for a in &s.alerts {
-                let l = vec![
-                    ("slo", s.name.clone()),
-                    ("severity", a.severity.clone()),
-                    ("long", a.long.clone()),
-                    ("short", a.short.clone()),
+                // The SLO's own labels go on its alert series, as Prometheus puts an
+                // alert rule's labels on ALERTS (their names are validated at load).
+                let mut l: Vec<(String, String)> = vec![
+                    ("slo".into(), s.name.clone()),
+                    ("severity".into(), a.severity.clone()),
+                    ("long".into(), a.long.clone()),
+                    ("short".into(), a.short.clone()),
                 ];
+                l.extend(s.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                 burn_alert.push((l, i64::from(a.firing)));
             }
         }
@@ -320,7 +323,14 @@ impl Collector for RulesCollector {
             &budget,
         )?;
         gauge_family(e, "slo_burn_rate", "Error budget burn rate over the window (1 = exactly on budget)", None, &burn)?;
-        gauge_family(e, "slo_burn_rate_alert", "1 when the multi-window burn-rate alert fires", None, &burn_alert)?;
+        if !burn_alert.is_empty() {
+            // Encoded here rather than with gauge_family: the SLO's label names are not static.
+            let mut family =
+                e.encode_descriptor("slo_burn_rate_alert", "1 when the multi-window burn-rate alert fires", None, MetricType::Gauge)?;
+            for (labels, v) in &burn_alert {
+                ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
+            }
+        }
 
         let groups = self.rules.groups.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !groups.is_empty() {
