@@ -104,15 +104,25 @@ tests:
 }
 
 #[test]
-fn exported_prometheus_rules_pass_promtool_check_rules() {
+fn exported_prometheus_rules_pass_promtool_check_rules_and_inexact_rules_are_refused() {
+    // The shipped examples hold a trend alert (time_to_breach), which has no exact PromQL
+    // form: a plain export refuses, names it and writes nothing.
     let out = run(Command::new(bin()).args(["export", "prometheus"]).arg(repo_root().join("rules")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("kafka-freshness.yaml: rule \"payments-lag-rising\"") && stderr.contains("cannot be exported exactly"), "{stderr}");
+
+    let out = run(Command::new(bin()).args(["export", "prometheus", "--partial"]).arg(repo_root().join("rules")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("exported.yml");
     std::fs::write(&file, &out.stdout).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("alert: \"payments-lag-rising\""), "{text}");
-    assert!(text.contains("record: streamguard:slo_error_ratio:1h"), "{text}");
+    assert!(!text.contains("payments-lag-rising"), "{text}");
+    assert!(text.contains("alert: \"kafka-offsets-out-of-range\""), "{text}");
+    assert!(text.contains("record: slo:streamguard_sli_bad:bool") && text.contains("record: slo:streamguard_sli_error:ratio_rate1h"), "{text}");
+    assert!(text.contains("record: slo:streamguard_sli_bad:sum") && text.contains("record: slo:streamguard_sli_total:sum"), "{text}");
     let promtool = std::env::var("PROMTOOL_BIN").unwrap_or_else(|_| "promtool".into());
     let check = run(Command::new(promtool).args(["check", "rules"]).arg(&file));
     assert!(
