@@ -31,7 +31,7 @@ use crate::sample::flink::FlinkSampler;
 use crate::sample::http::HttpError;
 use crate::sample::kafka::{KafkaSampler, KafkaSnapshot, SampleError};
 use crate::sample::kafka_admin::AdminError;
-use crate::sample::kafka_derive;
+use crate::derive;
 use crate::sample::prometheus::PrometheusSampler;
 use crate::signal::SourceSample;
 use crate::serve::metrics::Metrics;
@@ -101,7 +101,7 @@ enum Source {
     Kafka {
         sampler: Arc<KafkaSampler>,
         pending: Option<JoinHandle<Result<KafkaSnapshot, SampleError>>>,
-        derive: kafka_derive::DeriveState,
+        derive: derive::kafka::DeriveState,
     },
     Connect(ConnectSampler),
     Flink(FlinkSampler),
@@ -173,7 +173,7 @@ impl Source {
                 let history = store.history_config();
                 // Raw and derived series are published together, as one snapshot.
                 let n = store.record_success_with(kind, name, at, snapshot.to_sample(), |e| {
-                    kafka_derive::derive(e, &snapshot, at, &history, derive)
+                    derive::kafka::derive(e, &snapshot, at, &history, derive)
                 });
                 let size = serde_json::to_value(derive.size()).unwrap_or_default();
                 store.annotate_target(kind, name, "kafka_cluster", "derive_state", size);

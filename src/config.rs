@@ -24,7 +24,6 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Profile, Provider};
 use regex::Regex;
 
-use crate::sample::kafka::GroupFilter;
 
 /// Environment variables with this prefix override file keys; `__` separates nesting
 /// (`STREAMGUARD_GROUPS__EXCLUDE`).
@@ -84,7 +83,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub rules: RulesConfig,
     /// Where every stored observation is recorded for `streamguard replay` (`[record]`).
-    pub record: Option<crate::record::RecordConfig>,
+    pub record: Option<RecordConfig>,
     /// The file it was loaded from.
     pub path: PathBuf,
 }
@@ -200,6 +199,33 @@ impl Default for HistoryConfig {
 
 /// Default DLQ name patterns.
 pub const DEFAULT_DLQ_PATTERNS: [&str; 4] = ["{topic}.dlq", "{topic}-dlq", "dlq.{topic}", "dlq-{group}"];
+
+/// Which groups to watch.
+#[derive(Debug, Clone, Default)]
+pub struct GroupFilter {
+    pub include: Vec<regex::Regex>,
+    pub exclude: Vec<regex::Regex>,
+}
+
+impl GroupFilter {
+    /// A group is watched when it matches an include pattern (or there are none) and no
+    /// exclude pattern.
+    pub fn matches(&self, group: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|r| r.is_match(group)))
+            && !self.exclude.iter().any(|r| r.is_match(group))
+    }
+}
+
+/// The `[record]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordConfig {
+    /// Directory of the segment files (created if needed).
+    pub path: PathBuf,
+    /// Largest total size of the segments, in bytes.
+    pub max_size: u64,
+    /// Segments that ended longer ago than this are deleted.
+    pub max_age: Duration,
+}
 
 /// One Kafka cluster to watch.
 #[derive(Debug, Clone)]
@@ -795,7 +821,7 @@ impl Validator<'_> {
         })
     }
 
-    fn record(&mut self, dict: &Dict, base: &Path) -> Option<crate::record::RecordConfig> {
+    fn record(&mut self, dict: &Dict, base: &Path) -> Option<RecordConfig> {
         let v = dict.get("record")?;
         let Value::Dict(_, d) = v else {
             self.error(Some(v), "record", "expected a table ([record])");
@@ -836,7 +862,7 @@ impl Validator<'_> {
             }
         };
         let max_age = if d.contains_key("max_age") { self.duration(d, "record", "max_age") } else { Some(DEFAULT_RECORD_MAX_AGE) };
-        Some(crate::record::RecordConfig { path: path?, max_size: max_size?, max_age: max_age? })
+        Some(RecordConfig { path: path?, max_size: max_size?, max_age: max_age? })
     }
 
     fn properties(&mut self, c: &Dict, prefix: &str) -> BTreeMap<String, String> {
@@ -932,8 +958,8 @@ impl Validator<'_> {
             }
             // Bounded so that sums such as `2 × interval + timeout` and `now + interval`
             // can never overflow (which would panic in a sampler or the rule loop).
-            Ok(d) if d > crate::rules::expr::MAX_DURATION => {
-                self.error(Some(v), &key, format!("must be at most {}", crate::rules::expr::MAX_DURATION_TEXT));
+            Ok(d) if d > crate::limits::MAX_DURATION => {
+                self.error(Some(v), &key, format!("must be at most {}", crate::limits::MAX_DURATION_TEXT));
                 None
             }
             Ok(d) => Some(d),
@@ -1112,5 +1138,17 @@ properties = { "group.id" = "x" }
         let errs = load_str("[[clusters]\nname=").unwrap_err();
         assert_eq!(errs.0.len(), 1);
         assert!(errs.to_string().contains("line"), "{errs}");
+    }
+
+    #[test]
+    fn filter_applies_include_then_exclude() {
+        let f = GroupFilter {
+            include: vec![regex::Regex::new("^pay").unwrap()],
+            exclude: vec![regex::Regex::new("test$").unwrap()],
+        };
+        assert!(f.matches("payments"));
+        assert!(!f.matches("payments-test"));
+        assert!(!f.matches("orders"));
+        assert!(GroupFilter::default().matches("anything"));
     }
 }

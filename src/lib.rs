@@ -6,8 +6,10 @@
 pub mod agent;
 pub mod catalog;
 pub mod config;
+pub mod derive;
 pub mod evaluate;
 pub mod events;
+pub mod limits;
 pub mod record;
 pub mod replay;
 pub mod report;

@@ -32,19 +32,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::signal::{unix_secs, Labels, Observation, SeriesKey};
-use crate::store::SourceKind;
-
-/// The `[record]` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordConfig {
-    /// Directory of the segment files (created if needed).
-    pub path: PathBuf,
-    /// Largest total size of the segments, in bytes.
-    pub max_size: u64,
-    /// Segments that ended longer ago than this are deleted.
-    pub max_age: Duration,
-}
+pub use crate::config::RecordConfig;
+use crate::signal::{unix_secs, Labels, Observation, SeriesKey, SourceKind};
 
 /// Records queued to the writer before one is dropped.
 const QUEUE: usize = 1024;

@@ -8,6 +8,27 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+/// Which kind of source a loop samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Kafka,
+    Connect,
+    Flink,
+    Prometheus,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Kafka => "kafka",
+            SourceKind::Connect => "connect",
+            SourceKind::Flink => "flink",
+            SourceKind::Prometheus => "prometheus",
+        }
+    }
+}
+
 /// How trustworthy the latest data of a source is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -19,28 +19,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::{DlqConfig, HistoryConfig};
+pub use crate::signal::SourceKind;
 use crate::signal::{quality, DlqLink, Observation, Quality, SeriesKey, SourceSample, TargetInfo};
-
-/// Which kind of source a loop samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Kafka,
-    Connect,
-    Flink,
-    Prometheus,
-}
-
-impl SourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Kafka => "kafka",
-            SourceKind::Connect => "connect",
-            SourceKind::Flink => "flink",
-            SourceKind::Prometheus => "prometheus",
-        }
-    }
-}
 
 /// Health of one source's sampling loop.
 #[derive(Debug, Clone, Serialize)]

@@ -35,12 +35,7 @@ use crate::rules::trend;
 use crate::signal::Labels;
 use crate::window::{self, Point};
 
-/// The longest duration a rule, a rule test or the config may give (windows, `for`,
-/// SLO windows, intervals): a year and a day. Longer ones are almost certainly typos, and
-/// bounding them keeps every sum of durations and times far from overflowing.
-pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
-/// [`MAX_DURATION`] as written in error messages.
-pub const MAX_DURATION_TEXT: &str = "366d";
+pub use crate::limits::{MAX_DURATION, MAX_DURATION_TEXT};
 
 /// A parse error at a byte offset of the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,25 +30,9 @@ use serde::Deserialize;
 
 use super::http::{self, HttpError};
 use crate::config::HttpSourceConfig;
-use crate::signal::{DlqLink, MetricKind, Observation, SignalDef, SourceSample, TargetInfo};
+use crate::signal::{DlqLink, Observation, SourceSample, TargetInfo};
 
-const C: &[&str] = &["connect", "connector"];
-const CT: &[&str] = &["connect", "connector", "task"];
 
-const fn gauge(name: &'static str, metric: &'static str, labels: &'static [&'static str], help: &'static str) -> SignalDef {
-    SignalDef { name, metric, kind: MetricKind::Gauge, help, labels }
-}
-
-/// Signals of the Connect source.
-pub const SIGNALS: &[SignalDef] = &[
-    gauge("connectors", "connect_connectors", &["connect"], "Connectors on the Connect cluster"),
-    gauge("connector_state", "connect_connector_state", &["connect", "connector", "state"], "Connector state: 1 for the current one of RUNNING, PAUSED, STOPPED, FAILED, UNASSIGNED, RESTARTING"),
-    gauge("connector_info", "connect_connector_info", &["connect", "connector", "type"], "Connector type (sink, source or unknown); always 1"),
-    gauge("connector_tasks", "connect_connector_tasks", C, "Tasks the connector has (task configurations; 0 while STOPPED)"),
-    gauge("connector_failed_tasks", "connect_connector_failed_tasks", C, "Tasks of the connector in state FAILED"),
-    gauge("connector_task_state", "connect_task_state", &["connect", "connector", "task", "state"], "Task state: 1 for the current one of RUNNING, PAUSED, STOPPED, FAILED, UNASSIGNED, RESTARTING"),
-    gauge("connector_task_failed_seconds", "connect_task_failed_seconds", CT, "Seconds since streamguard first saw the task FAILED; present only while it is FAILED"),
-];
 
 /// Connector config key naming the dead-letter topic of a sink connector.
 const DLQ_TOPIC_KEY: &str = "errors.deadletterqueue.topic.name";
@@ -604,14 +588,14 @@ mod tests {
         let s = sample_at(&body(), t0(), &mut mem);
         let mut seen = BTreeSet::new();
         for o in &s.observations {
-            let def = SIGNALS.iter().find(|d| d.name == o.key.signal).unwrap_or_else(|| panic!("undeclared {}", o.key.signal));
+            let def = crate::catalog::connect::SIGNALS.iter().find(|d| d.name == o.key.signal).unwrap_or_else(|| panic!("undeclared {}", o.key.signal));
             let labels: BTreeSet<&str> = o.key.labels.keys().map(String::as_str).collect();
             let declared: BTreeSet<&str> = def.labels.iter().copied().collect();
             assert_eq!(labels, declared, "{:?}", o.key);
             assert!(o.key.labels.values().all(|v| !v.contains('\n') && v.len() < 200), "no free text in labels: {:?}", o.key);
             seen.insert(def.name);
         }
-        let all: BTreeSet<&str> = SIGNALS.iter().map(|d| d.name).collect();
+        let all: BTreeSet<&str> = crate::catalog::connect::SIGNALS.iter().map(|d| d.name).collect();
         assert_eq!(seen, all, "the fixture exercises every signal");
     }
 

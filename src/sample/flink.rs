@@ -17,7 +17,7 @@
 //!
 //! The answers become observations in the pure [`build`]: a function of the parsed
 //! responses, the sample time and the previous failed-checkpoint counts (kept by the
-//! sampler for [`checkpoints_failed_rate`](SIGNALS)). Unknown is not zero: no
+//! sampler for [`checkpoints_failed_rate`](crate::catalog::flink::SIGNALS)). Unknown is not zero: no
 //! checkpoint age before a job's first completed checkpoint, none for terminal jobs, no
 //! restart count until Flink's metric fetcher has one (it refreshes every
 //! `metrics.fetcher.update-interval`, 10 s by default, and answers `[]` for a job it
@@ -47,7 +47,7 @@ use tokio::task::JoinSet;
 
 use super::http::{self, HttpError};
 use crate::config::HttpSourceConfig;
-use crate::signal::{MetricKind, Observation, SignalDef, SourceSample, TargetInfo};
+use crate::signal::{Observation, SourceSample, TargetInfo};
 
 /// Per-job requests in flight at once (each job makes one or two calls).
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -59,69 +59,7 @@ const MIN_JOB_BUDGET: Duration = Duration::from_millis(250);
 /// The Flink metric holding a job's restart count.
 const RESTARTS_METRIC: &str = "numRestarts";
 
-/// Labels of every per-job series. The job name is `flink_job`, never `job`: Prometheus
-/// reserves `job` (and `instance`) as target labels and, with the default
-/// `honor_labels: false`, renames an exported `job` to `exported_job`, which would merge
-/// every Flink job into one series group in `by (flink, job)` queries.
-const J: &[&str] = &["flink", "flink_job"];
 
-const fn gauge(name: &'static str, metric: &'static str, labels: &'static [&'static str], help: &'static str) -> SignalDef {
-    SignalDef { name, metric, kind: MetricKind::Gauge, help, labels }
-}
-
-const fn counter(name: &'static str, metric: &'static str, labels: &'static [&'static str], help: &'static str) -> SignalDef {
-    SignalDef { name, metric, kind: MetricKind::Counter, help, labels }
-}
-
-/// Signals of the Flink source. Every job series is labelled `flink` (the source name)
-/// and `flink_job` (the job name).
-pub const SIGNALS: &[SignalDef] = &[
-    gauge(
-        "flink_job_state",
-        "flink_job_state",
-        &["flink", "flink_job", "state"],
-        "Job state: 1 for the current one of INITIALIZING, CREATED, RUNNING, FAILING, FAILED, CANCELLING, CANCELED, FINISHED, RESTARTING, SUSPENDED, RECONCILING",
-    ),
-    gauge(
-        "flink_job_uptime_seconds",
-        "flink_job_uptime_seconds",
-        J,
-        "Seconds since the job started; for a job in a terminal state, how long it ran",
-    ),
-    counter(
-        "flink_job_restarts",
-        "flink_job_restarts",
-        J,
-        "Restarts of the job (Flink's numRestarts job metric); absent until Flink's metric fetcher reports it",
-    ),
-    gauge(
-        "checkpoint_age_seconds",
-        "flink_checkpoint_age_seconds",
-        J,
-        "Seconds since the latest completed checkpoint was acknowledged; absent before the first one completes and for jobs in a terminal state",
-    ),
-    counter("checkpoints_failed", "flink_checkpoints_failed", J, "Failed checkpoints of the job, including ones that failed to trigger"),
-    counter("checkpoints_completed", "flink_checkpoints_completed", J, "Completed checkpoints of the job"),
-    gauge(
-        "checkpoints_failed_rate",
-        "flink_checkpoints_failed_rate",
-        J,
-        "Failed checkpoints per second since the previous sample of the same job run; absent on a run's first sample",
-    ),
-    gauge(
-        "checkpoint_duration_seconds",
-        "flink_checkpoint_duration_seconds",
-        J,
-        "End-to-end duration of the latest completed checkpoint",
-    ),
-    gauge(
-        "checkpoint_size_bytes",
-        "flink_checkpoint_size_bytes",
-        J,
-        "Data persisted by the latest completed checkpoint (checkpointed_size; the full state_size when Flink reports no checkpointed size)",
-    ),
-    gauge("flink_jobs", "flink_jobs", &["flink"], "Jobs the JobManager lists, in any state (several runs can share a name)"),
-];
 
 // ---------------------------------------------------------------------------------------
 // REST answers, as Flink 2.3 writes them (only the fields used; unknown ones ignored).
@@ -356,7 +294,7 @@ pub fn restarts_from_metrics(values: &[MetricValue]) -> Option<u64> {
 }
 
 /// Failed-checkpoint count and sample time of each job run at its previous sample, by
-/// job id: what [`checkpoints_failed_rate`](SIGNALS) is computed from.
+/// job id: what [`checkpoints_failed_rate`](crate::catalog::flink::SIGNALS) is computed from.
 pub type RateState = HashMap<String, (u64, SystemTime)>;
 
 /// One exported job, with everything derived from this sample.
@@ -808,7 +746,7 @@ mod tests {
 
     fn assert_declared(obs: &[Observation]) {
         for o in obs {
-            let def = SIGNALS.iter().find(|d| d.name == o.key.signal).unwrap_or_else(|| panic!("{} not in SIGNALS", o.key.signal));
+            let def = crate::catalog::flink::SIGNALS.iter().find(|d| d.name == o.key.signal).unwrap_or_else(|| panic!("{} not in SIGNALS", o.key.signal));
             let mut declared: Vec<&str> = def.labels.to_vec();
             declared.sort_unstable();
             let got: Vec<&str> = o.key.labels.keys().map(String::as_str).collect();
@@ -1096,7 +1034,7 @@ mod tests {
 
     #[test]
     fn signals_have_the_flink_and_flink_job_labels_and_counter_names_without_total() {
-        for d in SIGNALS {
+        for d in crate::catalog::flink::SIGNALS {
             assert_eq!(d.labels.first(), Some(&"flink"), "{}", d.name);
             if d.name != "flink_jobs" {
                 assert_eq!(d.labels.get(1), Some(&"flink_job"), "{}", d.name);
@@ -1104,7 +1042,7 @@ mod tests {
             assert!(d.metric.starts_with("flink_"), "{}", d.metric);
             assert!(!d.metric.ends_with("_total"), "{}", d.metric);
         }
-        let counters: Vec<&str> = SIGNALS.iter().filter(|d| d.kind == MetricKind::Counter).map(|d| d.name).collect();
+        let counters: Vec<&str> = crate::catalog::flink::SIGNALS.iter().filter(|d| d.kind == crate::signal::MetricKind::Counter).map(|d| d.name).collect();
         assert_eq!(counters, vec!["flink_job_restarts", "checkpoints_failed", "checkpoints_completed"]);
     }
 }

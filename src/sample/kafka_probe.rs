@@ -35,27 +35,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::Message as _;
 
-use super::kafka::GroupLag;
+pub use super::kafka_snapshot::ProbeValue;
+use super::kafka_snapshot::GroupLag;
 use super::kafka_admin::TopicPartition;
-
-/// What the probe learned about one (partition, offset).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ProbeValue {
-    /// The first data record at or after the offset, with its timestamp.
-    Record { timestamp_ms: i64, read_at: SystemTime },
-    /// No data record at or after the offset up to the log end: only transaction
-    /// markers remain, so nothing is waiting to be consumed. Never cached (a record
-    /// may arrive next).
-    NoRecord { read_at: SystemTime },
-}
-
-impl ProbeValue {
-    pub fn read_at(&self) -> SystemTime {
-        match self {
-            ProbeValue::Record { read_at, .. } | ProbeValue::NoRecord { read_at } => *read_at,
-        }
-    }
-}
 
 /// Why a probe read gave no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -335,7 +317,7 @@ fn read_round(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::kafka::PartitionLag;
+    use crate::sample::kafka_snapshot::PartitionLag;
     use crate::sample::kafka_admin::{GroupState, GroupType};
 
     fn tp(t: &str, p: i32) -> TopicPartition {

@@ -6,7 +6,7 @@ pub mod flink;
 pub mod http;
 pub mod kafka;
 pub mod kafka_admin;
-pub mod kafka_derive;
 pub mod kafka_diagnose;
 pub mod kafka_probe;
+pub mod kafka_snapshot;
 pub mod prometheus;

@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use crate::config::HistoryConfig;
-use crate::sample::kafka::KafkaSnapshot;
+use crate::sample::kafka_snapshot::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
-use crate::sample::kafka_probe::ProbeValue;
+use crate::sample::kafka_snapshot::ProbeValue;
 use crate::signal::{Observation, SeriesKey};
 use crate::store::Entry;
 use crate::window::{self, Point, Status};
@@ -370,7 +370,7 @@ pub fn derive(
 mod tests {
     use super::*;
     use crate::config::HistoryConfig;
-    use crate::sample::kafka::{build_snapshot, ResolvedDlq};
+    use crate::sample::kafka_snapshot::{build_snapshot, ResolvedDlq};
     use crate::sample::kafka_admin::{GroupListing, GroupType};
     use crate::store::{SourceKind, Store};
 
@@ -411,7 +411,7 @@ mod tests {
             if let Some(d) = dlq_end {
                 snap.partitions.insert(
                     tp("t.dlq", 0),
-                    crate::sample::kafka::PartitionOffsets { log_start_offset: Some(0), log_end_offset: Some(d[i]), last_stable_offset: None },
+                    crate::sample::kafka_snapshot::PartitionOffsets { log_start_offset: Some(0), log_end_offset: Some(d[i]), last_stable_offset: None },
                 );
                 snap.dlq = vec![ResolvedDlq { dlq_topic: "t.dlq".into(), source_topic: "t".into(), group: Some("g".into()), origin: "config".into() }];
             }

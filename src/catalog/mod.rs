@@ -1,15 +1,19 @@
 //! The catalog of built-in signals: every name a rule, the API or a dashboard can use,
-//! with its metric name, type and labels. Each source module owns its entries; this
-//! module only puts them together.
+//! with its metric name, type and labels, one file per source.
+//!
+//! Data only, depending on nothing but [`crate::signal`]: the samplers that produce the
+//! signals and the rules, export and `/metrics` that read them all depend on the catalog,
+//! never the other way round.
+
+pub mod connect;
+pub mod flink;
+pub mod kafka;
 
 use crate::signal::SignalDef;
 
 /// Every built-in signal.
 pub fn all() -> impl Iterator<Item = &'static SignalDef> {
-    crate::sample::kafka::SIGNALS
-        .iter()
-        .chain(crate::sample::connect::SIGNALS)
-        .chain(crate::sample::flink::SIGNALS)
+    kafka::SIGNALS.iter().chain(connect::SIGNALS).chain(flink::SIGNALS)
 }
 
 /// The built-in signal named `name`.
