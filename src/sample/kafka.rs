@@ -51,7 +51,14 @@ impl SampleError {
     pub fn kind(&self) -> &'static str {
         match self {
             SampleError::Admin { source: AdminError::Timeout { .. }, .. } => "timeout",
-            SampleError::Admin { source: AdminError::Kafka { code, .. }, .. } if code == "_TIMED_OUT" || code == "OperationTimedOut" => {
+            SampleError::Admin {
+                source:
+                    AdminError::Kafka {
+                        code: rdkafka::types::RDKafkaErrorCode::OperationTimedOut | rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+                        ..
+                    },
+                ..
+            } => {
                 "timeout"
             }
             SampleError::Admin { stage, .. } => stage,

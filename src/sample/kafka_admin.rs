@@ -41,9 +41,13 @@ pub enum AdminError {
     /// No answer within the timeout.
     #[error("{op} timed out after {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
-    /// The broker or librdkafka answered with an error.
-    #[error("{op} failed: {code}: {message}")]
-    Kafka { op: &'static str, code: String, message: String },
+    /// The broker or librdkafka answered with an error. The code is typed, so retry and
+    /// cause decisions never depend on message text.
+    #[error("{op} failed: {code:?}: {message}")]
+    Kafka { op: &'static str, code: RDKafkaErrorCode, message: String },
+    /// librdkafka answered without the result the call asks for.
+    #[error("{op} failed: librdkafka returned no result")]
+    NoResult { op: &'static str },
     /// A name handed to librdkafka contained a NUL byte.
     #[error("invalid name {0:?}: contains a NUL byte")]
     InvalidName(String),
@@ -405,7 +409,11 @@ impl Admin {
             .client
             .inner()
             .fetch_metadata(None, timeout)
-            .map_err(|e| AdminError::Kafka { op: "Metadata", code: "Metadata".into(), message: e.to_string() })?;
+            .map_err(|e| AdminError::Kafka {
+                op: "Metadata",
+                code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                message: e.to_string(),
+            })?;
         Ok(md
             .topics()
             .iter()
@@ -521,16 +529,16 @@ unsafe fn cstr(p: *const std::os::raw::c_char) -> String {
 
 /// SAFETY: `e` is a valid rd_kafka_error_t.
 unsafe fn error_from(op: &'static str, e: *const rd::rd_kafka_error_t) -> AdminError {
-    AdminError::Kafka { op, code: cstr(rd::rd_kafka_error_name(e)), message: cstr(rd::rd_kafka_error_string(e)) }
+    AdminError::Kafka { op, code: RDKafkaErrorCode::from(rd::rd_kafka_error_code(e)), message: cstr(rd::rd_kafka_error_string(e)) }
 }
 
 fn code_error(op: &'static str, err: rd::rd_kafka_resp_err_t) -> AdminError {
     let code = RDKafkaErrorCode::from(err);
-    AdminError::Kafka { op, code: format!("{code:?}"), message: code.to_string() }
+    AdminError::Kafka { op, code, message: code.to_string() }
 }
 
 fn unexpected(op: &'static str) -> AdminError {
-    AdminError::Kafka { op, code: "Unexpected".into(), message: "librdkafka returned no result".into() }
+    AdminError::NoResult { op }
 }
 
 /// An owned librdkafka queue.
@@ -581,7 +589,7 @@ impl Event {
                 return Ok(());
             }
             let code = RDKafkaErrorCode::from(err);
-            Err(AdminError::Kafka { op, code: format!("{code:?}"), message: cstr(rd::rd_kafka_event_error_string(self.0)) })
+            Err(AdminError::Kafka { op, code, message: cstr(rd::rd_kafka_event_error_string(self.0)) })
         }
     }
 }
