@@ -23,6 +23,9 @@
 //!
 //! It does not evaluate arithmetic between series, joins on label subsets, or offsets:
 //! rules compare one value against one threshold, and combine such comparisons.
+//!
+//! One file on purpose (it is longer than the others): the grammar, its AST and the
+//! three-valued evaluator change together, and every new function touches all three.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod flink;
+pub mod flink_api;
 pub mod http;
 pub mod kafka;
 pub mod kafka_admin;
