@@ -16,32 +16,25 @@ use streamguard::store::SourceKind;
 fn recording(series: usize, hours: u64, every: Duration) -> Recording {
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let n = hours * 3600 / every.as_secs();
-    let labels: Vec<Vec<(String, String)>> = (0..series)
+    let keys: Vec<_> = (0..series)
         .map(|p| {
-            vec![
-                ("cluster".into(), "prod".into()),
-                ("group".into(), "payments".into()),
-                ("topic".into(), "payments".into()),
-                ("partition".into(), p.to_string()),
-                ("method".into(), "probe".into()),
-            ]
+            let p = p.to_string();
+            let l = [("cluster", "prod"), ("group", "payments"), ("topic", "payments"), ("partition", p.as_str()), ("method", "probe")];
+            Observation::new("lag_seconds", &l, 0.0).map(|o| o.key).expect("finite")
         })
         .collect();
     let events = (0..n)
         .map(|i| {
             let wave = ((i as f64) / 360.0).sin() * 40.0 + 20.0;
-            let observations = labels
-                .iter()
-                .enumerate()
-                .filter_map(|(p, l)| {
-                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    Observation::new("lag_seconds", &l, (wave + (p % 7) as f64).max(0.0))
-                })
-                .collect();
-            RecordedEvent { at: start + every * i as u32, source: 0, observations: Some(observations) }
+            let values = (0..series).map(|p| (p as u32, (wave + (p % 7) as f64).max(0.0))).collect();
+            RecordedEvent { at: start + every * i as u32, source: 0, values: Some(values) }
         })
         .collect();
-    Recording { sources: vec![RecordedSource { kind: SourceKind::Kafka, name: "prod".into(), stale_after: every * 3 }], events }
+    Recording {
+        sources: vec![RecordedSource { kind: SourceKind::Kafka, name: "prod".into(), stale_after: every * 3 }],
+        series: keys,
+        events,
+    }
 }
 
 fn main() {

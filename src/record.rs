@@ -246,15 +246,39 @@ pub struct RecordedEvent {
     pub at: SystemTime,
     /// Index into [`Recording::sources`].
     pub source: usize,
-    /// `None`: the attempt failed.
-    pub observations: Option<Vec<Observation>>,
+    /// (index into [`Recording::series`], value); `None`: the attempt failed.
+    pub values: Option<Vec<(u32, f64)>>,
 }
 
-/// A whole recording, in time order.
+/// A whole recording, in time order. Series are stored once and named by index, so a
+/// day of samples costs 12 bytes per value, not a label set per value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Recording {
     pub sources: Vec<RecordedSource>,
+    pub series: Vec<SeriesKey>,
     pub events: Vec<RecordedEvent>,
+}
+
+impl Recording {
+    /// The index of `key`, adding it if new (`index` maps keys to indices).
+    pub fn series_index(&mut self, index: &mut HashMap<SeriesKey, u32>, key: &SeriesKey) -> u32 {
+        if let Some(i) = index.get(key) {
+            return *i;
+        }
+        let i = u32::try_from(self.series.len()).unwrap_or(u32::MAX);
+        self.series.push(key.clone());
+        index.insert(key.clone(), i);
+        i
+    }
+
+    /// The observations of one event (cloning each series key; for tests and tools).
+    pub fn observations(&self, e: &RecordedEvent) -> Option<Vec<Observation>> {
+        e.values.as_ref().map(|v| {
+            v.iter()
+                .filter_map(|(i, value)| self.series.get(*i as usize).map(|key| Observation { key: key.clone(), value: *value }))
+                .collect()
+        })
+    }
 }
 
 /// Why a recording cannot be read.
@@ -287,9 +311,10 @@ pub fn read(path: &Path) -> Result<Recording, ReadError> {
     }
     let mut rec = Recording::default();
     let mut source_index: HashMap<(SourceKind, String), usize> = HashMap::new();
+    let mut series_index: HashMap<SeriesKey, u32> = HashMap::new();
     for f in files {
         let text = std::fs::read_to_string(&f).map_err(|source| ReadError::Io { path: f.clone(), source })?;
-        read_segment(&f, &text, &mut rec, &mut source_index)?;
+        read_segment(&f, &text, &mut rec, &mut source_index, &mut series_index)?;
     }
     rec.events.sort_by_key(|e| e.at);
     Ok(rec)
@@ -300,9 +325,11 @@ fn read_segment(
     text: &str,
     rec: &mut Recording,
     source_index: &mut HashMap<(SourceKind, String), usize>,
+    series_index: &mut HashMap<SeriesKey, u32>,
 ) -> Result<(), ReadError> {
     let mut sources: HashMap<u64, usize> = HashMap::new();
-    let mut series: HashMap<u64, SeriesKey> = HashMap::new();
+    // Segment-local series number → index in the whole recording.
+    let mut series: HashMap<u64, u32> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let bad = |message: String| ReadError::Invalid { path: path.to_path_buf(), line: i + 1, message };
         if line.trim().is_empty() {
@@ -333,27 +360,29 @@ fn read_segment(
         } else if let Some(id) = v.get("series").and_then(|x| x.as_u64()) {
             let signal = v["signal"].as_str().ok_or_else(|| bad("series without a signal".into()))?;
             let labels: Labels = serde_json::from_value(v["labels"].clone()).map_err(|e| bad(format!("labels: {e}")))?;
-            series.insert(id, SeriesKey { signal: signal.to_string(), labels });
+            let key = SeriesKey { signal: signal.to_string(), labels };
+            let global = rec.series_index(series_index, &key);
+            series.insert(id, global);
         } else if let Some(t) = v.get("t").and_then(|x| x.as_f64()) {
             if !(t.is_finite() && (0.0..1e11).contains(&t)) {
                 return Err(bad("invalid time (expected Unix seconds)".into()));
             }
             let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t);
             let s = v["s"].as_u64().and_then(|s| sources.get(&s).copied()).ok_or_else(|| bad("sample of an undeclared source".into()))?;
-            let observations = if v.get("fail").is_some() {
+            let values = if v.get("fail").is_some() {
                 None
             } else {
-                let values = v["ok"].as_array().ok_or_else(|| bad("sample without values".into()))?;
-                let mut obs = Vec::with_capacity(values.len());
-                for pair in values {
+                let pairs = v["ok"].as_array().ok_or_else(|| bad("sample without values".into()))?;
+                let mut values = Vec::with_capacity(pairs.len());
+                for pair in pairs {
                     let id = pair[0].as_u64().ok_or_else(|| bad("value without a series".into()))?;
-                    let key = series.get(&id).ok_or_else(|| bad(format!("value of undeclared series {id}")))?;
+                    let global = series.get(&id).ok_or_else(|| bad(format!("value of undeclared series {id}")))?;
                     let value = pair[1].as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad("value is not a finite number".into()))?;
-                    obs.push(Observation { key: key.clone(), value });
+                    values.push((*global, value));
                 }
-                Some(obs)
+                Some(values)
             };
-            rec.events.push(RecordedEvent { at, source: s, observations });
+            rec.events.push(RecordedEvent { at, source: s, values });
         } else {
             return Err(bad("neither a source, a series nor a sample".into()));
         }
@@ -390,9 +419,9 @@ mod tests {
         let rec = read(dir.path()).unwrap();
         assert_eq!(rec.sources, vec![RecordedSource { kind: SourceKind::Kafka, name: "c".into(), stale_after: Duration::from_secs(3) }]);
         assert_eq!(rec.events.len(), 3);
-        assert_eq!(rec.events[0].observations.as_ref().map(Vec::len), Some(2));
-        assert_eq!(rec.events[1].observations, None);
-        assert_eq!(rec.events[2].observations, Some(vec![obs("lag_offsets", "a", 3.0)]));
+        assert_eq!(rec.events[0].values.as_ref().map(Vec::len), Some(2));
+        assert_eq!(rec.events[1].values, None);
+        assert_eq!(rec.observations(&rec.events[2]), Some(vec![obs("lag_offsets", "a", 3.0)]));
         assert_eq!(rec.events[2].at, t(2));
     }
 
@@ -418,7 +447,7 @@ mod tests {
         // Every segment is self-contained: the newest reads on its own.
         let rec = read(dir.path()).unwrap();
         assert!(!rec.events.is_empty());
-        assert_eq!(rec.events.last().unwrap().observations, Some(vec![obs("lag_offsets", "a", 199.0)]));
+        assert_eq!(rec.observations(rec.events.last().unwrap()), Some(vec![obs("lag_offsets", "a", 199.0)]));
     }
 
     #[test]

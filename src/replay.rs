@@ -112,15 +112,16 @@ pub fn simulate(rec: Recording, set: &RuleSet, interval: Duration, mut tick: imp
     let (Some(first), Some(last)) = (rec.events.first(), rec.events.last()) else { return (0, 0) };
     let end = last.at + interval;
     let mut now = first.at;
+    let series = &rec.series;
     let mut events = rec.events.into_iter().peekable();
     let (mut ticks, mut samples) = (0u64, 0u64);
     while now <= end {
         while let Some(e) = events.next_if(|e| e.at <= now) {
             let Some(src) = rec.sources.get(e.source) else { continue };
-            match e.observations {
-                Some(observations) => {
-                    let sample = crate::signal::SourceSample { observations, ..Default::default() };
-                    store.record_success(src.kind, &src.name, e.at, sample);
+            match e.values {
+                Some(values) => {
+                    let values = values.into_iter().filter_map(|(i, v)| series.get(i as usize).map(|k| (k, v)));
+                    store.record_values(src.kind, &src.name, e.at, values);
                 }
                 None => {
                     store.record_failure(src.kind, &src.name, e.at, "recorded failure".into());
@@ -293,14 +294,15 @@ pub fn promtool_test(rec: &Recording, set: &RuleSet, opts: &ReplayOptions, rules
         .map(|k| crate::record::RecordedEvent {
             at: start + interval * u32::try_from(k).unwrap_or(u32::MAX),
             source: 0,
-            observations: Some(
-                grid.iter()
-                    .filter_map(|(key, col)| col[k].map(|value| crate::signal::Observation { key: key.clone(), value }))
+            values: Some(
+                grid.values()
+                    .enumerate()
+                    .filter_map(|(i, col)| col[k].map(|value| (u32::try_from(i).unwrap_or(u32::MAX), value)))
                     .collect(),
             ),
         })
         .collect();
-    let on_grid = Recording { sources: vec![source], events };
+    let on_grid = Recording { sources: vec![source], series: grid.keys().cloned().collect(), events };
     let engine_opts = EngineOptions {
         eval: EvalOptions { confidence: opts.confidence },
         unknown_after: opts.unknown_after,
@@ -417,11 +419,7 @@ mod tests {
     }
 
     fn lag(at: u64, v: f64) -> RecordedEvent {
-        RecordedEvent {
-            at: t(at),
-            source: 0,
-            observations: Some(vec![Observation::new("lag_offsets", &[("cluster", "c"), ("group", "g")], v).unwrap()]),
-        }
+        RecordedEvent { at: t(at), source: 0, values: Some(vec![(0, v)]) }
     }
 
     #[test]
@@ -430,9 +428,10 @@ mod tests {
             "apiVersion: streamguard/v1\nkind: Alert\nmetadata:\n  name: behind\nspec:\n  condition: max(lag_offsets) > 100\n  for: 20s\n",
         );
         let mut events: Vec<RecordedEvent> = (0..30).map(|i| lag(i * 10, if (6..=15).contains(&i) { 500.0 } else { 0.0 })).collect();
-        events.insert(20, RecordedEvent { at: t(195), source: 0, observations: None });
+        events.insert(20, RecordedEvent { at: t(195), source: 0, values: None });
         let rec = Recording {
             sources: vec![RecordedSource { kind: SourceKind::Kafka, name: "c".into(), stale_after: Duration::from_secs(25) }],
+            series: vec![Observation::new("lag_offsets", &[("cluster", "c"), ("group", "g")], 0.0).unwrap().key],
             events,
         };
         let opts = ReplayOptions { evaluation_interval: Duration::from_secs(10), confidence: 0.95, unknown_after: Duration::from_secs(600) };

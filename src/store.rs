@@ -56,9 +56,11 @@ impl Series {
         self.points.back().copied()
     }
 
-    /// Points at or after `since`, oldest first.
+    /// Points at or after `since`, oldest first (timestamps are increasing, so this is a
+    /// binary search and a copy, not a scan).
     pub fn since(&self, since: SystemTime) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
-        self.points.iter().copied().filter(move |(t, _)| *t >= since)
+        let from = self.points.partition_point(|(t, _)| *t < since);
+        self.points.range(from..).copied()
     }
 }
 
@@ -188,6 +190,29 @@ impl Store {
         append(&mut e.series, at, sample.observations, &history);
     }
 
+    /// Records a successful sample given as values of known series (replay): a series
+    /// key is cloned only the first time it is seen. No targets.
+    pub fn record_values<'k>(&self, kind: SourceKind, name: &str, at: SystemTime, values: impl Iterator<Item = (&'k SeriesKey, f64)>) {
+        let history = self.history;
+        let mut map = self.write();
+        let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
+        e.health.last_attempt = Some(at);
+        e.health.last_success = Some(at);
+        e.health.last_error = None;
+        e.health.consecutive_failures = 0;
+        for (key, value) in values {
+            if !value.is_finite() {
+                continue;
+            }
+            let s = match e.series.get_mut(key) {
+                Some(s) => s,
+                None => e.series.entry(key.clone()).or_default(),
+            };
+            push_point(s, at, value);
+        }
+        trim(&mut e.series, at, &history);
+    }
+
     /// Records a successful sample and the series derived from it (time lag, rates,
     /// status) as one snapshot: `derive` reads the entry with the raw series already
     /// appended, and no reader ever sees the raw series of a sample without its derived
@@ -280,13 +305,21 @@ impl Store {
 /// series at the same time replaces the first.
 fn append(series: &mut HashMap<SeriesKey, Series>, at: SystemTime, observations: Vec<Observation>, h: &HistoryConfig) {
     for o in observations {
-        let s = series.entry(o.key).or_default();
-        match s.points.back_mut() {
-            Some((t, v)) if *t == at => *v = o.value,
-            Some((t, _)) if *t > at => {} // never reorder history
-            _ => s.points.push_back((at, o.value)),
-        }
+        push_point(series.entry(o.key).or_default(), at, o.value);
     }
+    trim(series, at, h);
+}
+
+fn push_point(s: &mut Series, at: SystemTime, value: f64) {
+    match s.points.back_mut() {
+        Some((t, v)) if *t == at => *v = value,
+        Some((t, _)) if *t > at => {} // never reorder history
+        _ => s.points.push_back((at, value)),
+    }
+}
+
+/// Enforces the bounds: points past retention or beyond `max_points`, empty series.
+fn trim(series: &mut HashMap<SeriesKey, Series>, at: SystemTime, h: &HistoryConfig) {
     let horizon = at.checked_sub(h.retention).unwrap_or(SystemTime::UNIX_EPOCH);
     series.retain(|_, s| {
         while s.points.len() > h.max_points || s.points.front().is_some_and(|(t, _)| *t < horizon) {

@@ -751,12 +751,15 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
     if !s.fresh {
         return None;
     }
-    let pts: Vec<Point> = match expr.window {
+    // Points are in time order: the window is a sub-slice, found by binary search.
+    let upto = s.points.partition_point(|(t, _)| *t <= now);
+    let pts: &[Point] = match expr.window {
         Some(w) => {
             let since = now.checked_sub(w).unwrap_or(SystemTime::UNIX_EPOCH);
-            s.points.iter().copied().filter(|(t, _)| *t >= since && *t <= now).collect()
+            let from = s.points[..upto].partition_point(|(t, _)| *t < since);
+            &s.points[from..upto]
         }
-        None => s.points.iter().copied().filter(|(t, _)| *t <= now).collect(),
+        None => &s.points[..upto],
     };
     let values = || pts.iter().map(|p| p.1);
     match &expr.func {
@@ -764,14 +767,14 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
         Func::Avg => (!pts.is_empty()).then(|| values().sum::<f64>() / pts.len() as f64),
         Func::Max => values().reduce(f64::max),
         Func::Min => values().reduce(f64::min),
-        Func::Rate => window::rate(&pts).map(|r| r.per_second),
+        Func::Rate => window::rate(pts).map(|r| r.per_second),
         Func::Increase => {
-            let r = window::rate(&pts)?;
+            let r = window::rate(pts)?;
             let span = window::age(pts.last()?.0, pts.first()?.0);
             Some(r.per_second * span)
         }
         Func::Slope => {
-            let f = trend::fit(&pts).filter(|f| f.span >= min_span(expr))?;
+            let f = trend::fit(pts).filter(|f| f.span >= min_span(expr))?;
             Some(if f.significant(opts.confidence) { f.slope } else { 0.0 })
         }
         Func::Quantile(q) => {
@@ -784,7 +787,7 @@ fn series_value(expr: &ValueExpr, s: &SeriesData, now: SystemTime, opts: &EvalOp
             let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
             Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
         }
-        Func::TimeToBreach(threshold) => trend::time_to_breach(&pts, *threshold, opts.confidence, min_span(expr)),
+        Func::TimeToBreach(threshold) => trend::time_to_breach(pts, *threshold, opts.confidence, min_span(expr)),
     }
 }
 
