@@ -27,7 +27,12 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::serve::metrics::Metrics;
+/// Where the supervisor reports panics and restarts (the agent's metrics implement it,
+/// so this module does not depend on `serve`).
+pub trait TaskMetrics: Send + Sync + std::fmt::Debug {
+    fn task_panicked(&self, task: &'static str);
+    fn task_restarted(&self, task: &'static str);
+}
 
 /// Restart timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,12 +136,12 @@ impl TaskHealth {
 pub struct Supervisor {
     tracker: TaskTracker,
     health: Arc<TaskHealth>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn TaskMetrics>,
     policy: Policy,
 }
 
 impl Supervisor {
-    pub fn new(tracker: TaskTracker, metrics: Arc<Metrics>, policy: Policy) -> Self {
+    pub fn new(tracker: TaskTracker, metrics: Arc<dyn TaskMetrics>, policy: Policy) -> Self {
         Supervisor { tracker, health: Arc::new(TaskHealth::new(policy)), metrics, policy }
     }
 
@@ -174,7 +179,7 @@ impl Supervisor {
                     Err(_) => break,
                 };
                 panics += 1;
-                this.metrics.count_task_panic(task);
+                this.metrics.task_panicked(task);
                 let now = SystemTime::now();
                 this.health.update(&id, task, |s| {
                     s.panics += 1;
@@ -191,7 +196,7 @@ impl Supervisor {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                this.metrics.count_task_restart(task);
+                this.metrics.task_restarted(task);
             }
             this.health.remove_if_healthy(&id);
         });
@@ -221,6 +226,8 @@ mod tests {
 
     const FAST: Policy =
         Policy { backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(40), stable_after: Duration::from_millis(300) };
+
+    use crate::serve::metrics::Metrics;
 
     fn metrics() -> Arc<Metrics> {
         let store = Arc::new(crate::store::Store::default());

@@ -41,8 +41,18 @@ use tokio_util::sync::CancellationToken;
 use super::{Alert, Timing, Tracker};
 use crate::config::{AlertmanagerConfig, NotifyConfig};
 use crate::evaluate::Rules;
-use crate::serve::metrics::Metrics;
 use crate::signal::Labels;
+
+/// Where the notifier reports what it did (the agent's metrics implement it, so this
+/// module does not depend on `serve`). `url` is a configured Alertmanager.
+pub trait NotifyMetrics: Send + Sync {
+    /// The queue of `url` is now `len` long; `dropped` alerts fell out of it.
+    fn queued(&self, url: &str, len: usize, dropped: usize);
+    /// `n` alerts reached `url`; `len` are still queued.
+    fn sent(&self, url: &str, n: usize, len: usize);
+    /// A request with `n` alerts to `url` failed with a bounded `error` kind.
+    fn failed(&self, url: &str, error: &'static str, n: usize);
+}
 
 /// Alerts per request (Prometheus' notifier: 64).
 pub const MAX_BATCH: usize = 64;
@@ -244,13 +254,13 @@ impl Outbox {
     }
 
     /// Queues `alerts` and wakes the sender; counts what had to be dropped.
-    pub fn push(&self, alerts: &[Alert], metrics: &Metrics) {
+    pub fn push(&self, alerts: &[Alert], metrics: &dyn NotifyMetrics) {
         let (dropped, len) = {
             let mut q = self.queue();
             let dropped: usize = alerts.iter().cloned().map(|a| q.push(a)).sum();
             (dropped, q.len())
         };
-        metrics.notifications_queued(&self.client.url, len, dropped);
+        metrics.queued(&self.client.url, len, dropped);
         if dropped > 0 {
             tracing::warn!(alertmanager = %self.client.url, dropped, "notification queue full, oldest alerts dropped");
         }
@@ -270,7 +280,7 @@ pub fn retry_delay(failures: u32, cap: Duration) -> Duration {
 }
 
 /// Sends what is queued in `outbox` until `cancel`.
-pub async fn sender(outbox: Arc<Outbox>, retry_cap: Duration, metrics: Arc<Metrics>, cancel: CancellationToken) {
+pub async fn sender(outbox: Arc<Outbox>, retry_cap: Duration, metrics: Arc<dyn NotifyMetrics>, cancel: CancellationToken) {
     let url = outbox.client.url.clone();
     let mut failures = 0u32;
     loop {
@@ -294,12 +304,12 @@ pub async fn sender(outbox: Arc<Outbox>, retry_cap: Duration, metrics: Arc<Metri
                         tracing::info!(alertmanager = %url, failures, "alertmanager reachable again");
                     }
                     failures = 0;
-                    metrics.notifications_sent(&url, n, outbox.len());
+                    metrics.sent(&url, n, outbox.len());
                     tracing::debug!(alertmanager = %url, alerts = n, "alerts sent");
                 }
                 Err(e) => {
                     failures += 1;
-                    metrics.notification_errors(&url, e.kind(), n);
+                    metrics.failed(&url, e.kind(), n);
                     if !e.retryable() {
                         tracing::error!(alertmanager = %url, error = %e, alerts = n, "alertmanager rejected alerts; dropped");
                         continue;
@@ -308,7 +318,7 @@ pub async fn sender(outbox: Arc<Outbox>, retry_cap: Duration, metrics: Arc<Metri
                         let mut q = outbox.queue();
                         (q.requeue(batch), q.len())
                     };
-                    metrics.notifications_queued(&url, len, dropped);
+                    metrics.queued(&url, len, dropped);
                     if failures == 1 {
                         tracing::warn!(alertmanager = %url, error = %e, alerts = n, "cannot send alerts; retrying");
                     } else {
@@ -331,7 +341,7 @@ pub async fn dispatcher(
     outboxes: Vec<Arc<Outbox>>,
     timing: Timing,
     generator_url: String,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn NotifyMetrics>,
     cancel: CancellationToken,
 ) {
     let mut evaluated = rules.subscribe();
@@ -358,7 +368,7 @@ pub async fn dispatcher(
         let resolved = due.iter().filter(|a| a.is_resolved(now)).count();
         tracing::debug!(alerts = due.len(), resolved, "alerts due");
         for o in &outboxes {
-            o.push(&due, &metrics);
+            o.push(&due, metrics.as_ref());
         }
     }
 }
@@ -366,6 +376,7 @@ pub async fn dispatcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::metrics::Metrics;
 
     fn alert(name: &str, ends: u64) -> Alert {
         Alert {
@@ -441,7 +452,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(store, rules));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(sender(outbox.clone(), Duration::from_secs(60), metrics.clone(), cancel.clone()));
-        outbox.push(&[alert("a", 1), alert("b", 1)], &metrics);
+        outbox.push(&[alert("a", 1), alert("b", 1)], metrics.as_ref());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let text = loop {
             let text = metrics.encode(crate::serve::metrics::Format::Prometheus).unwrap();

@@ -238,6 +238,30 @@ impl Metrics {
     }
 }
 
+impl crate::supervise::TaskMetrics for Metrics {
+    fn task_panicked(&self, task: &'static str) {
+        self.count_task_panic(task);
+    }
+
+    fn task_restarted(&self, task: &'static str) {
+        self.count_task_restart(task);
+    }
+}
+
+impl crate::notify::alertmanager::NotifyMetrics for Metrics {
+    fn queued(&self, url: &str, len: usize, dropped: usize) {
+        self.notifications_queued(url, len, dropped);
+    }
+
+    fn sent(&self, url: &str, n: usize, len: usize) {
+        self.notifications_sent(url, n, len);
+    }
+
+    fn failed(&self, url: &str, error: &'static str, n: usize) {
+        self.notification_errors(url, error, n);
+    }
+}
+
 /// Exposition formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
