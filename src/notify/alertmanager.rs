@@ -348,10 +348,14 @@ pub async fn dispatcher(
     let mut tick = tokio::time::interval(DISPATCH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tracker = Tracker::default();
+    // Statuses change only when a group is evaluated: read them then (and once at
+    // start); a tick alone only looks for resends.
+    let mut stale = true;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = evaluated.changed() => {
+                stale = true;
                 if r.is_err() {
                     // The rules are gone (shutdown): resends still run on the tick.
                     evaluated = rules.subscribe();
@@ -360,7 +364,9 @@ pub async fn dispatcher(
             _ = tick.tick() => {}
         }
         let now = SystemTime::now();
-        tracker.observe(&rules.rule_statuses(), now);
+        if std::mem::take(&mut stale) {
+            tracker.observe(&rules.rule_statuses(), now);
+        }
         let due = tracker.due(now, timing, &generator_url);
         if due.is_empty() {
             continue;
