@@ -9,6 +9,11 @@
 //!   timeout, following cycles are skipped (and counted) until it returns.
 //! - Cancellation (SIGINT/SIGTERM) stops every loop at its next `.await`; shutdown waits
 //!   at most [`SHUTDOWN_GRACE`] and logs when that is exceeded.
+//! - Every background task (sampling loops, rule loops and reload watcher, notifier)
+//!   runs under one [`Supervisor`]: a panic is logged, counted, fails `/readyz` and the
+//!   task is rebuilt from its configuration and restarted with backoff.
+//! - With `[[alertmanagers]]` configured, firing and resolved alerts are sent to each
+//!   (see [`crate::notify`]); an unreachable Alertmanager never delays evaluation.
 //!
 //! # Errors
 //! Only startup fails the agent (bad client configuration, port in use). Sampling errors
@@ -23,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, HttpSourceConfig};
+use crate::config::{ClusterConfig, Config, HttpSourceConfig, PrometheusConfig};
 use crate::evaluate::Rules;
 use crate::events::{SampleFailed, SamplePartial, SampleSkipped, SampleSucceeded};
 use crate::sample::connect::ConnectSampler;
@@ -37,6 +42,7 @@ use crate::signal::SourceSample;
 use crate::serve::metrics::Metrics;
 use crate::serve::{router, AppState};
 use crate::store::{SourceKind, Store};
+use crate::supervise::{Policy, Supervisor};
 
 /// How long shutdown waits for loops and in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -72,6 +78,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Notify(#[from] crate::notify::alertmanager::ClientError),
 }
 
 /// Delay before the next attempt. Pure.
@@ -94,6 +102,64 @@ struct Schedule {
     interval: Duration,
     timeout: Duration,
     backoff_max: Duration,
+}
+
+/// A source's configuration: what a sampling loop is (re)built from.
+#[derive(Debug, Clone)]
+enum SourceSpec {
+    Kafka(ClusterConfig),
+    Connect(HttpSourceConfig),
+    Flink(HttpSourceConfig),
+    Prometheus(PrometheusConfig),
+}
+
+impl SourceSpec {
+    fn kind(&self) -> SourceKind {
+        match self {
+            SourceSpec::Kafka(_) => SourceKind::Kafka,
+            SourceSpec::Connect(_) => SourceKind::Connect,
+            SourceSpec::Flink(_) => SourceKind::Flink,
+            SourceSpec::Prometheus(_) => SourceKind::Prometheus,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            SourceSpec::Kafka(c) => &c.name,
+            SourceSpec::Connect(c) | SourceSpec::Flink(c) => &c.name,
+            SourceSpec::Prometheus(c) => &c.source.name,
+        }
+    }
+
+    fn schedule(&self) -> Schedule {
+        let http = |c: &HttpSourceConfig| Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
+        match self {
+            SourceSpec::Kafka(c) => Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max },
+            SourceSpec::Connect(c) | SourceSpec::Flink(c) => http(c),
+            SourceSpec::Prometheus(c) => http(&c.source),
+        }
+    }
+
+    fn stale_after(&self) -> Duration {
+        match self {
+            SourceSpec::Kafka(c) => c.stale_after(),
+            SourceSpec::Connect(c) | SourceSpec::Flink(c) => c.stale_after(),
+            SourceSpec::Prometheus(c) => c.source.stale_after(),
+        }
+    }
+
+    fn build(&self) -> Result<Source, AgentError> {
+        let http = |source| AgentError::Http { source_name: self.name().to_string(), source };
+        Ok(match self {
+            SourceSpec::Kafka(c) => {
+                let sampler = KafkaSampler::new(c).map_err(|source| AgentError::Client { cluster: c.name.clone(), source })?;
+                Source::Kafka { sampler: Arc::new(sampler), pending: None, derive: Default::default() }
+            }
+            SourceSpec::Connect(c) => Source::Connect(ConnectSampler::new(c).map_err(http)?),
+            SourceSpec::Flink(c) => Source::Flink(FlinkSampler::new(c).map_err(http)?),
+            SourceSpec::Prometheus(c) => Source::Prometheus(PrometheusSampler::new(c).map_err(http)?),
+        })
+    }
 }
 
 /// Every kind of source, dispatched by the loop.
@@ -214,28 +280,25 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     signals.extend(config.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
     let rules = Arc::new(Rules::load(config.rules.clone(), signals).map_err(AgentError::Rules)?);
     let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
-    let mut loops: Vec<(Source, String, Schedule)> = Vec::new();
-    for c in &config.clusters {
-        let sampler = KafkaSampler::new(c).map_err(|source| AgentError::Client { cluster: c.name.clone(), source })?;
-        store.register(SourceKind::Kafka, &c.name, c.stale_after());
-        let sched = Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
-        loops.push((Source::Kafka { sampler: Arc::new(sampler), pending: None, derive: Default::default() }, c.name.clone(), sched));
+    let specs = config
+        .clusters
+        .iter()
+        .cloned()
+        .map(SourceSpec::Kafka)
+        .chain(config.connect.iter().cloned().map(SourceSpec::Connect))
+        .chain(config.flink.iter().cloned().map(SourceSpec::Flink))
+        .chain(config.prometheus.iter().cloned().map(SourceSpec::Prometheus));
+    let mut loops: Vec<(Source, SourceSpec)> = Vec::new();
+    for spec in specs {
+        // Built now, so a bad client configuration fails the start, not a restart.
+        let source = spec.build()?;
+        store.register(spec.kind(), spec.name(), spec.stale_after());
+        metrics.set_sample_timeout(spec.kind(), spec.name(), spec.schedule().timeout);
+        loops.push((source, spec));
     }
-    let http_sched = |c: &HttpSourceConfig| Schedule { interval: c.sample_interval, timeout: c.sample_timeout, backoff_max: c.backoff_max };
-    for c in &config.connect {
-        let s = ConnectSampler::new(c).map_err(|source| AgentError::Http { source_name: c.name.clone(), source })?;
-        store.register(SourceKind::Connect, &c.name, c.stale_after());
-        loops.push((Source::Connect(s), c.name.clone(), http_sched(c)));
-    }
-    for c in &config.flink {
-        let s = FlinkSampler::new(c).map_err(|source| AgentError::Http { source_name: c.name.clone(), source })?;
-        store.register(SourceKind::Flink, &c.name, c.stale_after());
-        loops.push((Source::Flink(s), c.name.clone(), http_sched(c)));
-    }
-    for c in &config.prometheus {
-        let s = PrometheusSampler::new(c).map_err(|source| AgentError::Http { source_name: c.source.name.clone(), source })?;
-        store.register(SourceKind::Prometheus, &c.source.name, c.source.stale_after());
-        loops.push((Source::Prometheus(s), c.source.name.clone(), http_sched(&c.source)));
+    let outboxes = crate::notify::alertmanager::outboxes(&config.notify)?;
+    for o in &outboxes {
+        metrics.register_alertmanager(&o.client.url, config.notify.queue_capacity);
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -244,11 +307,54 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     tracing::info!(listen = %local, sources = loops.len(), "streamguard agent started");
 
     let tracker = TaskTracker::new();
-    for (source, name, sched) in loops {
-        tracker.spawn(source_loop(source, name, sched, store.clone(), metrics.clone(), cancel.child_token()));
+    let supervisor = Supervisor::new(tracker.clone(), metrics.clone(), Policy::default());
+    for (source, spec) in loops {
+        let (store, metrics, token) = (store.clone(), metrics.clone(), cancel.child_token());
+        let id = format!("sample {} {}", spec.kind().as_str(), spec.name());
+        let mut first = Some(source);
+        supervisor.spawn("sample", id, token.clone(), move || {
+            let source = match first.take() {
+                Some(s) => s,
+                None => match spec.build() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(source = spec.name(), error = %e, "cannot rebuild the sampler");
+                        return None;
+                    }
+                },
+            };
+            Some(source_loop(source, spec.name().to_string(), spec.schedule(), store.clone(), metrics.clone(), token.clone()))
+        });
     }
-    tracker.spawn(rules.clone().run(store.clone(), cancel.child_token()));
-    let app = router(AppState { store, metrics, rules });
+    if let Err(e) = rules.restore_async().await {
+        tracing::error!(error = %e, "cannot restore SLO budgets; starting from empty");
+    }
+    {
+        let (rules, store, sup, token) = (rules.clone(), store.clone(), supervisor.clone(), cancel.child_token());
+        supervisor.spawn("rules", "rules".to_string(), token.clone(), move || {
+            Some(rules.clone().run(store.clone(), sup.clone(), token.clone()))
+        });
+    }
+    if !outboxes.is_empty() {
+        let timing = crate::notify::Timing {
+            resend_interval: config.notify.resend_interval,
+            evaluation_interval: config.rules.evaluation_interval,
+        };
+        let generator_url = format!("{}/api/v1/rules", config.notify.external_url);
+        let token = cancel.child_token();
+        for o in &outboxes {
+            let (o, m, t, retry_cap) = (o.clone(), metrics.clone(), token.clone(), config.notify.resend_interval);
+            supervisor.spawn("notify_send", format!("notify_send {}", o.client.url), token.clone(), move || {
+                Some(crate::notify::alertmanager::sender(o.clone(), retry_cap, m.clone(), t.clone()))
+            });
+        }
+        let (r, m, t) = (rules.clone(), metrics.clone(), token.clone());
+        supervisor.spawn("notify_dispatch", "notify_dispatch".to_string(), token, move || {
+            Some(crate::notify::alertmanager::dispatcher(r.clone(), outboxes.clone(), timing, generator_url.clone(), m.clone(), t.clone()))
+        });
+        tracing::info!(alertmanagers = config.notify.alertmanagers.len(), "sending alerts to Alertmanager");
+    }
+    let app = router(AppState { store, metrics, rules, tasks: supervisor.health() });
     let server_cancel = cancel.child_token();
     let server = tracker.spawn(async move {
         axum::serve(listener, app)

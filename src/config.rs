@@ -84,6 +84,8 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Where every stored observation is recorded for `streamguard replay` (`[record]`).
     pub record: Option<RecordConfig>,
+    /// Where native alerts are sent (`[[alertmanagers]]`, `[notify]`).
+    pub notify: NotifyConfig,
     /// The file it was loaded from.
     pub path: PathBuf,
 }
@@ -117,6 +119,32 @@ impl RulesConfig {
             state_file: base.join("streamguard-state.json"),
         }
     }
+}
+
+/// Where native alerts go (Alertmanager API v2) and how they are re-sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// Every alert goes to each of these (none: alerts are only shown in `/metrics` and
+    /// the API).
+    pub alertmanagers: Vec<AlertmanagerConfig>,
+    /// Firing alerts are re-sent this often, so an Alertmanager that restarted or missed
+    /// a request learns them again (Prometheus' `--rules.alert.resend-delay`, 1m).
+    pub resend_interval: Duration,
+    /// Alerts waiting per Alertmanager; beyond this the oldest are dropped (and counted).
+    pub queue_capacity: usize,
+    /// This agent's base URL as people reach it: each alert's `generatorURL` points at
+    /// `<external_url>/api/v1/rules`. Default: `http://<listen>`.
+    pub external_url: String,
+}
+
+/// One Alertmanager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerConfig {
+    /// Base URL without a trailing slash (`http://127.0.0.1:9093`); alerts are POSTed to
+    /// `<url>/api/v2/alerts`.
+    pub url: String,
+    /// Budget of one request.
+    pub timeout: Duration,
 }
 
 /// A source reached over HTTP (Kafka Connect, Flink).
@@ -267,15 +295,20 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_OFFSET_FETCH_CONCURRENCY: usize = 16;
 const DEFAULT_PROBE_BUDGET: usize = 50;
 const MAX_DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_NOTIFY_QUEUE_CAPACITY: usize = 10_000;
 
 /// Half the sample timeout, at most 2 s. Pure.
 pub fn default_probe_timeout(sample_timeout: Duration) -> Duration {
     (sample_timeout / 2).min(MAX_DEFAULT_PROBE_TIMEOUT)
 }
 
-const TOP_KEYS: [&str; 14] = [
+const TOP_KEYS: [&str; 16] = [
     "record",
     "rules",
+    "alertmanagers",
+    "notify",
     "listen",
     "sample_interval",
     "sample_timeout",
@@ -308,6 +341,8 @@ const CLUSTER_KEYS: [&str; 10] = [
     "offset_fetch_concurrency",
     "groups",
 ];
+const NOTIFY_KEYS: [&str; 4] = ["resend_interval", "timeout", "queue_capacity", "external_url"];
+const ALERTMANAGER_KEYS: [&str; 2] = ["url", "timeout"];
 const GROUP_KEYS: [&str; 2] = ["include", "exclude"];
 const RECORD_KEYS: [&str; 3] = ["path", "max_size", "max_age"];
 const DEFAULT_RECORD_MAX_SIZE: u64 = 1 << 30;
@@ -442,7 +477,8 @@ impl Validator<'_> {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rules = self.rules(dict, &base);
         let record = self.record(dict, &base);
-        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, path: path.to_path_buf() }
+        let notify = self.notify(dict, listen);
+        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, notify, path: path.to_path_buf() }
     }
 
     /// Validates an array of tables under `key` with `each`; bad entries are reported
@@ -683,6 +719,113 @@ impl Validator<'_> {
             r.state_file = base.join(p);
         }
         r
+    }
+
+    /// `[notify]` and `[[alertmanagers]]`. Each Alertmanager's `timeout` defaults to
+    /// `notify.timeout` and must not exceed `notify.resend_interval` (a request that
+    /// outlives it would delay the next resend).
+    fn notify(&mut self, dict: &Dict, listen: SocketAddr) -> NotifyConfig {
+        let mut n = NotifyConfig {
+            alertmanagers: Vec::new(),
+            resend_interval: DEFAULT_RESEND_INTERVAL,
+            queue_capacity: DEFAULT_NOTIFY_QUEUE_CAPACITY,
+            external_url: format!("http://{listen}"),
+        };
+        let mut timeout = DEFAULT_NOTIFY_TIMEOUT;
+        let empty = Dict::new();
+        let d = match dict.get("notify") {
+            None => &empty,
+            Some(Value::Dict(_, d)) => d,
+            Some(v) => {
+                self.error(Some(v), "notify", "expected a table ([notify])");
+                &empty
+            }
+        };
+        self.unknown_keys(d, "notify", &NOTIFY_KEYS);
+        if let Some(v) = self.duration(d, "notify", "resend_interval") {
+            n.resend_interval = v;
+        }
+        if let Some(v) = self.duration(d, "notify", "timeout") {
+            timeout = v;
+        }
+        if let Some(v) = self.positive(d, "notify", "queue_capacity") {
+            n.queue_capacity = v;
+        }
+        if let Some(u) = self.http_url(d, "notify", "external_url") {
+            n.external_url = u;
+        }
+        let resend = n.resend_interval;
+        let check_timeout = |v: &mut Self, t: Duration, value: Option<&Value>, key: &str| {
+            if t > resend {
+                v.error(
+                    value,
+                    key,
+                    format!(
+                        "timeout ({}) must not exceed notify.resend_interval ({})",
+                        humantime::format_duration(t),
+                        humantime::format_duration(resend)
+                    ),
+                );
+            }
+        };
+        if timeout > resend {
+            let key = if d.contains_key("timeout") { "timeout" } else { "resend_interval" };
+            check_timeout(self, timeout, d.get(key), &join("notify", key));
+        }
+        n.alertmanagers = self.tables(dict, "alertmanagers", |v, a, prefix| {
+            v.unknown_keys(a, prefix, &ALERTMANAGER_KEYS);
+            let url = v.http_url(a, prefix, "url");
+            if url.is_none() && !a.contains_key("url") {
+                v.error(None, &join(prefix, "url"), "missing (e.g. \"http://127.0.0.1:9093\")");
+            }
+            let own = v.duration(a, prefix, "timeout");
+            if let Some(t) = own {
+                check_timeout(v, t, a.get("timeout"), &join(prefix, "timeout"));
+            }
+            Some(AlertmanagerConfig { url: url?, timeout: own.unwrap_or(timeout) })
+        });
+        let items = match dict.get("alertmanagers") {
+            Some(Value::Array(_, items)) => items.as_slice(),
+            _ => &[],
+        };
+        let mut first: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let Value::Dict(_, a) = item else { continue };
+            let Some(url) = a.get("url").and_then(|v| v.as_str()) else { continue };
+            let url = url.trim_end_matches('/').to_string();
+            match first.get(&url) {
+                Some(f) => self.error(
+                    a.get("url"),
+                    &format!("alertmanagers[{i}].url"),
+                    format!("duplicate Alertmanager {url:?} (first at alertmanagers[{f}]); each gets every alert already"),
+                ),
+                None => {
+                    first.insert(url, i);
+                }
+            }
+        }
+        n
+    }
+
+    /// An `http://` or `https://` base URL, trailing slashes removed.
+    fn http_url(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<String> {
+        let (u, v) = self.string(dict, prefix, name)?;
+        let u = u.trim_end_matches('/');
+        let key = join(prefix, name);
+        let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !u.contains('?') && !u.contains('#') => {
+                if u.ends_with("/api/v2/alerts") || u.ends_with("/api/v2") {
+                    self.error(Some(v), &key, format!("{u:?}: give the base URL; streamguard adds /api/v2/alerts"));
+                    return None;
+                }
+                Some(u.to_string())
+            }
+            _ => {
+                self.error(Some(v), &key, format!("invalid URL {u:?}: expected http://host:port or https://host[/path]"));
+                None
+            }
+        }
     }
 
     fn history(&mut self, dict: &Dict) -> HistoryConfig {
@@ -1131,6 +1274,72 @@ properties = { "group.id" = "x" }
     fn timeout_longer_than_interval_is_rejected() {
         let m = messages("sample_interval = \"5s\"\nsample_timeout = \"10s\"\n[[clusters]]\nname = \"a\"\nbootstrap_servers = \"h:1\"\n");
         assert!(m.iter().any(|l| l.starts_with("sample_timeout:") && l.contains("must not exceed")), "{m:#?}");
+    }
+
+    #[test]
+    fn alertmanagers_get_defaults_and_inherit_the_notify_timeout() {
+        let c = load_str(
+            r#"
+listen = "127.0.0.1:9999"
+[notify]
+timeout = "3s"
+[[clusters]]
+name = "a"
+bootstrap_servers = "h:1"
+[[alertmanagers]]
+url = "http://127.0.0.1:9094/"
+[[alertmanagers]]
+url = "https://am.example/prefix"
+timeout = "5s"
+"#,
+        )
+        .unwrap();
+        let n = &c.notify;
+        assert_eq!(n.resend_interval, DEFAULT_RESEND_INTERVAL);
+        assert_eq!(n.queue_capacity, DEFAULT_NOTIFY_QUEUE_CAPACITY);
+        assert_eq!(n.external_url, "http://127.0.0.1:9999");
+        assert_eq!(n.alertmanagers[0], AlertmanagerConfig { url: "http://127.0.0.1:9094".into(), timeout: Duration::from_secs(3) });
+        assert_eq!(n.alertmanagers[1], AlertmanagerConfig { url: "https://am.example/prefix".into(), timeout: Duration::from_secs(5) });
+        assert!(load_str("[[clusters]]\nname = \"a\"\nbootstrap_servers = \"h:1\"\n").unwrap().notify.alertmanagers.is_empty());
+    }
+
+    #[test]
+    fn every_notify_error_is_reported_with_its_key() {
+        let m = messages(
+            r#"
+[notify]
+resend_interval = "30s"
+queue_capacity = 0
+external_url = "streamguard:9898"
+resend_intervall = "1m"
+[[clusters]]
+name = "a"
+bootstrap_servers = "h:1"
+[[alertmanagers]]
+url = "http://am:9093/api/v2/alerts"
+[[alertmanagers]]
+url = "ftp://am"
+timeout = "1m"
+[[alertmanagers]]
+timeout = "1s"
+[[alertmanagers]]
+url = "http://b:9093"
+tls = true
+[[alertmanagers]]
+url = "http://b:9093/"
+"#,
+        );
+        let has = |key: &str, text: &str| m.iter().any(|l| l.starts_with(key) && l.contains(text));
+        assert!(has("notify.queue_capacity:", "positive integer"), "{m:#?}");
+        assert!(has("notify.external_url:", "invalid URL"), "{m:#?}");
+        assert!(has("notify.resend_intervall:", "did you mean `resend_interval`"), "{m:#?}");
+        assert!(has("alertmanagers[0].url:", "give the base URL"), "{m:#?}");
+        assert!(has("alertmanagers[1].url:", "invalid URL \"ftp://am\""), "{m:#?}");
+        assert!(has("alertmanagers[1].timeout:", "must not exceed notify.resend_interval (30s)"), "{m:#?}");
+        assert!(has("alertmanagers[2].url:", "missing"), "{m:#?}");
+        assert!(has("alertmanagers[3].tls:", "unknown key"), "{m:#?}");
+        assert!(has("alertmanagers[4].url:", "duplicate Alertmanager \"http://b:9093\" (first at alertmanagers[3])"), "{m:#?}");
+        assert_eq!(m.len(), 9, "{m:#?}");
     }
 
     #[test]

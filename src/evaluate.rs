@@ -10,8 +10,16 @@
 //!   logged and shows in `streamguard_rules_reload_success`.
 //! - A reload keeps the pending timers and firing state of rules that still exist.
 //! - Missed evaluation ticks (a tick that starts late by a whole interval) are counted.
-//! - The state file is written atomically (temp file + rename) and read at start, so a
-//!   restart does not reset a 28-day budget.
+//! - The state file is written atomically and durably (temp file, fsync, rename, fsync of
+//!   the directory) and read at start, so neither a restart nor a power loss resets a
+//!   28-day budget.
+//! - File I/O (state file, rule files on reload, the change fingerprint) runs on the
+//!   blocking pool, never on the async worker threads.
+//! - Group loops run under the agent's [`Supervisor`], inside its task tracker: shutdown
+//!   waits for them, and a panic in an evaluation is counted, fails `/readyz` and
+//!   restarts the group with backoff.
+//! - After each group evaluation the [`Rules::subscribe`] channel is bumped, so the
+//!   notifier reads fresh statuses without ever making evaluation wait.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,6 +36,7 @@ use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloStatus};
 use crate::signal::Quality;
 use crate::store::Store;
+use crate::supervise::Supervisor;
 
 /// Outcome of the latest (re)load.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -81,6 +90,8 @@ pub struct Rules {
     pub groups: Mutex<BTreeMap<PathBuf, GroupStats>>,
     /// Bumped on every successful reload; loops of an older generation stop.
     generation: Mutex<CancellationToken>,
+    /// Counts group evaluations; the notifier waits on it.
+    evaluated: tokio::sync::watch::Sender<u64>,
 }
 
 /// The state file's content.
@@ -121,8 +132,15 @@ impl Rules {
             reload: RwLock::new(ReloadStatus { success: true, last_success: Some(SystemTime::now()), ..ReloadStatus::default() }),
             groups: Mutex::default(),
             generation: Mutex::new(CancellationToken::new()),
+            evaluated: tokio::sync::watch::Sender::new(0),
         };
         Ok(rules)
+    }
+
+    /// A receiver that changes after every group evaluation (one value: never full,
+    /// never blocks evaluation).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.evaluated.subscribe()
     }
 
     pub fn set(&self) -> Arc<RuleSet> {
@@ -199,8 +217,21 @@ impl Rules {
             }
         }
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_durably(&tmp, path, &text).map_err(io)
+    }
+
+    /// [`Rules::restore`] on the blocking pool.
+    pub async fn restore_async(self: &Arc<Self>) -> Result<usize, StateError> {
+        let rules = self.clone();
+        joined(tokio::task::spawn_blocking(move || rules.restore()).await).unwrap_or(Ok(0))
+    }
+
+    /// [`Rules::persist`] on the blocking pool; errors are logged.
+    async fn persist_async(self: &Arc<Self>, when: &'static str) {
+        let rules = self.clone();
+        if let Some(Err(e)) = joined(tokio::task::spawn_blocking(move || rules.persist()).await) {
+            tracing::error!(error = %e, when, "cannot write the SLO state file");
+        }
     }
 
     /// Evaluates one group (file) at `now` against the store.
@@ -241,6 +272,7 @@ impl Rules {
                 ss.insert(s.name.clone(), s);
             }
         }
+        self.evaluated.send_modify(|n| *n = n.wrapping_add(1));
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let g = groups.entry(file.to_path_buf()).or_default();
         g.evaluations += 1;
@@ -257,21 +289,21 @@ impl Rules {
         self.slo_status.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
-    /// Runs the group loops, the reload watcher and the persister until `cancel`.
-    pub async fn run(self: Arc<Self>, store: Arc<Store>, cancel: CancellationToken) {
-        if let Err(e) = self.restore() {
-            tracing::error!(error = %e, "cannot restore SLO budgets; starting from empty");
-        }
-        self.spawn_groups(&store, &cancel);
-        let mut fingerprint = files_fingerprint(&self.config.paths);
+    /// Runs the group loops, the reload watcher and the persister until `cancel`. The
+    /// SLO state is restored before (see [`Rules::restore_async`]), not here, so a
+    /// restart of this task after a panic never rolls budgets back to the file.
+    pub async fn run(self: Arc<Self>, store: Arc<Store>, supervisor: Supervisor, cancel: CancellationToken) {
+        self.spawn_groups(&store, &supervisor, &cancel);
+        let mut fingerprint = self.fingerprint().await;
         let mut hup = hangup();
         let mut poll = tokio::time::interval(Duration::from_secs(2));
         let mut persist = tokio::time::interval(Duration::from_secs(30));
+        persist.reset();
         loop {
             let reload = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = poll.tick() => {
-                    let now = files_fingerprint(&self.config.paths);
+                    let now = self.fingerprint().await;
                     let changed = now != fingerprint;
                     fingerprint = now;
                     changed
@@ -281,31 +313,40 @@ impl Rules {
                     true
                 }
                 _ = persist.tick() => {
-                    if let Err(e) = self.persist() {
-                        tracing::error!(error = %e, "cannot write the SLO state file");
-                    }
+                    self.persist_async("periodic").await;
                     false
                 }
             };
-            if reload && !self.config.paths.is_empty() && self.reload().is_ok() {
-                self.spawn_groups(&store, &cancel);
+            if reload && !self.config.paths.is_empty() {
+                let rules = self.clone();
+                if joined(tokio::task::spawn_blocking(move || rules.reload().is_ok()).await) == Some(true) {
+                    self.spawn_groups(&store, &supervisor, &cancel);
+                }
             }
         }
-        if let Err(e) = self.persist() {
-            tracing::error!(error = %e, "cannot write the SLO state file at shutdown");
-        }
+        self.persist_async("shutdown").await;
     }
 
-    /// (Re)starts one loop per rule file of the current set.
-    fn spawn_groups(self: &Arc<Self>, store: &Arc<Store>, cancel: &CancellationToken) {
+    /// The rule files' fingerprint, read on the blocking pool.
+    async fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+        let paths = self.config.paths.clone();
+        joined(tokio::task::spawn_blocking(move || files_fingerprint(&paths)).await).unwrap_or_default()
+    }
+
+    /// (Re)starts one supervised loop per rule file of the current set; the loops of the
+    /// previous set stop.
+    fn spawn_groups(self: &Arc<Self>, store: &Arc<Store>, supervisor: &Supervisor, cancel: &CancellationToken) {
         let token = cancel.child_token();
         let old = std::mem::replace(&mut *self.generation.lock().unwrap_or_else(|p| p.into_inner()), token.clone());
         old.cancel();
         let set = self.set();
         let files: BTreeSet<PathBuf> = set.alerts.iter().map(|r| r.file.clone()).chain(set.slos.iter().map(|s| s.file.clone())).collect();
         for file in files {
-            let (rules, store, token) = (self.clone(), store.clone(), token.clone());
-            tokio::spawn(async move { rules.group_loop(file, store, token).await });
+            let (rules, store, t) = (self.clone(), store.clone(), token.clone());
+            let id = format!("rule_group {}", file.display());
+            supervisor.spawn("rule_group", id, token.clone(), move || {
+                Some(rules.clone().group_loop(file.clone(), store.clone(), t.clone()))
+            });
         }
     }
 
@@ -333,6 +374,11 @@ impl Rules {
             let result = tokio::task::spawn_blocking(move || rules.eval_group(&f, &s, SystemTime::now())).await;
             if let Err(e) = result {
                 self.groups.lock().unwrap_or_else(|p| p.into_inner()).entry(file.clone()).or_default().failures += 1;
+                if e.is_panic() {
+                    // The supervisor logs it, counts it, fails /readyz and restarts the
+                    // group after a backoff.
+                    std::panic::resume_unwind(e.into_panic());
+                }
                 tracing::error!(group = %file.display(), error = %e, "rule evaluation failed");
             }
         }
@@ -386,6 +432,37 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
     data
 }
 
+/// The value of a job on the blocking pool. A panic in it continues in the caller (so
+/// the task's supervisor sees it); a cancelled job (the runtime is shutting down) is
+/// `None`.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// Writes `text` to `tmp`, flushes it to disk, renames it over `path` and flushes the
+/// directory, so after a crash `path` holds either the old or the new content, whole.
+fn write_durably(tmp: &Path, path: &Path, text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(text)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, path)?;
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Modification times and sizes of the rule files: a change means reload.
 fn files_fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     file::rule_files(paths)
@@ -423,4 +500,164 @@ async fn recv(h: &mut Hangup) {
     }
     let _ = h;
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::task::TaskTracker;
+
+    const RULES: &str = r#"apiVersion: streamguard/v1
+kind: SLO
+metadata: { name: fresh }
+spec:
+  objective: 99%
+  window: 1h
+  indicator:
+    timeslice:
+      condition: max(lag_seconds) < 30s
+  alerting:
+    burn_rates:
+      - { severity: page, factor: 2, long: 20s, short: 5s }
+---
+apiVersion: streamguard/v1
+kind: Alert
+metadata: { name: lag-high }
+spec:
+  condition: max(lag_seconds) > 30s
+"#;
+
+    fn rules_in(dir: &Path, files: &[&str]) -> Arc<Rules> {
+        let mut paths = Vec::new();
+        for f in files {
+            let p = dir.join(f);
+            std::fs::write(&p, RULES.replace("name: fresh", &format!("name: fresh-{f}")).replace("lag-high", &format!("lag-high-{f}")))
+                .unwrap();
+            paths.push(p);
+        }
+        let config = RulesConfig {
+            paths,
+            evaluation_interval: Duration::from_millis(50),
+            state_file: dir.join("state.json"),
+            ..RulesConfig::for_tests()
+        };
+        Arc::new(Rules::load(config, file::SignalNames::builtin()).unwrap())
+    }
+
+    fn supervisor(tracker: &TaskTracker, rules: &Arc<Rules>) -> Supervisor {
+        let metrics = Arc::new(crate::serve::metrics::Metrics::new(Arc::new(Store::default()), rules.clone()));
+        Supervisor::new(tracker.clone(), metrics, crate::supervise::Policy::default())
+    }
+
+    #[tokio::test]
+    async fn rule_group_loops_run_inside_the_agents_task_tracker_so_shutdown_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml", "b.yaml"]);
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let sup = supervisor(&tracker, &rules);
+        tracker.spawn(rules.clone().run(Arc::new(Store::default()), sup, cancel.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while rules.groups.lock().unwrap().values().filter(|g| g.evaluations > 0).count() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "groups not evaluated");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The reload watcher, and per group file a supervisor and its loop.
+        assert_eq!(tracker.len(), 1 + 2 * 2, "group loops are tracked");
+        cancel.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.expect("every loop stops");
+        let after: Vec<u64> = rules.groups.lock().unwrap().values().map(|g| g.evaluations).collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let later: Vec<u64> = rules.groups.lock().unwrap().values().map(|g| g.evaluations).collect();
+        assert_eq!(after, later, "no evaluation after shutdown returned");
+    }
+
+    /// The state file's temp file is a FIFO: opening it for writing blocks until a
+    /// reader comes. On the blocking pool that blocks one pool thread; on the (single)
+    /// async thread it would freeze the runtime, and the timer below would never fire.
+    #[cfg(unix)]
+    #[test]
+    fn the_slo_state_is_written_off_the_async_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml"]);
+        rules.eval_group(&dir.path().join("a.yaml"), &Store::default(), SystemTime::now());
+        let fifo = dir.path().join("state.json.tmp");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader = fifo.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let tracker = TaskTracker::new();
+                let cancel = CancellationToken::new();
+                cancel.cancel();
+                let sup = supervisor(&tracker, &rules);
+                let run = tokio::spawn(rules.clone().run(Arc::new(Store::default()), sup, cancel));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(!run.is_finished(), "the write waits for the FIFO's reader");
+                let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(reader).unwrap()).await.unwrap();
+                run.await.unwrap();
+                assert!(text.contains("fresh-a.yaml"), "{text}");
+            });
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the runtime thread failed (see its panic above)"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Unblock the writer so the process can end, then fail.
+                let _ = std::fs::read_to_string(&fifo);
+                panic!("the async runtime froze while the state file was written");
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_file_is_replaced_whole_and_no_temp_file_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml"]);
+        std::fs::write(dir.path().join("state.json"), "old").unwrap();
+        rules.eval_group(&dir.path().join("a.yaml"), &Store::default(), SystemTime::now());
+        rules.persist().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.starts_with("{\"version\":1"), "{text}");
+        assert!(!dir.path().join("state.json.tmp").exists());
+        assert_eq!(rules.restore().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_firing_instance_is_exposed_as_a_streamguard_alerts_series_like_prometheus_alerts() {
+        use crate::signal::{Observation, SourceSample};
+        use crate::store::SourceKind;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml"]);
+        let store = Arc::new(Store::default());
+        store.register(SourceKind::Kafka, "local", Duration::from_secs(3600));
+        let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
+        let sample = SourceSample {
+            observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()],
+            targets: Vec::new(),
+            dlq_links: Vec::new(),
+        };
+        store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
+        let metrics = crate::serve::metrics::Metrics::new(store.clone(), rules.clone());
+        let scrape = || metrics.encode(crate::serve::metrics::Format::Prometheus).unwrap();
+        assert!(!scrape().contains("streamguard_alerts{"), "no series before anything fires");
+        rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
+        let text = scrape();
+        assert!(text.contains("# TYPE streamguard_alerts gauge"), "{text}");
+        assert!(text.contains("streamguard_alerts{alertname=\"lag-high-a.yaml\",alertstate=\"firing\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn every_group_evaluation_wakes_subscribers() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml"]);
+        let rx = rules.subscribe();
+        let before = *rx.borrow();
+        rules.eval_group(&dir.path().join("a.yaml"), &Store::default(), SystemTime::now());
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow(), before + 1);
+    }
 }

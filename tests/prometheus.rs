@@ -85,8 +85,8 @@ fn dashboard_queries_are_valid_promql_over_metrics_the_agent_exposes() {
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
     assert!(exprs.len() >= 8);
-    // Metric names are registered in src/serve/metrics.rs and in each source's SIGNALS.
-    let registered: String = ["src/serve/metrics.rs", "src/sample/kafka.rs", "src/sample/connect.rs", "src/sample/flink.rs"]
+    // Metric names are registered in src/serve/metrics.rs and in the signal catalog.
+    let registered: String = ["src/serve/metrics.rs", "src/catalog/kafka.rs", "src/catalog/connect.rs", "src/catalog/flink.rs"]
         .iter()
         .map(|f| std::fs::read_to_string(repo_root().join(f)).unwrap())
         .collect();
@@ -103,4 +103,63 @@ fn dashboard_queries_are_valid_promql_over_metrics_the_agent_exposes() {
             assert!(registered.contains(&format!("\"{base}")), "{expr}: {} is not a streamguard metric", m.as_str());
         }
     }
+}
+
+/// YAML (saphyr) as JSON, for reading `alerts/` without a second YAML crate.
+fn yaml_to_json(y: &saphyr::Yaml) -> serde_json::Value {
+    use saphyr::{Scalar, Yaml};
+    match y {
+        Yaml::Value(Scalar::Null) => serde_json::Value::Null,
+        Yaml::Value(Scalar::Boolean(b)) => (*b).into(),
+        Yaml::Value(Scalar::Integer(i)) => (*i).into(),
+        Yaml::Value(Scalar::FloatingPoint(f)) => f.into_inner().into(),
+        Yaml::Value(Scalar::String(s)) => s.to_string().into(),
+        Yaml::Sequence(items) => items.iter().map(yaml_to_json).collect(),
+        Yaml::Mapping(m) => {
+            m.iter().map(|(k, v)| (yaml_to_json(k).as_str().unwrap_or_default().to_string(), yaml_to_json(v))).collect::<serde_json::Map<_, _>>().into()
+        }
+        Yaml::Tagged(_, inner) => yaml_to_json(inner),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn load_yaml(path: &std::path::Path) -> serde_json::Value {
+    use saphyr::LoadableYamlNode as _;
+    let text = std::fs::read_to_string(path).unwrap();
+    yaml_to_json(&saphyr::Yaml::load_from_str(&text).unwrap()[0])
+}
+
+#[test]
+fn every_shipped_alert_has_a_promtool_case_that_fires_it_and_one_that_keeps_it_quiet() {
+    let alerts = repo_root().join("alerts");
+    let rules = load_yaml(&alerts.join("streamguard.rules.yml"));
+    let names: Vec<String> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["alert"].as_str().map(str::to_string))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    let tests = load_yaml(&alerts.join("streamguard.test.yml"));
+    let cases: Vec<(String, bool)> = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            let fires = c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
+            (c["alertname"].as_str().unwrap().to_string(), fires)
+        })
+        .collect();
+    let missing: Vec<String> = names
+        .iter()
+        .flat_map(|n| {
+            let fires = cases.iter().any(|(c, f)| c == n && *f);
+            let quiet = cases.iter().any(|(c, f)| c == n && !*f);
+            [(!fires).then(|| format!("{n}: no case that fires it")), (!quiet).then(|| format!("{n}: no case that keeps it quiet"))]
+        })
+        .flatten()
+        .collect();
+    assert!(missing.is_empty(), "{missing:#?}");
 }

@@ -19,7 +19,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -45,6 +46,18 @@ pub struct Metrics {
     sample_partial_errors: Family<SourceLabels, Counter>,
     sample_skipped: Family<SourceLabels, Counter>,
     sample_duration: Family<SourceLabels, Histogram>,
+    sample_timeout: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    notifications_sent: Family<SourceLabels, Counter>,
+    notification_errors: Family<SourceLabels, Counter>,
+    notifications_dropped: Family<SourceLabels, Counter>,
+    notification_queue_length: Family<SourceLabels, Gauge>,
+    notification_queue_capacity: Gauge,
+    task_panics: Family<SourceLabels, Counter>,
+    task_restarts: Family<SourceLabels, Counter>,
+}
+
+fn am_labels(url: &str) -> SourceLabels {
+    vec![("alertmanager", url.to_string())]
 }
 
 fn source_labels(kind: SourceKind, source: &str) -> SourceLabels {
@@ -83,9 +96,112 @@ impl Metrics {
             Unit::Seconds,
             sample_duration.clone(),
         );
+        let sample_timeout = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "source_sample_timeout",
+            "The configured sample_timeout of the source: a sample that takes longer fails",
+            Unit::Seconds,
+            sample_timeout.clone(),
+        );
+        let notifications_sent = Family::<SourceLabels, Counter>::default();
+        let notification_errors = Family::<SourceLabels, Counter>::default();
+        let notifications_dropped = Family::<SourceLabels, Counter>::default();
+        let notification_queue_length = Family::<SourceLabels, Gauge>::default();
+        let notification_queue_capacity = Gauge::default();
+        registry.register("notifications_sent", "Alerts sent to the Alertmanager", notifications_sent.clone());
+        registry.register(
+            "notifications_errors",
+            "Alerts whose request to the Alertmanager failed, per error kind (timeout, connect, status_4xx, status_5xx, request)",
+            notification_errors.clone(),
+        );
+        registry.register(
+            "notifications_dropped",
+            "Alerts dropped because the Alertmanager's queue was full (oldest first)",
+            notifications_dropped.clone(),
+        );
+        registry.register(
+            "notifications_queue_length",
+            "Alerts waiting to be sent to the Alertmanager",
+            notification_queue_length.clone(),
+        );
+        registry.register(
+            "notifications_queue_capacity",
+            "Alerts a queue holds before it drops the oldest (notify.queue_capacity)",
+            notification_queue_capacity.clone(),
+        );
+        let task_panics = Family::<SourceLabels, Counter>::default();
+        let task_restarts = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "task_panics",
+            "Panics caught in background tasks, per task (sample, rules, rule_group, notify_dispatch, notify_send)",
+            task_panics.clone(),
+        );
+        registry.register("task_restarts", "Restarts of background tasks after a panic, per task", task_restarts.clone());
         registry.register_collector(Box::new(StoreCollector { store }));
         registry.register_collector(Box::new(RulesCollector { rules }));
-        Metrics { registry, samples, sample_errors, sample_partial_errors, sample_skipped, sample_duration }
+        Metrics {
+            registry,
+            samples,
+            sample_errors,
+            sample_partial_errors,
+            sample_skipped,
+            sample_duration,
+            sample_timeout,
+            notifications_sent,
+            notification_errors,
+            notifications_dropped,
+            notification_queue_length,
+            notification_queue_capacity,
+            task_panics,
+            task_restarts,
+        }
+    }
+
+    /// Records a source's configured sample timeout (once, at start).
+    pub fn set_sample_timeout(&self, kind: SourceKind, source: &str, timeout: std::time::Duration) {
+        self.sample_timeout.get_or_create(&source_labels(kind, source)).set(timeout.as_secs_f64());
+    }
+
+    /// Creates the notification series of an Alertmanager (at 0) and records the capacity.
+    pub fn register_alertmanager(&self, url: &str, capacity: usize) {
+        let l = am_labels(url);
+        self.notifications_sent.get_or_create(&l).inc_by(0);
+        self.notifications_dropped.get_or_create(&l).inc_by(0);
+        self.notification_queue_length.get_or_create(&l).set(0);
+        self.notification_queue_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
+    /// Alerts were queued for `url`: the queue is now `len` long, `dropped` fell out.
+    pub fn notifications_queued(&self, url: &str, len: usize, dropped: usize) {
+        let l = am_labels(url);
+        self.notification_queue_length.get_or_create(&l).set(i64::try_from(len).unwrap_or(i64::MAX));
+        if dropped > 0 {
+            self.notifications_dropped.get_or_create(&l).inc_by(dropped as u64);
+        }
+    }
+
+    /// `n` alerts reached `url`; `len` are still queued.
+    pub fn notifications_sent(&self, url: &str, n: usize, len: usize) {
+        let l = am_labels(url);
+        self.notifications_sent.get_or_create(&l).inc_by(n as u64);
+        self.notification_queue_length.get_or_create(&l).set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    /// A request with `n` alerts to `url` failed with a bounded `error` kind.
+    pub fn notification_errors(&self, url: &str, error: &'static str, n: usize) {
+        let mut l = am_labels(url);
+        l.push(("error", error.to_string()));
+        self.notification_errors.get_or_create(&l).inc_by(n as u64);
+    }
+
+    /// A background task (a bounded name) panicked.
+    pub fn count_task_panic(&self, task: &'static str) {
+        self.task_panics.get_or_create(&vec![("task", task.to_string())]).inc();
+    }
+
+    /// A background task was restarted after a panic.
+    pub fn count_task_restart(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&vec![("task", task.to_string())]).inc();
     }
 
     pub fn observe_sample(&self, kind: SourceKind, source: &str, seconds: f64) {
@@ -119,6 +235,30 @@ impl Metrics {
             Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?,
         }
         Ok(out)
+    }
+}
+
+impl crate::supervise::TaskMetrics for Metrics {
+    fn task_panicked(&self, task: &'static str) {
+        self.count_task_panic(task);
+    }
+
+    fn task_restarted(&self, task: &'static str) {
+        self.count_task_restart(task);
+    }
+}
+
+impl crate::notify::alertmanager::NotifyMetrics for Metrics {
+    fn queued(&self, url: &str, len: usize, dropped: usize) {
+        self.notifications_queued(url, len, dropped);
+    }
+
+    fn sent(&self, url: &str, n: usize, len: usize) {
+        self.notifications_sent(url, n, len);
+    }
+
+    fn failed(&self, url: &str, error: &'static str, n: usize) {
+        self.notification_errors(url, error, n);
     }
 }
 
@@ -262,7 +402,21 @@ impl Collector for RulesCollector {
         let e = &mut encoder;
         let mut alerts = Vec::new();
         let mut unknown = Vec::new();
-        for r in self.rules.rule_statuses() {
+        let statuses = self.rules.rule_statuses();
+        let series = crate::notify::alert_series(&statuses);
+        if !series.is_empty() {
+            let mut family = e.encode_descriptor(
+                "alerts",
+                "1 per pending or firing alert instance, labelled alertname, alertstate, the rule's labels and the instance's (Prometheus' ALERTS)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for labels in &series {
+                let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                ConstGauge::new(1i64).encode(family.encode_family(&l)?)?;
+            }
+        }
+        for r in statuses {
             let base = vec![("file", r.file.display().to_string()), ("rule", r.name.clone())];
             for state in AlertState::ALL {
                 let n = r.instances.iter().filter(|(_, i)| i.state == state).count();

@@ -26,6 +26,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub rules: Arc<crate::evaluate::Rules>,
+    /// Health of the supervised background tasks.
+    pub tasks: Arc<crate::supervise::TaskHealth>,
 }
 
 /// One error type for every handler.
@@ -75,10 +77,11 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Resul
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
-/// Ready once every source has fresh data; otherwise 503 naming those that do not.
+/// Ready once every source has fresh data and no background task has recently
+/// panicked; otherwise 503 naming what is not ready.
 async fn readyz(State(s): State<AppState>) -> Response {
     let now = SystemTime::now();
-    let not_ready: Vec<String> = s
+    let mut not_ready: Vec<String> = s
         .store
         .health()
         .iter()
@@ -87,6 +90,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
             (q != Quality::Fresh).then(|| format!("{} {}: {}", h.kind.as_str(), h.name, q.as_str()))
         })
         .collect();
+    not_ready.extend(s.tasks.not_ready(now));
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -119,7 +123,7 @@ mod tests {
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
         let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
-        router(AppState { store, metrics, rules })
+        router(AppState { store, metrics, rules, tasks: Default::default() })
     }
 
     async fn get(uri: &str) -> (StatusCode, serde_json::Value) {

@@ -1,0 +1,400 @@
+//! Native alerts, on their way to people: which alerts to send to Alertmanager and when,
+//! and what each looks like. Pure: rule statuses and the time come in, alerts to send
+//! come out. The HTTP client, its queues and tasks are in [`alertmanager`].
+//!
+//! Semantics follow Prometheus' rule manager and notifier (`rules/alerting.go`,
+//! `notifier/notifier.go`), so an Alertmanager cannot tell the two apart:
+//!
+//! - Only **firing** instances are sent; pending ones are shown in
+//!   `streamguard_alerts{alertstate="pending"}` but never notified.
+//! - Labels: the instance's series labels, overridden by the rule's `labels`, then
+//!   `alertname` = the rule's name. Empty values are dropped, and so are names that are
+//!   not valid Prometheus label names (Alertmanager would reject the whole batch).
+//! - `startsAt` is when the instance started firing; while firing, `endsAt` is
+//!   `now + 4 × max(resend_interval, evaluation_interval)`, so Alertmanager resolves the
+//!   alert by itself if the agent dies; on resolve, `endsAt` is the resolve time.
+//! - A firing alert is re-sent every `resend_interval`; a resolved one is sent at once,
+//!   then re-sent every `resend_interval` for [`RESOLVED_RETENTION`] (an Alertmanager
+//!   that missed the first resolve still learns it), then forgotten.
+//!
+//! # Guarantees
+//! - An instance that stops firing for any reason — its condition cleared, its series
+//!   or its rule disappeared (reload), its state machine dropped it — is resolved: the
+//!   tracker remembers what it sent and resolves whatever it no longer sees firing.
+//! - Decisions depend only on the public [`RuleStatus`]/[`Instance`] view of the engine.
+//!
+//! # Assumptions
+//! - `observe` receives the statuses of **every** rule of the running set (what
+//!   [`crate::evaluate::Rules::rule_statuses`] returns), not one group's.
+
+pub mod alertmanager;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::rules::eval::{AlertState, Instance, RuleStatus};
+use crate::signal::Labels;
+
+/// How long a resolved alert keeps being re-sent (Prometheus: 15m).
+pub const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// The label Alertmanager groups and silences by; set from the rule's name.
+pub const ALERTNAME: &str = "alertname";
+
+/// One alert as Alertmanager's API v2 (`POST /api/v2/alerts`) takes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub labels: Labels,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub starts_at: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub ends_at: SystemTime,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+impl Alert {
+    /// Resolved when `endsAt` is not after `now`.
+    pub fn is_resolved(&self, now: SystemTime) -> bool {
+        self.ends_at <= now
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+/// Whether `name` is a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not
+/// `__name__`). Pure.
+pub fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name != "__name__"
+}
+
+/// The labels of one alert, as Prometheus builds them: series labels, overridden by
+/// rule labels, then `alertname`. Empty values and invalid names are dropped. Pure.
+pub fn alert_labels(rule: &str, rule_labels: &BTreeMap<String, String>, series: &Labels) -> Labels {
+    let mut out: Labels = series.clone();
+    for (k, v) in rule_labels {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert(ALERTNAME.to_string(), rule.to_string());
+    out.retain(|k, v| !v.is_empty() && valid_label_name(k));
+    out
+}
+
+/// Timing of notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub resend_interval: Duration,
+    pub evaluation_interval: Duration,
+}
+
+impl Timing {
+    /// How long a firing alert stays valid in Alertmanager without being re-sent
+    /// (Prometheus: 4 × max(resend delay, evaluation interval)).
+    pub fn valid_for(&self) -> Duration {
+        self.resend_interval.max(self.evaluation_interval).saturating_mul(4)
+    }
+}
+
+/// Identity of an instance: rule file, rule name, series labels.
+type Key = (PathBuf, String, Labels);
+
+/// What the tracker knows about one alert it has seen firing.
+#[derive(Debug, Clone, PartialEq)]
+struct Tracked {
+    labels: Labels,
+    annotations: BTreeMap<String, String>,
+    starts_at: SystemTime,
+    resolved_at: Option<SystemTime>,
+    last_sent: Option<SystemTime>,
+}
+
+/// The notifier's memory: every alert seen firing, until its resolve has been sent for
+/// [`RESOLVED_RETENTION`].
+#[derive(Debug, Default)]
+pub struct Tracker {
+    alerts: HashMap<Key, Tracked>,
+}
+
+impl Tracker {
+    /// Takes in the statuses of every rule at `now`. Pure.
+    pub fn observe(&mut self, statuses: &[RuleStatus], now: SystemTime) {
+        let mut seen: HashMap<Key, &Instance> = HashMap::new();
+        for rule in statuses {
+            for (series, inst) in &rule.instances {
+                let key = (rule.file.clone(), rule.name.clone(), series.clone());
+                if inst.state == AlertState::Firing {
+                    let labels = alert_labels(&rule.name, &rule.labels, series);
+                    let starts_at = inst.firing_since.or(inst.active_since).unwrap_or(now);
+                    let t = self.alerts.entry(key.clone()).or_insert_with(|| Tracked {
+                        labels: labels.clone(),
+                        annotations: rule.annotations.clone(),
+                        starts_at,
+                        resolved_at: None,
+                        last_sent: None,
+                    });
+                    if t.resolved_at.is_some() {
+                        // Fired again: a new alert for Alertmanager.
+                        *t = Tracked { labels, annotations: rule.annotations.clone(), starts_at, resolved_at: None, last_sent: None };
+                    } else {
+                        t.labels = labels;
+                        t.annotations = rule.annotations.clone();
+                    }
+                }
+                seen.insert(key, inst);
+            }
+        }
+        for (key, t) in self.alerts.iter_mut() {
+            if t.resolved_at.is_some() {
+                continue;
+            }
+            match seen.get(key) {
+                Some(i) if i.state == AlertState::Firing => {}
+                Some(i) => t.resolved_at = Some(i.resolved_at.unwrap_or(now).max(t.starts_at)),
+                None => t.resolved_at = Some(now.max(t.starts_at)),
+            }
+        }
+        self.alerts.retain(|_, t| t.resolved_at.is_none_or(|r| now.duration_since(r).unwrap_or_default() < RESOLVED_RETENTION));
+    }
+
+    /// The alerts due at `now` (new, resolved since last sent, or due for a resend),
+    /// marked as sent. Pure.
+    pub fn due(&mut self, now: SystemTime, timing: Timing, generator_url: &str) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for t in self.alerts.values_mut() {
+            if !needs_sending(t.last_sent, t.resolved_at, now, timing.resend_interval) {
+                continue;
+            }
+            t.last_sent = Some(now);
+            out.push(Alert {
+                labels: t.labels.clone(),
+                annotations: t.annotations.clone(),
+                starts_at: t.starts_at,
+                ends_at: t.resolved_at.unwrap_or(now + timing.valid_for()),
+                generator_url: generator_url.to_string(),
+            });
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Alerts tracked (firing, or resolved within the retention).
+    pub fn len(&self) -> usize {
+        self.alerts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+    }
+}
+
+/// Prometheus' `needsSending`: never sent, resolved since last sent, or last sent a
+/// whole resend interval ago. Pure.
+pub fn needs_sending(last_sent: Option<SystemTime>, resolved_at: Option<SystemTime>, now: SystemTime, resend: Duration) -> bool {
+    let Some(sent) = last_sent else { return true };
+    if resolved_at.is_some_and(|r| r > sent) {
+        return true;
+    }
+    sent + resend <= now
+}
+
+/// The series of `streamguard_alerts` (Prometheus' `ALERTS`): one per pending or firing
+/// instance, labelled like the alert plus `alertstate`. Pure.
+pub fn alert_series(statuses: &[RuleStatus]) -> Vec<Labels> {
+    let mut out = Vec::new();
+    for rule in statuses {
+        for (series, inst) in &rule.instances {
+            let state = match inst.state {
+                AlertState::Pending => "pending",
+                AlertState::Firing => "firing",
+                AlertState::Inactive | AlertState::Resolved => continue,
+            };
+            let mut labels = alert_labels(&rule.name, &rule.labels, series);
+            labels.insert("alertstate".to_string(), state.to_string());
+            out.push(labels);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::expr::Truth;
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    const TIMING: Timing = Timing { resend_interval: Duration::from_secs(60), evaluation_interval: Duration::from_secs(10) };
+    const URL: &str = "http://agent:9898/api/v1/rules";
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn instance(state: AlertState, since: u64) -> Instance {
+        Instance {
+            state,
+            active_since: Some(t(since)),
+            firing_since: (state == AlertState::Firing).then(|| t(since)),
+            truth: Truth::True,
+            ..Instance::default()
+        }
+    }
+
+    fn status(instances: Vec<(Labels, Instance)>) -> RuleStatus {
+        RuleStatus {
+            file: PathBuf::from("rules/lag.yaml"),
+            name: "lag-high".into(),
+            condition: "max(lag_seconds) > 30s".into(),
+            for_seconds: 0.0,
+            keep_firing_for_seconds: 0.0,
+            labels: [("severity".to_string(), "page".to_string())].into(),
+            annotations: [("summary".to_string(), "behind".to_string())].into(),
+            runbooks: Vec::new(),
+            unknown: false,
+            instances,
+        }
+    }
+
+    #[test]
+    fn rule_labels_override_series_labels_and_alertname_overrides_both() {
+        let rule = [("severity".to_string(), "page".to_string()), ("group".to_string(), "ruled".to_string())].into();
+        let series = labels(&[("group", "billing"), ("alertname", "spoof"), ("cluster", "local"), ("bad-name", "x"), ("empty", "")]);
+        let got = alert_labels("lag-high", &rule, &series);
+        assert_eq!(got, labels(&[("alertname", "lag-high"), ("cluster", "local"), ("group", "ruled"), ("severity", "page")]));
+    }
+
+    #[test]
+    fn a_firing_instance_is_sent_at_once_with_ends_at_four_resend_intervals_ahead() {
+        let mut tr = Tracker::default();
+        tr.observe(&[status(vec![(labels(&[("group", "g")]), instance(AlertState::Firing, 0))])], t(5));
+        let sent = tr.due(t(5), TIMING, URL);
+        assert_eq!(sent.len(), 1);
+        let a = &sent[0];
+        assert_eq!(a.labels, labels(&[("alertname", "lag-high"), ("group", "g"), ("severity", "page")]));
+        assert_eq!(a.annotations["summary"], "behind");
+        assert_eq!(a.starts_at, t(0));
+        assert_eq!(a.ends_at, t(5 + 240));
+        assert_eq!(a.generator_url, URL);
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["startsAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(json["generatorURL"], URL);
+    }
+
+    #[test]
+    fn pending_instances_are_never_sent() {
+        let mut tr = Tracker::default();
+        tr.observe(&[status(vec![(labels(&[("group", "g")]), instance(AlertState::Pending, 0))])], t(5));
+        assert!(tr.due(t(5), TIMING, URL).is_empty());
+        assert!(tr.is_empty());
+    }
+
+    #[test]
+    fn a_firing_alert_is_resent_only_after_the_resend_interval() {
+        let mut tr = Tracker::default();
+        let firing = [status(vec![(labels(&[("group", "g")]), instance(AlertState::Firing, 0))])];
+        tr.observe(&firing, t(0));
+        assert_eq!(tr.due(t(0), TIMING, URL).len(), 1);
+        for s in [10, 30, 59] {
+            tr.observe(&firing, t(s));
+            assert!(tr.due(t(s), TIMING, URL).is_empty(), "at {s}s");
+        }
+        tr.observe(&firing, t(60));
+        let again = tr.due(t(60), TIMING, URL);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].ends_at, t(300), "validity moves forward with each resend");
+    }
+
+    #[test]
+    fn a_resolved_alert_is_sent_at_once_with_ends_at_the_resolve_time_then_forgotten() {
+        let mut tr = Tracker::default();
+        let g = labels(&[("group", "g")]);
+        tr.observe(&[status(vec![(g.clone(), instance(AlertState::Firing, 0))])], t(0));
+        tr.due(t(0), TIMING, URL);
+        let resolved = Instance { state: AlertState::Resolved, resolved_at: Some(t(20)), ..Instance::default() };
+        tr.observe(&[status(vec![(g.clone(), resolved.clone())])], t(20));
+        let sent = tr.due(t(20), TIMING, URL);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].ends_at, t(20));
+        assert!(sent[0].is_resolved(t(20)));
+        assert_eq!(sent[0].starts_at, t(0), "start time survives the resolve");
+        // Re-sent each resend interval while retained, then dropped.
+        tr.observe(&[status(vec![(g.clone(), resolved.clone())])], t(80));
+        assert_eq!(tr.due(t(80), TIMING, URL).len(), 1);
+        tr.observe(&[status(vec![(g, resolved)])], t(20) + RESOLVED_RETENTION);
+        assert!(tr.is_empty());
+    }
+
+    #[test]
+    fn an_alert_whose_instance_or_rule_disappears_is_resolved_at_that_time() {
+        let mut tr = Tracker::default();
+        tr.observe(&[status(vec![(labels(&[("group", "g")]), instance(AlertState::Firing, 0))])], t(0));
+        tr.due(t(0), TIMING, URL);
+        tr.observe(&[status(vec![])], t(30));
+        let sent = tr.due(t(30), TIMING, URL);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].ends_at, t(30));
+        // A rule removed by a reload: no status at all.
+        tr.observe(&[status(vec![(labels(&[("group", "h")]), instance(AlertState::Firing, 40))])], t(40));
+        tr.due(t(40), TIMING, URL);
+        tr.observe(&[], t(50));
+        let sent = tr.due(t(50), TIMING, URL);
+        assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.ends_at)).collect::<Vec<_>>(), vec![("h", t(50))]);
+    }
+
+    #[test]
+    fn an_alert_that_fires_again_after_resolving_is_a_new_alert() {
+        let mut tr = Tracker::default();
+        let g = labels(&[("group", "g")]);
+        tr.observe(&[status(vec![(g.clone(), instance(AlertState::Firing, 0))])], t(0));
+        tr.due(t(0), TIMING, URL);
+        tr.observe(&[status(vec![])], t(10));
+        tr.due(t(10), TIMING, URL);
+        tr.observe(&[status(vec![(g, instance(AlertState::Firing, 20))])], t(20));
+        let sent = tr.due(t(20), TIMING, URL);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].starts_at, t(20));
+        assert!(!sent[0].is_resolved(t(20)));
+    }
+
+    #[test]
+    fn alert_series_cover_pending_and_firing_and_alertstate_wins_over_a_series_label() {
+        let s = status(vec![
+            (labels(&[("group", "a"), ("alertstate", "spoof")]), instance(AlertState::Pending, 0)),
+            (labels(&[("group", "b")]), instance(AlertState::Firing, 0)),
+            (labels(&[("group", "c")]), Instance { state: AlertState::Resolved, ..Instance::default() }),
+            (labels(&[("group", "d")]), Instance::default()),
+        ]);
+        let series = alert_series(&[s]);
+        assert_eq!(
+            series,
+            vec![
+                labels(&[("alertname", "lag-high"), ("alertstate", "firing"), ("group", "b"), ("severity", "page")]),
+                labels(&[("alertname", "lag-high"), ("alertstate", "pending"), ("group", "a"), ("severity", "page")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn needs_sending_follows_prometheus() {
+        let r = Duration::from_secs(60);
+        assert!(needs_sending(None, None, t(0), r));
+        assert!(!needs_sending(Some(t(0)), None, t(59), r));
+        assert!(needs_sending(Some(t(0)), None, t(60), r));
+        assert!(needs_sending(Some(t(0)), Some(t(1)), t(1), r), "resolved since last sent");
+        assert!(!needs_sending(Some(t(2)), Some(t(1)), t(3), r), "resolve already sent");
+    }
+}
