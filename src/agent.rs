@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ClusterConfig, Config, HttpSourceConfig, PrometheusConfig};
 use crate::evaluate::Rules;
-use crate::events::{SampleFailed, SamplePartial, SampleSkipped, SampleSucceeded};
+use crate::telemetry::events::{SampleFailed, SamplePartial, SampleSkipped, SampleSucceeded};
 use crate::sample::connect::ConnectSampler;
 use crate::sample::flink::FlinkSampler;
 use crate::sample::http::HttpError;
@@ -39,7 +39,7 @@ use crate::sample::kafka_admin::AdminError;
 use crate::derive;
 use crate::sample::prometheus::PrometheusSampler;
 use crate::signal::SourceSample;
-use crate::serve::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use crate::serve::{router, AppState};
 use crate::store::{SourceKind, Store};
 use crate::supervise::{Policy, Supervisor};

@@ -56,25 +56,21 @@ pub struct GroupStats {
     pub missed_ticks: u64,
     pub failures: u64,
     pub last_duration: Duration,
-    /// Evaluation durations: cumulative counts per [`EVAL_BUCKETS`] bound, sum, count.
-    pub bucket_counts: [u64; EVAL_BUCKETS.len()],
-    pub duration_sum: f64,
 }
 
 /// Upper bounds (seconds) of the evaluation duration histogram.
 pub const EVAL_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-impl GroupStats {
-    fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        self.last_duration = d;
-        self.duration_sum += s;
-        for (i, b) in EVAL_BUCKETS.iter().enumerate() {
-            if s <= *b {
-                self.bucket_counts[i] += 1;
-            }
-        }
-    }
+/// Labels of per-group instruments: the rule file.
+pub type GroupLabels = Vec<(&'static str, String)>;
+
+/// Evaluation durations per group, as prometheus-client's histogram (the telemetry
+/// module registers it; evaluation only observes).
+pub type DurationHistograms =
+    prometheus_client::metrics::family::Family<GroupLabels, prometheus_client::metrics::histogram::Histogram, fn() -> prometheus_client::metrics::histogram::Histogram>;
+
+fn eval_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(EVAL_BUCKETS)
 }
 
 /// Shared state of the evaluate stage.
@@ -88,6 +84,8 @@ pub struct Rules {
     slo_status: RwLock<BTreeMap<String, SloStatus>>,
     pub reload: RwLock<ReloadStatus>,
     pub groups: Mutex<BTreeMap<PathBuf, GroupStats>>,
+    /// `streamguard_rule_group_evaluation_duration_seconds`.
+    pub eval_duration: DurationHistograms,
     /// Bumped on every successful reload; loops of an older generation stop.
     generation: Mutex<CancellationToken>,
     /// Counts group evaluations; the notifier waits on it.
@@ -131,6 +129,7 @@ impl Rules {
             slo_status: RwLock::default(),
             reload: RwLock::new(ReloadStatus { success: true, last_success: Some(SystemTime::now()), ..ReloadStatus::default() }),
             groups: Mutex::default(),
+            eval_duration: DurationHistograms::new_with_constructor(eval_histogram),
             generation: Mutex::new(CancellationToken::new()),
             evaluated: tokio::sync::watch::Sender::new(0),
         };
@@ -273,10 +272,12 @@ impl Rules {
             }
         }
         self.evaluated.send_modify(|n| *n = n.wrapping_add(1));
+        let took = started.elapsed();
+        self.eval_duration.get_or_create(&vec![("group", file.display().to_string())]).observe(took.as_secs_f64());
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let g = groups.entry(file.to_path_buf()).or_default();
         g.evaluations += 1;
-        g.observe(started.elapsed());
+        g.last_duration = took;
     }
 
     pub fn rule_statuses(&self) -> Vec<RuleStatus> {
@@ -545,7 +546,7 @@ spec:
     }
 
     fn supervisor(tracker: &TaskTracker, rules: &Arc<Rules>) -> Supervisor {
-        let metrics = Arc::new(crate::serve::metrics::Metrics::new(Arc::new(Store::default()), rules.clone()));
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(Arc::new(Store::default()), rules.clone()));
         Supervisor::new(tracker.clone(), metrics, crate::supervise::Policy::default())
     }
 
@@ -641,8 +642,8 @@ spec:
             dlq_links: Vec::new(),
         };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
-        let metrics = crate::serve::metrics::Metrics::new(store.clone(), rules.clone());
-        let scrape = || metrics.encode(crate::serve::metrics::Format::Prometheus).unwrap();
+        let metrics = crate::telemetry::metrics::Metrics::new(store.clone(), rules.clone());
+        let scrape = || metrics.encode(crate::telemetry::metrics::Format::Prometheus).unwrap();
         assert!(!scrape().contains("streamguard_alerts{"), "no series before anything fires");
         rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
         let text = scrape();

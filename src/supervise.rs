@@ -227,7 +227,7 @@ mod tests {
     const FAST: Policy =
         Policy { backoff_base: Duration::from_millis(10), backoff_max: Duration::from_millis(40), stable_after: Duration::from_millis(300) };
 
-    use crate::serve::metrics::Metrics;
+    use crate::telemetry::metrics::Metrics;
 
     fn metrics() -> Arc<Metrics> {
         let store = Arc::new(crate::store::Store::default());
@@ -236,7 +236,7 @@ mod tests {
     }
 
     fn scrape(m: &Metrics) -> String {
-        m.encode(crate::serve::metrics::Format::Prometheus).unwrap()
+        m.encode(crate::telemetry::metrics::Format::Prometheus).unwrap()
     }
 
     #[test]

@@ -85,8 +85,8 @@ fn dashboard_queries_are_valid_promql_over_metrics_the_agent_exposes() {
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
     assert!(exprs.len() >= 8);
-    // Metric names are registered in src/serve/metrics.rs and in the signal catalog.
-    let registered: String = ["src/serve/metrics.rs", "src/catalog/kafka.rs", "src/catalog/connect.rs", "src/catalog/flink.rs"]
+    // Metric names are registered in src/telemetry/metrics.rs and in the signal catalog.
+    let registered: String = ["src/telemetry/metrics.rs", "src/catalog/kafka.rs", "src/catalog/connect.rs", "src/catalog/flink.rs"]
         .iter()
         .map(|f| std::fs::read_to_string(repo_root().join(f)).unwrap())
         .collect();

@@ -382,7 +382,7 @@ pub async fn dispatcher(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::metrics::Metrics;
+    use crate::telemetry::metrics::Metrics;
 
     fn alert(name: &str, ends: u64) -> Alert {
         Alert {
@@ -461,7 +461,7 @@ mod tests {
         outbox.push(&[alert("a", 1), alert("b", 1)], metrics.as_ref());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let text = loop {
-            let text = metrics.encode(crate::serve::metrics::Format::Prometheus).unwrap();
+            let text = metrics.encode(crate::telemetry::metrics::Format::Prometheus).unwrap();
             if text.contains("streamguard_notifications_errors_total{alertmanager=") {
                 break text;
             }

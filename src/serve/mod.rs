@@ -5,7 +5,6 @@
 //! detail (error chains, paths) goes to the log, not to the client.
 
 pub mod api;
-pub mod metrics;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,7 +17,7 @@ use axum::Router;
 
 use crate::signal::Quality;
 use crate::store::Store;
-use metrics::{Format, Metrics};
+use crate::telemetry::metrics::{Format, Metrics};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use prometheus_client::metrics::counter::ConstCounter;
 
 use crate::catalog;
-use crate::evaluate::{Rules, EVAL_BUCKETS};
+use crate::evaluate::Rules;
 use crate::rules::eval::AlertState;
 use crate::signal::{unix_secs, MetricKind, Quality, SignalDef};
 use crate::store::{SourceKind, Store};
@@ -138,6 +138,12 @@ impl Metrics {
         );
         registry.register("task_restarts", "Restarts of background tasks after a panic, per task", task_restarts.clone());
         registry.register_collector(Box::new(StoreCollector { store }));
+        registry.register_with_unit(
+            "rule_group_evaluation_duration",
+            "Duration of one evaluation of a rule group (a rule file)",
+            Unit::Seconds,
+            rules.eval_duration.clone(),
+        );
         registry.register_collector(Box::new(RulesCollector { rules }));
         Metrics {
             registry,
@@ -488,18 +494,6 @@ impl Collector for RulesCollector {
 
         let groups = self.rules.groups.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !groups.is_empty() {
-            let mut family = e.encode_descriptor(
-                "rule_group_evaluation_duration_seconds",
-                "Duration of one evaluation of a rule group (a rule file)",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (file, g) in &groups {
-                let l = [("group", file.display().to_string())];
-                let mut buckets: Vec<(f64, u64)> = EVAL_BUCKETS.iter().copied().zip(g.bucket_counts).collect();
-                buckets.push((f64::INFINITY, g.evaluations));
-                family.encode_family(&l)?.encode_histogram::<NoLabels>(g.duration_sum, g.evaluations, &buckets, None)?;
-            }
             for (name, help, get) in [
                 ("rule_group_missed_ticks", "Evaluation ticks of the group that started a whole interval late", (|g: &crate::evaluate::GroupStats| g.missed_ticks) as fn(&crate::evaluate::GroupStats) -> u64),
                 ("rule_group_evaluation_failures", "Evaluations of the group that failed", |g| g.failures),
@@ -529,4 +523,3 @@ impl Collector for RulesCollector {
     }
 }
 
-type NoLabels = Vec<(&'static str, String)>;

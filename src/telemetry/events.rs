@@ -1,7 +1,7 @@
 //! Telemetry events: one struct per notable occurrence whose `emit` writes the log line
 //! and updates the metric together, so the two never disagree.
 
-use crate::serve::metrics::Metrics;
+use super::metrics::Metrics;
 use crate::store::SourceKind;
 
 /// A sample attempt failed.
