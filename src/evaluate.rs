@@ -389,7 +389,7 @@ impl Rules {
 /// Builds the evaluator's view of the store: every series of every signal the rules
 /// name, with its quality and the history the longest window needs.
 pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    let mut wanted: HashMap<String, Duration> = HashMap::new();
+    let mut wanted: HashMap<String, Duration, foldhash::fast::RandomState> = HashMap::default();
     let mut want = |v: &crate::rules::expr::ValueExpr| {
         let w = wanted.entry(v.selector.signal.clone()).or_default();
         *w = (*w).max(v.window.unwrap_or_default());
@@ -412,7 +412,8 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
             // Every source, with or without wanted series: an alert whose series vanished
             // is resolved only if the source it came from is known to be fresh.
             let source_name = format!("{}/{}", e.health.kind.as_str(), e.health.name);
-            let source = data.add_source(&source_name, e.health.quality(now) == Quality::Fresh);
+            let source_fresh = e.health.quality(now) == Quality::Fresh;
+            let source = data.add_source(&source_name, source_fresh);
             for (key, series) in &e.series {
                 let Some(window) = wanted.get(key.signal.as_str()) else { continue };
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -421,12 +422,15 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
                 } else {
                     series.since(since).collect()
                 };
-                data.by_signal.entry(key.signal.clone()).or_default().push(SeriesData {
-                    labels: key.labels.clone(),
-                    fresh: e.series_quality(now, key) == Quality::Fresh,
-                    points,
-                    source: Some(source),
-                });
+                // As Entry::series_quality, without looking the series up again.
+                let fresh = source_fresh && series.last().is_some_and(|(t, _)| Some(t) == e.health.last_success);
+                let sd = SeriesData { labels: key.labels.clone(), fresh, points, source: Some(source) };
+                match data.by_signal.get_mut(key.signal.as_str()) {
+                    Some(v) => v.push(sd),
+                    None => {
+                        data.by_signal.insert(key.signal.clone(), vec![sd]);
+                    }
+                }
             }
         }
     });

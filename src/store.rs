@@ -64,6 +64,10 @@ impl Series {
     }
 }
 
+/// Every series of one source. Keys are hashed for every value of every sample, so with
+/// foldhash (randomly seeded per map, several times faster than SipHash on these keys).
+pub type SeriesMap = HashMap<SeriesKey, Series, foldhash::fast::RandomState>;
+
 /// One source: health, latest targets and series history.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -71,7 +75,7 @@ pub struct Entry {
     pub targets: Vec<TargetInfo>,
     /// Dead-letter links the source discovered (Kafka Connect).
     pub dlq_links: Vec<DlqLink>,
-    pub series: HashMap<SeriesKey, Series>,
+    pub series: SeriesMap,
 }
 
 impl Entry {
@@ -169,7 +173,7 @@ impl Store {
             stale_after,
         };
         self.write()
-            .insert((kind, name.to_string()), Entry { health, targets: Vec::new(), dlq_links: Vec::new(), series: HashMap::new() });
+            .insert((kind, name.to_string()), Entry { health, targets: Vec::new(), dlq_links: Vec::new(), series: SeriesMap::default() });
     }
 
     /// Records a successful sample: appends every observation to its series' history,
@@ -303,7 +307,7 @@ impl Store {
 
 /// Appends observations at `at` and enforces the bounds. A second value for the same
 /// series at the same time replaces the first.
-fn append(series: &mut HashMap<SeriesKey, Series>, at: SystemTime, observations: Vec<Observation>, h: &HistoryConfig) {
+fn append(series: &mut SeriesMap, at: SystemTime, observations: Vec<Observation>, h: &HistoryConfig) {
     for o in observations {
         push_point(series.entry(o.key).or_default(), at, o.value);
     }
@@ -319,7 +323,7 @@ fn push_point(s: &mut Series, at: SystemTime, value: f64) {
 }
 
 /// Enforces the bounds: points past retention or beyond `max_points`, empty series.
-fn trim(series: &mut HashMap<SeriesKey, Series>, at: SystemTime, h: &HistoryConfig) {
+fn trim(series: &mut SeriesMap, at: SystemTime, h: &HistoryConfig) {
     let horizon = at.checked_sub(h.retention).unwrap_or(SystemTime::UNIX_EPOCH);
     series.retain(|_, s| {
         while s.points.len() > h.max_points || s.points.front().is_some_and(|(t, _)| *t < horizon) {
