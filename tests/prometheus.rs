@@ -37,6 +37,27 @@ fn metrics_pass_promtool_lint_and_openmetrics_is_served_on_request() {
 }
 
 #[test]
+fn the_exposition_reader_unescapes_label_values_and_names_histogram_lines() {
+    let text = r#"# HELP x_total X.
+# TYPE x_total counter
+x_total{a="q\"u,o=t}e",b="back\\slash\nnl"} 2
+x_total{a="plain"} 1
+# HELP h H.
+# TYPE h histogram
+h_bucket{le="0.5"} 1
+h_bucket{le="+Inf"} 3
+h_sum 1.5
+h_count 3
+"#;
+    let m = Metrics::parse(text);
+    assert_eq!(m.get("x_total", &[("a", "q\"u,o=t}e"), ("b", "back\\slash\nnl")]), Some(2.0));
+    assert_eq!(m.get("x_total", &[("a", "plain")]), Some(1.0));
+    assert_eq!(m.get("h_bucket", &[("le", "+Inf")]), Some(3.0));
+    assert_eq!(m.get("h_sum", &[]), Some(1.5));
+    assert_eq!(m.get("h_count", &[]), Some(3.0));
+}
+
+#[test]
 fn the_stack_prometheus_scrapes_the_agent_and_stores_lag() {
     let scrape = std::env::var("PROMETHEUS_SCRAPE_TARGETS").unwrap_or_else(|_| "127.0.0.1:9898".to_string());
     let port: u16 = scrape.rsplit(':').next().unwrap().parse().unwrap();

@@ -170,6 +170,37 @@ tests:
 }
 
 #[test]
+fn wrong_types_and_unknown_keys_deep_in_a_rule_test_are_all_reported_at_their_line_and_column() {
+    let (code, stdout, test, _dir) = run_flink_test(
+        r#"rule_files: [flink.yaml]
+evaluation_interval: 1m
+tests:
+  - name: deep mistakes
+    input_series:
+      - series: 'checkpoint_age_seconds{flink="local",flink_job="etl"}'
+        value: "0+60x20"
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: flink-checkpoint-stale
+        exp_alerts: firing
+    slo_test:
+      - { eval_time: 5m, slo: none, exp_sli: high }
+"#,
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    let p = test.display();
+    for want in [
+        format!("FAILED: {p}:7:9: deep mistakes: input_series: unknown field `value` (did you mean `values`?)"),
+        format!("FAILED: {p}:6:9: deep mistakes: input_series: values is required"),
+        format!("FAILED: {p}:11:21: deep mistakes: alert_rule_test: exp_alerts: expected a list"),
+        format!("FAILED: {p}:13:46: deep mistakes: slo_test: exp_sli: expected a number"),
+    ] {
+        assert!(stdout.contains(&want), "expected {want:?} in:\n{stdout}");
+    }
+    assert!(stdout.trim_end().ends_with("0 passed, 4 failed"), "nothing runs past a malformed file:\n{stdout}");
+}
+
+#[test]
 fn a_rule_test_file_with_no_expectations_fails() {
     let (code, stdout, test, _dir) = run_flink_test(
         r#"rule_files: [flink.yaml]

@@ -95,7 +95,7 @@ pub(super) fn str_of(n: &Node) -> Option<&str> {
 }
 
 /// A scalar as text (numbers and booleans too), for fields written either way.
-fn text_of(n: &Node) -> Option<String> {
+pub(super) fn text_of(n: &Node) -> Option<String> {
     match &n.data {
         YamlDataOwned::Value(ScalarOwned::String(s)) => Some(s.clone()),
         YamlDataOwned::Value(ScalarOwned::Integer(i)) => Some(i.to_string()),
@@ -112,21 +112,45 @@ fn entries(n: &Node) -> Option<Vec<(&Node, &Node)>> {
     }
 }
 
-struct Ctx<'a> {
+/// Reads YAML nodes into values, collecting every located problem; rule files and rule
+/// test files ([`super::testing`]) both read through it.
+pub(super) struct Ctx<'a> {
     file: &'a Path,
     source: &'a str,
     errors: Vec<RuleError>,
     signals: &'a BTreeSet<String>,
 }
 
-impl Ctx<'_> {
-    fn err(&mut self, at: (usize, usize), message: impl Into<String>) {
+impl<'a> Ctx<'a> {
+    pub(super) fn new(file: &'a Path, source: &'a str, signals: &'a BTreeSet<String>) -> Self {
+        Ctx { file, source, errors: Vec::new(), signals }
+    }
+
+    /// The problems found so far, in the order found.
+    pub(super) fn into_errors(self) -> Vec<RuleError> {
+        self.errors
+    }
+
+    /// The source's YAML documents with their positions; `None` (and a located error)
+    /// when it is not YAML.
+    pub(super) fn documents(&mut self) -> Option<Vec<Node>> {
+        match MarkedYamlOwned::load_from_str(self.source) {
+            Ok(docs) => Some(docs),
+            Err(e) => {
+                let m = e.marker();
+                self.err((m.line(), m.col() + 1), format!("invalid YAML: {}", e.info()));
+                None
+            }
+        }
+    }
+
+    pub(super) fn err(&mut self, at: (usize, usize), message: impl Into<String>) {
         self.errors.push(RuleError { file: self.file.to_path_buf(), line: at.0, col: at.1, message: message.into() });
     }
 
     /// Fields of a mapping by name; reports unknown fields (with a suggestion) and
     /// non-mappings.
-    fn fields<'n>(&mut self, n: &'n Node, what: &str, known: &[&str]) -> BTreeMap<String, &'n Node> {
+    pub(super) fn fields<'n>(&mut self, n: &'n Node, what: &str, known: &[&str]) -> BTreeMap<String, &'n Node> {
         let mut out = BTreeMap::new();
         let Some(es) = entries(n) else {
             self.err(pos(n), format!("{what}: expected a mapping"));
@@ -167,7 +191,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn string_map(&mut self, n: &Node, what: &str) -> BTreeMap<String, String> {
+    pub(super) fn string_map(&mut self, n: &Node, what: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let Some(es) = entries(n) else {
             self.err(pos(n), format!("{what}: expected a mapping of strings"));
@@ -199,7 +223,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn string_list(&mut self, n: &Node, what: &str) -> Vec<(String, (usize, usize))> {
+    pub(super) fn string_list(&mut self, n: &Node, what: &str) -> Vec<(String, (usize, usize))> {
         match &n.data {
             YamlDataOwned::Sequence(items) => items
                 .iter()
@@ -334,15 +358,8 @@ type RunbookRefs = Vec<(String, PathBuf, (usize, usize))>;
 
 /// Parses one file's text into `set`; returns its errors (empty when valid).
 pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &mut RuleSet, refs: &mut RunbookRefs) -> Vec<RuleError> {
-    let mut cx = Ctx { file: path, source, errors: Vec::new(), signals };
-    let docs = match MarkedYamlOwned::load_from_str(source) {
-        Ok(d) => d,
-        Err(e) => {
-            let m = e.marker();
-            cx.err((m.line(), m.col() + 1), format!("invalid YAML: {}", e.info()));
-            return cx.errors;
-        }
-    };
+    let mut cx = Ctx::new(path, source, signals);
+    let Some(docs) = cx.documents() else { return cx.errors };
     let mut names: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for doc in &docs {
         if matches!(doc.data, YamlDataOwned::Value(ScalarOwned::Null)) {

@@ -30,81 +30,206 @@
 //! of `evaluation_interval`; every problem (an off-grid time, a non-finite number, a
 //! duration over 366d, more than [`MAX_STEPS`] samples or steps, a case with nothing to
 //! check) is reported at its `file:line:col`, and nothing passes silently.
+//!
+//! A test file is read like a rule file, through [`file::Ctx`] over saphyr's positioned
+//! YAML: an unknown key (with a suggestion), a wrong type or a missing field is located
+//! too, and every such problem of a file is reported at once before anything runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, Yaml, YamlDataOwned};
-use serde::Deserialize;
+use saphyr::{MarkedYamlOwned, YamlDataOwned};
 
 use super::eval::{AlertState, Engine, EngineOptions};
 use super::expr::{self, Dataset, SeriesData};
-use super::file::{self, RuleSet};
+use super::file::{self, Ctx, RuleSet};
 use crate::signal::Labels;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A test file as written; numbers and times are checked later, by [`prepare`].
+#[derive(Debug)]
 struct TestFile {
+    /// Rule files under test, relative to the test file.
     rule_files: Vec<String>,
-    #[serde(default)]
+    /// Step of the evaluation clock (default 1m).
     evaluation_interval: Option<String>,
     tests: Vec<TestCase>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct TestCase {
-    #[serde(default)]
+    /// Names the case in messages (default `test N`).
     name: Option<String>,
-    #[serde(default)]
+    /// Spacing of input samples (default: evaluation_interval).
     interval: Option<String>,
-    #[serde(default)]
     input_series: Vec<InputSeries>,
-    #[serde(default)]
     alert_rule_test: Vec<AlertTest>,
-    #[serde(default)]
     slo_test: Vec<SloTest>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct InputSeries {
+    /// `signal{label="value",…}`.
     series: String,
+    /// Compact value notation, see [`expand`].
     values: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct AlertTest {
     eval_time: String,
     alertname: String,
-    #[serde(default)]
+    /// Every pending or firing instance, exactly.
     exp_alerts: Vec<ExpAlert>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct ExpAlert {
-    #[serde(default)]
     exp_labels: BTreeMap<String, String>,
-    #[serde(default)]
+    /// `pending` or `firing` (default firing).
     exp_state: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct SloTest {
     eval_time: String,
     slo: String,
-    #[serde(default)]
     exp_sli: Option<f64>,
-    #[serde(default)]
     exp_budget_remaining: Option<f64>,
-    #[serde(default)]
+    /// Severities of the firing burn-rate alerts.
     exp_firing: Option<Vec<String>>,
-    #[serde(default)]
+    /// Of `exp_sli` and `exp_budget_remaining` (default 0.001).
     tolerance: Option<f64>,
+}
+
+const FILE_FIELDS: [&str; 3] = ["rule_files", "evaluation_interval", "tests"];
+const CASE_FIELDS: [&str; 5] = ["name", "interval", "input_series", "alert_rule_test", "slo_test"];
+const SERIES_FIELDS: [&str; 2] = ["series", "values"];
+const ALERT_TEST_FIELDS: [&str; 3] = ["eval_time", "alertname", "exp_alerts"];
+const EXP_ALERT_FIELDS: [&str; 2] = ["exp_labels", "exp_state"];
+const SLO_TEST_FIELDS: [&str; 6] = ["eval_time", "slo", "exp_sli", "exp_budget_remaining", "exp_firing", "tolerance"];
+
+/// Reads the document of a test file; problems go to `cx`, each at its node.
+fn read_file(cx: &mut Ctx, doc: &MarkedYamlOwned) -> TestFile {
+    let f = cx.fields(doc, "test file", &FILE_FIELDS);
+    if !matches!(doc.data, YamlDataOwned::Mapping(_)) {
+        // Said once by `fields`; every field would be missing too.
+        return TestFile { rule_files: Vec::new(), evaluation_interval: None, tests: Vec::new() };
+    }
+    let rule_files = match f.get("rule_files") {
+        Some(n) => cx.string_list(n, "rule_files").into_iter().map(|(s, _)| s).collect(),
+        None => {
+            cx.err(file::pos(doc), "test file: rule_files is required");
+            Vec::new()
+        }
+    };
+    let evaluation_interval = f.get("evaluation_interval").and_then(|n| scalar(cx, n, "evaluation_interval"));
+    let tests = match f.get("tests") {
+        Some(n) => list(cx, n, "tests").iter().enumerate().map(|(i, c)| read_case(cx, c, i)).collect(),
+        None => {
+            cx.err(file::pos(doc), "test file: tests is required");
+            Vec::new()
+        }
+    };
+    TestFile { rule_files, evaluation_interval, tests }
+}
+
+fn read_case(cx: &mut Ctx, n: &MarkedYamlOwned, i: usize) -> TestCase {
+    // Fields are read after the name, which every message of the case starts with.
+    let name = match n.data {
+        YamlDataOwned::Mapping(ref m) => m.iter().find(|(k, _)| file::str_of(k) == Some("name")).and_then(|(_, v)| file::text_of(v)),
+        _ => None,
+    };
+    let what = name.clone().unwrap_or_else(|| format!("test {}", i + 1));
+    let f = cx.fields(n, &what, &CASE_FIELDS);
+    if let Some(v) = f.get("name") {
+        scalar(cx, v, &format!("{what}: name"));
+    }
+    let interval = f.get("interval").and_then(|v| scalar(cx, v, &format!("{what}: interval")));
+    let input_series = items(cx, &f, "input_series", &what).iter().filter_map(|s| read_series(cx, s, &format!("{what}: input_series"))).collect();
+    let alert_rule_test =
+        items(cx, &f, "alert_rule_test", &what).iter().filter_map(|a| read_alert_test(cx, a, &format!("{what}: alert_rule_test"))).collect();
+    let slo_test = items(cx, &f, "slo_test", &what).iter().filter_map(|t| read_slo_test(cx, t, &format!("{what}: slo_test"))).collect();
+    TestCase { name, interval, input_series, alert_rule_test, slo_test }
+}
+
+fn read_series(cx: &mut Ctx, n: &MarkedYamlOwned, what: &str) -> Option<InputSeries> {
+    let f = cx.fields(n, what, &SERIES_FIELDS);
+    let series = required(cx, n, &f, "series", what);
+    let values = required(cx, n, &f, "values", what);
+    Some(InputSeries { series: series?, values: values? })
+}
+
+fn read_alert_test(cx: &mut Ctx, n: &MarkedYamlOwned, what: &str) -> Option<AlertTest> {
+    let f = cx.fields(n, what, &ALERT_TEST_FIELDS);
+    let eval_time = required(cx, n, &f, "eval_time", what);
+    let alertname = required(cx, n, &f, "alertname", what);
+    let exp_alerts = items(cx, &f, "exp_alerts", what)
+        .iter()
+        .map(|e| {
+            let what = format!("{what}: exp_alerts");
+            let f = cx.fields(e, &what, &EXP_ALERT_FIELDS);
+            ExpAlert {
+                exp_labels: f.get("exp_labels").map(|v| cx.string_map(v, &format!("{what}: exp_labels"))).unwrap_or_default(),
+                exp_state: f.get("exp_state").and_then(|v| scalar(cx, v, &format!("{what}: exp_state"))),
+            }
+        })
+        .collect();
+    Some(AlertTest { eval_time: eval_time?, alertname: alertname?, exp_alerts })
+}
+
+fn read_slo_test(cx: &mut Ctx, n: &MarkedYamlOwned, what: &str) -> Option<SloTest> {
+    let f = cx.fields(n, what, &SLO_TEST_FIELDS);
+    let eval_time = required(cx, n, &f, "eval_time", what);
+    let slo = required(cx, n, &f, "slo", what);
+    let mut number = |key: &str| f.get(key).and_then(|v| float(cx, v, &format!("{what}: {key}")));
+    let (exp_sli, exp_budget_remaining, tolerance) = (number("exp_sli"), number("exp_budget_remaining"), number("tolerance"));
+    let exp_firing = f.get("exp_firing").map(|v| cx.string_list(v, &format!("{what}: exp_firing")).into_iter().map(|(s, _)| s).collect());
+    Some(SloTest { eval_time: eval_time?, slo: slo?, exp_sli, exp_budget_remaining, exp_firing, tolerance })
+}
+
+/// The scalar under `key` of the mapping `n`, reporting it missing at the mapping.
+fn required(cx: &mut Ctx, n: &MarkedYamlOwned, f: &BTreeMap<String, &MarkedYamlOwned>, key: &str, what: &str) -> Option<String> {
+    match f.get(key) {
+        Some(v) => scalar(cx, v, &format!("{what}: {key}")),
+        None => {
+            cx.err(file::pos(n), format!("{what}: {key} is required"));
+            None
+        }
+    }
+}
+
+/// A scalar as text: durations, names and value lists may be written as numbers too.
+fn scalar(cx: &mut Ctx, n: &MarkedYamlOwned, what: &str) -> Option<String> {
+    let text = file::text_of(n);
+    if text.is_none() {
+        cx.err(file::pos(n), format!("{what}: expected a string"));
+    }
+    text
+}
+
+/// A number; whether it is finite is [`prepare`]'s to say, with the case's other problems.
+fn float(cx: &mut Ctx, n: &MarkedYamlOwned, what: &str) -> Option<f64> {
+    let v = file::text_of(n).and_then(|t| t.trim().parse::<f64>().ok());
+    if v.is_none() {
+        cx.err(file::pos(n), format!("{what}: expected a number"));
+    }
+    v
+}
+
+/// The list under `key` of a mapping's fields (empty when absent).
+fn items<'n>(cx: &mut Ctx, f: &BTreeMap<String, &'n MarkedYamlOwned>, key: &str, what: &str) -> &'n [MarkedYamlOwned] {
+    f.get(key).map_or(&[], |v| list(cx, v, &format!("{what}: {key}")))
+}
+
+fn list<'n>(cx: &mut Ctx, n: &'n MarkedYamlOwned, what: &str) -> &'n [MarkedYamlOwned] {
+    match &n.data {
+        YamlDataOwned::Sequence(items) => items,
+        _ => {
+            cx.err(file::pos(n), format!("{what}: expected a list"));
+            &[]
+        }
+    }
 }
 
 /// The outcome of one test file.
@@ -114,33 +239,6 @@ pub struct Outcome {
     pub failed: usize,
     /// One line per failed expectation (or a load error).
     pub messages: Vec<String>,
-}
-
-/// Converts saphyr YAML into JSON so serde can type it.
-fn to_json(y: &Yaml) -> serde_json::Value {
-    use saphyr::Scalar;
-    type YamlData<'a> = Yaml<'a>;
-    match y {
-        YamlData::Value(Scalar::Null) => serde_json::Value::Null,
-        YamlData::Value(Scalar::Boolean(b)) => (*b).into(),
-        YamlData::Value(Scalar::Integer(i)) => (*i).into(),
-        YamlData::Value(Scalar::FloatingPoint(f)) => serde_json::Number::from_f64(f.into_inner()).map_or(serde_json::Value::Null, Into::into),
-        YamlData::Value(Scalar::String(s)) => s.to_string().into(),
-        YamlData::Sequence(items) => items.iter().map(to_json).collect(),
-        YamlData::Mapping(m) => m
-            .iter()
-            .map(|(k, v)| {
-                let key = match k {
-                    YamlData::Value(Scalar::String(s)) => s.to_string(),
-                    other => to_json(other).to_string(),
-                };
-                (key, to_json(v))
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-        YamlData::Tagged(_, inner) => to_json(inner),
-        _ => serde_json::Value::Null,
-    }
 }
 
 /// Expands the compact value notation: `1 2 _ 4`, `0+10x3` (0 10 20 30), `5-1x2`
@@ -233,12 +331,12 @@ enum Seg<'a> {
 /// Positions of a test file's nodes, so every error can say `file:line:col`.
 struct Locator<'a> {
     path: &'a Path,
-    root: Option<MarkedYamlOwned>,
+    root: Option<&'a MarkedYamlOwned>,
 }
 
 impl Locator<'_> {
     fn node(&self, at: &[Seg]) -> Option<&MarkedYamlOwned> {
-        let mut n = self.root.as_ref()?;
+        let mut n = self.root?;
         for seg in at {
             n = match (seg, &n.data) {
                 (Seg::Key(k), YamlDataOwned::Mapping(m)) => m.iter().find(|(key, _)| file::str_of(key) == Some(*k)).map(|(_, v)| v)?,
@@ -253,11 +351,6 @@ impl Locator<'_> {
     fn at(&self, at: &[Seg], message: impl std::fmt::Display) -> String {
         let (line, col) = (0..=at.len()).rev().find_map(|k| self.node(&at[..k])).map_or((1, 1), file::pos);
         format!("{}:{line}:{col}: {message}", self.path.display())
-    }
-
-    /// A non-finite float (`.nan`, `.inf`) at `at`, which serde would read as absent.
-    fn non_finite(&self, at: &[Seg]) -> bool {
-        matches!(self.node(at).map(|n| &n.data), Some(YamlDataOwned::Value(ScalarOwned::FloatingPoint(f))) if !f.is_finite())
     }
 }
 
@@ -276,22 +369,24 @@ pub fn run_file(path: &Path, known_signals: &BTreeSet<String>) -> Outcome {
             return out;
         }
     };
-    let doc = match Yaml::load_from_str(&text) {
-        Ok(d) if !d.is_empty() => to_json(&d[0]),
-        Ok(_) => serde_json::Value::Null,
-        Err(e) => {
-            fail(&mut out, format!("{}: invalid YAML: {e}", path.display()));
+    let signals = BTreeSet::new(); // a test file names no signal outside its series
+    let mut cx = Ctx::new(path, &text, &signals);
+    let root = cx.documents().and_then(|docs| docs.into_iter().next());
+    let tf = root.as_ref().map(|doc| read_file(&mut cx, doc));
+    let errors = cx.into_errors();
+    let tf = match tf {
+        Some(tf) if errors.is_empty() => tf,
+        Some(_) | None => {
+            for e in &errors {
+                fail(&mut out, e.to_string());
+            }
+            if errors.is_empty() {
+                fail(&mut out, format!("{}:1:1: test file: empty", path.display()));
+            }
             return out;
         }
     };
-    let loc = Locator { path, root: MarkedYamlOwned::load_from_str(&text).ok().and_then(|d| d.into_iter().next()) };
-    let tf: TestFile = match serde_json::from_value(doc) {
-        Ok(t) => t,
-        Err(e) => {
-            fail(&mut out, format!("{}: invalid test file: {e}", path.display()));
-            return out;
-        }
-    };
+    let loc = Locator { path, root: root.as_ref() };
     let base = path.parent().unwrap_or(Path::new("."));
     let files: Vec<PathBuf> = tf.rule_files.iter().map(|f| base.join(f)).collect();
     let set = match file::load(&files, known_signals).0 {
@@ -318,7 +413,7 @@ pub fn run_file(path: &Path, known_signals: &BTreeSet<String>) -> Outcome {
             let full: Vec<Seg> = here.iter().copied().chain(at).collect();
             fail(out, loc.at(&full, format!("{name}: {m}")));
         };
-        let prepared = match prepare(case, &loc, &here, eval_interval) {
+        let prepared = match prepare(case, eval_interval) {
             Ok(p) => p,
             Err(errors) => {
                 for e in errors {
@@ -349,7 +444,7 @@ struct Prepared {
 type CaseError = (Vec<Seg<'static>>, String);
 
 /// Checks every number and time of a case before anything runs; reports all problems.
-fn prepare(case: &TestCase, loc: &Locator, here: &[Seg], eval_interval: Option<Duration>) -> Result<Prepared, Vec<CaseError>> {
+fn prepare(case: &TestCase, eval_interval: Option<Duration>) -> Result<Prepared, Vec<CaseError>> {
     let mut errors: Vec<CaseError> = Vec::new();
     let interval = match case.interval.as_deref().map(|s| dur(s, "interval", true)).transpose() {
         Ok(d) => d.or(eval_interval),
@@ -401,8 +496,7 @@ fn prepare(case: &TestCase, loc: &Locator, here: &[Seg], eval_interval: Option<D
     for (k, st) in case.slo_test.iter().enumerate() {
         for (key, value) in [("exp_sli", st.exp_sli), ("exp_budget_remaining", st.exp_budget_remaining), ("tolerance", st.tolerance)] {
             let at = vec![Seg::Key("slo_test"), Seg::Index(k), Seg::Key(key)];
-            let full: Vec<Seg> = here.iter().copied().chain(at.iter().copied()).collect();
-            if loc.non_finite(&full) || value.is_some_and(|v| !v.is_finite()) {
+            if value.is_some_and(|v| !v.is_finite()) {
                 errors.push((at, format!("{key}: must be a finite number")));
             } else if key == "tolerance" && value.is_some_and(|v| v < 0.0) {
                 errors.push((at, "tolerance: must not be negative".into()));

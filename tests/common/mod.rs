@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -262,32 +262,47 @@ impl Drop for Agent {
     }
 }
 
-/// Minimal HTTP/1.1 GET on loopback: (status, body); (0, error) when nothing answers.
+/// GET on loopback: (status, body); (0, error) when nothing answers or the exchange fails.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http_get_with(port, path, "")
 }
 
-/// As [`http_get`], with extra header lines (each ending in `\r\n`).
+/// As [`http_get`], with extra header lines (`Name: value`, each ending in `\r\n`).
 pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = match TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
+    let mut request = http_client().get(format!("http://127.0.0.1:{port}{path}"));
+    for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("header line without ':': {line:?}"));
+        request = request.header(name.trim(), value.trim());
+    }
+    let response = match request.send() {
+        Ok(r) => r,
         Err(e) => return (0, e.to_string()),
     };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n");
-    if let Err(e) = stream.write_all(req.as_bytes()) {
-        return (0, e.to_string());
+    let status = response.status().as_u16();
+    match response.text() {
+        Ok(body) => (status, body),
+        Err(e) => (0, e.to_string()),
     }
-    let mut raw = String::new();
-    if let Err(e) = stream.read_to_string(&mut raw) {
-        return (0, e.to_string());
-    }
-    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }
 
-/// Parsed OpenMetrics text: (name, labels) → value.
+/// One blocking client for every test in the binary: no pooled connection outlives an agent
+/// (a test's next agent may reuse the port), and nothing waits longer than the old raw
+/// client's 10 s read timeout.
+fn http_client() -> &'static reqwest::blocking::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .build()
+            .expect("HTTP client")
+    })
+}
+
+/// Parsed Prometheus text exposition (what `/metrics` serves by default): one
+/// (sample name, labels, value) per line, histogram lines under their `_bucket`, `_sum` and
+/// `_count` names.
 pub struct Metrics {
     pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
     pub text: String,
@@ -295,14 +310,20 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
+        use prom_text_format_parser::{Scrape, Type, ValueType};
+        let scrape = Scrape::parse(text).unwrap_or_else(|e| panic!("exposition does not parse: {e:?}\n{text}"));
         let mut samples = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
-                None => (series.to_string(), BTreeMap::new()),
-            };
-            samples.push((name, labels, value.parse().unwrap_or(f64::NAN)));
+        for metric in &scrape.metrics {
+            for sample in &metric.samples {
+                let name = match (sample.value.value_type, metric.kind) {
+                    (ValueType::Sum, _) => format!("{}_sum", metric.name),
+                    (ValueType::Count, _) => format!("{}_count", metric.name),
+                    (ValueType::Sample, Type::Histogram) => format!("{}_bucket", metric.name),
+                    (ValueType::Sample, _) => metric.name.clone(),
+                };
+                let labels = sample.labels.iter().map(|l| (l.key.clone(), unescape_label_value(&l.value))).collect();
+                samples.push((name, labels, sample.value.value.as_f64()));
+            }
         }
         Metrics { samples, text: text.to_string() }
     }
@@ -327,29 +348,21 @@ impl Metrics {
     }
 }
 
-fn parse_labels(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = s;
-    while let Some((k, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        value.push(n);
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
+/// The parser checks a label value's escapes but hands the value back as written; the
+/// text format has three (`\\`, `\"`, `\n`).
+fn unescape_label_value(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
         }
-        out.insert(k.trim_start_matches(',').to_string(), value);
-        rest = &after[end..];
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(escaped) => out.push(escaped),
+            None => out.push(c),
+        }
     }
     out
 }
