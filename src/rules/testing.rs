@@ -34,6 +34,9 @@
 //! A test file is read like a rule file, through [`file::Ctx`] over saphyr's positioned
 //! YAML: an unknown key (with a suggestion), a wrong type or a missing field is located
 //! too, and every such problem of a file is reported at once before anything runs.
+//!
+//! A little over 600 lines: reading test files (with positions), expanding series
+//! notation and checking expectations share one set of located-error helpers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

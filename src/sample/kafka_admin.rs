@@ -19,6 +19,10 @@
 //!   the whole request is an `Err`.
 //! - Nothing borrowed from librdkafka escapes: strings and lists are copied before the
 //!   owning event is destroyed.
+//!
+//! Longer than most files on purpose: every call is an `unsafe` block with its SAFETY
+//! note next to the RAII guards it relies on; split apart, the guards and their users
+//! would drift.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
