@@ -39,6 +39,14 @@ pub struct SourceHealth {
 }
 
 impl SourceHealth {
+    /// A successful attempt at `at`.
+    fn succeeded(&mut self, at: SystemTime) {
+        self.last_attempt = Some(at);
+        self.last_success = Some(at);
+        self.last_error = None;
+        self.consecutive_failures = 0;
+    }
+
     pub fn quality(&self, now: SystemTime) -> Quality {
         quality(now, self.last_success, self.consecutive_failures > 0, self.stale_after)
     }
@@ -182,10 +190,7 @@ impl Store {
         let history = self.history;
         let mut map = self.write();
         let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
-        e.health.last_attempt = Some(at);
-        e.health.last_success = Some(at);
-        e.health.last_error = None;
-        e.health.consecutive_failures = 0;
+        e.health.succeeded(at);
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
         if let Some(r) = self.recorder.get() {
@@ -200,10 +205,7 @@ impl Store {
         let history = self.history;
         let mut map = self.write();
         let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
-        e.health.last_attempt = Some(at);
-        e.health.last_success = Some(at);
-        e.health.last_error = None;
-        e.health.consecutive_failures = 0;
+        e.health.succeeded(at);
         for (key, value) in values {
             if !value.is_finite() {
                 continue;
@@ -234,10 +236,7 @@ impl Store {
         let mut map = self.write();
         let Some(e) = map.get_mut(&(kind, name.to_string())) else { return 0 };
         let raw = sample.observations.len();
-        e.health.last_attempt = Some(at);
-        e.health.last_success = Some(at);
-        e.health.last_error = None;
-        e.health.consecutive_failures = 0;
+        e.health.succeeded(at);
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
         let recorded = self.recorder.get().map(|_| sample.observations.clone());

@@ -34,23 +34,9 @@ fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[i64]) {
 }
 
 fn config(port: u16, bootstrap: &str, group_regex: &str, cluster_extra: &str, extra: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-sample_interval = "1s"
-sample_timeout = "1s"
-backoff_max = "2s"
-
-[[clusters]]
-name = "local"
-bootstrap_servers = "{bootstrap}"
-groups = {{ include = ["{group_regex}"] }}
-{cluster_extra}
-
-[history]
-rate_window = "5s"
-status_window = "5s"
-{extra}"#
-    )
+    // `cluster_extra` lands in the [[clusters]] table, right after its `groups` line.
+    let tables = format!("{cluster_extra}\n\n[history]\nrate_window = \"5s\"\nstatus_window = \"5s\"\n{extra}");
+    agent_config_with(port, bootstrap, group_regex, &tables)
 }
 
 /// The cluster target from `/api/v1/targets`.
