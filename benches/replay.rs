@@ -50,7 +50,7 @@ fn main() {
     for _ in 0..3 {
         let rec = rec.clone();
         let started = Instant::now();
-        let tl = replay(rec, &set, &opts);
+        let tl = replay(rec, &set, &opts).expect("a day fits");
         runs.push(started.elapsed());
         entries = tl.entries.len();
     }

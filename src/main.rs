@@ -315,7 +315,7 @@ fn replay(
         confidence: rules_cfg.as_ref().map_or(0.95, |r| r.confidence),
         unknown_after: rules_cfg.as_ref().map_or(std::time::Duration::from_secs(600), |r| r.unknown_after),
     };
-    let timeline = streamguard::replay::replay(rec.clone(), &set, &opts);
+    let timeline = streamguard::replay::replay(rec.clone(), &set, &opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&timeline)?);
     } else {

@@ -24,6 +24,38 @@ use crate::rules::file::RuleSet;
 use crate::signal::{unix_secs, Labels};
 use crate::store::Store;
 
+/// The most evaluation ticks one replay may simulate (e.g. 115 days at 1 s, or three
+/// years at 10 s): a recording whose times span more is refused, never a hang.
+pub const MAX_TICKS: u64 = 10_000_000;
+
+/// The most series values one emitted promtool test may hold.
+pub const MAX_TEST_VALUES: u64 = 20_000_000;
+
+/// Why a recording cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the recording spans {ticks} evaluation ticks at this interval (at most {MAX_TICKS}): use a longer --interval or a shorter recording")]
+    TooLong { ticks: u64 },
+    #[error("the recording holds no samples")]
+    Empty,
+}
+
+/// The ticks a replay of `rec` at `interval` evaluates. Pure.
+pub fn ticks(rec: &Recording, interval: Duration) -> u64 {
+    let (Some(first), Some(last)) = (rec.events.first(), rec.events.last()) else { return 0 };
+    let span = last.at.duration_since(first.at).unwrap_or_default();
+    let per = interval.max(Duration::from_millis(1)).as_nanos();
+    u64::try_from(span.as_nanos() / per).unwrap_or(u64::MAX).saturating_add(2)
+}
+
+fn check_length(rec: &Recording, interval: Duration) -> Result<(), ReplayError> {
+    match ticks(rec, interval) {
+        0 => Err(ReplayError::Empty),
+        t if t > MAX_TICKS => Err(ReplayError::TooLong { ticks: t }),
+        _ => Ok(()),
+    }
+}
+
 /// How to replay.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayOptions {
@@ -137,7 +169,8 @@ pub fn simulate(rec: Recording, set: &RuleSet, interval: Duration, mut tick: imp
 }
 
 /// Replays `rec` through `set`: every alert transition and SLO burn-alert change.
-pub fn replay(rec: Recording, set: &RuleSet, opts: &ReplayOptions) -> Timeline {
+pub fn replay(rec: Recording, set: &RuleSet, opts: &ReplayOptions) -> Result<Timeline, ReplayError> {
+    check_length(&rec, opts.evaluation_interval)?;
     let (start, end) = (rec.events.first().map(|e| e.at), rec.events.last().map(|e| e.at));
     let engine_opts = EngineOptions {
         eval: EvalOptions { confidence: opts.confidence },
@@ -191,13 +224,7 @@ pub fn replay(rec: Recording, set: &RuleSet, opts: &ReplayOptions) -> Timeline {
             }
         }
     });
-    Timeline {
-        start,
-        end,
-        evaluations,
-        samples,
-        entries,
-    }
+    Ok(Timeline { start, end, evaluations, samples, entries })
 }
 
 fn labels_text(l: &Labels) -> String {
@@ -263,6 +290,16 @@ const SLO_MARGIN: f64 = 0.05;
 /// against), or a recording with no samples.
 pub fn promtool_test(rec: &Recording, set: &RuleSet, opts: &ReplayOptions, rules_file: &str) -> Result<String, String> {
     use std::fmt::Write as _;
+    check_length(rec, opts.evaluation_interval).map_err(|e| e.to_string())?;
+    // A promtool test lists every value of every series: keep it to a readable size.
+    let cells = ticks(rec, opts.evaluation_interval).saturating_mul(rec.series.len() as u64);
+    if cells > MAX_TEST_VALUES {
+        return Err(format!(
+            "{cells} values ({} series x {} ticks) are too many for a promtool test (at most {MAX_TEST_VALUES}): replay a shorter stretch or at a longer --interval",
+            rec.series.len(),
+            ticks(rec, opts.evaluation_interval)
+        ));
+    }
     let (_, refused) = crate::rules::export::prometheus_partial(set);
     if !refused.is_empty() {
         let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
@@ -435,7 +472,7 @@ mod tests {
             events,
         };
         let opts = ReplayOptions { evaluation_interval: Duration::from_secs(10), confidence: 0.95, unknown_after: Duration::from_secs(600) };
-        let tl = replay(rec, &set, &opts);
+        let tl = replay(rec, &set, &opts).unwrap();
         let changes: Vec<(u64, &str, &str)> = tl
             .entries
             .iter()
@@ -447,5 +484,21 @@ mod tests {
         let text = render(&tl);
         assert!(text.contains("behind{} ") || text.contains("behind{"), "{text}");
         assert!(text.lines().nth(2).unwrap_or("").contains("pending -> firing"), "{text}");
+    }
+
+    #[test]
+    fn a_recording_spanning_too_many_ticks_is_refused_not_simulated() {
+        let set = rules("apiVersion: streamguard/v1\nkind: Alert\nmetadata:\n  name: a\nspec:\n  condition: max(lag_offsets) > 1\n");
+        let far = RecordedEvent { at: t(0) + Duration::from_secs(50 * 365 * 86_400), source: 0, values: Some(vec![(0, 1.0)]) };
+        let rec = Recording {
+            sources: vec![RecordedSource { kind: SourceKind::Kafka, name: "c".into(), stale_after: Duration::from_secs(25) }],
+            series: vec![Observation::new("lag_offsets", &[("cluster", "c")], 0.0).unwrap().key],
+            events: vec![lag(0, 1.0), far],
+        };
+        let opts = ReplayOptions { evaluation_interval: Duration::from_secs(1), confidence: 0.95, unknown_after: Duration::from_secs(600) };
+        assert!(matches!(replay(rec.clone(), &set, &opts), Err(ReplayError::TooLong { .. })));
+        assert!(promtool_test(&rec, &set, &opts, "r.yml").unwrap_err().contains("evaluation ticks"));
+        let empty = Recording { events: Vec::new(), ..rec };
+        assert_eq!(replay(empty, &set, &opts).unwrap_err(), ReplayError::Empty);
     }
 }
