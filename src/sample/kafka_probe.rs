@@ -31,7 +31,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::Message as _;
 
@@ -130,12 +131,28 @@ struct State {
     cycle: u64,
 }
 
+/// The probe consumer's context. End of partition is how the probe learns that only
+/// transaction markers remain, not an error; other client errors reach the sample's
+/// partial errors through `poll`, so librdkafka's own report of them is debug only (the
+/// default context would log every one at ERROR, every cycle).
+struct ProbeContext;
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!(error = %error, reason, "time-lag probe client error");
+        }
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
 /// The probe of one cluster. Its consumer is created on first use and kept.
 pub struct Probe {
     config: ClientConfig,
     budget: usize,
     timeout: Duration,
-    consumer: Mutex<Option<BaseConsumer>>,
+    consumer: Mutex<Option<BaseConsumer<ProbeContext>>>,
     state: Mutex<State>,
 }
 
@@ -221,7 +238,7 @@ impl Probe {
         let mut errors = Vec::new();
         let mut slot = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            match self.config.create::<BaseConsumer>() {
+            match self.config.create_with_context::<_, BaseConsumer<ProbeContext>>(ProbeContext) {
                 Ok(c) => *slot = Some(c),
                 Err(e) => return (out, vec![ProbeError::Consumer(e.to_string())]),
             }
@@ -251,7 +268,7 @@ impl Probe {
 
 /// Reads one round (each partition at most once). Returns how many stayed unread.
 fn read_round(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ProbeContext>,
     round: &[Key],
     deadline: Instant,
     now: SystemTime,
