@@ -21,7 +21,7 @@ use crate::record::Recording;
 use crate::rules::eval::{Engine, EngineOptions};
 use crate::rules::expr::EvalOptions;
 use crate::rules::file::RuleSet;
-use crate::signal::{unix_secs, Labels};
+use crate::signal::Labels;
 use crate::store::Store;
 
 /// The most evaluation ticks one replay may simulate (e.g. 115 days at 1 s, or three
@@ -38,6 +38,8 @@ pub enum ReplayError {
     TooLong { ticks: u64 },
     #[error("the recording holds no samples")]
     Empty,
+    #[error("the evaluation interval must be more than 0 and at most {}", crate::limits::MAX_DURATION_TEXT)]
+    Interval,
 }
 
 /// The ticks a replay of `rec` at `interval` evaluates. Pure.
@@ -49,6 +51,10 @@ pub fn ticks(rec: &Recording, interval: Duration) -> u64 {
 }
 
 fn check_length(rec: &Recording, interval: Duration) -> Result<(), ReplayError> {
+    // Bounded, so times plus intervals never overflow.
+    if interval.is_zero() || interval > crate::limits::MAX_DURATION {
+        return Err(ReplayError::Interval);
+    }
     match ticks(rec, interval) {
         0 => Err(ReplayError::Empty),
         t if t > MAX_TICKS => Err(ReplayError::TooLong { ticks: t }),
@@ -86,22 +92,13 @@ pub struct TimelineEntry {
 /// The outcome of a replay.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timeline {
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub start: Option<SystemTime>,
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub end: Option<SystemTime>,
     pub evaluations: u64,
     pub samples: u64,
     pub entries: Vec<TimelineEntry>,
-}
-
-mod opt_secs {
-    pub fn serialize<S: serde::Serializer>(t: &Option<std::time::SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_f64(crate::signal::unix_secs(*t)),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 /// The longest window any rule of `set` reads (history the store must keep).
@@ -269,11 +266,6 @@ pub fn render(t: &Timeline) -> String {
         );
     }
     out
-}
-
-/// Seconds since the epoch of a timeline entry (for tests and JSON consumers).
-pub fn entry_secs(e: &TimelineEntry) -> f64 {
-    unix_secs(e.at)
 }
 
 /// Relative distance from a burn-rate threshold under which an SLO verdict is not used
@@ -498,6 +490,8 @@ mod tests {
         let opts = ReplayOptions { evaluation_interval: Duration::from_secs(1), confidence: 0.95, unknown_after: Duration::from_secs(600) };
         assert!(matches!(replay(rec.clone(), &set, &opts), Err(ReplayError::TooLong { .. })));
         assert!(promtool_test(&rec, &set, &opts, "r.yml").unwrap_err().contains("evaluation ticks"));
+        let huge = ReplayOptions { evaluation_interval: Duration::from_secs(u64::MAX / 4), ..opts };
+        assert_eq!(replay(rec.clone(), &set, &huge).unwrap_err(), ReplayError::Interval, "never an overflow");
         let empty = Recording { events: Vec::new(), ..rec };
         assert_eq!(replay(empty, &set, &opts).unwrap_err(), ReplayError::Empty);
     }

@@ -69,6 +69,16 @@ pub fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// Serde helper: an optional `SystemTime` as fractional Unix seconds, or null.
+pub mod opt_unix_seconds {
+    pub fn serialize<S: serde::Serializer>(t: &Option<std::time::SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_f64(super::unix_secs(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// Serde helper: a `SystemTime` as fractional Unix seconds.
 pub mod unix_seconds {
     use std::time::SystemTime;

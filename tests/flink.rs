@@ -241,6 +241,21 @@ impl View {
     }
 }
 
+/// An agent on `port` watching the stack's Flink as source `name`, sampling every second.
+fn agent_flink_config(port: u16, name: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+
+[[flink]]
+name = "{name}"
+url = "{url}"
+sample_interval = "1s"
+sample_timeout = "1s"
+"#,
+        url = flink_url()
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -249,17 +264,7 @@ impl View {
 fn the_agent_exports_a_healthy_jobs_state_and_a_checkpoint_age_below_a_few_intervals() {
     let job = Job::submit(&unique("sg-healthy"), &[]);
     let port = free_port();
-    let config = format!(
-        r#"listen = "127.0.0.1:{port}"
-
-[[flink]]
-name = "local"
-url = "{url}"
-sample_interval = "1s"
-sample_timeout = "1s"
-"#,
-        url = flink_url()
-    );
+    let config = agent_flink_config(port, "local");
     let agent = Agent::start_with(port, &config);
     let labels = [("flink", "local"), ("flink_job", job.name.as_str())];
     let age_metric = "streamguard_flink_checkpoint_age_seconds";
@@ -417,17 +422,7 @@ fn prometheus_scraping_the_agent_keeps_one_series_per_flink_job_instead_of_colla
     // A source name of its own: series from earlier runs or other tests never match.
     let source = unique("sg-scrape");
     let port = scrape_port();
-    let config = format!(
-        r#"listen = "127.0.0.1:{port}"
-
-[[flink]]
-name = "{source}"
-url = "{url}"
-sample_interval = "1s"
-sample_timeout = "1s"
-"#,
-        url = flink_url()
-    );
+    let config = agent_flink_config(port, &source);
     let agent = Agent::start_with(port, &config);
 
     let metric = "streamguard_flink_job_uptime_seconds";

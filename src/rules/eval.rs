@@ -52,22 +52,22 @@ impl AlertState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Instance {
     pub state: AlertState,
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub active_since: Option<SystemTime>,
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub firing_since: Option<SystemTime>,
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub last_true: Option<SystemTime>,
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub resolved_at: Option<SystemTime>,
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub unknown_since: Option<SystemTime>,
     /// The first evaluation that found the condition false since it last fired: the
     /// start of `keep_firing_for`.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub keep_firing_since: Option<SystemTime>,
     /// Since when its series has been absent from the results.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::signal::opt_unix_seconds")]
     pub absent_since: Option<SystemTime>,
     /// Resolved because its data stayed unknown for `unknown_after`, not because the
     /// condition cleared.
@@ -85,15 +85,6 @@ pub struct Instance {
 
 fn names<S: serde::Serializer>(v: &[SourceName], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|n| &**n))
-}
-
-mod opt_secs {
-    pub fn serialize<S: serde::Serializer>(t: &Option<std::time::SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_f64(crate::signal::unix_secs(*t)),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 impl Default for Instance {

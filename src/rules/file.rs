@@ -304,6 +304,12 @@ impl<'a> Ctx<'a> {
     /// A finite number (`NaN`, `inf` and `1e999` are errors, not values).
     fn number(&mut self, n: &Node, what: &str) -> Option<f64> {
         let v = text_of(n).and_then(|t| t.trim().parse::<f64>().ok());
+        self.finite(n, what, v, "expected a number")
+    }
+
+    /// `v` when it is a finite number; otherwise a located error (`expected` when it is
+    /// not a number at all).
+    fn finite(&mut self, n: &Node, what: &str, v: Option<f64>, expected: &str) -> Option<f64> {
         match v {
             Some(x) if x.is_finite() => Some(x),
             Some(_) => {
@@ -311,7 +317,7 @@ impl<'a> Ctx<'a> {
                 None
             }
             None => {
-                self.err(pos(n), format!("{what}: expected a number"));
+                self.err(pos(n), format!("{what}: {expected}"));
                 None
             }
         }
@@ -328,17 +334,7 @@ impl<'a> Ctx<'a> {
         } else {
             t.trim().parse::<f64>().ok().map(|x| if x > 1.0 { x / 100.0 } else { x })
         };
-        match v {
-            Some(x) if x.is_finite() => Some(x),
-            Some(_) => {
-                self.err(pos(n), format!("{what}: must be a finite number"));
-                None
-            }
-            None => {
-                self.err(pos(n), format!("{what}: expected a percentage such as 99.5%"));
-                None
-            }
-        }
+        self.finite(n, what, v, "expected a percentage such as 99.5%")
     }
 }
 

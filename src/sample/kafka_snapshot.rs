@@ -30,14 +30,6 @@ pub enum ProbeValue {
     NoRecord { read_at: SystemTime },
 }
 
-impl ProbeValue {
-    pub fn read_at(&self) -> SystemTime {
-        match self {
-            ProbeValue::Record { read_at, .. } | ProbeValue::NoRecord { read_at } => *read_at,
-        }
-    }
-}
-
 /// Lag of one partition for one group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartitionLag {
