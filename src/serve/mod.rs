@@ -27,6 +27,8 @@ pub struct AppState {
     pub rules: Arc<crate::evaluate::Rules>,
     /// Health of the supervised background tasks.
     pub tasks: Arc<crate::supervise::TaskHealth>,
+    /// The remediation engine (`None`: no `[remediation]` configured).
+    pub remediation: Option<Arc<crate::remediate::executor::Remediation>>,
 }
 
 /// One error type for every handler.
@@ -122,7 +124,7 @@ mod tests {
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
         let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
-        router(AppState { store, metrics, rules, tasks: Default::default() })
+        router(AppState { store, metrics, rules, tasks: Default::default(), remediation: None })
     }
 
     async fn get(uri: &str) -> (StatusCode, serde_json::Value) {
