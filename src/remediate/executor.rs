@@ -10,8 +10,9 @@
 //!   nothing: the record says `"executed": false`.
 //! - Guards are checked and the run registered under one lock, so two triggers for the
 //!   same target cannot both pass `target_busy`.
-//! - Before each step the runbook's preconditions are re-evaluated on the store's fresh
-//!   data; a precondition that is false or unknown fails the run before that step.
+//! - Before each step the target's data must be fresh and the runbook's preconditions
+//!   are re-evaluated on it; stale data, or a precondition that is false or unknown,
+//!   fails the run before that step (nothing is sent).
 //! - The journal is written (and fsynced) before a step starts and after it ends. On
 //!   start, [`Remediation::recover`] resumes every unfinished run: a step with an outcome
 //!   is never repeated, an interrupted idempotent step is retried, an interrupted
@@ -381,12 +382,12 @@ impl Remediation {
         GuardState { runs: lock(&self.past).clone(), max_concurrent: self.cfg.max_concurrent_runs }
     }
 
+    /// The target's data is fresh, and every precondition holds on it.
     fn preconditions(&self, rb: &Runbook, target: &Labels, now: SystemTime) -> Vec<GuardOutcome> {
-        if rb.guards.preconditions.is_empty() {
-            return Vec::new();
-        }
         let data = crate::evaluate::dataset(&self.store, &self.rules.set(), now);
-        guard::preconditions(rb, target, &data, now, &self.eval_options())
+        let mut out = vec![guard::fresh_data(target, &data)];
+        out.extend(guard::preconditions(rb, target, &data, now, &self.eval_options()));
+        out
     }
 
     fn eval_options(&self) -> EvalOptions {

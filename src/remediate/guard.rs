@@ -160,6 +160,23 @@ pub fn preconditions(runbook: &Runbook, target: &Labels, data: &Dataset, now: Sy
         .collect()
 }
 
+/// The target's data must be fresh: every series of `data` that carries all the target's
+/// labels is fresh, and there is at least one. Guards manual runs (which have no verdict)
+/// and every step (the data may have gone stale since the trigger).
+pub fn fresh_data(target: &Labels, data: &Dataset) -> GuardOutcome {
+    const G: &str = "fresh_data";
+    let mine: Vec<_> =
+        data.by_signal.values().flatten().filter(|s| target.iter().all(|(k, v)| s.labels.get(k) == Some(v))).collect();
+    if mine.is_empty() {
+        return GuardOutcome::block(G, "missing data: no series for the target (its source is down, or it does not exist)");
+    }
+    let stale = mine.iter().filter(|s| !s.fresh).count();
+    if stale > 0 {
+        return GuardOutcome::block(G, format!("stale data: {stale} of {} series for the target are not fresh", mine.len()));
+    }
+    GuardOutcome::pass(G, format!("{} series for the target, all fresh", mine.len()))
+}
+
 fn show(v: Option<f64>) -> String {
     v.map_or_else(|| "unknown".into(), |v| v.to_string())
 }
@@ -288,5 +305,8 @@ mod tests {
         assert!(!g.passed && g.reason.starts_with("precondition unknown"), "{g:?}");
         let g = &preconditions(&rb, &labels("b"), &data(true, 1.0), t(1), &opts)[0];
         assert!(!g.passed, "no data for the target is unknown: {g:?}");
+        assert!(fresh_data(&labels("a"), &data(true, 1.0)).passed);
+        assert!(fresh_data(&labels("a"), &data(false, 1.0)).reason.starts_with("stale data"));
+        assert!(fresh_data(&labels("b"), &data(true, 1.0)).reason.starts_with("missing data"));
     }
 }

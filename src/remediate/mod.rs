@@ -6,6 +6,7 @@
 //! - [`audit`]: the JSONL audit log of every decision, rotating.
 //! - [`actions`]: one file per action (`connect`, `notify`), each with a timeout and a
 //!   typed outcome.
+//! - [`client`]: the CLI side of the remediation API.
 //! - [`executor`]: consumes verdicts, plans, runs, verifies, rolls back, escalates, and
 //!   recovers runs from the journal after a restart.
 //!
@@ -15,6 +16,7 @@
 
 pub mod actions;
 pub mod audit;
+pub mod client;
 pub mod executor;
 pub mod guard;
 pub mod journal;

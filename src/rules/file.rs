@@ -423,6 +423,12 @@ pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &m
         match kind.as_str() {
             "Runbook" => {
                 set.runbooks.insert(name.clone());
+                if let Some(other) = set.runbook_specs.get(&name).filter(|r| r.file != path) {
+                    // Runs are journaled and guarded by runbook name.
+                    let message = format!("{what} is also defined in {} (runbook names are global)", other.file.display());
+                    cx.err(pos(meta), message);
+                    continue;
+                }
                 if let Some(rb) = runbook::parse(&mut cx, f.get("spec").copied(), &what, &name, labels) {
                     set.runbook_specs.insert(name, rb);
                 }
