@@ -32,8 +32,9 @@ use validate::Validator;
 /// Environment variables with this prefix override file keys; `__` separates nesting
 /// (`STREAMGUARD_GROUPS__EXCLUDE`).
 pub const ENV_PREFIX: &str = "STREAMGUARD_";
-/// Variables under the prefix that belong to the CLI, not to the config tree.
-const ENV_RESERVED: [&str; 3] = ["CONFIG", "LOG", "API_TOKEN"];
+/// Variables under the prefix that belong to the CLI (and the remediation test hook,
+/// `crate::remediate::executor`), not to the config tree.
+const ENV_RESERVED: [&str; 5] = ["CONFIG", "LOG", "API_TOKEN", "TEST_PAUSE_AT", "TEST_PAUSE_FILE"];
 
 /// One configuration problem, located.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -53,6 +53,8 @@ use crate::telemetry::metrics::Metrics;
 pub const MAX_VIEWS: usize = 1000;
 /// Between two evaluations of a `wait` or `verify` condition.
 const POLL: Duration = Duration::from_secs(1);
+/// How long a step waits for its target's data to become fresh before it fails.
+pub const FRESH_WAIT: Duration = Duration::from_secs(30);
 
 /// Errors that stop remediation from starting.
 #[derive(Debug, thiserror::Error)]
@@ -390,6 +392,21 @@ impl Remediation {
         out
     }
 
+    /// [`Self::preconditions`] right before a step. While they block only for want of
+    /// fresh data (after a restart the store is empty until the first sample), they are
+    /// re-read every second for at most [`FRESH_WAIT`]; a false precondition is final.
+    async fn fresh_preconditions(&self, rb: &Runbook, target: &Labels) -> Vec<GuardOutcome> {
+        let until = Instant::now() + FRESH_WAIT;
+        loop {
+            let pre = self.preconditions(rb, target, SystemTime::now());
+            let waiting = pre.iter().any(guard::is_unknown) && pre.iter().all(|g| g.passed || guard::is_unknown(g));
+            if !waiting || Instant::now() + POLL > until {
+                return pre;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     fn eval_options(&self) -> EvalOptions {
         EvalOptions { confidence: self.rules.config.confidence }
     }
@@ -524,7 +541,7 @@ impl Remediation {
         if failed.is_none() && phase == Phase::Steps {
             for (i, step) in rb.steps.iter().enumerate().skip(from) {
                 self.pause_at(&format!("steps:{i}:before")).await;
-                let pre = self.preconditions(rb, target, SystemTime::now());
+                let pre = self.fresh_preconditions(rb, target).await;
                 if let Some(g) = pre.iter().find(|g| !g.passed) {
                     let why = g.reason.clone();
                     let _ = self.journal(Record::Outcome { id: id.into(), phase: Phase::Steps, step: i, ok: false, summary: why.clone(), at: SystemTime::now() }).await;
@@ -666,13 +683,17 @@ impl Remediation {
     }
 
     async fn verify(&self, id: &str, rb: &Runbook, target: &Labels, v: &Deadline) -> Result<(), String> {
-        let _ = self.journal(Record::Intent { id: id.into(), phase: Phase::Verify, step: 0, at: SystemTime::now() }).await;
+        if let Err(e) = self.journal(Record::Intent { id: id.into(), phase: Phase::Verify, step: 0, at: SystemTime::now() }).await {
+            return Err(format!("cannot write the journal: {e}"));
+        }
+        self.pause_at("verify:0:intent").await;
         let started = Instant::now();
         let result = self.wait_for(target, v).await;
         let took = started.elapsed().as_secs_f64();
         let ok = result.is_ok();
         let summary = result.clone().unwrap_or_else(|e| e);
         let _ = self.journal(Record::Outcome { id: id.into(), phase: Phase::Verify, step: 0, ok, summary: summary.clone(), at: SystemTime::now() }).await;
+        self.pause_at("verify:0:outcome").await;
         self.set_step(id, "verify", 0, |s| {
             s.state = if ok { "ok" } else { "failed" };
             s.attempts = 1;

@@ -177,6 +177,12 @@ pub fn fresh_data(target: &Labels, data: &Dataset) -> GuardOutcome {
     GuardOutcome::pass(G, format!("{} series for the target, all fresh", mine.len()))
 }
 
+/// A block that may clear by itself once data arrives (stale or missing data, an
+/// unknown precondition), as opposed to a precondition that is false.
+pub fn is_unknown(g: &GuardOutcome) -> bool {
+    !g.passed && (g.guard == "fresh_data" || g.reason.starts_with("precondition unknown"))
+}
+
 fn show(v: Option<f64>) -> String {
     v.map_or_else(|| "unknown".into(), |v| v.to_string())
 }
