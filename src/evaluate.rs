@@ -749,6 +749,45 @@ spec:
     }
 
     #[test]
+    fn every_alert_transition_is_sent_as_a_verdict_with_its_evidence_and_a_full_queue_drops_and_counts() {
+        use crate::signal::{Observation, SourceSample};
+        use crate::store::SourceKind;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml"]);
+        let store = Arc::new(Store::default());
+        store.register(SourceKind::Kafka, "local", Duration::from_secs(3600));
+        let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
+        let sample = SourceSample { observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()], targets: Vec::new(), dlq_links: Vec::new() };
+        store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        rules.set_verdict_sink(tx);
+        rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
+        let v = rx.try_recv().expect("a verdict");
+        assert_eq!((v.rule.as_str(), v.to, v.truth), ("lag-high-a.yaml", AlertState::Firing, crate::rules::expr::Truth::True));
+        assert!(v.fresh && v.triggers(), "{v:?}");
+        assert_eq!(v.evidence[0].signal, "lag_seconds");
+        assert_eq!((v.evidence[0].quality, v.evidence[0].value), ("fresh", Some(100.0)));
+        // The alert stays firing: no alert verdict. The SLO's time slices are all bad
+        // (lag 100 s against < 30 s), so its page burn alert starts firing: one verdict.
+        std::thread::sleep(Duration::from_millis(20));
+        rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
+        let burn = rx.try_recv().expect("a burn-alert verdict");
+        assert_eq!((burn.kind, burn.rule.as_str(), burn.to), (VerdictKind::BurnAlert, "fresh-a.yaml", AlertState::Firing), "{burn:?}");
+        assert_eq!(burn.labels["severity"], "page");
+        assert!(burn.fresh && burn.evidence[0].signal == "lag_seconds", "{burn:?}");
+        assert!(rx.try_recv().is_err(), "nothing else changed");
+        assert_eq!(rules.verdicts_dropped.get(), 0);
+        // The data goes stale: the firing alert keeps firing (no transition); a second
+        // rule file firing while nobody reads the queue fills it, then drops and counts.
+        let second = rules_in(dir.path(), &["b.yaml"]);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        second.set_verdict_sink(tx.clone());
+        tx.try_send(v).unwrap();
+        second.eval_group(&dir.path().join("b.yaml"), &store, SystemTime::now());
+        assert_eq!(second.verdicts_dropped.get(), 1);
+    }
+
+    #[test]
     fn every_group_evaluation_wakes_subscribers() {
         let dir = tempfile::tempdir().unwrap();
         let rules = rules_in(dir.path(), &["a.yaml"]);

@@ -223,6 +223,7 @@ const RESTART: &str = r#"  target: [connect, connector]
     - action: connect
       operation: restart-failed-tasks
       deadline: 45s
+      max_tasks: 1
   verify:
     condition: "max by (connect, connector) (connector_failed_tasks) == 0"
     deadline: 1m
@@ -683,4 +684,51 @@ fn sigkill_at_every_step_boundary_never_repeats_a_completed_step_never_loses_one
     // Leave the connector running for the next test (the aborted run left it RUNNING
     // after its resume; check).
     assert_eq!(connector_state(&c).as_deref(), Some("RUNNING"));
+}
+
+fn alertmanager_url() -> String {
+    std::env::var("ALERTMANAGER_URL").unwrap_or_else(|_| "http://127.0.0.1:9094".to_string()).trim_end_matches('/').to_string()
+}
+
+#[test]
+fn a_restart_that_does_not_bring_the_task_back_fails_rolls_back_by_stopping_the_connector_and_escalates_to_alertmanager() {
+    wait_for_worker();
+    let work = tempfile::tempdir().unwrap();
+    // The directory stays missing: the restarted task fails again.
+    let c = failed_sink("sg-rem-escalate", work.path());
+    let spec = format!(
+        r#"  mode: act
+  target: [connect, connector]
+  steps:
+    - {{ action: connect, operation: restart-failed-tasks, deadline: 5s, retries: 1 }}
+  rollback:
+    - {{ action: connect, operation: stop, deadline: 45s }}
+  escalate:
+    - {{ action: notify, format: alertmanager, url: "{am}", message: "restart did not help; connector stopped" }}
+"#,
+        am = alertmanager_url()
+    );
+    let files = Files::new(&rules(&c.name, &spec));
+    let agent = start(&files.config(free_port(), "", ""), &[]);
+    let run = wait_for_run(&agent, "restart", "failed", Duration::from_secs(120));
+    let steps = run["steps"].as_array().unwrap();
+    let step = |phase: &str| steps.iter().find(|s| s["phase"] == phase).unwrap().clone();
+    let restart = step("steps");
+    assert_eq!((restart["state"].as_str(), restart["attempts"].as_u64()), (Some("failed"), Some(2)), "idempotent: retried once: {run}");
+    assert!(restart["error"].as_str().unwrap().contains("expected connector and every task RUNNING within 5s"), "{restart}");
+    assert!(run["reason"].as_str().unwrap().starts_with("step 0 (connect) failed"), "{run}");
+    assert_eq!(step("rollback")["state"], "ok", "{run}");
+    assert_eq!(step("escalate")["state"], "ok", "{run}");
+    assert_eq!(connector_state(&c).as_deref(), Some("STOPPED"), "the rollback really stopped it");
+    // The real Alertmanager has the escalation.
+    let url = format!("{}/api/v2/alerts?filter=alertname%3D%22StreamguardRemediation%22", alertmanager_url());
+    let alerts: Value = block_on(async { reqwest::get(&url).await.unwrap().json().await.unwrap() });
+    let mine = alerts.as_array().unwrap().iter().find(|a| a["labels"]["connector"] == c.name.as_str()).unwrap_or_else(|| panic!("{alerts:#}"));
+    assert_eq!(mine["labels"]["runbook"], "restart");
+    assert_eq!(mine["annotations"]["summary"], "restart did not help; connector stopped");
+    assert_eq!(mine["annotations"]["run_id"], run["id"]);
+    let m = agent.metrics();
+    assert_eq!(m.get("streamguard_remediation_runs_total", &[("runbook", "restart"), ("outcome", "failed")]), Some(1.0));
+    assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "connect"), ("outcome", "error")]), Some(1.0));
+    assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "notify"), ("outcome", "ok")]), Some(1.0));
 }

@@ -348,7 +348,7 @@ impl Remediation {
                     let Some(rb) = set.runbook_specs.get(name) else { continue };
                     let pre = guard::target(rb, labels).map(|t| self.preconditions(rb, &t, now)).unwrap_or_default();
                     let mut p = plan::plan(Trigger::Manual(labels), rb, &state, &pre, rb.mode.unwrap_or(self.default_mode), now);
-                    p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {:?})", status.name, inst.value) });
+                    p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {})", status.name, inst.value.map_or_else(|| "unknown".to_string(), |v| v.to_string())) });
                     out.push((status.name.clone(), labels.clone(), p));
                 }
             }
@@ -763,6 +763,7 @@ impl Remediation {
         match tokio::task::spawn_blocking(move || lock(&j).append(&r)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
+                self.metrics.remediation.write_error("journal");
                 tracing::error!(error = %e, "cannot write the remediation journal");
                 Err(e.to_string())
             }
@@ -774,7 +775,10 @@ impl Remediation {
         let a = self.audit.clone();
         match tokio::task::spawn_blocking(move || lock(&a).write(record)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the audit log"),
+            Ok(Err(e)) => {
+                self.metrics.remediation.write_error("audit");
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
             Err(e) => tracing::error!(error = %e, "audit write did not run"),
         }
     }
