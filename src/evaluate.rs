@@ -38,7 +38,7 @@ use crate::rules::eval::{AlertState, Engine, EngineOptions, RuleStatus};
 use crate::rules::expr::{Dataset, EvalOptions, SeriesData};
 use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloStatus};
-use crate::rules::verdict::{self, Verdict, VerdictKind};
+use crate::rules::verdict::{self, Verdict};
 use crate::signal::Quality;
 use crate::store::Store;
 use crate::supervise::Supervisor;
@@ -100,7 +100,7 @@ pub struct Rules {
     /// Verdicts dropped because the sink was full or closed.
     pub verdicts_dropped: prometheus_client::metrics::counter::Counter,
     /// Burn alerts firing at the previous evaluation, by (SLO, severity, long window).
-    burn_firing: Mutex<HashMap<(String, String, String), bool>>,
+    burn_firing: Mutex<verdict::BurnFiring>,
 }
 
 /// The state file's content.
@@ -329,45 +329,8 @@ impl Rules {
 
     /// Verdicts of the burn alerts whose firing changed since the previous evaluation.
     fn burn_verdicts(&self, slos: &[crate::rules::slo::SloSpec], statuses: &[SloStatus], data: &Dataset, now: SystemTime) -> Vec<Verdict> {
-        let mut out = Vec::new();
         let mut before = self.burn_firing.lock().unwrap_or_else(|p| p.into_inner());
-        for (spec, status) in slos.iter().zip(statuses) {
-            for a in &status.alerts {
-                let key = (spec.name.clone(), a.severity.clone(), a.long.clone());
-                let was = before.insert(key, a.firing).unwrap_or(false);
-                if was == a.firing {
-                    continue;
-                }
-                let evidence: Vec<_> = match &spec.sli {
-                    crate::rules::slo::Sli::TimeSlice { cond, .. } => verdict::evidence(cond, &Default::default(), data, now),
-                    crate::rules::slo::Sli::Ratio { .. } => Vec::new(),
-                };
-                // A ratio SLI's evidence is its burn rates; a time-slice SLI's, its series.
-                let fresh = match &spec.sli {
-                    crate::rules::slo::Sli::TimeSlice { .. } => !evidence.is_empty() && evidence.iter().all(|e| e.quality == "fresh"),
-                    crate::rules::slo::Sli::Ratio { .. } => a.long_burn.is_some() && a.short_burn.is_some(),
-                };
-                let mut labels = spec.labels.clone();
-                labels.insert("slo".into(), spec.name.clone());
-                labels.insert("severity".into(), a.severity.clone());
-                labels.insert("long".into(), a.long.clone());
-                labels.insert("short".into(), a.short.clone());
-                out.push(Verdict {
-                    kind: VerdictKind::BurnAlert,
-                    rule: spec.name.clone(),
-                    labels,
-                    from: if was { AlertState::Firing } else { AlertState::Inactive },
-                    to: if a.firing { AlertState::Firing } else { AlertState::Resolved },
-                    truth: if a.firing { crate::rules::expr::Truth::True } else { crate::rules::expr::Truth::False },
-                    value: a.long_burn,
-                    fresh,
-                    evidence,
-                    runbooks: spec.runbooks.clone(),
-                    at: now,
-                });
-            }
-        }
-        out
+        verdict::burn_verdicts(slos, statuses, &mut before, data, now)
     }
 
     pub fn rule_statuses(&self) -> Vec<RuleStatus> {
@@ -772,7 +735,7 @@ spec:
         std::thread::sleep(Duration::from_millis(20));
         rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
         let burn = rx.try_recv().expect("a burn-alert verdict");
-        assert_eq!((burn.kind, burn.rule.as_str(), burn.to), (VerdictKind::BurnAlert, "fresh-a.yaml", AlertState::Firing), "{burn:?}");
+        assert_eq!((burn.kind, burn.rule.as_str(), burn.to), (crate::rules::verdict::VerdictKind::BurnAlert, "fresh-a.yaml", AlertState::Firing), "{burn:?}");
         assert_eq!(burn.labels["severity"], "page");
         assert!(burn.fresh && burn.evidence[0].signal == "lag_seconds", "{burn:?}");
         assert!(rx.try_recv().is_err(), "nothing else changed");

@@ -105,8 +105,8 @@ backoff_max = "2s"
 [[connect]]
 name = "local"
 url = "{connect}"
-sample_interval = "1s"
-sample_timeout = "1s"
+sample_interval = "2s"
+sample_timeout = "2s"
 {extra}
 [rules]
 paths = ["{d}/rules.yaml"]
@@ -184,7 +184,12 @@ fn wait_for_run(agent: &Agent, runbook: &str, state: &str, timeout: Duration) ->
     let mut found = None;
     let deadline = Instant::now() + timeout;
     while found.is_none() {
-        found = actions(agent).into_iter().find(|a| a["runbook"] == runbook && a["state"] == state);
+        let all = actions(agent);
+        // A run that ended otherwise will not get there: say so now, with its story.
+        if let Some(other) = all.iter().find(|a| a["runbook"] == runbook && a["state"] != state && ["failed", "aborted", "expired"].contains(&a["state"].as_str().unwrap_or(""))) {
+            panic!("a {runbook} run ended {} while waiting for {state}: {other:#}\n{}", other["state"], agent.log());
+        }
+        found = all.into_iter().find(|a| a["runbook"] == runbook && a["state"] == state);
         if found.is_none() {
             assert!(Instant::now() < deadline, "no {runbook} run {state} within {timeout:?}: {:#?}\n{}", actions(agent), agent.log());
             std::thread::sleep(Duration::from_millis(250));
@@ -388,8 +393,8 @@ fn with_connect_unreachable_or_unknown_nothing_is_sent_and_the_refusal_is_audite
 [[connect]]
 name = "relayed"
 url = "http://127.0.0.1:{}"
-sample_interval = "1s"
-sample_timeout = "1s"
+sample_interval = "2s"
+sample_timeout = "2s"
 
 [[connect]]
 name = "dead"
