@@ -8,7 +8,9 @@
 //! (d) Connect unreachable (its data stale) or missing: no action, audited;
 //! (e) SIGKILL of the agent at 21 step boundaries of a multi-step runbook: no completed
 //!     step runs twice, no step is lost, an interrupted non-idempotent step aborts;
-//! (f) approve mode waits for `streamguard approve ID`; a wrong token is refused.
+//! (f) approve mode waits for `streamguard approve ID`; a wrong token is refused; a run
+//!     waiting for approval survives a SIGKILL, blocks its target, and expires;
+//! and a restart that does not help fails, rolls back, and escalates to Alertmanager.
 //!
 //! The only stand-ins are on the test's side: a loopback webhook receiver (it counts the
 //! agent's notifications) and, in (d), a loopback TCP relay in front of the real worker
@@ -481,6 +483,40 @@ fn approve_mode_waits_for_streamguard_approve_and_a_wrong_or_missing_token_is_re
     assert_eq!(status, 409);
     let log = agent.log();
     assert!(!log.contains(TOKEN) && !log.contains(WRONG), "the token never reaches the log");
+}
+
+#[test]
+fn a_run_waiting_for_approval_survives_a_sigkill_blocks_its_target_and_expires_unapproved() {
+    wait_for_worker();
+    let work = tempfile::tempdir().unwrap();
+    let c = failed_sink("sg-rem-expire", work.path());
+    std::fs::create_dir_all(work.path().join("out")).unwrap();
+    let files = Files::new(&rules(&c.name, &format!("  mode: approve\n{RESTART}")));
+    let config = |port| files.config(port, "", &format!("api_token_file = \"{}\"\napproval_timeout = \"12s\"", files.path("token").display()));
+    let mut agent = start(&config(free_port()), &[]);
+    let waiting = wait_for_run(&agent, "restart", "awaiting_approval", Duration::from_secs(60));
+    let id = waiting["id"].as_str().unwrap().to_string();
+    agent.child.kill().unwrap(); // SIGKILL
+    agent.child.wait().unwrap();
+    drop(agent);
+
+    let agent = start(&config(free_port()), &[]);
+    // Recovered from the journal, still waiting; the alert fires again in the new process
+    // and its run is blocked: one run per target.
+    let (status, run) = api(&agent, reqwest::Method::GET, &format!("/api/v1/actions/{id}"), None, None);
+    assert_eq!((status, run["state"].as_str()), (200, Some("awaiting_approval")), "{run}");
+    let blocked = wait_for_run(&agent, "restart", "blocked", Duration::from_secs(60));
+    let busy = blocked["guards"].as_array().unwrap().iter().find(|g| g["guard"] == "target_busy").unwrap();
+    assert_eq!(busy["passed"], false, "{blocked}");
+    assert!(busy["reason"].as_str().unwrap().starts_with("target busy: a run of runbook restart is in progress or awaiting approval"), "{blocked}");
+    let expired = wait_for_run(&agent, "restart", "expired", Duration::from_secs(60));
+    assert_eq!(expired["id"], id.as_str());
+    assert!(expired["reason"].as_str().unwrap().starts_with("not approved within 12s"), "{expired}");
+    assert_eq!(task_state(&c).as_deref(), Some("FAILED"), "nothing was sent");
+    let (status, _) = api(&agent, reqwest::Method::POST, &format!("/api/v1/actions/{id}/approve"), Some(TOKEN), None);
+    assert_eq!(status, 409, "too late to approve");
+    assert!(files.audit().iter().any(|r| r["kind"] == "run" && r["run_id"] == id.as_str() && r["end"] == "expired"));
+    assert_eq!(agent.metrics().get("streamguard_remediation_runs_total", &[("runbook", "restart"), ("outcome", "expired")]), Some(1.0));
 }
 
 /// A loopback webhook receiver: every JSON body it got.

@@ -424,7 +424,18 @@ impl Remediation {
             self.metrics.remediation.run(&rb.name, "failed");
             return self.get(&id).unwrap_or(view);
         }
-        lock(&self.past).push(PastRun { runbook: rb.name.clone(), target: target.clone(), started: now, active: true });
+        {
+            let mut past = lock(&self.past);
+            past.push(PastRun { runbook: rb.name.clone(), target: target.clone(), started: now, active: true });
+            // Bounded: finished runs beyond the journal's own bound are forgotten, oldest
+            // first (runs in progress never are).
+            let mut excess = past.iter().filter(|r| !r.active).count().saturating_sub(journal::KEEP_FINISHED);
+            past.retain(|r| {
+                let drop = excess > 0 && !r.active;
+                excess -= usize::from(drop);
+                !drop
+            });
+        }
         self.refresh_in_progress();
         tracing::warn!(runbook = %rb.name, run_id = %id, mode = p.mode.as_str(), "runbook run started");
         let me = self.clone();
