@@ -279,6 +279,8 @@ fn a_failed_task_is_restarted_once_its_directory_exists_verified_and_audited_and
     assert_eq!(m.get("streamguard_remediation_runs_total", &[("runbook", "restart"), ("outcome", "succeeded")]), Some(1.0));
     assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "connect"), ("outcome", "ok")]), Some(1.0));
     assert_eq!(m.get("streamguard_remediation_runs_in_progress", &[]), Some(0.0));
+    assert_eq!(m.count("streamguard_remediation_step_duration_seconds_count", &[("action", "connect")]), 1);
+    promtool_check_metrics(&m.text);
 
     // (b) It fails again inside the cooldown: not acted on, and the audit says why.
     std::fs::remove_dir_all(work.path().join("out")).unwrap();
