@@ -133,7 +133,7 @@ impl Remediation {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    let hard = step.timeout + connect_deadline(action);
+                    let hard = step.timeout + action.verify_deadline();
                     let r = match tokio::time::timeout(hard, actions::perform(action, &cx)).await {
                         Ok(r) => r,
                         Err(_) => Err(ActionError::Timeout { request: step.describe() }),
@@ -229,12 +229,5 @@ impl Remediation {
             }
             tokio::time::sleep(POLL).await;
         }
-    }
-}
-
-fn connect_deadline(a: &crate::rules::file::runbook::Action) -> Duration {
-    match a {
-        crate::rules::file::runbook::Action::Connect(c) => c.deadline,
-        crate::rules::file::runbook::Action::Notify(_) => Duration::ZERO,
     }
 }

@@ -160,6 +160,15 @@ impl Action {
         }
     }
 
+    /// How long after its request the action may spend checking that it took effect
+    /// (the executor's hard limit of one attempt is the step's timeout plus this).
+    pub fn verify_deadline(&self) -> Duration {
+        match self {
+            Action::Connect(c) => c.deadline,
+            Action::Notify(_) => Duration::ZERO,
+        }
+    }
+
     /// Whether running it twice is the same as running it once: only such an action is
     /// retried after a failure that may have reached the other side, or after a crash
     /// between its intent and its outcome.
