@@ -14,6 +14,8 @@ struct PrivateBroker {
     dir: tempfile::TempDir,
     port: u16,
     controller_port: u16,
+    /// The private broker's SASL_SSL listener (stack/ adds one to every broker).
+    sasl_port: u16,
 }
 
 impl PrivateBroker {
@@ -22,7 +24,8 @@ impl PrivateBroker {
             .arg("kafka")
             .env("STACK_DIR", self.dir.path())
             .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string()));
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string()));
         assert!(
             out.status.success(),
             "stack/{verb} kafka failed:\n{}\n{}",
@@ -43,6 +46,7 @@ impl Drop for PrivateBroker {
             .env("STACK_DIR", self.dir.path())
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string())
             .output();
     }
 }
@@ -54,7 +58,7 @@ fn is_stale(m: &Metrics) -> bool {
 
 #[test]
 fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_returns() {
-    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
+    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port(), sasl_port: free_port() };
     assert!(Path::new(&repo_root().join("stack/up")).exists());
     broker.stack("up");
     let b = broker.bootstrap();

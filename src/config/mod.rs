@@ -24,6 +24,7 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Profile, Provider};
 use regex::Regex;
 
+pub mod secrets;
 mod validate;
 use validate::Validator;
 
@@ -258,8 +259,8 @@ pub struct RecordConfig {
     pub max_age: Duration,
 }
 
-/// One Kafka cluster to watch.
-#[derive(Debug, Clone)]
+/// One Kafka cluster to watch. Its `Debug` hides secret property values.
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// Unique, label-safe name (`[A-Za-z0-9_.-]+`).
     pub name: String,
@@ -282,6 +283,23 @@ pub struct ClusterConfig {
     /// probe that cannot read (an open transaction, a slow leader) never makes the
     /// whole sample time out. Default: half the sample timeout, at most 2 s.
     pub probe_timeout: Duration,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &secrets::redacted(&self.properties))
+            .field("sample_interval", &self.sample_interval)
+            .field("sample_timeout", &self.sample_timeout)
+            .field("backoff_max", &self.backoff_max)
+            .field("offset_fetch_concurrency", &self.offset_fetch_concurrency)
+            .field("groups", &self.groups)
+            .field("probe_budget", &self.probe_budget)
+            .field("probe_timeout", &self.probe_timeout)
+            .finish()
+    }
 }
 
 impl ClusterConfig {

@@ -626,18 +626,43 @@ impl Validator<'_> {
         match c.get("properties") {
             None => {}
             Some(Value::Dict(_, d)) => {
+                // (name, value, where it was written): a `_file`/`_env` key gives its
+                // base name the secret it reads (see config::secrets).
+                let mut given: Vec<(String, String, String, &Value)> = Vec::new();
                 for (k, v) in flatten_dotted(d) {
                     let pkey = format!("{key}.\"{k}\"");
-                    if RESERVED_PROPERTIES.contains(&k.as_str()) {
+                    let Some(s) = scalar_string(v) else {
+                        self.error(Some(v), &pkey, "expected a string, number or boolean");
+                        continue;
+                    };
+                    let (name, value) = match secrets::reference(&k, &s) {
+                        None => (k, s),
+                        Some((base, source)) => match secrets::read(&source) {
+                            Ok(secret) => (base, secret),
+                            Err(m) => {
+                                self.error(Some(v), &pkey, m);
+                                continue;
+                            }
+                        },
+                    };
+                    if RESERVED_PROPERTIES.contains(&name.as_str()) {
                         self.error(Some(v), &pkey, "set by streamguard itself; remove it (use bootstrap_servers for the brokers)");
                         continue;
                     }
-                    match scalar_string(v) {
-                        Some(s) => {
-                            out.insert(k, s);
-                        }
-                        None => self.error(Some(v), &pkey, "expected a string, number or boolean"),
+                    given.push((name, value, pkey, v));
+                }
+                for (name, value, pkey, v) in given {
+                    if out.contains_key(&name) {
+                        self.error(Some(v), &pkey, format!("\"{name}\" is given twice (directly and from a file or variable); keep one"));
+                        continue;
                     }
+                    // librdkafka's own check, without a client: `check` refuses exactly
+                    // what `run` could not create.
+                    if let Err(m) = secrets::librdkafka_accepts(&name, &value) {
+                        self.error(Some(v), &pkey, m);
+                        continue;
+                    }
+                    out.insert(name, value);
                 }
             }
             Some(v) => self.error(Some(v), &key, "expected a table of librdkafka properties"),

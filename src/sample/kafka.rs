@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 use super::kafka_admin::{Admin, AdminError, Committed, GroupDescription, GroupListing, OffsetSpec, TopicPartition};
+use super::kafka_context::{ClientEvents, ClientFault, KafkaContext};
 use super::kafka_probe::Probe;
 pub use super::kafka_snapshot::{
     build_snapshot, PARTIAL_CAUSES, offset_range, partition_lag, GroupLag, KafkaSnapshot, OffsetRange, PartitionLag, PartitionOffsets, ProbeCoverage,
@@ -44,12 +45,21 @@ pub enum SampleError {
         #[source]
         source: AdminError,
     },
+    /// The client could not authenticate or complete the TLS handshake (librdkafka
+    /// retries those, so the request itself only times out).
+    #[error("cluster {cluster}: {stage}: {fault}")]
+    Client {
+        cluster: String,
+        stage: &'static str,
+        fault: ClientFault,
+    },
 }
 
 impl SampleError {
     /// A bounded label value for the error counter.
     pub fn kind(&self) -> &'static str {
         match self {
+            SampleError::Client { fault, .. } => fault.kind.as_str(),
             SampleError::Admin { source: AdminError::Timeout { .. }, .. } => "timeout",
             SampleError::Admin {
                 source:
@@ -75,6 +85,8 @@ pub struct KafkaSampler {
     timeout: Duration,
     offset_fetch_concurrency: usize,
     probe: Probe,
+    /// What librdkafka reported outside of results (authentication, TLS).
+    events: std::sync::Arc<ClientEvents>,
 }
 
 
@@ -97,7 +109,8 @@ impl KafkaSampler {
     /// Creates the sampler and its client (no connection is made yet).
     pub fn new(cluster: &ClusterConfig) -> Result<Self, AdminError> {
         let config = client_config(&cluster.bootstrap_servers, &cluster.properties);
-        let admin = Admin::new(&config)?;
+        let events = ClientEvents::new(&cluster.name, &config);
+        let admin = Admin::new(&config, KafkaContext { events: events.clone() })?;
         Ok(KafkaSampler {
             cluster: cluster.name.clone(),
             admin,
@@ -105,6 +118,7 @@ impl KafkaSampler {
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
             probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout),
+            events,
         })
     }
 
@@ -123,6 +137,11 @@ impl KafkaSampler {
         // A timeout is reported against the sample's budget, not the time that happened
         // to be left for the call: the same failure reads the same every time.
         let fail = |stage, source| {
+            // An authentication or TLS failure during this sample is the cause of
+            // whatever the request then reports (usually a timeout).
+            if let Some(fault) = self.events.fault_since(started) {
+                return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
+            }
             let source = match source {
                 AdminError::Timeout { op, .. } => AdminError::Timeout { op, timeout: self.timeout },
                 other => other,
