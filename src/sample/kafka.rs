@@ -117,7 +117,7 @@ impl KafkaSampler {
             filter: cluster.groups.clone(),
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
-            probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout),
+            probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout, events.clone()),
             events,
         })
     }
@@ -131,6 +131,8 @@ impl KafkaSampler {
     /// `dlq` is the configured DLQ matching and the links other sources discovered; the
     /// DLQ topics it resolves to are sampled too.
     pub fn sample(&self, dlq: &(DlqConfig, Vec<DlqLink>)) -> Result<KafkaSnapshot, SampleError> {
+        // What librdkafka reported since the last sample is older than this one.
+        self.admin.drain_events();
         let started = Instant::now();
         let deadline = started + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -139,6 +141,7 @@ impl KafkaSampler {
         let fail = |stage, source| {
             // An authentication or TLS failure during this sample is the cause of
             // whatever the request then reports (usually a timeout).
+            self.admin.drain_events();
             if let Some(fault) = self.events.fault_since(started) {
                 return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
             }

@@ -225,6 +225,13 @@ impl Admin {
         Ok(Admin { client })
     }
 
+    /// Hands librdkafka's pending log lines and errors to the client context (see
+    /// [`super::kafka_context::drain_main_queue`]).
+    pub fn drain_events(&self) {
+        // SAFETY: the handle lives as long as self.client.
+        unsafe { super::kafka_context::drain_main_queue(self.rk(), self.client.inner().context()) };
+    }
+
     fn rk(&self) -> *mut rd::rd_kafka_t {
         self.client.inner().native_ptr()
     }

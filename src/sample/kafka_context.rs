@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rd;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -89,12 +90,22 @@ impl LogLimiter {
     }
 }
 
-/// A line's kind: its text with every run of digits replaced by `#` (ports, counts and
-/// durations vary between otherwise identical lines). Pure.
+/// A line's kind: its text with every run of digits replaced by `#` and parenthesised
+/// asides dropped (ports, counts, "(after 3ms in state UP, 2 identical error(s)
+/// suppressed)" vary between otherwise identical lines). Pure.
 pub fn line_kind(line: &str) -> String {
     let mut out = String::with_capacity(line.len().min(256));
     let mut in_digits = false;
+    let mut depth = 0usize;
     for c in line.chars().take(512) {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > 0 || c == ')' {
+            continue;
+        }
         if c.is_ascii_digit() {
             if !in_digits {
                 out.push('#');
@@ -240,6 +251,84 @@ impl ClientContext for KafkaContext {
     }
 }
 
+/// Most events handled per [`drain_main_queue`] call (a bound on the time it takes).
+const MAX_DRAINED: usize = 10_000;
+
+/// Delivers the log lines and errors waiting on a client's main queue to `ctx`.
+///
+/// rdkafka routes librdkafka's log lines and global errors (authentication, broker
+/// down) to the client's main queue, which only a consumer's or producer's `poll` serves:
+/// an admin client's queue would grow for as long as it lives and its errors would never
+/// be seen. The sampler calls this before it reads [`ClientEvents::fault_since`] and at
+/// every sample. Never blocks (zero timeout). Returns how many events it handled.
+///
+/// # Safety
+/// `rk` must be a live client handle for the whole call.
+pub unsafe fn drain_main_queue(rk: *mut rd::rd_kafka_t, ctx: &KafkaContext) -> usize {
+    // SAFETY: rk is live (caller); the main queue reference is ours and destroyed below.
+    let queue = unsafe { rd::rd_kafka_queue_get_main(rk) };
+    if queue.is_null() {
+        return 0;
+    }
+    let mut n = 0;
+    while n < MAX_DRAINED {
+        // SAFETY: queue is a live queue reference; a zero timeout never blocks.
+        let ev = unsafe { rd::rd_kafka_queue_poll(queue, 0) };
+        if ev.is_null() {
+            break;
+        }
+        n += 1;
+        // SAFETY: ev is a live event until rd_kafka_event_destroy below; the strings it
+        // returns are copied before that.
+        unsafe {
+            match rd::rd_kafka_event_type(ev) {
+                rd::RD_KAFKA_EVENT_LOG => {
+                    let (mut fac, mut text, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+                    if rd::rd_kafka_event_log(ev, &mut fac, &mut text, &mut level) == 0 {
+                        let (fac, text) = (cstr(fac), cstr(text));
+                        ctx.log(log_level(level), &fac, &text);
+                    }
+                }
+                rd::RD_KAFKA_EVENT_ERROR => {
+                    let code = RDKafkaErrorCode::from(rd::rd_kafka_event_error(ev));
+                    let reason = cstr(rd::rd_kafka_event_error_string(ev));
+                    ctx.error(KafkaError::Global(code), &reason);
+                }
+                _ => {}
+            }
+            rd::rd_kafka_event_destroy(ev);
+        }
+    }
+    // SAFETY: the reference taken above, destroyed once.
+    unsafe { rd::rd_kafka_queue_destroy(queue) };
+    n
+}
+
+/// # Safety
+/// `p` is null or a NUL-terminated string alive for the call.
+unsafe fn cstr(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: see the function's contract.
+        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// syslog levels, as librdkafka uses them.
+fn log_level(level: i32) -> RDKafkaLogLevel {
+    match level {
+        ..=0 => RDKafkaLogLevel::Emerg,
+        1 => RDKafkaLogLevel::Alert,
+        2 => RDKafkaLogLevel::Critical,
+        3 => RDKafkaLogLevel::Error,
+        4 => RDKafkaLogLevel::Warning,
+        5 => RDKafkaLogLevel::Notice,
+        6 => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +375,7 @@ mod tests {
     fn digits_do_not_make_lines_different() {
         assert_eq!(line_kind("after 12ms, 3 brokers"), line_kind("after 999ms, 1 brokers"));
         assert_ne!(line_kind("broker down"), line_kind("broker up"));
+        assert_eq!(line_kind("failed (after 3ms in state UP)"), line_kind("failed (after 9ms in state UP, 1 identical error(s) suppressed)"));
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Metrics {
         registry.register("samples", "Completed sample attempts per source", samples.clone());
         registry.register(
             "sample_errors",
-            "Failed sample attempts per source and error kind (timeout, list_groups, describe_groups, list_offsets, client)",
+            "Failed sample attempts per source and error kind (timeout, authentication, tls, list_groups, describe_groups, list_offsets, client)",
             sample_errors.clone(),
         );
         registry.register(
