@@ -80,6 +80,15 @@ impl LogLimiter {
         Admission { emit, summaries }
     }
 
+    /// At `now`: if the current window is over, ends it (see [`LogLimiter::flush`]), so
+    /// the summary of a quiet tail is not held back until the next line.
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, u64)> {
+        match self.started {
+            Some(s) if now.saturating_duration_since(s) >= self.window => self.flush(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Ends the window: the suppressed counts, largest first; resets.
     pub fn flush(&mut self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> = self.kinds.drain().filter(|(_, (_, n))| *n > 0).map(|(_, v)| v).collect();
@@ -194,13 +203,23 @@ impl ClientEvents {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), ClientFault { kind, message }));
     }
 
+    /// Logs the summaries of a window that has ended (called at every sample).
+    pub fn tick(&self) {
+        let summaries = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
+        self.summarise(&summaries);
+    }
+
+    fn summarise(&self, summaries: &[(String, u64)]) {
+        for (example, n) in summaries {
+            tracing::warn!(target: "librdkafka", cluster = %self.cluster, suppressed = n, window = ?LOG_WINDOW, example = %example, "librdkafka: similar lines suppressed");
+        }
+    }
+
     /// Logs one librdkafka line through the limiter.
     fn line(&self, level: tracing::Level, line: &str) {
         let line = self.scrub(line);
         let admission = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(&line, Instant::now());
-        for (example, n) in &admission.summaries {
-            tracing::warn!(target: "librdkafka", cluster = %self.cluster, suppressed = n, window = ?LOG_WINDOW, example = %example, "librdkafka: similar lines suppressed");
-        }
+        self.summarise(&admission.summaries);
         if admission.emit {
             match level {
                 tracing::Level::ERROR => tracing::error!(target: "librdkafka", cluster = %self.cluster, "librdkafka: {line}"),
@@ -301,6 +320,7 @@ pub unsafe fn drain_main_queue(rk: *mut rd::rd_kafka_t, ctx: &KafkaContext) -> u
     }
     // SAFETY: the reference taken above, destroyed once.
     unsafe { rd::rd_kafka_queue_destroy(queue) };
+    ctx.events.tick();
     n
 }
 
@@ -349,6 +369,18 @@ mod tests {
         let a = l.admit("all brokers are down", at(t, 61));
         assert!(a.emit, "a new window prints again");
         assert_eq!(a.summaries, vec![("Connect to 127.0.0.1:9092 failed (after 1ms)".to_string(), 375)]);
+    }
+
+    #[test]
+    fn a_window_that_ended_quietly_is_summarised_at_the_next_tick() {
+        let t = Instant::now();
+        let mut l = LogLimiter::new(Duration::from_secs(60), 10);
+        l.admit("down", t);
+        l.admit("down", t);
+        assert!(l.expire(at(t, 59)).is_empty());
+        assert_eq!(l.expire(at(t, 60)), vec![("down".to_string(), 1)]);
+        assert!(l.expire(at(t, 200)).is_empty(), "nothing twice");
+        assert!(l.admit("down", at(t, 201)).emit, "a new window prints the line again");
     }
 
     #[test]
