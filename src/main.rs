@@ -167,11 +167,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = config::load(&config)?;
             let rt = runtime()?;
-            rt.block_on(async {
+            let result = rt.block_on(async {
                 let cancel = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(cancel.clone()));
                 agent::run(cfg, cancel).await
-            })?;
+            });
+            // Dropping the runtime would wait for every blocking call (a Kafka sample can
+            // block for its whole sample_timeout): the shutdown grace bounds it instead.
+            rt.shutdown_timeout(agent::RUNTIME_SHUTDOWN);
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { recording, rules, interval, config, json, emit_promtool_test } => {
