@@ -60,15 +60,19 @@ fn sigterm_during_a_sample_of_a_port_with_nothing_listening_exits_within_the_gra
     assert!(log.contains("cut short") && log.contains("sample kafka unreachable"), "the log names what was cut short:\n{log}");
 }
 
-/// Resumes a stopped process, whatever happens to the test.
-struct Resume(u32);
+/// Resumes (then ends and reaps) a stopped process, whatever happens to the test.
+struct Resume(Child);
 
 impl Drop for Resume {
     fn drop(&mut self) {
-        for signal in ["-CONT", "-KILL"] {
-            if let Err(e) = Command::new("kill").args([signal, &self.0.to_string()]).status() {
-                eprintln!("kill {signal} {}: {e}", self.0);
-            }
+        if let Err(e) = Command::new("kill").args(["-CONT", &self.0.id().to_string()]).status() {
+            eprintln!("kill -CONT {}: {e}", self.0.id());
+        }
+        if let Err(e) = self.0.kill() {
+            eprintln!("kill {}: {e}", self.0.id());
+        }
+        if let Err(e) = self.0.wait() {
+            eprintln!("wait {}: {e}", self.0.id());
         }
     }
 }
@@ -86,8 +90,9 @@ fn sigterm_during_a_sample_of_a_stopped_listener_exits_within_the_grace() {
         .spawn()
         .expect("python3");
     let pid = holder.id();
-    let _resume = Resume(pid);
-    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let stdout = holder.stdout.take().unwrap();
+    let _resume = Resume(holder);
+    let mut out = std::io::BufReader::new(stdout);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ok");
