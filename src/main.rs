@@ -104,7 +104,10 @@ enum ExportFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `lag` prints its table on stdout and one cause per failed cluster on stderr; the
+    // client library's own lines (the same failure, retold) would only interleave there.
+    let quiet_client = matches!(cli.command, Command::Lag { .. });
+    init_logging(if quiet_client { "info,librdkafka=off,rdkafka=warn" } else { "info,librdkafka=warn,rdkafka=warn" });
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -114,9 +117,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMGUARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -221,9 +221,10 @@ impl ClientEvents {
         let admission = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(&line, Instant::now());
         self.summarise(&admission.summaries);
         if admission.emit {
+            // At most WARN: the agent reports a failed sample itself (SampleFailed, the
+            // target's last_error); librdkafka's line is the detail, not a call to act.
             match level {
-                tracing::Level::ERROR => tracing::error!(target: "librdkafka", cluster = %self.cluster, "librdkafka: {line}"),
-                tracing::Level::WARN => tracing::warn!(target: "librdkafka", cluster = %self.cluster, "librdkafka: {line}"),
+                tracing::Level::ERROR | tracing::Level::WARN => tracing::warn!(target: "librdkafka", cluster = %self.cluster, "librdkafka: {line}"),
                 tracing::Level::INFO => tracing::info!(target: "librdkafka", cluster = %self.cluster, "librdkafka: {line}"),
                 _ => tracing::debug!(target: "librdkafka", cluster = %self.cluster, "librdkafka: {line}"),
             }
