@@ -272,7 +272,21 @@ impl Source {
                         return Err(Failure::new("timeout", HardTimeout(hard_timeout)));
                     }
                     Ok(Err(join)) => return Err(Failure::new("panic", join)),
-                    Ok(Ok(Err(e))) => return Err(Failure { kind: e.kind(), error: Box::new(e) }),
+                    Ok(Ok(Err(e))) => {
+                        // A rotated secret (file or variable) is read again after an
+                        // authentication failure; the next attempt uses it.
+                        if matches!(&e, SampleError::Client { fault, .. } if fault.kind == crate::sample::kafka_context::FaultKind::Authentication) {
+                            match sampler.with_reloaded_secrets() {
+                                Some(Ok(new)) => {
+                                    tracing::info!(source = name, "a secret changed; Kafka client rebuilt with it");
+                                    *sampler = Arc::new(new);
+                                }
+                                Some(Err(err)) => tracing::warn!(source = name, error = %err, "cannot rebuild the Kafka client with the changed secret"),
+                                None => {}
+                            }
+                        }
+                        return Err(Failure { kind: e.kind(), error: Box::new(e) });
+                    }
                     Ok(Ok(Ok(snapshot))) => snapshot,
                 };
                 let at = snapshot.taken_at;

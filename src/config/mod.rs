@@ -266,8 +266,12 @@ pub struct ClusterConfig {
     pub name: String,
     /// Comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// Pass-through librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*` …).
+    /// Pass-through librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*` …),
+    /// with the values of `<property>_file` / `<property>_env` keys read in.
     pub properties: BTreeMap<String, String>,
+    /// Properties whose value came from a file or a variable: re-read after an
+    /// authentication failure, so a rotated secret is picked up without a restart.
+    pub secret_sources: BTreeMap<String, secrets::SecretSource>,
     pub sample_interval: Duration,
     /// Budget for one whole sample (all admin calls of one cycle).
     pub sample_timeout: Duration,
@@ -291,6 +295,7 @@ impl fmt::Debug for ClusterConfig {
             .field("name", &self.name)
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("properties", &secrets::redacted(&self.properties))
+            .field("secret_sources", &self.secret_sources)
             .field("sample_interval", &self.sample_interval)
             .field("sample_timeout", &self.sample_timeout)
             .field("backoff_max", &self.backoff_max)

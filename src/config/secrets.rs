@@ -100,6 +100,22 @@ fn read_file(path: &Path) -> Result<String, String> {
     String::from_utf8(buf).map_err(|_| format!("secret file {} is not valid UTF-8", path.display()))
 }
 
+/// Re-reads every secret source. `Ok(Some(properties))` when a value changed (the new
+/// properties), `Ok(None)` when none did; the error names the source, never a value.
+pub fn reread(properties: &BTreeMap<String, String>, sources: &BTreeMap<String, SecretSource>) -> Result<Option<BTreeMap<String, String>>, String> {
+    let mut out = properties.clone();
+    let mut changed = false;
+    for (name, source) in sources {
+        let value = read(source)?;
+        librdkafka_accepts(name, &value).map_err(|m| format!("{name} from {source}: {m}"))?;
+        if properties.get(name) != Some(&value) {
+            changed = true;
+            out.insert(name.clone(), value);
+        }
+    }
+    Ok(changed.then_some(out))
+}
+
 /// Drops trailing `\n` / `\r\n` (what `echo` and editors add). Pure.
 pub fn trim_newlines(s: &str) -> &str {
     s.trim_end_matches(['\n', '\r'])
@@ -205,6 +221,20 @@ mod tests {
         assert!(e.contains("pigeon"), "a plain value may be shown: {e}");
         let e = librdkafka_accepts("ssl.key.password_typo.ms", "hunter2").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_rotated_secret_file_is_noticed_and_an_unchanged_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "one\n").unwrap();
+        let sources = BTreeMap::from([("sasl.password".to_string(), SecretSource::File(p.clone()))]);
+        let props = BTreeMap::from([("sasl.password".to_string(), "one".to_string())]);
+        assert_eq!(reread(&props, &sources), Ok(None));
+        std::fs::write(&p, "two\n").unwrap();
+        assert_eq!(reread(&props, &sources).unwrap().unwrap()["sasl.password"], "two");
+        std::fs::remove_file(&p).unwrap();
+        assert!(reread(&props, &sources).unwrap_err().contains("cannot read secret file"));
     }
 
     #[test]

@@ -539,7 +539,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let properties = self.properties(c, prefix);
+        let (properties, secret_sources) = self.properties(c, prefix);
         let probe_budget = match c.get("probe_budget") {
             Some(v) if v.to_i128() == Some(0) => Some(0),
             Some(_) => self.positive(c, prefix, "probe_budget"),
@@ -566,6 +566,7 @@ impl Validator<'_> {
             name: name?,
             bootstrap_servers: bootstrap?,
             properties,
+            secret_sources,
             sample_interval: settings.interval,
             sample_timeout: settings.timeout,
             backoff_max: settings.backoff_max,
@@ -620,25 +621,26 @@ impl Validator<'_> {
         Some(RecordConfig { path: path?, max_size: max_size?, max_age: max_age? })
     }
 
-    fn properties(&mut self, c: &Dict, prefix: &str) -> BTreeMap<String, String> {
+    fn properties(&mut self, c: &Dict, prefix: &str) -> (BTreeMap<String, String>, BTreeMap<String, secrets::SecretSource>) {
         let key = join(prefix, "properties");
         let mut out = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         match c.get("properties") {
             None => {}
             Some(Value::Dict(_, d)) => {
                 // (name, value, where it was written): a `_file`/`_env` key gives its
                 // base name the secret it reads (see config::secrets).
-                let mut given: Vec<(String, String, String, &Value)> = Vec::new();
+                let mut given: Vec<(String, String, Option<secrets::SecretSource>, String, &Value)> = Vec::new();
                 for (k, v) in flatten_dotted(d) {
                     let pkey = format!("{key}.\"{k}\"");
                     let Some(s) = scalar_string(v) else {
                         self.error(Some(v), &pkey, "expected a string, number or boolean");
                         continue;
                     };
-                    let (name, value) = match secrets::reference(&k, &s) {
-                        None => (k, s),
+                    let (name, value, source) = match secrets::reference(&k, &s) {
+                        None => (k, s, None),
                         Some((base, source)) => match secrets::read(&source) {
-                            Ok(secret) => (base, secret),
+                            Ok(secret) => (base, secret, Some(source)),
                             Err(m) => {
                                 self.error(Some(v), &pkey, m);
                                 continue;
@@ -649,9 +651,9 @@ impl Validator<'_> {
                         self.error(Some(v), &pkey, "set by streamguard itself; remove it (use bootstrap_servers for the brokers)");
                         continue;
                     }
-                    given.push((name, value, pkey, v));
+                    given.push((name, value, source, pkey, v));
                 }
-                for (name, value, pkey, v) in given {
+                for (name, value, source, pkey, v) in given {
                     if out.contains_key(&name) {
                         self.error(Some(v), &pkey, format!("\"{name}\" is given twice (directly and from a file or variable); keep one"));
                         continue;
@@ -662,12 +664,15 @@ impl Validator<'_> {
                         self.error(Some(v), &pkey, m);
                         continue;
                     }
+                    if let Some(source) = source {
+                        sources.insert(name.clone(), source);
+                    }
                     out.insert(name, value);
                 }
             }
             Some(v) => self.error(Some(v), &key, "expected a table of librdkafka properties"),
         }
-        out
+        (out, sources)
     }
 
     fn groups(&mut self, dict: &Dict, prefix: &str) -> Option<GroupFilter> {

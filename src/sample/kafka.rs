@@ -87,6 +87,8 @@ pub struct KafkaSampler {
     probe: Probe,
     /// What librdkafka reported outside of results (authentication, TLS).
     events: std::sync::Arc<ClientEvents>,
+    /// What it was built from (to rebuild it with rotated secrets).
+    config: ClusterConfig,
 }
 
 
@@ -119,7 +121,30 @@ impl KafkaSampler {
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
             probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout, events.clone()),
             events,
+            config: cluster.clone(),
         })
+    }
+
+    /// After an authentication failure: re-reads the secrets that come from files or
+    /// variables and, if one changed, returns a sampler built with the new values (a
+    /// Kubernetes secret rotated under a running agent). `None` when nothing changed or
+    /// the sources cannot be read (logged without the value).
+    pub fn with_reloaded_secrets(&self) -> Option<Result<KafkaSampler, AdminError>> {
+        if self.config.secret_sources.is_empty() {
+            return None;
+        }
+        match crate::config::secrets::reread(&self.config.properties, &self.config.secret_sources) {
+            Ok(Some(properties)) => {
+                let mut cfg = self.config.clone();
+                cfg.properties = properties;
+                Some(KafkaSampler::new(&cfg))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(cluster = %self.cluster, error = %e, "cannot re-read a secret");
+                None
+            }
+        }
     }
 
     pub fn cluster(&self) -> &str {
@@ -131,7 +156,6 @@ impl KafkaSampler {
     /// `dlq` is the configured DLQ matching and the links other sources discovered; the
     /// DLQ topics it resolves to are sampled too.
     pub fn sample(&self, dlq: &(DlqConfig, Vec<DlqLink>)) -> Result<KafkaSnapshot, SampleError> {
-        // What librdkafka reported since the last sample is older than this one.
         self.admin.drain_events();
         let started = Instant::now();
         let deadline = started + self.timeout;
@@ -139,10 +163,10 @@ impl KafkaSampler {
         // A timeout is reported against the sample's budget, not the time that happened
         // to be left for the call: the same failure reads the same every time.
         let fail = |stage, source| {
-            // An authentication or TLS failure during this sample is the cause of
+            // An authentication or TLS failure since the last success is the cause of
             // whatever the request then reports (usually a timeout).
             self.admin.drain_events();
-            if let Some(fault) = self.events.fault_since(started) {
+            if let Some(fault) = self.events.fault() {
                 return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
             }
             let source = match source {
@@ -223,6 +247,7 @@ impl KafkaSampler {
             snapshot.add_partial_error(e.cause(), e.to_string());
         }
         snapshot.duration_seconds = started.elapsed().as_secs_f64();
+        self.events.clear_fault();
         Ok(snapshot)
     }
 }

@@ -9,9 +9,10 @@
 //!   line after a window with suppressed lines is preceded by one summary line per kind
 //!   with its count. A broker that was down for ten minutes therefore yields a handful
 //!   of lines on recovery, not hundreds.
-//! - **Faults**: an authentication or TLS failure is remembered ([`ClientEvents::fault_since`])
-//!   so the sampler can say "authentication failed" instead of the request timeout that
-//!   librdkafka's retries turn it into.
+//! - **Faults**: an authentication or TLS failure is remembered until the next successful
+//!   sample ([`ClientEvents::fault`]), so the sampler can say "authentication failed"
+//!   instead of the request timeout that librdkafka's retries turn it into (librdkafka
+//!   reports a repeated identical failure only once in a while).
 //!
 //! It decides nothing about sampling; the sampler reads [`ClientEvents`].
 
@@ -193,10 +194,14 @@ impl ClientEvents {
         crate::config::secrets::scrub(text, self.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
-    /// The latest authentication or TLS failure reported at or after `since`.
-    pub fn fault_since(&self, since: Instant) -> Option<ClientFault> {
-        let f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
-        f.as_ref().filter(|(at, _)| *at >= since).map(|(_, f)| f.clone())
+    /// The latest authentication or TLS failure since the last successful sample.
+    pub fn fault(&self) -> Option<ClientFault> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, f)| f.clone())
+    }
+
+    /// A sample succeeded: whatever failed before is over.
+    pub fn clear_fault(&self) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn record_fault(&self, kind: FaultKind, message: String) {
@@ -279,7 +284,7 @@ const MAX_DRAINED: usize = 10_000;
 /// rdkafka routes librdkafka's log lines and global errors (authentication, broker
 /// down) to the client's main queue, which only a consumer's or producer's `poll` serves:
 /// an admin client's queue would grow for as long as it lives and its errors would never
-/// be seen. The sampler calls this before it reads [`ClientEvents::fault_since`] and at
+/// be seen. The sampler calls this before it reads [`ClientEvents::fault`] and at
 /// every sample. Never blocks (zero timeout). Returns how many events it handled.
 ///
 /// # Safety
@@ -416,11 +421,13 @@ mod tests {
         let mut cfg = rdkafka::config::ClientConfig::new();
         cfg.set("sasl.password", "pw-123");
         let ctx = KafkaContext { events: ClientEvents::new("c", &cfg) };
-        let before = Instant::now();
+        ctx.error(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), "broker down");
+        assert!(ctx.events.fault().is_none(), "only authentication and TLS failures are faults");
         ctx.error(KafkaError::Global(RDKafkaErrorCode::Authentication), "SASL authentication error: bad pw-123");
-        let f = ctx.events.fault_since(before).unwrap();
+        let f = ctx.events.fault().unwrap();
         assert_eq!(f.kind, FaultKind::Authentication);
         assert_eq!(f.to_string(), "authentication failed: SASL authentication error: bad <redacted>");
-        assert!(ctx.events.fault_since(Instant::now() + Duration::from_secs(1)).is_none());
+        ctx.events.clear_fault();
+        assert!(ctx.events.fault().is_none());
     }
 }
