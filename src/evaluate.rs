@@ -22,6 +22,11 @@
 //!   restarts the group with backoff.
 //! - After each group evaluation the [`Rules::subscribe`] channel is bumped, so the
 //!   notifier reads fresh statuses without ever making evaluation wait.
+//!
+//! Longer than ~600 lines: the persistence methods (restore, snapshot, journal) hold the
+//! engine lock and the journal lock in one order that the evaluation also follows; kept
+//! next to it so that order stays visible. The file format and its validation live in
+//! [`crate::state`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
