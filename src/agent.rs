@@ -47,8 +47,44 @@ use crate::serve::{router, AppState};
 use crate::store::{SourceKind, Store};
 use crate::supervise::{Policy, Supervisor};
 
-/// How long shutdown waits for loops and in-flight requests.
+/// How long shutdown may take, from SIGTERM to exit (documented in the README).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The part of [`SHUTDOWN_GRACE`] left to the runtime's own shutdown in `main`
+/// (`Runtime::shutdown_timeout`): blocking calls still running then are abandoned.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Blocking calls in flight (Kafka samples on the blocking pool), so shutdown can say
+/// which ones it cut short.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    calls: std::sync::Mutex<std::collections::BTreeMap<u64, (String, Instant)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Removes its call from [`InFlight`] when dropped (when the blocking call returns).
+pub struct InFlightGuard {
+    owner: Arc<InFlight>,
+    id: u64,
+}
+
+impl InFlight {
+    pub fn track(self: &Arc<Self>, what: String) -> InFlightGuard {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (what, Instant::now()));
+        InFlightGuard { owner: self.clone(), id }
+    }
+
+    /// (what, running for) of every call still in flight.
+    pub fn running(&self) -> Vec<(String, Duration)> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(w, at)| (w.clone(), at.elapsed())).collect()
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.owner.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
 
 /// Why the agent could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +257,7 @@ impl Source {
     }
 
     /// One attempt: sample, then record into the store.
-    async fn run_once(&mut self, name: &str, store: &Store, hard_timeout: Duration) -> Result<Cycle, Failure> {
+    async fn run_once(&mut self, name: &str, store: &Store, hard_timeout: Duration, in_flight: &Arc<InFlight>) -> Result<Cycle, Failure> {
         let kind = self.kind();
         let sample = match self {
             Source::Kafka { sampler, pending, derive } => {
@@ -230,14 +266,32 @@ impl Source {
                 }
                 let s = sampler.clone();
                 let dlq = store.dlq_inputs();
-                let mut handle = tokio::task::spawn_blocking(move || s.sample(&dlq));
+                let guard = in_flight.track(format!("sample kafka {name}"));
+                let mut handle = tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
+                    s.sample(&dlq)
+                });
                 let snapshot = match tokio::time::timeout(hard_timeout, &mut handle).await {
                     Err(_) => {
                         *pending = Some(handle);
                         return Err(Failure::new("timeout", HardTimeout(hard_timeout)));
                     }
                     Ok(Err(join)) => return Err(Failure::new("panic", join)),
-                    Ok(Ok(Err(e))) => return Err(Failure { kind: e.kind(), error: Box::new(e) }),
+                    Ok(Ok(Err(e))) => {
+                        // A rotated secret (file or variable) is read again after an
+                        // authentication failure; the next attempt uses it.
+                        if matches!(&e, SampleError::Client { fault, .. } if fault.kind == crate::sample::kafka_context::FaultKind::Authentication) {
+                            match sampler.with_reloaded_secrets() {
+                                Some(Ok(new)) => {
+                                    tracing::info!(source = name, "a secret changed; Kafka client rebuilt with it");
+                                    *sampler = Arc::new(new);
+                                }
+                                Some(Err(err)) => tracing::warn!(source = name, error = %err, "cannot rebuild the Kafka client with the changed secret"),
+                                None => {}
+                            }
+                        }
+                        return Err(Failure { kind: e.kind(), error: Box::new(e) });
+                    }
                     Ok(Ok(Ok(snapshot))) => snapshot,
                 };
                 let at = snapshot.taken_at;
@@ -326,8 +380,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         Some(rc) => Some(crate::remediate::executor::Remediation::new(&config, rc, rules.clone(), store.clone(), metrics.clone(), tracker.clone(), cancel.child_token())?),
         None => None,
     };
+    let in_flight = Arc::new(InFlight::default());
     for (source, spec) in loops {
-        let (store, metrics, token) = (store.clone(), metrics.clone(), cancel.child_token());
+        let (store, metrics, token, in_flight) = (store.clone(), metrics.clone(), cancel.child_token(), in_flight.clone());
         let id = format!("sample {} {}", spec.kind().as_str(), spec.name());
         let mut first = Some(source);
         supervisor.spawn("sample", id, token.clone(), move || {
@@ -341,7 +396,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
                     }
                 },
             };
-            Some(source_loop(source, spec.name().to_string(), spec.schedule(), store.clone(), metrics.clone(), token.clone()))
+            Some(source_loop(source, spec.name().to_string(), spec.schedule(), store.clone(), metrics.clone(), token.clone(), in_flight.clone()))
         });
     }
     if let Err(e) = rules.restore_async().await {
@@ -388,9 +443,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     tracker.close();
 
     cancel.cancelled().await;
-    tracing::info!("shutting down");
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace period exceeded; exiting anyway");
+    tracing::info!(grace = ?SHUTDOWN_GRACE, "shutting down");
+    // Tasks get the grace minus what the runtime's own shutdown keeps (main); a task
+    // still running then is dropped at its next .await, a blocking call abandoned.
+    let tasks_grace = SHUTDOWN_GRACE.saturating_sub(RUNTIME_SHUTDOWN + Duration::from_millis(500));
+    let finished = tokio::time::timeout(tasks_grace, tracker.wait()).await.is_ok();
+    if !finished {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace exceeded: background tasks cut short");
+    }
+    for (what, running) in in_flight.running() {
+        tracing::warn!(call = %what, running_for = ?running, "shutdown cut short a blocking call still in flight; its result is discarded");
+    }
+    if !finished {
         return Ok(());
     }
     match server.await {
@@ -407,6 +471,7 @@ async fn source_loop(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    in_flight: Arc<InFlight>,
 ) {
     let kind = source.kind();
     // Samplers enforce their own deadline; this outer one only catches a call that does
@@ -423,7 +488,7 @@ async fn source_loop(
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = source.run_once(&name, &store, hard_timeout) => r,
+            r = source.run_once(&name, &store, hard_timeout, &in_flight) => r,
         };
         match outcome {
             Ok(Cycle::Sampled { series, partial }) => {

@@ -10,9 +10,11 @@
 //!   logged and shows in `streamguard_rules_reload_success`.
 //! - A reload keeps the pending timers and firing state of rules that still exist.
 //! - Missed evaluation ticks (a tick that starts late by a whole interval) are counted.
-//! - The state file is written atomically and durably (temp file, fsync, rename, fsync of
-//!   the directory) and read at start, so neither a restart nor a power loss resets a
-//!   28-day budget.
+//! - SLO state is journaled after every evaluation and snapshotted atomically and
+//!   durably (see [`crate::state`]), so a kill loses at most one evaluation interval and
+//!   neither a restart nor a power loss resets a 28-day budget. A restored file is
+//!   validated; one that fails is moved aside and the agent starts clean, and says so.
+//!   A failed write is a metric and a `/readyz` reason, not only a log line.
 //! - File I/O (state file, rule files on reload, the change fingerprint) runs on the
 //!   blocking pool, never on the async worker threads.
 //! - Group loops run under the agent's [`Supervisor`], inside its task tracker: shutdown
@@ -24,21 +26,27 @@
 //!   every SLO burn-alert transition is sent on it as a [`Verdict`] with its evidence,
 //!   without waiting: when the bounded channel is full the verdict is dropped, counted
 //!   (`streamguard_remediation_verdicts_dropped_total`) and logged.
+//!
+//! Longer than ~600 lines: the persistence methods (restore, snapshot, journal) hold the
+//! engine lock and the journal lock in one order that the evaluation also follows; kept
+//! next to it so that order stays visible. The file format and its validation live in
+//! [`crate::state`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RulesConfig;
 use crate::rules::eval::{AlertState, Engine, EngineOptions, RuleStatus};
 use crate::rules::expr::{Dataset, EvalOptions, SeriesData};
 use crate::rules::file::{self, RuleErrors, RuleSet};
-use crate::rules::slo::{Events, SloStatus};
+use crate::rules::slo::{Events, SloSpec, SloStatus};
 use crate::rules::verdict::{self, Verdict};
+use crate::state::{self, JournalEntry, RestoreStatus, StateHealth};
 use crate::signal::Quality;
 use crate::store::Store;
 use crate::supervise::Supervisor;
@@ -101,13 +109,11 @@ pub struct Rules {
     pub verdicts_dropped: prometheus_client::metrics::counter::Counter,
     /// Burn alerts firing at the previous evaluation, by (SLO, severity, long window).
     burn_firing: Mutex<verdict::BurnFiring>,
-}
-
-/// The state file's content.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    version: u32,
-    slos: HashMap<String, Events>,
+    /// Persistence health (API, metrics, readiness).
+    pub state: StateHealth,
+    /// The open journal (appended after every evaluation); `None` until first used or
+    /// after a failed write. Held while a snapshot replaces the file.
+    journal: Mutex<Option<std::fs::File>>,
 }
 
 /// Errors of the state file.
@@ -132,6 +138,8 @@ impl Rules {
     pub fn load(config: RulesConfig, known_signals: BTreeSet<String>) -> Result<Self, RuleErrors> {
         let set = if config.paths.is_empty() { RuleSet::default() } else { file::load(&config.paths, &known_signals).0? };
         let rules = Rules {
+            state: StateHealth::new(config.state_file.clone()),
+            journal: Mutex::new(None),
             config,
             known_signals,
             set: RwLock::new(Arc::new(set)),
@@ -213,43 +221,148 @@ impl Rules {
         }
     }
 
-    /// Restores SLO events from the state file (absent file: nothing to restore).
+    /// Restores SLO events from the state file and its journal (absent: nothing to
+    /// restore). A file that fails validation is moved aside and the agent starts with
+    /// empty budgets (`Ok(0)`, shown in [`Rules::state`]); only an unreadable file is an
+    /// error.
     pub fn restore(&self) -> Result<usize, StateError> {
-        let path = &self.config.state_file;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(source) => return Err(StateError::Io { path: path.clone(), source }),
+        let now = SystemTime::now();
+        let path = self.config.state_file.clone();
+        let jpath = state::journal_path(&path);
+        let read = |p: &Path| match std::fs::read_to_string(p) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path: p.to_path_buf(), source }),
         };
-        let state: StateFile = serde_json::from_str(&text).map_err(|source| StateError::Decode { path: path.clone(), source })?;
+        let texts = read(&path).and_then(|a| Ok((a, read(&jpath)?)));
+        let (snapshot, journal) = match texts {
+            Ok(t) => t,
+            Err(e) => {
+                let status = RestoreStatus { outcome: "failed", cause: Some("io"), error: Some(e.to_string()), ..RestoreStatus::default() };
+                self.state.record_restore(status);
+                return Err(e);
+            }
+        };
         let set = self.set();
-        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-        let mut n = 0;
-        for (name, events) in state.slos {
-            if set.slos.iter().any(|s| s.name == name) {
-                engine.events.insert(name, events);
-                n += 1;
+        let specs: HashMap<&str, &SloSpec> = set.slos.iter().map(|s| (s.name.as_str(), s)).collect();
+        match state::decode(snapshot.as_deref(), journal.as_deref(), &specs, now) {
+            Ok(d) => {
+                let n = d.events.len();
+                let outcome = if snapshot.is_none() && journal.is_none() { "empty" } else { "restored" };
+                if !d.reset.is_empty() {
+                    tracing::warn!(slos = ?d.reset, "SLO bucket width changed (its alert windows were edited): these SLOs start with empty budgets");
+                }
+                self.engine.lock().unwrap_or_else(|p| p.into_inner()).events.extend(d.events);
+                self.state.record_restore(RestoreStatus { outcome, slos: n, journal_entries: d.journal_entries, reset: d.reset, ..RestoreStatus::default() });
+                Ok(n)
+            }
+            Err(invalid) => {
+                let mut moved = Vec::new();
+                for p in [&path, &jpath] {
+                    if p.exists() {
+                        match state::quarantine(p, now) {
+                            Ok(to) => moved.push(to),
+                            Err(e) => tracing::error!(path = %p.display(), error = %e, "cannot move the rejected SLO state aside"),
+                        }
+                    }
+                }
+                tracing::error!(
+                    path = %path.display(), cause = invalid.cause, error = %invalid.message, moved_to = ?moved,
+                    "SLO state file rejected and moved aside; starting with empty budgets"
+                );
+                self.state.record_restore(RestoreStatus {
+                    outcome: "rejected",
+                    cause: Some(invalid.cause),
+                    error: Some(invalid.message),
+                    moved_to: moved.into_iter().next(),
+                    ..RestoreStatus::default()
+                });
+                Ok(0)
             }
         }
-        Ok(n)
     }
 
-    /// Writes SLO events atomically (nothing when there are no SLOs).
+    /// Writes a snapshot of every SLO's events atomically and empties the journal
+    /// (nothing when there are no SLOs). Failures are also recorded in [`Rules::state`].
     pub fn persist(&self) -> Result<(), StateError> {
         if self.set().slos.is_empty() {
             return Ok(());
         }
         let path = &self.config.state_file;
-        let state = StateFile { version: 1, slos: self.engine.lock().unwrap_or_else(|p| p.into_inner()).events.clone() };
         let io = |source| StateError::Io { path: path.clone(), source };
+        // Appends wait while the snapshot is taken and the journal emptied: a line
+        // written after the copy below is then still in the journal.
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let state = state::StateFile { version: 1, slos: self.engine.lock().unwrap_or_else(|p| p.into_inner()).events.clone() };
         let text = serde_json::to_vec(&state).map_err(|source| StateError::Decode { path: path.clone(), source })?;
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(io)?;
+        let result = (|| {
+            if let Some(dir) = path.parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+            state::write_durably(&path.with_extension("json.tmp"), path, &text)?;
+            match journal.as_mut() {
+                Some(f) => {
+                    f.set_len(0)?;
+                    f.sync_data()
+                }
+                None => match std::fs::OpenOptions::new().write(true).truncate(true).open(state::journal_path(path)) {
+                    Ok(f) => f.sync_data(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                },
+            }
+        })();
+        match result {
+            Ok(()) => {
+                self.state.record_ok(SystemTime::now());
+                Ok(())
+            }
+            Err(e) => {
+                self.state.record_failure("snapshot", &e);
+                *journal = None;
+                Err(io(e))
             }
         }
-        let tmp = path.with_extension("json.tmp");
-        write_durably(&tmp, path, &text).map_err(io)
+    }
+
+    /// Appends the buckets one evaluation changed to the journal and syncs it.
+    fn journal(&self, entries: &[JournalEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut text = Vec::new();
+        for e in entries {
+            if serde_json::to_writer(&mut text, e).is_ok() {
+                text.push(b'\n');
+            }
+        }
+        let path = &self.config.state_file;
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| {
+            if journal.is_none() {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                *journal = Some(std::fs::OpenOptions::new().create(true).append(true).open(state::journal_path(path))?);
+            }
+            let f = journal.as_mut().ok_or_else(|| std::io::Error::other("journal not open"))?;
+            std::io::Write::write_all(f, &text)?;
+            f.sync_data()
+        })();
+        match result {
+            Ok(()) => self.state.record_ok(SystemTime::now()),
+            Err(e) => {
+                self.state.record_failure("journal", &e);
+                *journal = None;
+            }
+        }
+    }
+
+    /// The `/readyz` reason while SLO state cannot be written.
+    pub fn state_not_ready(&self) -> Option<String> {
+        self.state.not_ready()
     }
 
     /// [`Rules::restore`] on the blocking pool.
@@ -274,7 +387,7 @@ impl Rules {
         let slos: Vec<_> = set.slos.iter().filter(|s| s.file == file).cloned().collect();
         let data = dataset(store, &set, now);
         let opts = self.options();
-        let (transitions, truths, statuses, slo_statuses) = {
+        let (transitions, truths, statuses, slo_statuses, journal) = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
             let t = engine.eval_alerts(&alerts, &data, now, &opts);
             let truths: Vec<_> = t
@@ -283,8 +396,9 @@ impl Rules {
                 .collect();
             let s = engine.rule_statuses(&alerts, now, &opts);
             let slo = engine.eval_slos(&slos, &data, now, &opts);
-            (t, truths, s, slo)
+            (t, truths, s, slo, journal_entries(&slos, &engine.events, now))
         };
+        self.journal(&journal);
         let mut verdicts: Vec<Verdict> = transitions
             .iter()
             .zip(&truths)
@@ -351,7 +465,7 @@ impl Rules {
         let mut fingerprint = self.fingerprint().await;
         let mut hup = hangup();
         let mut poll = tokio::time::interval(Duration::from_secs(2));
-        let mut persist = tokio::time::interval(Duration::from_secs(30));
+        let mut persist = tokio::time::interval(state::SNAPSHOT_INTERVAL);
         persist.reset();
         loop {
             let reload = tokio::select! {
@@ -504,27 +618,21 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Option<T> {
     }
 }
 
-/// Writes `text` to `tmp`, flushes it to disk, renames it over `path` and flushes the
-/// directory, so after a crash `path` holds either the old or the new content, whole.
-fn write_durably(tmp: &Path, path: &Path, text: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut f = std::fs::File::create(tmp)?;
-    f.write_all(text)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(tmp, path)?;
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+/// The bucket each SLO's events have at `now` (what this evaluation may have changed),
+/// as absolute values. Pure.
+fn journal_entries(slos: &[SloSpec], events: &HashMap<String, Events>, now: SystemTime) -> Vec<JournalEntry> {
+    let t = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    slos.iter()
+        .filter_map(|spec| {
+            let e = events.get(&spec.name)?;
+            let w = e.width.max(1);
+            let bucket = t / w * w;
+            let (good, total) = *e.buckets.get(&bucket)?;
+            Some(JournalEntry { slo: spec.name.clone(), width: w, bucket, good, total })
+        })
+        .collect()
 }
 
-/// Modification times and sizes of the rule files: a change means reload.
 fn files_fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     file::rule_files(paths)
         .unwrap_or_default()

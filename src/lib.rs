@@ -18,6 +18,7 @@ pub mod rules;
 pub mod sample;
 pub mod serve;
 pub mod signal;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod suggest;

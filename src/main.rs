@@ -166,7 +166,10 @@ enum ExportFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `lag` prints its table on stdout and one cause per failed cluster on stderr; the
+    // client library's own lines (the same failure, retold) would only interleave there.
+    let quiet_client = matches!(cli.command, Command::Lag { .. });
+    init_logging(if quiet_client { "info,librdkafka=off,rdkafka=warn" } else { "info,librdkafka=warn,rdkafka=warn" });
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -176,9 +179,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMGUARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -229,11 +231,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = config::load(&config)?;
             let rt = runtime()?;
-            rt.block_on(async {
+            let result = rt.block_on(async {
                 let cancel = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(cancel.clone()));
                 agent::run(cfg, cancel).await
-            })?;
+            });
+            // Dropping the runtime would wait for every blocking call (a Kafka sample can
+            // block for its whole sample_timeout): the shutdown grace bounds it instead.
+            rt.shutdown_timeout(agent::RUNTIME_SHUTDOWN);
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { recording, rules, interval, config, json, emit_promtool_test } => {

@@ -67,6 +67,8 @@ fn sample_one(c: &ClusterConfig, dlq: &(DlqConfig, Vec<DlqLink>)) -> ClusterRepo
     };
     match sampler.sample(dlq) {
         Ok(s) => ClusterReport { cluster: c.name.clone(), error: None, error_kind: None, snapshot: Some(s) },
+        // The client said why (authentication, TLS): no need to guess from the network.
+        Err(e @ SampleError::Client { .. }) => ClusterReport::failed(c.name.clone(), sample_error(&e), e.kind()),
         Err(e) => match kafka_diagnose::diagnose(&c.bootstrap_servers, &c.properties, c.sample_timeout) {
             Some(cause) => ClusterReport::failed(c.name.clone(), cause.to_string(), cause.as_str()),
             None => ClusterReport::failed(c.name.clone(), sample_error(&e), e.kind()),
@@ -78,6 +80,7 @@ fn sample_one(c: &ClusterConfig, dlq: &(DlqConfig, Vec<DlqLink>)) -> ClusterRepo
 fn sample_error(e: &SampleError) -> String {
     match e {
         SampleError::Admin { stage, source, .. } => format!("{stage}: {source}"),
+        SampleError::Client { stage, fault, .. } => format!("{stage}: {fault}"),
     }
 }
 

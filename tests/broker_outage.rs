@@ -14,6 +14,8 @@ struct PrivateBroker {
     dir: tempfile::TempDir,
     port: u16,
     controller_port: u16,
+    /// The private broker's SASL_SSL listener (stack/ adds one to every broker).
+    sasl_port: u16,
 }
 
 impl PrivateBroker {
@@ -22,7 +24,8 @@ impl PrivateBroker {
             .arg("kafka")
             .env("STACK_DIR", self.dir.path())
             .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string()));
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string()));
         assert!(
             out.status.success(),
             "stack/{verb} kafka failed:\n{}\n{}",
@@ -43,6 +46,7 @@ impl Drop for PrivateBroker {
             .env("STACK_DIR", self.dir.path())
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string())
             .output();
     }
 }
@@ -54,7 +58,7 @@ fn is_stale(m: &Metrics) -> bool {
 
 #[test]
 fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_returns() {
-    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
+    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port(), sasl_port: free_port() };
     assert!(Path::new(&repo_root().join("stack/up")).exists());
     broker.stack("up");
     let b = broker.bootstrap();
@@ -107,4 +111,47 @@ fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_retu
     assert_eq!(m.get("streamguard_source_up", &[("source", "local")]), Some(1.0));
     let log = agent.log();
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent never restarted:\n{log}");
+}
+
+/// librdkafka lines in the agent's log.
+fn client_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("librdkafka")).collect()
+}
+
+#[test]
+fn a_long_broker_outage_yields_a_bounded_number_of_client_log_lines_with_counts() {
+    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port(), sasl_port: free_port() };
+    broker.stack("up");
+    let b = broker.bootstrap();
+    let topic = unique("storm-topic");
+    let group = unique("storm-group");
+    create_topic(&b, &topic, 1);
+    produce(&b, &topic, &[8], None);
+    // Lag, so the time-lag probe's consumer is connected too.
+    consume_and_commit(&b, &group, &topic, &[2]);
+    let agent = Agent::start(&b, &format!("^{group}$"));
+    wait_until(Duration::from_secs(30), "first fresh sample", || agent.get("/readyz").0 == 200);
+    let before = client_lines(&agent.log()).len();
+
+    broker.stack("down");
+    std::thread::sleep(Duration::from_secs(45));
+    broker.stack("up");
+    wait_until(Duration::from_secs(60), "fresh again", || agent.get("/readyz").0 == 200);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The window that began with the outage ends within a minute: its summary says how
+    // many lines were held back.
+    wait_until(Duration::from_secs(75), "the summary of suppressed lines", || agent.log().contains("similar lines suppressed"));
+    let log = agent.log();
+    let lines = client_lines(&log);
+    let storm = &lines[before..];
+    // At most LIMIT_PER_WINDOW (10) lines per minute plus one summary per kind of
+    // suppressed line; the outage and recovery span at most two windows here.
+    assert!(storm.len() <= 30, "{} librdkafka lines for a 45 s outage:\n{}", storm.len(), storm.join("\n"));
+    let suppressed: u64 = storm
+        .iter()
+        .filter(|l| l.contains("similar lines suppressed"))
+        .filter_map(|l| l.split("suppressed=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(suppressed > storm.len() as u64, "the limiter held back more lines ({suppressed}) than it printed ({}):\n{}", storm.len(), storm.join("\n"));
 }

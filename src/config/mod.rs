@@ -25,6 +25,7 @@ use figment::{Figment, Profile, Provider};
 use regex::Regex;
 
 mod remediation;
+pub mod secrets;
 mod validate;
 use validate::Validator;
 
@@ -286,15 +287,19 @@ pub struct RecordConfig {
     pub max_age: Duration,
 }
 
-/// One Kafka cluster to watch.
-#[derive(Debug, Clone)]
+/// One Kafka cluster to watch. Its `Debug` hides secret property values.
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// Unique, label-safe name (`[A-Za-z0-9_.-]+`).
     pub name: String,
     /// Comma-separated `host:port` list.
     pub bootstrap_servers: String,
-    /// Pass-through librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*` …).
+    /// Pass-through librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*` …),
+    /// with the values of `<property>_file` / `<property>_env` keys read in.
     pub properties: BTreeMap<String, String>,
+    /// Properties whose value came from a file or a variable: re-read after an
+    /// authentication failure, so a rotated secret is picked up without a restart.
+    pub secret_sources: BTreeMap<String, secrets::SecretSource>,
     pub sample_interval: Duration,
     /// Budget for one whole sample (all admin calls of one cycle).
     pub sample_timeout: Duration,
@@ -310,6 +315,24 @@ pub struct ClusterConfig {
     /// probe that cannot read (an open transaction, a slow leader) never makes the
     /// whole sample time out. Default: half the sample timeout, at most 2 s.
     pub probe_timeout: Duration,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &secrets::redacted(&self.properties))
+            .field("secret_sources", &self.secret_sources)
+            .field("sample_interval", &self.sample_interval)
+            .field("sample_timeout", &self.sample_timeout)
+            .field("backoff_max", &self.backoff_max)
+            .field("offset_fetch_concurrency", &self.offset_fetch_concurrency)
+            .field("groups", &self.groups)
+            .field("probe_budget", &self.probe_budget)
+            .field("probe_timeout", &self.probe_timeout)
+            .finish()
+    }
 }
 
 impl ClusterConfig {

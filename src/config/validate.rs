@@ -540,7 +540,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let properties = self.properties(c, prefix);
+        let (properties, secret_sources) = self.properties(c, prefix);
         let probe_budget = match c.get("probe_budget") {
             Some(v) if v.to_i128() == Some(0) => Some(0),
             Some(_) => self.positive(c, prefix, "probe_budget"),
@@ -567,6 +567,7 @@ impl Validator<'_> {
             name: name?,
             bootstrap_servers: bootstrap?,
             properties,
+            secret_sources,
             sample_interval: settings.interval,
             sample_timeout: settings.timeout,
             backoff_max: settings.backoff_max,
@@ -621,29 +622,58 @@ impl Validator<'_> {
         Some(RecordConfig { path: path?, max_size: max_size?, max_age: max_age? })
     }
 
-    fn properties(&mut self, c: &Dict, prefix: &str) -> BTreeMap<String, String> {
+    fn properties(&mut self, c: &Dict, prefix: &str) -> (BTreeMap<String, String>, BTreeMap<String, secrets::SecretSource>) {
         let key = join(prefix, "properties");
         let mut out = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         match c.get("properties") {
             None => {}
             Some(Value::Dict(_, d)) => {
+                // (name, value, where it was written): a `_file`/`_env` key gives its
+                // base name the secret it reads (see config::secrets).
+                let mut given: Vec<(String, String, Option<secrets::SecretSource>, String, &Value)> = Vec::new();
                 for (k, v) in flatten_dotted(d) {
                     let pkey = format!("{key}.\"{k}\"");
-                    if RESERVED_PROPERTIES.contains(&k.as_str()) {
+                    let Some(s) = scalar_string(v) else {
+                        self.error(Some(v), &pkey, "expected a string, number or boolean");
+                        continue;
+                    };
+                    let (name, value, source) = match secrets::reference(&k, &s) {
+                        None => (k, s, None),
+                        Some((base, source)) => match secrets::read(&source) {
+                            Ok(secret) => (base, secret, Some(source)),
+                            Err(m) => {
+                                self.error(Some(v), &pkey, m);
+                                continue;
+                            }
+                        },
+                    };
+                    if RESERVED_PROPERTIES.contains(&name.as_str()) {
                         self.error(Some(v), &pkey, "set by streamguard itself; remove it (use bootstrap_servers for the brokers)");
                         continue;
                     }
-                    match scalar_string(v) {
-                        Some(s) => {
-                            out.insert(k, s);
-                        }
-                        None => self.error(Some(v), &pkey, "expected a string, number or boolean"),
+                    given.push((name, value, source, pkey, v));
+                }
+                for (name, value, source, pkey, v) in given {
+                    if out.contains_key(&name) {
+                        self.error(Some(v), &pkey, format!("\"{name}\" is given twice (directly and from a file or variable); keep one"));
+                        continue;
                     }
+                    // librdkafka's own check, without a client: `check` refuses exactly
+                    // what `run` could not create.
+                    if let Err(m) = secrets::librdkafka_accepts(&name, &value) {
+                        self.error(Some(v), &pkey, m);
+                        continue;
+                    }
+                    if let Some(source) = source {
+                        sources.insert(name.clone(), source);
+                    }
+                    out.insert(name, value);
                 }
             }
             Some(v) => self.error(Some(v), &key, "expected a table of librdkafka properties"),
         }
-        out
+        (out, sources)
     }
 
     fn groups(&mut self, dict: &Dict, prefix: &str) -> Option<GroupFilter> {

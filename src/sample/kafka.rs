@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 use super::kafka_admin::{Admin, AdminError, Committed, GroupDescription, GroupListing, OffsetSpec, TopicPartition};
+use super::kafka_context::{ClientEvents, ClientFault, KafkaContext};
 use super::kafka_probe::Probe;
 pub use super::kafka_snapshot::{
     build_snapshot, PARTIAL_CAUSES, offset_range, partition_lag, GroupLag, KafkaSnapshot, OffsetRange, PartitionLag, PartitionOffsets, ProbeCoverage,
@@ -44,12 +45,21 @@ pub enum SampleError {
         #[source]
         source: AdminError,
     },
+    /// The client could not authenticate or complete the TLS handshake (librdkafka
+    /// retries those, so the request itself only times out).
+    #[error("cluster {cluster}: {stage}: {fault}")]
+    Client {
+        cluster: String,
+        stage: &'static str,
+        fault: ClientFault,
+    },
 }
 
 impl SampleError {
     /// A bounded label value for the error counter.
     pub fn kind(&self) -> &'static str {
         match self {
+            SampleError::Client { fault, .. } => fault.kind.as_str(),
             SampleError::Admin { source: AdminError::Timeout { .. }, .. } => "timeout",
             SampleError::Admin {
                 source:
@@ -75,6 +85,10 @@ pub struct KafkaSampler {
     timeout: Duration,
     offset_fetch_concurrency: usize,
     probe: Probe,
+    /// What librdkafka reported outside of results (authentication, TLS).
+    events: std::sync::Arc<ClientEvents>,
+    /// What it was built from (to rebuild it with rotated secrets).
+    config: ClusterConfig,
 }
 
 
@@ -97,15 +111,40 @@ impl KafkaSampler {
     /// Creates the sampler and its client (no connection is made yet).
     pub fn new(cluster: &ClusterConfig) -> Result<Self, AdminError> {
         let config = client_config(&cluster.bootstrap_servers, &cluster.properties);
-        let admin = Admin::new(&config)?;
+        let events = ClientEvents::new(&cluster.name, &config);
+        let admin = Admin::new(&config, KafkaContext { events: events.clone() })?;
         Ok(KafkaSampler {
             cluster: cluster.name.clone(),
             admin,
             filter: cluster.groups.clone(),
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
-            probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout),
+            probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout, events.clone()),
+            events,
+            config: cluster.clone(),
         })
+    }
+
+    /// After an authentication failure: re-reads the secrets that come from files or
+    /// variables and, if one changed, returns a sampler built with the new values (a
+    /// Kubernetes secret rotated under a running agent). `None` when nothing changed or
+    /// the sources cannot be read (logged without the value).
+    pub fn with_reloaded_secrets(&self) -> Option<Result<KafkaSampler, AdminError>> {
+        if self.config.secret_sources.is_empty() {
+            return None;
+        }
+        match crate::config::secrets::reread(&self.config.properties, &self.config.secret_sources) {
+            Ok(Some(properties)) => {
+                let mut cfg = self.config.clone();
+                cfg.properties = properties;
+                Some(KafkaSampler::new(&cfg))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(cluster = %self.cluster, error = %e, "cannot re-read a secret");
+                None
+            }
+        }
     }
 
     pub fn cluster(&self) -> &str {
@@ -117,12 +156,19 @@ impl KafkaSampler {
     /// `dlq` is the configured DLQ matching and the links other sources discovered; the
     /// DLQ topics it resolves to are sampled too.
     pub fn sample(&self, dlq: &(DlqConfig, Vec<DlqLink>)) -> Result<KafkaSnapshot, SampleError> {
+        self.admin.drain_events();
         let started = Instant::now();
         let deadline = started + self.timeout;
         let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         // A timeout is reported against the sample's budget, not the time that happened
         // to be left for the call: the same failure reads the same every time.
         let fail = |stage, source| {
+            // An authentication or TLS failure since the last success is the cause of
+            // whatever the request then reports (usually a timeout).
+            self.admin.drain_events();
+            if let Some(fault) = self.events.fault() {
+                return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
+            }
             let source = match source {
                 AdminError::Timeout { op, .. } => AdminError::Timeout { op, timeout: self.timeout },
                 other => other,
@@ -201,6 +247,7 @@ impl KafkaSampler {
             snapshot.add_partial_error(e.cause(), e.to_string());
         }
         snapshot.duration_seconds = started.elapsed().as_secs_f64();
+        self.events.clear_fault();
         Ok(snapshot)
     }
 }

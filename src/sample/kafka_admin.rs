@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
-use rdkafka::client::DefaultClientContext;
+use super::kafka_context::KafkaContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -204,7 +204,7 @@ impl OffsetSpec {
 
 /// A Kafka admin connection to one cluster.
 pub struct Admin {
-    client: AdminClient<DefaultClientContext>,
+    client: AdminClient<KafkaContext>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -217,10 +217,19 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 
 impl Admin {
     /// Creates the client. librdkafka connects lazily, so this succeeds while the
-    /// cluster is down; it fails only on bad configuration.
-    pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
-        let client = config.create::<AdminClient<DefaultClientContext>>().map_err(|e| AdminError::Client(e.to_string()))?;
+    /// cluster is down; it fails only on bad configuration. The error never quotes a
+    /// secret property value.
+    pub fn new(config: &ClientConfig, context: KafkaContext) -> Result<Self, AdminError> {
+        let events = context.events.clone();
+        let client = config.create_with_context::<_, AdminClient<KafkaContext>>(context).map_err(|e| AdminError::Client(events.scrub(&e.to_string())))?;
         Ok(Admin { client })
+    }
+
+    /// Hands librdkafka's pending log lines and errors to the client context (see
+    /// [`super::kafka_context::drain_main_queue`]).
+    pub fn drain_events(&self) {
+        // SAFETY: the handle lives as long as self.client.
+        unsafe { super::kafka_context::drain_main_queue(self.rk(), self.client.inner().context()) };
     }
 
     fn rk(&self) -> *mut rd::rd_kafka_t {

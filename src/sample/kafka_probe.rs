@@ -135,9 +135,18 @@ struct State {
 /// transaction markers remain, not an error; other client errors reach the sample's
 /// partial errors through `poll`, so librdkafka's own report of them is debug only (the
 /// default context would log every one at ERROR, every cycle).
-struct ProbeContext;
+/// Its log lines go through the cluster's limiter and secret scrubbing (see
+/// [`super::kafka_context`]): a consumer polled only while probing would otherwise
+/// deliver an outage's worth of queued lines at once when the cluster recovers.
+struct ProbeContext {
+    events: std::sync::Arc<super::kafka_context::ClientEvents>,
+}
 
 impl ClientContext for ProbeContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::kafka_context::KafkaContext { events: self.events.clone() }.log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(error, KafkaError::PartitionEOF(_)) {
             tracing::debug!(error = %error, reason, "time-lag probe client error");
@@ -154,6 +163,7 @@ pub struct Probe {
     timeout: Duration,
     consumer: Mutex<Option<BaseConsumer<ProbeContext>>>,
     state: Mutex<State>,
+    events: std::sync::Arc<super::kafka_context::ClientEvents>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -163,7 +173,7 @@ impl std::fmt::Debug for Probe {
 }
 
 impl Probe {
-    pub fn new(mut config: ClientConfig, budget: usize, timeout: Duration) -> Self {
+    pub fn new(mut config: ClientConfig, budget: usize, timeout: Duration, events: std::sync::Arc<super::kafka_context::ClientEvents>) -> Self {
         config
             .set("group.id", "streamguard-probe")
             .set("enable.auto.commit", "false")
@@ -176,7 +186,7 @@ impl Probe {
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
             .set("max.partition.fetch.bytes", "65536");
-        Probe { config, budget, timeout, consumer: Mutex::new(None), state: Mutex::new(State::default()) }
+        Probe { config, budget, timeout, consumer: Mutex::new(None), state: Mutex::new(State::default()), events }
     }
 
     /// Probes what the budget and the probe's own timeout allow (never past
@@ -238,7 +248,7 @@ impl Probe {
         let mut errors = Vec::new();
         let mut slot = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            match self.config.create_with_context::<_, BaseConsumer<ProbeContext>>(ProbeContext) {
+            match self.config.create_with_context::<_, BaseConsumer<ProbeContext>>(ProbeContext { events: self.events.clone() }) {
                 Ok(c) => *slot = Some(c),
                 Err(e) => return (out, vec![ProbeError::Consumer(e.to_string())]),
             }

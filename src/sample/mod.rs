@@ -7,6 +7,7 @@ pub mod flink_api;
 pub mod http;
 pub mod kafka;
 pub mod kafka_admin;
+pub mod kafka_context;
 pub mod kafka_diagnose;
 pub mod kafka_probe;
 pub mod kafka_snapshot;

@@ -174,7 +174,8 @@ pub async fn rules(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "rules": rules, "reload": reload }))
 }
 
-/// Every SLO: SLI, error budget left, burn rates and burn-rate alerts.
+/// Every SLO: SLI, error budget left, burn rates and burn-rate alerts; and the state
+/// file's health (what was restored or rejected at start, whether writes succeed).
 pub async fn slos(State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "slos": s.rules.slo_statuses() }))
+    Json(serde_json::json!({ "slos": s.rules.slo_statuses(), "state": s.rules.state.status() }))
 }

@@ -116,6 +116,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
         })
         .collect();
     not_ready.extend(s.tasks.not_ready(now));
+    not_ready.extend(s.rules.state_not_ready());
     if not_ready.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

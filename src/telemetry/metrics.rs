@@ -79,7 +79,7 @@ impl Metrics {
         registry.register("samples", "Completed sample attempts per source", samples.clone());
         registry.register(
             "sample_errors",
-            "Failed sample attempts per source and error kind (timeout, list_groups, describe_groups, list_offsets, client)",
+            "Failed sample attempts per source and error kind (timeout, authentication, tls, list_groups, describe_groups, list_offsets, client)",
             sample_errors.clone(),
         );
         registry.register(
@@ -514,6 +514,28 @@ impl Collector for RulesCollector {
         gauge_family(e, "rules_reload_success", "1 when the last rule (re)load succeeded; 0 while a rejected set is being ignored", None, &[(vec![], i64::from(reload.success))])?;
         if let Some(t) = reload.last_success {
             gauge_family(e, "rules_last_reload_success_timestamp_seconds", "Unix time of the last successful rule load", None, &[(vec![], unix_secs(t))])?;
+        }
+        let state = self.rules.state.status();
+        gauge_family(e, "state_persist_ok", "1 while SLO state is written (journal and snapshot); 0 after a failed write", None, &[(vec![], i64::from(state.persist_ok))])?;
+        if let Some(t) = state.last_persist_time {
+            gauge_family(e, "state_last_persist_timestamp_seconds", "Unix time of the last successful write of SLO state", None, &[(vec![], t)])?;
+        }
+        for (name, help, counts) in [
+            ("state_persist_failures", "Failed writes of SLO state, per cause (permission_denied, read_only, no_space, not_found, not_a_directory, io)", &state.failures),
+            (
+                "state_restore_rejected",
+                "State files rejected at start and moved aside, per cause (decode, version, future_bucket, bad_count, huge_count, unaligned_bucket, bad_width, too_many_buckets)",
+                &state.restore_rejected,
+            ),
+        ] {
+            // A family without series is not valid exposition: none until something failed.
+            if counts.is_empty() {
+                continue;
+            }
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (cause, n) in counts {
+                ConstCounter::new(*n).encode(family.encode_family(&[("cause", cause.to_string())])?)?;
+            }
         }
         let set = self.rules.set();
         gauge_family(
