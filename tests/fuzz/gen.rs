@@ -290,7 +290,7 @@ pub fn test_file(r: &mut Rng) -> String {
         for _ in 0..(1 + r.below(3)) {
             let sel = selector(r);
             let sel = yaml_scalar(r, &sel);
-            let values = series(r).replace('\\', "").replace('"', "");
+            let values = series(r).replace(['\\', '"'], "");
             s += &format!("      - series: {sel}\n        values: \"{values}\"\n");
         }
         if r.one_in(2) {
