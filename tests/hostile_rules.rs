@@ -104,3 +104,38 @@ fn a_hot_reload_with_a_deep_or_long_condition_keeps_the_last_good_set_and_the_ag
     assert!(agent.child.try_wait().unwrap().is_none(), "still running:\n{}", agent.log());
     assert_eq!(agent.get("/healthz").0, 200);
 }
+
+/// `streamguard test` on hostile test files (issue 13, item 3): every bad input is a
+/// located error, never an abort on memory, an overflow panic or a hang.
+#[test]
+fn streamguard_test_reports_every_hostile_test_file_as_a_located_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), alert("a", "lag_offsets > 1")).unwrap();
+    let file = |interval: &str, values: &str, eval_time: &str| {
+        format!(
+            "rule_files: [r.yaml]\nevaluation_interval: {interval}\ntests:\n  - name: x\n    input_series:\n      - series: 'lag_offsets{{group=\"g\"}}'\n        values: \"{values}\"\n    alert_rule_test:\n      - eval_time: {eval_time}\n        alertname: a\n        exp_alerts: []\n"
+        )
+    };
+    let cases = [
+        (file("1m", "0+1x1000000000", "1m"), "t.yaml:7:17: x: values: more than 100000 samples"),
+        (file("1m", "0+1x18446744073709551616", "1m"), "t.yaml:7:17: x: values:"),
+        (file("1m", "1e308+1e308x10", "1m"), "t.yaml:7:17: x: values: \"1e308+1e308x10\" is not a finite number"),
+        (file("1m", "NaN 1", "1m"), "t.yaml:7:17: x: values: \"NaN\" is not a finite number"),
+        (file("1m", "1 inf", "1m"), "t.yaml:7:17: x: values: \"inf\" is not a finite number"),
+        (file("1m", "_x99999999999", "1m"), "t.yaml:7:17: x: values: more than 100000 samples"),
+        (file("0s", "1 2", "1m"), "t.yaml:2:22: evaluation_interval: must be greater than zero"),
+        (file("1ns", "1 2", "366d"), "t.yaml:9:20: x: eval_time 1year 18h is more than 100000 evaluation steps away"),
+        (file("1m", "1 2", "9999999999999999999999d"), "t.yaml:9:20: x: eval_time: invalid duration"),
+        (file("400000000000y", "1 2", "1m"), "t.yaml:2:22: evaluation_interval"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join("t.yaml");
+        std::fs::write(&path, text).unwrap();
+        let started = std::time::Instant::now();
+        let out = run(Command::new(bin()).arg("test").arg(&path));
+        let shown = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: a failed test, not a crash:\n{shown}");
+        assert!(shown.contains(&format!("{}{expected}", dir.path().join("").display())), "case {i}: expected {expected:?} in\n{shown}");
+        assert!(started.elapsed() < Duration::from_secs(20), "case {i} took {:?}", started.elapsed());
+    }
+}
