@@ -13,6 +13,8 @@
 //! FUZZ_CASES=200000 cargo test --release --test fuzz -- --ignored --nocapture
 //!                                             # the long run: FUZZ_CASES per parser
 //! FUZZ_SEED=42 …                              # another seed (the default is fixed)
+//! FUZZ_KINDS=Rules,Test …                     # only these parsers (Config, Rules, Test,
+//!                                             # Series, Expr): split a long run over cores
 //! ```
 //! A failing input is written to `target/fuzz-found/`; keep it as a regression case in
 //! `tests/testdata/fuzz/` (the extension says which parser: `.toml`, `.rules.yaml`,
@@ -225,7 +227,14 @@ fn fuzz(seed: u64, cases: usize) -> Report {
     // FUZZ_TRACE=1 writes each input before it runs: what killed the process (the OOM
     // killer, an abort) is then in target/fuzz-found/current.*.
     let trace = std::env::var_os("FUZZ_TRACE").is_some();
+    let trace_progress = cases >= 10_000;
+    // FUZZ_KINDS=Rules,Expr runs only those parsers (several processes share the work).
+    let only = std::env::var("FUZZ_KINDS").ok();
     for (k, kind) in KINDS.into_iter().enumerate() {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|n| n.trim() == format!("{kind:?}"))) {
+            continue;
+        }
+        let kind_started = Instant::now();
         let mut r = Rng::new(seed ^ (k as u64).wrapping_mul(0x9E37_79B9));
         for i in 0..cases {
             let input = kind.generate(&mut r);
@@ -240,6 +249,9 @@ fn fuzz(seed: u64, cases: usize) -> Report {
                 report.slowest = (took, kind, i);
             }
             report.inputs += 1;
+            if trace_progress && (i + 1) % 10_000 == 0 {
+                eprintln!("fuzz: {kind:?}: {} inputs, {} failures, {:.0} s", i + 1, report.failures.len(), kind_started.elapsed().as_secs_f64());
+            }
             let what = match verdict {
                 Verdict::Ok => continue,
                 Verdict::Panic(m) => format!("panic: {m}"),
@@ -253,6 +265,7 @@ fn fuzz(seed: u64, cases: usize) -> Report {
             eprintln!("fuzz: {line}");
             report.failures.push(line);
         }
+        eprintln!("fuzz: {kind:?}: {cases} inputs in {:.1} s", kind_started.elapsed().as_secs_f64());
     }
     let _ = std::panic::take_hook();
     report
