@@ -34,7 +34,8 @@
 //! # Guarantees
 //! - No call outlives its timeout by more than one poll slice (100 ms) plus, after a
 //!   timeout of a coordinator call, the destruction of the retired client.
-//! - librdkafka never times out a coordinator request by itself while its client lives.
+//! - librdkafka never times out a coordinator request by itself while its client lives
+//!   (callers' timeouts are far below its hour: `sample_timeout` is at most 10m).
 //! - Per-item errors (one group, one partition) are returned per item; only a failure of
 //!   the whole request is an `Err`.
 //! - Nothing borrowed from librdkafka escapes: strings and lists are copied before the
@@ -284,8 +285,9 @@ impl Admin {
                 *current = fresh;
                 tracing::warn!(op, outstanding, "admin client retired after a timeout with requests outstanding");
             }
-            // Cannot happen with a configuration that created a client before; keep the
-            // old client (its requests still time out safely within the hour).
+            // Not expected with a configuration that created a client before. The old
+            // client stays; its abandoned requests are safe only while their coordinator
+            // stays away or answers within librdkafka's hour, hence ERROR.
             Err(error) => tracing::error!(op, %error, "cannot replace the admin client after a timeout"),
         }
     }
