@@ -427,7 +427,8 @@ impl Rules {
         }
         {
             let mut ss = self.slo_status.write().unwrap_or_else(|p| p.into_inner());
-            ss.retain(|name, _| set.slos.iter().any(|s| &s.name == name));
+            let names: BTreeSet<&str> = set.slos.iter().map(|s| s.name.as_str()).collect();
+            ss.retain(|name, _| names.contains(name.as_str()));
             for s in slo_statuses {
                 ss.insert(s.name.clone(), s);
             }
@@ -449,8 +450,11 @@ impl Rules {
 
     pub fn rule_statuses(&self) -> Vec<RuleStatus> {
         let set = self.set();
+        // A set lookup, not a scan of the rules per status: with 16,000 rules the scan
+        // was 256 million comparisons per scrape.
+        let current: BTreeSet<(&Path, &str)> = set.alerts.iter().map(|r| (r.file.as_path(), r.name.as_str())).collect();
         let rs = self.rule_status.read().unwrap_or_else(|p| p.into_inner());
-        rs.values().filter(|s| set.alerts.iter().any(|r| r.file == s.file && r.name == s.name)).cloned().collect()
+        rs.values().filter(|s| current.contains(&(s.file.as_path(), s.name.as_str()))).cloned().collect()
     }
 
     pub fn slo_statuses(&self) -> Vec<SloStatus> {

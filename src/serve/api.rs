@@ -6,11 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState};
+use super::{clip, off_async, ApiError, AppState};
 use crate::signal::{unix_secs, Quality, TargetInfo};
 
 /// Query of `/api/v1/targets`.
@@ -37,10 +38,11 @@ pub struct SourceView {
 const SOURCE_KINDS: [&str; 4] = ["kafka", "connect", "flink", "prometheus"];
 
 /// Every watched thing and its health, grouped by the source that watches it.
-pub async fn targets(State(s): State<AppState>, Query(q): Query<TargetsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn targets(State(s): State<AppState>, q: Result<Query<TargetsQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q?;
     if let Some(k) = &q.source_kind {
         if !SOURCE_KINDS.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!("source_kind: unknown kind {k:?} (one of {})", SOURCE_KINDS.join(", "))));
+            return Err(ApiError::bad_request(format!("source_kind: unknown kind {:?} (one of {})", clip(k), SOURCE_KINDS.join(", "))));
         }
     }
     let now = SystemTime::now();
@@ -94,11 +96,12 @@ pub struct SeriesView {
 }
 
 /// Current values, quality and recent history of matching series.
-pub async fn signals(State(s): State<AppState>, Query(q): Query<SignalsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn signals(State(s): State<AppState>, q: Result<Query<SignalsQuery>, QueryRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q?;
     let history = match q.history.as_deref() {
         None => Duration::from_secs(300),
         Some(h) => humantime::parse_duration(h)
-            .map_err(|e| ApiError::bad_request(format!("history: invalid duration {h:?}: {e}")))?,
+            .map_err(|e| ApiError::bad_request(format!("history: invalid duration {:?}: {e}", clip(h))))?,
     };
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let now = SystemTime::now();
@@ -146,7 +149,7 @@ pub async fn signals(State(s): State<AppState>, Query(q): Query<SignalsQuery>) -
             let hint = crate::suggest::nearest(sig, known.iter().map(String::as_str))
                 .map(|n| format!(" (did you mean {n:?}?)"))
                 .unwrap_or_default();
-            return Err(ApiError::bad_request(format!("signal: unknown signal {sig:?}{hint}")));
+            return Err(ApiError::bad_request(format!("signal: unknown signal {:?}{hint}", clip(sig))));
         }
     }
     let mut views = views;
@@ -155,7 +158,12 @@ pub async fn signals(State(s): State<AppState>, Query(q): Query<SignalsQuery>) -
 }
 
 /// Every alert rule: its condition, timing and instances with their states.
-pub async fn rules(State(s): State<AppState>) -> Json<serde_json::Value> {
+pub async fn rules(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    // Thousands of rules make this CPU work: off the async threads.
+    off_async(move || rules_json(&s)).await.map(Json)
+}
+
+fn rules_json(s: &AppState) -> serde_json::Value {
     let reload = s.rules.reload.read().unwrap_or_else(|p| p.into_inner()).clone();
     let rules: Vec<serde_json::Value> = s
         .rules
@@ -171,7 +179,7 @@ pub async fn rules(State(s): State<AppState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(serde_json::json!({ "rules": rules, "reload": reload }))
+    serde_json::json!({ "rules": rules, "reload": reload })
 }
 
 /// Every SLO: SLI, error budget left, burn rates and burn-rate alerts; and the state

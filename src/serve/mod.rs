@@ -33,12 +33,19 @@ pub struct AppState {
     pub remediation: Option<Arc<crate::remediate::executor::Remediation>>,
 }
 
-/// One error type for every handler.
+/// One error type for every handler; every error is answered as JSON
+/// (`{"error": "…"}`), axum's own rejections (unknown route, wrong method, a query that
+/// does not parse) included.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request is wrong; the message says which parameter and why.
     #[error("{0}")]
     BadRequest(String),
+    /// An unknown endpoint or object; the message says which.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed for this endpoint")]
+    MethodNotAllowed,
     #[error("metrics encoding failed")]
     Encode(#[from] std::fmt::Error),
     /// No bearer token given.
@@ -48,14 +55,36 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
     Conflict(String),
+    /// Work moved off the async threads did not finish (it panicked).
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The longest piece of a request echoed back in an error message.
+const MAX_ECHO: usize = 64;
+
+/// `s`, cut to [`MAX_ECHO`] characters (with `…`): error messages name what was wrong
+/// without echoing a megabyte back.
+pub fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_ECHO) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
 }
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::BadRequest(message.into())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        // serde's message may quote the offending field or value: keep it short.
+        let text = e.body_text();
+        let cut = text.char_indices().nth(4 * MAX_ECHO).map_or(text.as_str(), |(i, _)| &text[..i]);
+        ApiError::BadRequest(format!("invalid query: {cut}"))
     }
 }
 
@@ -70,8 +99,9 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Encode(_) => {
-                tracing::error!(error = %self, "request failed");
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Encode(_) | ApiError::Internal(_) => {
+                tracing::error!(error = %self, detail = ?self, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
@@ -79,10 +109,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Runs CPU-heavy handler work (encoding thousands of series, listing thousands of rules)
+/// on the blocking pool, so the async threads stay free for `/healthz` and `/readyz`.
+pub async fn off_async<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `/healthz` answers from no shared state at all: nothing it could wait on.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/signals", get(api::signals))
@@ -93,12 +134,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/actions/{id}/approve", post(actions::approve))
         .route("/api/v1/runbooks/{name}/run", post(actions::run))
         .route("/api/v1/plan", get(actions::plan))
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("no such endpoint: {}", clip(uri.path()))) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
 }
 
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = s.metrics.encode(format)?;
+    let body = off_async(move || s.metrics.encode(format)).await??;
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
@@ -179,6 +222,32 @@ mod tests {
         let (status, v) = get("/api/v1/signals?history=forever").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(v["error"].as_str().unwrap().starts_with("history: invalid duration"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_wrong_methods_and_bad_queries_answer_json() {
+        let (status, v) = get("/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(v["error"], "no such endpoint: /nope");
+        let resp = app().oneshot(Request::post("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(v["error"].as_str().unwrap().starts_with("method not allowed"), "{v}");
+        let (status, v) = get("/api/v1/signals?limit=banana").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().starts_with("invalid query"), "{v}");
+        let (status, v) = get(&format!("/api/v1/targets?{}=1", "k".repeat(60_000))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().len() < 400, "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_long_unknown_signal_is_a_short_400_without_a_suggestion() {
+        let (status, v) = get(&format!("/api/v1/signals?signal={}", "lag_seconds".repeat(5_000))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let m = v["error"].as_str().unwrap();
+        assert!(m.starts_with("signal: unknown signal \"lag_secondslag") && m.len() < 200 && !m.contains("did you mean"), "{m}");
     }
 
     #[tokio::test]
