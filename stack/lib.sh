@@ -37,12 +37,14 @@ die() {
 # Ports. Precedence: the environment, then $STACK_DIR/ports.env (written by `up`, so that
 # status/env/down of a stack started with overrides see the same ports), then defaults.
 # ---------------------------------------------------------------------------------------
-STACK_PORT_VARS=(KAFKA_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT PROMETHEUS_SCRAPE_TARGETS
+STACK_PORT_VARS=(KAFKA_PORT KAFKA_SASL_SSL_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT PROMETHEUS_SCRAPE_TARGETS
   ALERTMANAGER_PORT ALERTMANAGER_WEBHOOK_URL)
 # Alertmanager: 9093 (its usual port) is the Kafka controller's here, so 9094; its
 # webhook receiver posts to ALERTMANAGER_WEBHOOK_URL, which tests (or you) listen on.
+# KAFKA_SASL_SSL_PORT (the broker's SASL/SCRAM + TLS listener) defaults to KAFKA_PORT + 4
+# (9096 by default), so stacks started with their own KAFKA_PORT do not collide on it.
 declare -A STACK_PORT_DEFAULTS=(
-  [KAFKA_PORT]=9092 [KAFKA_CONTROLLER_PORT]=9093 [CONNECT_PORT]=8083 [FLINK_PORT]=8081
+  [KAFKA_PORT]=9092 [KAFKA_SASL_SSL_PORT]=+4 [KAFKA_CONTROLLER_PORT]=9093 [CONNECT_PORT]=8083 [FLINK_PORT]=8081
   [FLINK_RPC_PORT]=6123 [PROMETHEUS_PORT]=9090 [PROMETHEUS_SCRAPE_TARGETS]=127.0.0.1:9898
   [ALERTMANAGER_PORT]=9094 [ALERTMANAGER_WEBHOOK_URL]=http://127.0.0.1:9095/webhook
 )
@@ -58,14 +60,16 @@ load_ports() {
   for k in "${STACK_PORT_VARS[@]}"; do
     if [[ -z ${!k:-} ]]; then
       v=${saved[$k]:-${STACK_PORT_DEFAULTS[$k]}}
+      [[ $k == KAFKA_SASL_SSL_PORT && $v == +4 ]] && v=$((KAFKA_PORT + 4))
       printf -v "$k" '%s' "$v"
     fi
     export "${k?}"
   done
-  for k in KAFKA_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT ALERTMANAGER_PORT; do
+  for k in KAFKA_PORT KAFKA_SASL_SSL_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT ALERTMANAGER_PORT; do
     [[ ${!k} =~ ^[0-9]+$ ]] || die "$k must be a port number, got '${!k}'"
   done
   KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+  KAFKA_SASL_SSL_BOOTSTRAP="127.0.0.1:$KAFKA_SASL_SSL_PORT"
   CONNECT_URL="http://127.0.0.1:$CONNECT_PORT"
   FLINK_URL="http://127.0.0.1:$FLINK_PORT"
   PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
@@ -480,11 +484,21 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+# SASL/SCRAM over TLS for clients (users: see kafka_scram_users); the certificate is
+# signed by the stack's own CA ($KAFKA_DIR/tls/ca.crt)
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_TLS_DIR/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$(cat "$KAFKA_TLS_DIR/keystore-password")
+listener.name.sasl_ssl.ssl.key.password=$(cat "$KAFKA_TLS_DIR/keystore-password")
+listener.name.sasl_ssl.ssl.client.auth=none
 log.dirs=$KAFKA_DIR/data
 num.partitions=1
 default.replication.factor=1
@@ -509,7 +523,87 @@ EOF
 kafka_logs() { echo "$KAFKA_LOG"; }
 
 kafka_ready() {
-  port_listening "$KAFKA_PORT" && grep -qF "$KAFKA_READY_LINE" "$KAFKA_LOG" 2>/dev/null
+  port_listening "$KAFKA_PORT" && port_listening "$KAFKA_SASL_SSL_PORT" && grep -qF "$KAFKA_READY_LINE" "$KAFKA_LOG" 2>/dev/null
+}
+
+# ---- SASL/SCRAM + TLS listener ---------------------------------------------------------
+# A self-signed CA and a broker certificate (SAN IP:127.0.0.1, DNS:localhost), made once
+# with openssl and cached in $KAFKA_TLS_DIR; one user, KAFKA_SASL_USERNAME, with
+# SCRAM-SHA-512 and SCRAM-SHA-256 credentials and a random password kept in
+# $KAFKA_DIR/sasl-password. KRaft keeps SCRAM credentials in the metadata log: a fresh
+# storage gets them at format time (--add-scram); a storage formatted before this listener
+# existed gets them from kafka-configs once the broker is up (marker file scram-users).
+KAFKA_TLS_DIR="$KAFKA_DIR/tls"
+KAFKA_SASL_USERNAME=streamguard
+KAFKA_SCRAM_MARKER="$KAFKA_DIR/scram-users"
+
+random_secret() { head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'; }
+
+kafka_sasl_password() {
+  if [[ ! -s $KAFKA_DIR/sasl-password ]]; then
+    mkdir -p "$KAFKA_DIR"
+    (umask 077 && random_secret >"$KAFKA_DIR/sasl-password.tmp")
+    mv -f "$KAFKA_DIR/sasl-password.tmp" "$KAFKA_DIR/sasl-password"
+  fi
+  tr -d '[:space:]' <"$KAFKA_DIR/sasl-password"
+}
+
+ensure_kafka_tls() {
+  local d=$KAFKA_TLS_DIR log
+  [[ -s $d/ca.crt && -s $d/broker.p12 && -s $d/keystore-password ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "kafka: openssl is needed to make the SASL_SSL listener's certificates"
+  rm -rf "$d.tmp"
+  mkdir -p "$d.tmp"
+  log="$d.tmp/openssl.log"
+  say "kafka: making a self-signed CA and broker certificate in $d"
+  (umask 077 && random_secret >"$d.tmp/keystore-password")
+  if ! (
+    cd "$d.tmp" &&
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=streamguard stack CA" \
+        -keyout ca.key -out ca.crt &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout broker.key -out broker.csr &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >broker.ext &&
+      openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile broker.ext -out broker.crt &&
+      openssl pkcs12 -export -in broker.crt -inkey broker.key -certfile ca.crt -name broker \
+        -passout "file:keystore-password" -out broker.p12
+  ) >"$log" 2>&1; then
+    show_log_tail "$log"
+    die "kafka: making the TLS certificates failed"
+  fi
+  rm -rf "$d"
+  mv -f "$d.tmp" "$d"
+}
+
+# the --add-scram arguments of kafka-storage format, one credential per mechanism
+kafka_scram_format_args() {
+  local pw m
+  pw=$(kafka_sasl_password)
+  for m in SCRAM-SHA-512 SCRAM-SHA-256; do
+    printf '%s\n' --add-scram "$m=[name=$KAFKA_SASL_USERNAME,password=$pw]"
+  done
+}
+
+# After the broker is ready: a storage formatted before the SASL_SSL listener existed has
+# no SCRAM users yet; add them over the PLAINTEXT listener (idempotent).
+ensure_kafka_scram_users() {
+  [[ -f $KAFKA_SCRAM_MARKER ]] && return 0
+  local cp pw m
+  cp=$(kafka_classpath)
+  kafka_cli_opts
+  pw=$(kafka_sasl_password)
+  say "kafka: storage predates the SASL_SSL listener; adding SCRAM users with kafka-configs"
+  : >"$KAFKA_DIR/scram.log"
+  # one mechanism per request (the broker refuses two changes of one user in a request)
+  for m in SCRAM-SHA-512 SCRAM-SHA-256; do
+    if ! java "${CLI_OPTS[@]}" -cp "$cp" kafka.admin.ConfigCommand --bootstrap-server "$KAFKA_BOOTSTRAP" \
+      --alter --entity-type users --entity-name "$KAFKA_SASL_USERNAME" \
+      --add-config "$m=[password=$pw]" >>"$KAFKA_DIR/scram.log" 2>&1; then
+      show_log_tail "$KAFKA_DIR/scram.log"
+      die "kafka: adding SCRAM users failed"
+    fi
+  done
+  echo "$KAFKA_SASL_USERNAME" >"$KAFKA_SCRAM_MARKER"
 }
 
 format_kafka_storage() {
@@ -535,11 +629,14 @@ format_kafka_storage() {
   fi
   id=$(tr -d '[:space:]' <"$KAFKA_DIR/cluster-id")
   say "kafka: formatting storage (cluster id $id)"
+  local scram
+  mapfile -t scram < <(kafka_scram_format_args)
   if ! java "${CLI_OPTS[@]}" -cp "$cp" kafka.tools.StorageTool format --standalone \
-    -t "$id" -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/format.log" 2>&1; then
+    -t "$id" -c "$KAFKA_DIR/server.properties" "${scram[@]}" >"$KAFKA_DIR/format.log" 2>&1; then
     show_log_tail "$KAFKA_DIR/format.log"
     die "kafka: storage format failed"
   fi
+  echo "$KAFKA_SASL_USERNAME" >"$KAFKA_SCRAM_MARKER"
   echo "$KAFKA_CONTROLLER_PORT" >"$KAFKA_DIR/controller-port"
 }
 
@@ -547,11 +644,19 @@ format_kafka_storage() {
 start_kafka() {
   if service_running kafka; then
     check_running_port kafka "$KAFKA_PORT"
-    return 0
+    if grep -qF "SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" "$KAFKA_DIR/server.properties" 2>/dev/null; then
+      return 0
+    fi
+    # started by a stack/ from before the SASL_SSL listener (or with another SASL port)
+    say "kafka: running without the SASL_SSL listener on $KAFKA_SASL_SSL_PORT; restarting it with that listener"
+    stop_service kafka
   fi
   check_port_free kafka "$KAFKA_PORT"
+  check_port_free kafka "$KAFKA_SASL_SSL_PORT"
   check_port_free kafka "$KAFKA_CONTROLLER_PORT"
   fetch_kafka
+  ensure_kafka_tls
+  kafka_sasl_password >/dev/null
   write_kafka_config
   format_kafka_storage
   local cp
@@ -568,7 +673,8 @@ start_kafka() {
 
 wait_kafka() {
   wait_ready kafka
-  say "kafka: up at $KAFKA_BOOTSTRAP"
+  ensure_kafka_scram_users
+  say "kafka: up at $KAFKA_BOOTSTRAP (SASL_SSL with SCRAM at $KAFKA_SASL_SSL_BOOTSTRAP)"
   # first run only: the CLI's class-data archive, trained against the running broker, in
   # the background (collected by finish_background)
   if [[ ! -s $(kafka_cli_archive) && ${STACK_CDS:-1} == 1 ]]; then
