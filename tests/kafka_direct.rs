@@ -228,3 +228,65 @@ fn the_agent_says_which_path_samples_each_cluster_and_falls_back_for_properties_
         assert!(agent.log().contains(&format!("path=\"{path}\"")), "the path is logged");
     }
 }
+
+/// The stack's SASL/SCRAM + TLS listener (`stack/up kafka`, exported by `stack/env`).
+fn scram_properties(mechanism: &str, password: &str) -> (String, String) {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: eval \"$(stack/env)\" after stack/up kafka"));
+    let bootstrap = var("KAFKA_SASL_SSL_BOOTSTRAP");
+    let props = format!(
+        "[clusters.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"{mechanism}\"\n\"sasl.username\" = \"{}\"\n\"sasl.password\" = \"{password}\"\n\"ssl.ca.location\" = \"{}\"\n",
+        var("KAFKA_SASL_USERNAME"),
+        var("KAFKA_SSL_CA_LOCATION")
+    );
+    (bootstrap, props)
+}
+
+#[test]
+fn over_sasl_scram_and_tls_both_mechanisms_give_the_same_numbers_as_librdkafka() {
+    let b = bootstrap();
+    let prefix = unique("scram");
+    let topic = format!("{prefix}-t");
+    create_topic(&b, &topic, 2);
+    produce(&b, &topic, &[7, 9], None);
+    for i in 0..3 {
+        commit_offsets(&b, &format!("{prefix}-{i}"), &topic, &[(0, i), (1, 2 * i)]);
+    }
+    let password = std::env::var("KAFKA_SASL_PASSWORD").expect("KAFKA_SASL_PASSWORD");
+    assert!(!password.is_empty(), "KAFKA_SASL_PASSWORD is empty: stack/up kafka first");
+    let regex = format!("^{prefix}-");
+    for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256"] {
+        let (bs, props) = scram_properties(mechanism, &password);
+        let direct = cluster(&bs, "direct", &regex, &props);
+        let lib = cluster(&bs, "librdkafka", &regex, &props);
+        let a = sample(&direct);
+        assert_eq!(a.sampler, "direct");
+        assert_eq!(a.groups.len(), 3, "{mechanism}");
+        assert_eq!(a.groups[2].lag_offsets, Some(5 + 5), "{mechanism}: {:?}", a.groups[2]);
+        assert_eq!(rows(&a), rows(&sample(&lib)), "{mechanism}");
+    }
+}
+
+#[test]
+fn a_wrong_scram_password_fails_the_direct_sample_as_authentication_without_printing_the_password() {
+    let (bs, props) = scram_properties("SCRAM-SHA-512", "not-the-password-4711");
+    let c = cluster(&bs, "direct", "^nothing$", &props);
+    let s = KafkaSampler::new(&c).expect("sampler");
+    let dlq = (streamguard::config::DlqConfig { patterns: Vec::new(), topics: Vec::new() }, Vec::new());
+    let e = s.sample(&dlq).expect_err("a wrong password cannot sample");
+    let text = format!("{e} {e:?}");
+    assert!(text.contains("authentication failed") && text.contains("SaslAuthenticationFailed"), "{text}");
+    assert!(!text.contains("not-the-password-4711"), "{text}");
+}
+
+#[test]
+fn a_tls_listener_with_an_unknown_ca_is_refused_by_certificate_verification() {
+    let password = std::env::var("KAFKA_SASL_PASSWORD").unwrap_or_default();
+    let (bs, props) = scram_properties("SCRAM-SHA-512", &password);
+    // The webpki roots do not know the stack's self-signed CA.
+    let props: String = props.lines().filter(|l| !l.starts_with("\"ssl.ca.location\"")).map(|l| format!("{l}\n")).collect();
+    let c = cluster(&bs, "direct", "^nothing$", &props);
+    let s = KafkaSampler::new(&c).expect("sampler");
+    let dlq = (streamguard::config::DlqConfig { patterns: Vec::new(), topics: Vec::new() }, Vec::new());
+    let e = s.sample(&dlq).expect_err("an unverified broker cannot be sampled");
+    assert!(e.to_string().contains("UnknownIssuer") || e.to_string().contains("certificate"), "{e}");
+}

@@ -226,6 +226,10 @@ impl Client {
         });
         req.allow_auto_topic_creation = false;
         let resp = self.call_any(&req, 4, 12, deadline).await?;
+        // The brokers are exactly those of the answer: a removed broker is forgotten (its
+        // pool dropped), so ListGroups never keeps asking a broker that is gone.
+        let ids: BTreeSet<i32> = resp.brokers.iter().map(|b| b.node_id.0).collect();
+        lock(&self.brokers).retain(|id, _| ids.contains(id));
         for b in &resp.brokers {
             self.learn_broker(b.node_id.0, b.host.as_str(), b.port);
         }

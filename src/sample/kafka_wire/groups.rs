@@ -63,6 +63,18 @@ pub async fn list_groups(client: &Client, deadline: Instant) -> Result<Vec<Group
     if client.broker_ids().is_empty() {
         client.metadata(Some(&[]), deadline).await?;
     }
+    match list_once(client, deadline).await {
+        // A broker that cannot be reached may have left the cluster: refresh the broker
+        // list once and ask again.
+        Err(WireError::Transport { .. } | WireError::UnknownBroker(_)) => {
+            client.metadata(Some(&[]), deadline).await?;
+            list_once(client, deadline).await
+        }
+        other => other,
+    }
+}
+
+async fn list_once(client: &Client, deadline: Instant) -> Result<Vec<GroupListing>, WireError> {
     let req = ListGroupsRequest::default();
     let calls = client.broker_ids().into_iter().map(|b| {
         let req = &req;

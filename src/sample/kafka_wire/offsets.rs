@@ -25,7 +25,18 @@ const SPECS: [(i64, i8); 3] = [(-2, 0), (-1, 0), (-1, 1)];
 
 /// Earliest, latest and last-stable offsets of `partitions`.
 pub async fn list_offsets(client: &Client, partitions: &[TopicPartition], deadline: Instant) -> Result<[Offsets; 3], WireError> {
-    let mut out: [Offsets; 3] = Default::default();
+    let mut v = lookup(client, partitions, &SPECS, deadline).await?.into_iter();
+    Ok([v.next().unwrap_or_default(), v.next().unwrap_or_default(), v.next().unwrap_or_default()])
+}
+
+/// Latest offsets only: one request per leader (the benchmark's floor).
+pub async fn latest(client: &Client, partitions: &[TopicPartition], deadline: Instant) -> Result<Offsets, WireError> {
+    Ok(lookup(client, partitions, &SPECS[1..2], deadline).await?.into_iter().next().unwrap_or_default())
+}
+
+/// One map per spec.
+async fn lookup(client: &Client, partitions: &[TopicPartition], specs: &[(i64, i8)], deadline: Instant) -> Result<Vec<Offsets>, WireError> {
+    let mut out: Vec<Offsets> = specs.iter().map(|_| Offsets::new()).collect();
     let mut todo: Vec<TopicPartition> = partitions.to_vec();
     for attempt in 0..2 {
         if todo.is_empty() {
@@ -47,7 +58,7 @@ pub async fn list_offsets(client: &Client, partitions: &[TopicPartition], deadli
         }
         let mut calls = Vec::new();
         for (leader, parts) in &by_leader {
-            for (i, (ts, iso)) in SPECS.iter().enumerate() {
+            for (i, (ts, iso)) in specs.iter().enumerate() {
                 let req = request(parts, *ts, *iso);
                 calls.push(async move { (i, *leader, client.call(*leader, &req, 2, 9, deadline).await) });
             }
