@@ -8,7 +8,7 @@
 //! eval "$(stack/env)"
 //! cargo bench --bench sample                                  # G = 1000, 5000, 20000
 //! cargo bench --bench sample -- --groups 200,1000 --runs 3    # a quick run
-//! cargo bench --bench sample -- --librdkafka                  # also time the librdkafka path
+//! cargo bench --bench sample -- --librdkafka 5000             # also time librdkafka, G ≤ 5000
 //! ```
 //!
 //! Setup is idempotent and reused between runs: topics `sg-bench-t0..t9` (P partitions,
@@ -48,18 +48,19 @@ struct Args {
     groups: Vec<usize>,
     partitions: usize,
     runs: usize,
-    librdkafka: bool,
+    /// Also time the librdkafka path, for G up to this.
+    librdkafka: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { groups: vec![1000, 5000, 20000], partitions: 10, runs: 3, librdkafka: false };
+    let mut a = Args { groups: vec![1000, 5000, 20000], partitions: 10, runs: 3, librdkafka: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
             "--groups" => a.groups = it.next().unwrap_or_default().split(',').filter_map(|g| g.trim().parse().ok()).collect(),
             "--partitions" => a.partitions = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.partitions),
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.runs).max(1),
-            "--librdkafka" => a.librdkafka = true,
+            "--librdkafka" => a.librdkafka = it.next().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -292,7 +293,7 @@ fn main() {
             fm.requests = diff(&fc.request_counts(), &before);
             rows.entry("floor").or_default().push(fm);
 
-            if a.librdkafka {
+            if g <= a.librdkafka {
                 let c = cluster(&bootstrap, "librdkafka", g);
                 let s = Arc::new(KafkaSampler::new(&c).expect("sampler"));
                 let (s2, dlq2) = (s.clone(), dlq.clone());

@@ -119,7 +119,8 @@ impl KafkaSampler {
             },
         };
         let path = if fallback.is_none() { "direct" } else { "librdkafka" };
-        tracing::info!(cluster = %cluster.name, path, sampler = cluster.sampler.as_str(), reason = fallback.as_deref().unwrap_or(""), "kafka sampler path");
+        // `run` logs the path at INFO (see agent.rs); `lag` keeps stderr for its errors.
+        tracing::debug!(cluster = %cluster.name, path, sampler = cluster.sampler.as_str(), reason = fallback.as_deref().unwrap_or(""), "kafka sampler path");
         Ok(KafkaSampler {
             cluster: cluster.name.clone(),
             admin,

@@ -186,11 +186,12 @@ impl Client {
                 let meta: TopicMeta = if t.error_code != codes::NONE {
                     Err(t.error_code)
                 } else {
-                    let n = t.partitions.iter().map(|p| p.partition_index + 1).max().unwrap_or(0).max(0) as usize;
-                    let mut parts = vec![None; n];
+                    // A topic of n partitions numbers them 0..n: an index outside is
+                    // ignored, never used to size anything.
+                    let mut parts = vec![None; t.partitions.len()];
                     for p in &t.partitions {
-                        if let Ok(i) = usize::try_from(p.partition_index) {
-                            parts[i] = (p.error_code == codes::NONE || p.leader_id.0 >= 0).then_some(PartitionMeta { leader: p.leader_id.0, epoch: p.leader_epoch });
+                        if let Some(slot) = usize::try_from(p.partition_index).ok().and_then(|i| parts.get_mut(i)) {
+                            *slot = (p.error_code == codes::NONE || p.leader_id.0 >= 0).then_some(PartitionMeta { leader: p.leader_id.0, epoch: p.leader_epoch });
                         }
                     }
                     Ok(parts)
