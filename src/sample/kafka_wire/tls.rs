@@ -105,9 +105,8 @@ mod tests {
         let tls = Tls { ca_location: Some("/nonexistent/ca.pem".into()), ..Tls::default() };
         let e = client_config(&tls).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-        let dir = std::env::temp_dir().join(format!("sg-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
         let e = client_config(&Tls { ca_location: Some(empty), ..Tls::default() }).unwrap_err();
         assert!(e.to_string().contains("no certificate"), "{e}");
