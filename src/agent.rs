@@ -194,6 +194,8 @@ impl SourceSpec {
         Ok(match self {
             SourceSpec::Kafka(c) => {
                 let sampler = KafkaSampler::new(c).map_err(|source| AgentError::Client { cluster: c.name.clone(), source })?;
+                let (path, reason) = sampler.path();
+                tracing::info!(cluster = %c.name, path, sampler = c.sampler.as_str(), reason = reason.as_deref().unwrap_or(""), "kafka sampler path");
                 Source::Kafka { sampler: Arc::new(sampler), pending: None, derive: Default::default() }
             }
             SourceSpec::Connect(c) => Source::Connect(ConnectSampler::new(c).map_err(http)?),

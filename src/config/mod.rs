@@ -26,6 +26,7 @@ use regex::Regex;
 
 mod remediation;
 pub mod secrets;
+pub mod kafka_wire;
 mod validate;
 use validate::Validator;
 
@@ -315,6 +316,31 @@ pub struct ClusterConfig {
     /// probe that cannot read (an open transaction, a slow leader) never makes the
     /// whole sample time out. Default: half the sample timeout, at most 2 s.
     pub probe_timeout: Duration,
+    /// Which client samples offsets and groups: the direct protocol client or librdkafka.
+    pub sampler: SamplerChoice,
+}
+
+/// `sampler = "auto" | "direct" | "librdkafka"` of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SamplerChoice {
+    /// The direct client where it can serve the cluster's properties and brokers,
+    /// librdkafka otherwise (decided per cluster, and said so).
+    #[default]
+    Auto,
+    /// The direct client only; `check` refuses properties it cannot honour.
+    Direct,
+    /// librdkafka only (the path before the direct client existed).
+    Librdkafka,
+}
+
+impl SamplerChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SamplerChoice::Auto => "auto",
+            SamplerChoice::Direct => "direct",
+            SamplerChoice::Librdkafka => "librdkafka",
+        }
+    }
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -384,7 +410,8 @@ const DLQ_KEYS: [&str; 2] = ["patterns", "topics"];
 const DLQ_TOPIC_KEYS: [&str; 4] = ["cluster", "dlq_topic", "source_topic", "group"];
 const HISTORY_KEYS: [&str; 4] = ["retention", "max_points", "rate_window", "status_window"];
 const RULES_KEYS: [&str; 5] = ["paths", "evaluation_interval", "unknown_after", "confidence", "state_file"];
-const CLUSTER_KEYS: [&str; 10] = [
+const CLUSTER_KEYS: [&str; 11] = [
+    "sampler",
     "probe_budget",
     "probe_timeout",
     "name",
@@ -537,6 +564,38 @@ properties = { "group.id" = "x" }
         assert!(has("clusters[1].name:", "duplicate cluster name \"prod\""), "{m:#?}");
         assert!(has("clusters[1].properties.\"group.id\":", "set by streamguard"), "{m:#?}");
         assert_eq!(m.len(), 7, "{m:#?}");
+    }
+
+    #[test]
+    fn the_sampler_key_is_validated_and_direct_is_refused_where_the_direct_client_cannot_serve() {
+        let m = messages(
+            r#"
+[[clusters]]
+name = "a"
+bootstrap_servers = "h:9092"
+sampler = "fast"
+[[clusters]]
+name = "b"
+bootstrap_servers = "h:9092"
+sampler = "direct"
+properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "GSSAPI" }
+[[clusters]]
+name = "c"
+bootstrap_servers = "h:9092"
+sampler = "auto"
+properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "GSSAPI" }
+"#,
+        );
+        let has = |key: &str, text: &str| m.iter().any(|l| l.starts_with(key) && l.contains(text));
+        assert!(has("clusters[0].sampler:", "expected \"auto\", \"direct\" or \"librdkafka\""), "{m:#?}");
+        assert!(has("clusters[1].sampler:", "GSSAPI"), "{m:#?}");
+        assert_eq!(m.len(), 2, "auto falls back instead: {m:#?}");
+        let c = load_str(
+            "[[clusters]]\nname = \"a\"\nbootstrap_servers = \"h:1\"\n[[clusters]]\nname = \"b\"\nbootstrap_servers = \"h:1\"\nsampler = \"librdkafka\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.clusters[0].sampler, SamplerChoice::Auto);
+        assert_eq!(c.clusters[1].sampler, SamplerChoice::Librdkafka);
     }
 
     #[test]

@@ -563,6 +563,7 @@ impl Validator<'_> {
             t => t,
         }
         .unwrap_or_else(|| default_probe_timeout(settings.timeout));
+        let sampler = self.sampler(c, prefix, bootstrap.as_deref(), &properties);
         Some(ClusterConfig {
             name: name?,
             bootstrap_servers: bootstrap?,
@@ -575,7 +576,32 @@ impl Validator<'_> {
             groups: settings.groups,
             probe_budget,
             probe_timeout,
+            sampler,
         })
+    }
+
+    /// `sampler`: `auto` (default), `direct` or `librdkafka`; `direct` only with
+    /// properties the direct client honours, so `check` accepts exactly what `run` runs.
+    fn sampler(&mut self, c: &Dict, prefix: &str, bootstrap: Option<&str>, properties: &BTreeMap<String, String>) -> SamplerChoice {
+        let key = join(prefix, "sampler");
+        let choice = match c.get("sampler") {
+            None => SamplerChoice::Auto,
+            Some(Value::String(_, s)) if s == "auto" => SamplerChoice::Auto,
+            Some(Value::String(_, s)) if s == "direct" => SamplerChoice::Direct,
+            Some(Value::String(_, s)) if s == "librdkafka" => SamplerChoice::Librdkafka,
+            Some(v) => {
+                self.error(Some(v), &key, "expected \"auto\", \"direct\" or \"librdkafka\"");
+                return SamplerChoice::Auto;
+            }
+        };
+        if choice == SamplerChoice::Direct {
+            if let Some(b) = bootstrap {
+                if let Err(e) = super::kafka_wire::WireConfig::from_properties(b, properties) {
+                    self.error(c.get("sampler"), &key, format!("the direct client cannot serve this cluster: {e} (use \"auto\" or \"librdkafka\")"));
+                }
+            }
+        }
+        choice
     }
 
     fn record(&mut self, dict: &Dict, base: &Path) -> Option<RecordConfig> {

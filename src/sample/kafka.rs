@@ -1,37 +1,42 @@
 //! The Kafka source: one sample of every watched consumer group's lag on one cluster.
 //!
-//! A sample is four batched admin calls, never a per-partition round trip:
-//! 1. `ListConsumerGroups` (state and protocol type of every group, classic and KIP-848),
-//! 2. `DescribeConsumerGroups` for the watched groups in one call (members, assignments),
-//! 3. `ListConsumerGroupOffsets`, one group per request as librdkafka requires, with a
-//!    bounded number in flight on one queue,
-//! 4. `ListOffsets` earliest, latest and last stable (read_committed) for the union of
-//!    committed and assigned partitions, issued together (librdkafka sends one request
-//!    per leader broker),
-//! 5. the exact time-lag probe ([`super::kafka_probe`]) within its own, shorter budget.
+//! Two clients can take the sample, chosen per cluster by `sampler`:
+//! - **direct** ([`super::kafka_direct`], the default where it can serve): the Kafka
+//!   protocol spoken directly, many groups per `OffsetFetch`, describes only for groups
+//!   with members, metadata only for consumed topics;
+//! - **librdkafka** (the admin API): `ListConsumerGroups`, `DescribeConsumerGroups`,
+//!   `ListConsumerGroupOffsets` one group per request (librdkafka has no KIP-709) with a
+//!   bounded number in flight, `ListOffsets` per leader. It serves what the direct client
+//!   cannot (GSSAPI, OAUTHBEARER, properties it does not honour, brokers without
+//!   `OffsetFetch` v8): with `sampler = "auto"` the switch is automatic, logged, and shown
+//!   in the cluster target's detail and `streamguard_kafka_sampler_info{path}`.
 //!
-//! The result is turned into a [`KafkaSnapshot`] by the pure [`build_snapshot`]: lag per
-//! partition is `log_end − committed`, and a partition with no committed offset has *no*
-//! lag (`None`), never 0. A committed offset outside the log (beyond its end after a
-//! truncation, or below its start after retention deleted unread records) is flagged
-//! per partition, never hidden behind a lag of 0.
+//! Then the exact time-lag probe ([`super::kafka_probe`], always librdkafka) runs within
+//! its own, shorter budget. Both paths' answers are assembled by the same pure
+//! [`super::kafka_plan::assemble`]: lag per partition is `log_end − committed`, a
+//! partition with no committed offset has *no* lag (`None`), never 0, and a committed
+//! offset outside the log is flagged per partition, never hidden behind a lag of 0.
 //!
-//! This module does not schedule, retry or decide anything: the agent loop calls
+//! This module does not schedule or decide anything: the agent loop calls
 //! [`KafkaSampler::sample`] (blocking) on its interval and the store keeps the result.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
-use super::kafka_admin::{Admin, AdminError, Committed, GroupDescription, GroupListing, OffsetSpec, TopicPartition};
-use super::kafka_context::{ClientEvents, ClientFault, KafkaContext};
+use super::kafka_admin::{Admin, AdminError, GroupListing, OffsetSpec};
+use super::kafka_context::{ClientEvents, ClientFault, FaultKind, KafkaContext};
+use super::kafka_direct::{DirectError, DirectSampler};
+use super::kafka_plan::{assemble, consumed_topics, dlq_partitions, failed_partitions, Raw};
+pub use super::kafka_plan::{partitions_to_query, resolve_dlq};
 use super::kafka_probe::Probe;
 pub use super::kafka_snapshot::{
     build_snapshot, PARTIAL_CAUSES, offset_range, partition_lag, GroupLag, KafkaSnapshot, OffsetRange, PartitionLag, PartitionOffsets, ProbeCoverage,
     ResolvedDlq,
 };
-use crate::config::{ClusterConfig, DlqConfig, GroupFilter};
+use crate::config::{ClusterConfig, DlqConfig, GroupFilter, SamplerChoice};
 use crate::signal::DlqLink;
 
 /// Why a sample failed as a whole.
@@ -46,7 +51,8 @@ pub enum SampleError {
         source: AdminError,
     },
     /// The client could not authenticate or complete the TLS handshake (librdkafka
-    /// retries those, so the request itself only times out).
+    /// retries those, so the request itself only times out; the direct client reports
+    /// them as such).
     #[error("cluster {cluster}: {stage}: {fault}")]
     Client {
         cluster: String,
@@ -85,6 +91,11 @@ pub struct KafkaSampler {
     timeout: Duration,
     offset_fetch_concurrency: usize,
     probe: Probe,
+    choice: SamplerChoice,
+    /// The direct client, when the configuration allows it.
+    direct: Option<DirectSampler>,
+    /// Why librdkafka samples this cluster (`None` while the direct client does).
+    fallback: Mutex<Option<String>>,
     /// What librdkafka reported outside of results (authentication, TLS).
     events: std::sync::Arc<ClientEvents>,
     /// What it was built from (to rebuild it with rotated secrets).
@@ -113,6 +124,19 @@ impl KafkaSampler {
         let config = client_config(&cluster.bootstrap_servers, &cluster.properties);
         let events = ClientEvents::new(&cluster.name, &config);
         let admin = Admin::new(&config, KafkaContext { events: events.clone() })?;
+        let (direct, fallback) = match cluster.sampler {
+            SamplerChoice::Librdkafka => (None, Some("sampler = \"librdkafka\"".to_string())),
+            // `check` refused properties the direct client cannot honour; what is left
+            // is a CA or client certificate that cannot be read.
+            SamplerChoice::Direct => (Some(DirectSampler::new(cluster).map_err(AdminError::Client)?), None),
+            SamplerChoice::Auto => match DirectSampler::new(cluster) {
+                Ok(d) => (Some(d), None),
+                Err(reason) => (None, Some(reason)),
+            },
+        };
+        let path = if fallback.is_none() { "direct" } else { "librdkafka" };
+        // `run` logs the path at INFO (see agent.rs); `lag` keeps stderr for its errors.
+        tracing::debug!(cluster = %cluster.name, path, sampler = cluster.sampler.as_str(), reason = fallback.as_deref().unwrap_or(""), "kafka sampler path");
         Ok(KafkaSampler {
             cluster: cluster.name.clone(),
             admin,
@@ -120,6 +144,9 @@ impl KafkaSampler {
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
             probe: Probe::new(config, cluster.probe_budget, cluster.probe_timeout, events.clone()),
+            choice: cluster.sampler,
+            direct,
+            fallback: Mutex::new(fallback),
             events,
             config: cluster.clone(),
         })
@@ -159,23 +186,92 @@ impl KafkaSampler {
         self.admin.drain_events();
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        // A timeout is reported against the sample's budget, not the time that happened
-        // to be left for the call: the same failure reads the same every time.
-        let fail = |stage, source| {
-            // An authentication or TLS failure since the last success is the cause of
-            // whatever the request then reports (usually a timeout).
-            self.admin.drain_events();
-            if let Some(fault) = self.events.fault() {
+        let raw = match self.direct_active() {
+            Some(direct) => match direct.read_blocking(dlq, deadline) {
+                Ok(raw) => raw,
+                Err(DirectError::Stage { stage, source }) => return Err(self.fail(stage, source)),
+                Err(DirectError::Unsupported(e)) if self.choice == SamplerChoice::Auto => {
+                    let reason = format!("direct client unsupported by the brokers: {e}");
+                    tracing::warn!(cluster = %self.cluster, path = "librdkafka", reason = %reason, "kafka sampler path");
+                    *self.fallback.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    self.read_librdkafka(dlq, deadline)?
+                }
+                Err(DirectError::Unsupported(e)) => return Err(self.fail("unsupported", super::kafka_wire::to_admin(e))),
+            },
+            None => self.read_librdkafka(dlq, deadline)?,
+        };
+        // The moment the offsets were read: lag and time lag are as of now.
+        let taken_at = SystemTime::now();
+        let mut snapshot = assemble(&self.cluster, &raw);
+        let (path, note) = self.path();
+        snapshot.sampler = path;
+        snapshot.sampler_note = note;
+        snapshot.taken_at = taken_at;
+        // The exact time-lag probe has its own budget, shorter than the sample's.
+        let probe = self.probe.run(&snapshot.groups, deadline, taken_at);
+        for ((tp, offset), v) in probe.values {
+            snapshot.record_times.entry(tp).or_default().insert(offset, v);
+        }
+        for e in probe.errors {
+            tracing::debug!(cluster = %self.cluster, error = %e, "time-lag probe incomplete");
+            snapshot.add_partial_error(e.cause(), e.to_string());
+        }
+        snapshot.duration_seconds = started.elapsed().as_secs_f64();
+        self.events.clear_fault();
+        Ok(snapshot)
+    }
+
+    /// The direct client, unless librdkafka serves this cluster.
+    fn direct_active(&self) -> Option<&DirectSampler> {
+        let fell_back = self.fallback.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        self.direct.as_ref().filter(|_| !fell_back)
+    }
+
+    /// Which client samples this cluster, and why librdkafka when it does.
+    pub fn path(&self) -> (&'static str, Option<String>) {
+        let note = self.fallback.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (if note.is_none() && self.direct.is_some() { "direct" } else { "librdkafka" }, note)
+    }
+
+    /// Requests the direct client sent, by API name (empty on the librdkafka path).
+    pub fn direct_request_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.direct.as_ref().map(DirectSampler::request_counts).unwrap_or_default()
+    }
+
+    /// A timeout is reported against the sample's budget, not the time that happened
+    /// to be left for the call: the same failure reads the same every time.
+    ///
+    /// An authentication or TLS failure is reported as such: librdkafka's since the last
+    /// success (it is the cause of whatever the request then reports, usually a
+    /// timeout), or the direct client's own.
+    fn fail(&self, stage: &'static str, source: AdminError) -> SampleError {
+        self.admin.drain_events();
+        if let Some(fault) = self.events.fault() {
+            return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
+        }
+        if let AdminError::Kafka { code, message, .. } = &source {
+            use rdkafka::types::RDKafkaErrorCode as C;
+            let kind = match code {
+                C::Authentication | C::SaslAuthenticationFailed => Some(FaultKind::Authentication),
+                C::SSL => Some(FaultKind::Tls),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let fault = ClientFault { kind, message: self.events.scrub(message) };
                 return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
             }
-            let source = match source {
-                AdminError::Timeout { op, .. } => AdminError::Timeout { op, timeout: self.timeout },
-                other => other,
-            };
-            SampleError::Admin { cluster: self.cluster.clone(), stage, source }
+        }
+        let source = match source {
+            AdminError::Timeout { op, .. } => AdminError::Timeout { op, timeout: self.timeout },
+            other => other,
         };
+        SampleError::Admin { cluster: self.cluster.clone(), stage, source }
+    }
 
+    /// One sample's answers through librdkafka's admin API.
+    fn read_librdkafka(&self, dlq: &(DlqConfig, Vec<DlqLink>), deadline: Instant) -> Result<Raw, SampleError> {
+        let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let fail = |stage, source| self.fail(stage, source);
         let (listings, list_errors) = self.admin.list_groups(left()).map_err(|e| fail("list_groups", e))?;
         // librdkafka answers ListConsumerGroups with per-broker errors and whatever the
         // other brokers listed: with the cluster down that is "no groups", with one broker
@@ -194,11 +290,8 @@ impl KafkaSampler {
         let mut wanted = partitions_to_query(&descriptions, &committed);
         let consumed = consumed_topics(&descriptions, &committed);
         let dlqs = resolve_dlq(&self.cluster, &dlq.0, &dlq.1, &consumed, &topics);
-        let dlq_partitions: BTreeSet<TopicPartition> = dlqs
-            .iter()
-            .flat_map(|d| (0..topics.get(&d.dlq_topic).copied().unwrap_or(0)).map(|p| TopicPartition { topic: d.dlq_topic.clone(), partition: p }))
-            .collect();
-        wanted.extend(dlq_partitions.iter().cloned());
+        let dlq_parts = dlq_partitions(&dlqs, &topics);
+        wanted.extend(dlq_parts.iter().cloned());
         wanted.sort();
         wanted.dedup();
 
@@ -216,189 +309,8 @@ impl KafkaSampler {
                 }
             }
         }
-        // The moment the offsets were read: lag and time lag are as of now.
-        let taken_at = SystemTime::now();
         let mut specs = offsets.into_iter();
         let (starts, ends, stable) = (specs.next().unwrap_or_default(), specs.next().unwrap_or_default(), specs.next().unwrap_or_default());
-
-        let mut snapshot = build_snapshot(&self.cluster, &listings, &descriptions, &committed, &starts, &ends);
-        let get = |m: &HashMap<TopicPartition, Result<i64, AdminError>>, tp: &TopicPartition| m.get(tp).and_then(|r| r.as_ref().ok().copied());
-        for tp in dlq_partitions {
-            let o = PartitionOffsets { log_start_offset: get(&starts, &tp), log_end_offset: get(&ends, &tp), last_stable_offset: None };
-            snapshot.partitions.entry(tp).or_insert(o);
-        }
-        for (tp, o) in snapshot.partitions.iter_mut() {
-            o.last_stable_offset = get(&stable, tp);
-        }
-        for g in &mut snapshot.groups {
-            for p in &mut g.partitions {
-                p.last_stable_offset = get(&stable, &TopicPartition { topic: p.topic.clone(), partition: p.partition });
-            }
-        }
-        snapshot.dlq = dlqs;
-        snapshot.taken_at = taken_at;
-        // The exact time-lag probe has its own budget, shorter than the sample's.
-        let probe = self.probe.run(&snapshot.groups, deadline, taken_at);
-        for ((tp, offset), v) in probe.values {
-            snapshot.record_times.entry(tp).or_default().insert(offset, v);
-        }
-        for e in probe.errors {
-            tracing::debug!(cluster = %self.cluster, error = %e, "time-lag probe incomplete");
-            snapshot.add_partial_error(e.cause(), e.to_string());
-        }
-        snapshot.duration_seconds = started.elapsed().as_secs_f64();
-        self.events.clear_fault();
-        Ok(snapshot)
-    }
-}
-
-/// (group, topic) pairs some group consumes.
-fn consumed_topics(
-    descriptions: &[GroupDescription],
-    committed: &[(String, Result<Vec<Committed>, AdminError>)],
-) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    for d in descriptions {
-        for m in &d.members {
-            out.extend(m.assignment.iter().map(|tp| (d.group_id.clone(), tp.topic.clone())));
-        }
-    }
-    for (g, r) in committed {
-        if let Ok(list) = r {
-            out.extend(list.iter().map(|(tp, _)| (g.clone(), tp.topic.clone())));
-        }
-    }
-    out
-}
-
-/// Matches DLQ topics that exist on the cluster to (source topic, group) pairs. Pure.
-///
-/// Precedence: explicit config, then links discovered from Kafka Connect, then name
-/// patterns (`{topic}` is a consumed topic, `{group}` a group consuming it). A DLQ topic
-/// is never matched to itself as a source.
-///
-/// A DLQ belongs to the group (or connector) that writes it: a match is attached to a
-/// group only when it says which group (config `group`, a Connect sink's own group, a
-/// pattern with `{group}`); otherwise it is attached to the source topic alone.
-pub fn resolve_dlq(
-    cluster: &str,
-    config: &DlqConfig,
-    links: &[DlqLink],
-    consumed: &BTreeSet<(String, String)>,
-    topics: &BTreeMap<String, i32>,
-) -> Vec<ResolvedDlq> {
-    // Keyed by (dlq, source, group): the first origin (highest precedence) wins.
-    let mut out: BTreeMap<(String, String, Option<String>), String> = BTreeMap::new();
-    let mut add = |dlq: &str, source: &str, group: Option<&str>, origin: String| {
-        if dlq != source && topics.contains_key(dlq) {
-            out.entry((dlq.to_string(), source.to_string(), group.map(str::to_string))).or_insert(origin);
-        }
-    };
-    for m in &config.topics {
-        if m.cluster.as_deref().is_some_and(|c| c != cluster) {
-            continue;
-        }
-        add(&m.dlq_topic, &m.source_topic, m.group.as_deref(), "config".into());
-    }
-    for l in links {
-        for t in &l.source_topics {
-            add(&l.dlq_topic, t, Some(&l.group), l.origin.clone());
-        }
-    }
-    for (g, t) in consumed {
-        for p in &config.patterns {
-            let name = p.replace("{topic}", t).replace("{group}", g);
-            let group = p.contains("{group}").then_some(g.as_str());
-            add(&name, t, group, format!("pattern {p}"));
-        }
-    }
-    // A topic-only match is redundant where the same DLQ and source are already
-    // attributed to a group.
-    let attributed: BTreeSet<(String, String)> =
-        out.keys().filter(|(_, _, g)| g.is_some()).map(|(d, s, _)| (d.clone(), s.clone())).collect();
-    out.into_iter()
-        .filter(|((d, s, g), _)| g.is_some() || !attributed.contains(&(d.clone(), s.clone())))
-        .map(|((dlq_topic, source_topic, group), origin)| ResolvedDlq { dlq_topic, source_topic, group, origin })
-        .collect()
-}
-
-/// Every partition some group consumes: committed or assigned, deduplicated and sorted.
-pub fn partitions_to_query(
-    descriptions: &[GroupDescription],
-    committed: &[(String, Result<Vec<Committed>, AdminError>)],
-) -> Vec<TopicPartition> {
-    let mut set = BTreeSet::new();
-    for d in descriptions {
-        for m in &d.members {
-            set.extend(m.assignment.iter().cloned());
-        }
-    }
-    for (_, r) in committed {
-        if let Ok(offsets) = r {
-            set.extend(offsets.iter().map(|(tp, _)| tp.clone()));
-        }
-    }
-    set.into_iter().collect()
-}
-
-/// Partitions for which any of the offset lookups failed, deduplicated and sorted.
-fn failed_partitions(offsets: &[HashMap<TopicPartition, Result<i64, AdminError>>]) -> Vec<TopicPartition> {
-    let set: BTreeSet<&TopicPartition> = offsets.iter().flat_map(|m| m.iter().filter(|(_, r)| r.is_err()).map(|(tp, _)| tp)).collect();
-    set.into_iter().cloned().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn consumed(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-        pairs.iter().map(|(g, t)| (g.to_string(), t.to_string())).collect()
-    }
-
-    #[test]
-    fn dlq_topics_are_matched_by_config_then_connect_links_then_patterns() {
-        let topics: BTreeMap<String, i32> =
-            ["orders", "orders.dlq", "failed-payments", "payments", "sink-dlq", "dlq-billing"].iter().map(|t| (t.to_string(), 1)).collect();
-        let config = DlqConfig {
-            patterns: crate::config::DEFAULT_DLQ_PATTERNS.iter().map(|p| p.to_string()).collect(),
-            topics: vec![
-                crate::config::DlqMapping { cluster: None, dlq_topic: "failed-payments".into(), source_topic: "payments".into(), group: None },
-                crate::config::DlqMapping { cluster: Some("other".into()), dlq_topic: "orders".into(), source_topic: "x".into(), group: None },
-            ],
-        };
-        let links = vec![DlqLink {
-            dlq_topic: "sink-dlq".into(),
-            source_topics: vec!["orders".into()],
-            group: "connect-sink".into(),
-            origin: "connect:local/sink".into(),
-        }];
-        let got = resolve_dlq(
-            "c",
-            &config,
-            &links,
-            &consumed(&[("app", "orders"), ("pay", "payments"), ("billing", "invoices"), ("connect-sink", "orders")]),
-            &topics,
-        );
-        let rows: Vec<(&str, &str, Option<&str>, &str)> =
-            got.iter().map(|d| (d.dlq_topic.as_str(), d.source_topic.as_str(), d.group.as_deref(), d.origin.as_str())).collect();
-        assert_eq!(
-            rows,
-            vec![
-                ("dlq-billing", "invoices", Some("billing"), "pattern dlq-{group}"),
-                ("failed-payments", "payments", None, "config"),
-                // A name pattern without {group} names the topic only: not blamed on
-                // `app` and `connect-sink`, the two groups that read `orders`.
-                ("orders.dlq", "orders", None, "pattern {topic}.dlq"),
-                ("sink-dlq", "orders", Some("connect-sink"), "connect:local/sink"),
-            ]
-        );
-    }
-    #[test]
-    fn a_dlq_that_does_not_exist_or_is_its_own_source_is_not_matched() {
-        let topics: BTreeMap<String, i32> = [("a".to_string(), 1), ("a.dlq".to_string(), 1)].into_iter().collect();
-        let config = DlqConfig { patterns: vec!["{topic}.dlq".into(), "{topic}".into()], topics: Vec::new() };
-        let got = resolve_dlq("c", &config, &[], &consumed(&[("g", "a"), ("g", "b")]), &topics);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].dlq_topic, "a.dlq");
+        Ok(Raw { listings, descriptions, committed, dlqs, dlq_partitions: dlq_parts, starts, ends, stable })
     }
 }

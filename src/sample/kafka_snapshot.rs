@@ -127,6 +127,10 @@ pub struct KafkaSnapshot {
     /// lagging partitions it has read (this cycle or cached).
     #[serde(skip)]
     pub record_times: HashMap<TopicPartition, HashMap<i64, ProbeValue>>,
+    /// Which client took the sample: `direct` or `librdkafka` (see `kafka::KafkaSampler`).
+    pub sampler: &'static str,
+    /// Why `librdkafka` serves a cluster whose `sampler` is `auto`; `None` otherwise.
+    pub sampler_note: Option<String>,
 }
 
 /// How much of the lagging partitions the probe covers.
@@ -174,6 +178,7 @@ impl KafkaSnapshot {
         let c = self.cluster.as_str();
         let mut out = Vec::new();
         out.extend(Observation::new("groups", &[("cluster", c)], self.groups.len() as f64));
+        out.extend(Observation::new("sampler_info", &[("cluster", c), ("path", self.sampler)], 1.0));
         for (tp, o) in &self.partitions {
             let p = tp.partition.to_string();
             let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
@@ -247,6 +252,8 @@ impl KafkaSnapshot {
                 "probe": self.probe_coverage(),
                 "taken_at": crate::signal::unix_secs(self.taken_at),
                 "duration_seconds": self.duration_seconds,
+                "sampler": self.sampler,
+                "sampler_note": self.sampler_note,
             }),
         }];
         for g in &self.groups {
@@ -415,6 +422,8 @@ pub fn build_snapshot(
         partial_causes,
         dlq: Vec::new(),
         record_times: HashMap::new(),
+        sampler: "librdkafka",
+        sampler_note: None,
     }
 }
 
