@@ -241,14 +241,10 @@ impl KafkaSampler {
     /// A timeout is reported against the sample's budget, not the time that happened
     /// to be left for the call: the same failure reads the same every time.
     ///
-    /// An authentication or TLS failure is reported as such: librdkafka's since the last
-    /// success (it is the cause of whatever the request then reports, usually a
-    /// timeout), or the direct client's own.
+    /// An authentication or TLS failure is reported as such: the failing call's own
+    /// (the direct client's), else librdkafka's since the last success (it is the cause
+    /// of whatever the request then reports, usually a timeout).
     fn fail(&self, stage: &'static str, source: AdminError) -> SampleError {
-        self.admin.drain_events();
-        if let Some(fault) = self.events.fault() {
-            return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
-        }
         if let AdminError::Kafka { code, message, .. } = &source {
             use rdkafka::types::RDKafkaErrorCode as C;
             let kind = match code {
@@ -260,6 +256,10 @@ impl KafkaSampler {
                 let fault = ClientFault { kind, message: self.events.scrub(message) };
                 return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
             }
+        }
+        self.admin.drain_events();
+        if let Some(fault) = self.events.fault() {
+            return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
         }
         let source = match source {
             AdminError::Timeout { op, .. } => AdminError::Timeout { op, timeout: self.timeout },
