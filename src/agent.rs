@@ -279,6 +279,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let mut signals = crate::rules::file::SignalNames::builtin();
     signals.extend(config.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
     let rules = Arc::new(Rules::load(config.rules.clone(), signals).map_err(AgentError::Rules)?);
+    // History is kept only for what the derivations and the rules read (the rest keeps
+    // its latest value); the rule loops update theirs on every reload.
+    store.keep_history("derive", crate::derive::kafka::history_windows(&config.history));
+    store.keep_history("rules", crate::evaluate::history_windows(&rules.set()));
     let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
     let specs = config
         .clusters

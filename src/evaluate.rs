@@ -341,6 +341,7 @@ impl Rules {
         let old = std::mem::replace(&mut *self.generation.lock().unwrap_or_else(|p| p.into_inner()), token.clone());
         old.cancel();
         let set = self.set();
+        store.keep_history("rules", history_windows(&set));
         let files: BTreeSet<PathBuf> = set.alerts.iter().map(|r| r.file.clone()).chain(set.slos.iter().map(|s| s.file.clone())).collect();
         for file in files {
             let (rules, store, t) = (self.clone(), store.clone(), token.clone());
@@ -386,10 +387,10 @@ impl Rules {
     }
 }
 
-/// Builds the evaluator's view of the store: every series of every signal the rules
-/// name, with its quality and the history the longest window needs.
-pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    let mut wanted: HashMap<String, Duration, foldhash::fast::RandomState> = HashMap::default();
+/// The signals the rules read and the longest window each is read over (zero: the
+/// latest value only). The store keeps history for these ([`Store::keep_history`]).
+pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Duration> {
+    let mut wanted: BTreeMap<String, Duration> = BTreeMap::new();
     let mut want = |v: &crate::rules::expr::ValueExpr| {
         let w = wanted.entry(v.selector.signal.clone()).or_default();
         *w = (*w).max(v.window.unwrap_or_default());
@@ -406,6 +407,13 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
             }
         }
     }
+    wanted
+}
+
+/// Builds the evaluator's view of the store: every series of every signal the rules
+/// name, with its quality and the history the longest window needs.
+pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
+    let wanted = history_windows(set);
     let mut data = Dataset::default();
     store.with_entries(|entries| {
         for e in entries {
@@ -414,8 +422,8 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
             let source_name = format!("{}/{}", e.health.kind.as_str(), e.health.name);
             let source_fresh = e.health.quality(now) == Quality::Fresh;
             let source = data.add_source(&source_name, source_fresh);
-            for (key, series) in &e.series {
-                let Some(window) = wanted.get(key.signal.as_str()) else { continue };
+            for series in e.iter() {
+                let Some(window) = wanted.get(series.signal()) else { continue };
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
                 let points: Vec<_> = if window.is_zero() {
                     series.last().into_iter().collect()
@@ -424,11 +432,11 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
                 };
                 // As Entry::series_quality, without looking the series up again.
                 let fresh = source_fresh && series.last().is_some_and(|(t, _)| Some(t) == e.health.last_success);
-                let sd = SeriesData { labels: key.labels.clone(), fresh, points, source: Some(source) };
-                match data.by_signal.get_mut(key.signal.as_str()) {
+                let sd = SeriesData { labels: series.labels_map(), fresh, points, source: Some(source) };
+                match data.by_signal.get_mut(series.signal()) {
                     Some(v) => v.push(sd),
                     None => {
-                        data.by_signal.insert(key.signal.clone(), vec![sd]);
+                        data.by_signal.insert(series.signal().to_string(), vec![sd]);
                     }
                 }
             }

@@ -354,8 +354,8 @@ impl Collector for StoreCollector {
         self.store.with_entries(|entries| {
             for entry in entries {
                 for (key, value) in entry.fresh_series(now) {
-                    let Some(def) = catalog::find(&key.signal) else { continue };
-                    rows.entry(def.name).or_default().push((ordered_labels(def, &key.labels), value));
+                    let Some(def) = catalog::find(key.signal()) else { continue };
+                    rows.entry(def.name).or_default().push((ordered_labels(def, &key), value));
                 }
             }
         });
@@ -393,8 +393,8 @@ impl Collector for StoreCollector {
 
 /// Labels in the order the catalog declares them. The catalog lists every label a
 /// built-in signal carries (a unit test in each source checks its observations).
-fn ordered_labels(def: &SignalDef, labels: &crate::signal::Labels) -> SourceLabels {
-    def.labels.iter().filter_map(|name| labels.get(*name).map(|v| (*name, v.clone()))).collect()
+fn ordered_labels(def: &SignalDef, series: &crate::store::SeriesRef<'_>) -> SourceLabels {
+    def.labels.iter().filter_map(|name| series.label(name).map(|v| (*name, v.to_string()))).collect()
 }
 
 /// Renders rule and SLO state at scrape time.
