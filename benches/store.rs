@@ -175,13 +175,34 @@ fn main() {
     println!("{:<44} {:>12.1} {:>12.1}", format!("evaluate rules/ ({} files, {runs} runs)", set.files.len()), a, b);
 }
 
-/// Renders the whole exposition; returns its size in bytes.
+/// Renders the whole exposition as `/metrics` streams it (pieces of about 64 KiB,
+/// dropped as they are made); returns its size in bytes.
 fn render(metrics: &Metrics) -> usize {
-    metrics.encode(Format::Prometheus).map(|s| s.len()).unwrap_or(0)
+    let mut bytes = 0;
+    let done = metrics.render(Format::Prometheus, &mut |piece| {
+        bytes += piece.len();
+        true
+    });
+    assert_eq!(done, Ok(true));
+    bytes
 }
 
-/// What the agent tells the store before sampling (nothing on the baseline).
-fn prepare(_store: &Store, _rules: &Rules) {}
+/// What the agent tells the store before sampling: which signals the derivations and
+/// the rules read over a window (`BENCH_KEEP_ALL=1`: keep every signal's history).
+fn prepare(store: &Store, rules: &Rules) {
+    if std::env::var_os("BENCH_KEEP_ALL").is_some() {
+        return;
+    }
+    store.keep_history("derive", streamguard::derive::kafka::history_windows(&store.history_config()));
+    store.keep_history("rules", streamguard::evaluate::history_windows(&rules.set()));
+}
 
-/// The store's own accounting, where it has one.
-fn extra(_store: &Store) {}
+/// The store's own accounting.
+fn extra(store: &Store) {
+    let s = store.size();
+    println!("{:<44} {:>12}", "series keeping history", s.series_with_history);
+    println!("{:<44} {:>12}", "compressed points held", s.history_points);
+    println!("{:<44} {:>12}", "compressed history (MB)", format!("{:.1}", s.history_bytes as f64 / (1024.0 * 1024.0)));
+    println!("{:<44} {:>12}", "compressed bytes per point", format!("{:.2}", s.history_bytes as f64 / s.history_points.max(1) as f64));
+    println!("{:<44} {:>12}", "interned strings (bytes)", format!("{} ({})", s.strings, s.string_bytes));
+}

@@ -5,19 +5,20 @@
 //! detail (error chains, paths) goes to the log, not to the client.
 
 pub mod api;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use crate::signal::Quality;
 use crate::store::Store;
-use crate::telemetry::metrics::{Format, Metrics};
+use crate::telemetry::metrics::Metrics;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ impl IntoResponse for ApiError {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(metrics::handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/targets", get(api::targets))
@@ -68,12 +69,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rules", get(api::rules))
         .route("/api/v1/slos", get(api::slos))
         .with_state(state)
-}
-
-async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = s.metrics.encode(format)?;
-    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// Ready once every source has fresh data and no background task has recently
@@ -103,7 +98,7 @@ mod tests {
     use crate::signal::{Observation, SourceSample, TargetInfo};
     use crate::store::SourceKind;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{header, Request};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -152,6 +147,18 @@ mod tests {
         let (status, v) = get("/api/v1/signals?history=forever").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(v["error"].as_str().unwrap().starts_with("history: invalid duration"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_streamed_whole_in_both_formats() {
+        for (accept, eof) in [("text/plain", false), ("application/openmetrics-text; version=1.0.0", true)] {
+            let resp = app().oneshot(Request::get("/metrics").header(header::ACCEPT, accept).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+            assert!(text.contains("\nstreamguard_kafka_partition_lag_seconds{cluster=\"local\",group=\"billing\",method=\"probe\"} 12.5\n"), "{text}");
+            assert!(text.contains("streamguard_rules_loaded"), "the trailer follows the store's series");
+            assert_eq!(text.ends_with("# EOF\n"), eof, "{accept}");
+        }
     }
 
     #[tokio::test]

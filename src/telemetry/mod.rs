@@ -6,4 +6,5 @@
 //! here knows about HTTP.
 
 pub mod events;
+pub mod exposition;
 pub mod metrics;
