@@ -35,7 +35,7 @@ use crate::rules::expr::{Dataset, EvalOptions, SeriesData};
 use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloStatus};
 use crate::signal::Quality;
-use crate::store::Store;
+use crate::store::{HistoryNeed, Store};
 use crate::supervise::Supervisor;
 
 /// Outcome of the latest (re)load.
@@ -387,33 +387,54 @@ impl Rules {
     }
 }
 
-/// The signals the rules read and the longest window each is read over (zero: the
-/// latest value only). The store keeps history for these ([`Store::keep_history`]).
-pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Duration> {
-    let mut wanted: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut want = |v: &crate::rules::expr::ValueExpr| {
-        let w = wanted.entry(v.selector.signal.clone()).or_default();
-        *w = (*w).max(v.window.unwrap_or_default());
-    };
+/// Every value the rules read: alert conditions and SLO indicators.
+fn read_values(set: &RuleSet) -> Vec<&crate::rules::expr::ValueExpr> {
+    let mut out = Vec::new();
     for r in &set.alerts {
-        r.condition.values().into_iter().for_each(|(v, _, _)| want(v));
+        out.extend(r.condition.values().into_iter().map(|(v, _, _)| v));
     }
     for s in &set.slos {
         match &s.sli {
-            crate::rules::slo::Sli::TimeSlice { cond, .. } => cond.values().into_iter().for_each(|(v, _, _)| want(v)),
-            crate::rules::slo::Sli::Ratio { bad, total, .. } => {
-                want(bad);
-                want(total);
-            }
+            crate::rules::slo::Sli::TimeSlice { cond, .. } => out.extend(cond.values().into_iter().map(|(v, _, _)| v)),
+            crate::rules::slo::Sli::Ratio { bad, total, .. } => out.extend([bad, total]),
         }
     }
+    out
+}
+
+/// The signals the rules read and the longest window each is read over (zero: the
+/// latest value only).
+fn read_windows(set: &RuleSet) -> HashMap<String, Duration, foldhash::fast::RandomState> {
+    let mut wanted: HashMap<String, Duration, foldhash::fast::RandomState> = HashMap::default();
+    for v in read_values(set) {
+        let w = wanted.entry(v.selector.signal.clone()).or_default();
+        *w = (*w).max(v.window.unwrap_or_default());
+    }
     wanted
+}
+
+/// What the rules read over a window, per signal: the window and the series the
+/// selector picks. The store keeps history for those series only
+/// ([`Store::keep_history`]); a selector read without a window needs none.
+pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Vec<HistoryNeed>> {
+    let mut needs: BTreeMap<String, Vec<HistoryNeed>> = BTreeMap::new();
+    for v in read_values(set) {
+        let Some(window) = v.window.filter(|w| !w.is_zero()) else { continue };
+        let matchers = v.selector.matchers.clone();
+        let need = if matchers.is_empty() {
+            HistoryNeed::all(window)
+        } else {
+            HistoryNeed::only(window, move |series| matchers.iter().all(|m| m.matches_value(series.label(&m.label).unwrap_or(""))))
+        };
+        needs.entry(v.selector.signal.clone()).or_default().push(need);
+    }
+    needs
 }
 
 /// Builds the evaluator's view of the store: every series of every signal the rules
 /// name, with its quality and the history the longest window needs.
 pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    let wanted = history_windows(set);
+    let wanted = read_windows(set);
     let mut data = Dataset::default();
     store.with_entries(|entries| {
         for e in entries {

@@ -25,7 +25,7 @@
 //!   points (before, a series absent from the latest sample could still take one).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -84,6 +84,8 @@ pub struct Entry {
     series: HashMap<Key, Series, foldhash::fast::RandomState>,
     symbols: Symbols,
     times: Times,
+    /// The history policy generation the series' `keep_secs` follow.
+    policy_gen: u64,
 }
 
 /// What the store holds, for the benchmark and the agent's own metrics.
@@ -109,6 +111,7 @@ impl Entry {
             series: HashMap::default(),
             symbols: Symbols::default(),
             times: Times::default(),
+            policy_gen: 0,
         }
     }
 
@@ -195,7 +198,7 @@ impl Entry {
     /// series at the same time replaces the first; values at a time before the source's
     /// latest sample are ignored (history is never reordered); non-finite values are
     /// never stored.
-    fn append<'k>(&mut self, at: SystemTime, values: impl Iterator<Item = (&'k SeriesKey, f64)>, h: &HistoryConfig, keep: &HistoryWindows) {
+    fn append<'k>(&mut self, at: SystemTime, values: impl Iterator<Item = (&'k SeriesKey, f64)>, h: &HistoryConfig, policy: &Policy) {
         let seq = match self.times.times.back() {
             Some(last) if *last == at => self.times.last_seq().unwrap_or(self.times.base),
             Some(last) if *last > at => return,
@@ -204,7 +207,14 @@ impl Entry {
                 self.times.base + self.times.times.len() as u64 - 1
             }
         };
-        let mut windows = WindowCache::default();
+        if self.policy_gen != policy.generation {
+            // Readers changed (a rule reload): every series is judged again.
+            let (symbols, times) = (&self.symbols, &self.times);
+            for (k, s) in self.series.iter_mut() {
+                s.keep_secs = policy.keep_secs(&SeriesRef { symbols, times, key: k, series: s });
+            }
+            self.policy_gen = policy.generation;
+        }
         let mut ids = Vec::new();
         for (key, value) in values {
             if !value.is_finite() {
@@ -213,21 +223,23 @@ impl Entry {
             let found = series::lookup_ids(&self.symbols, key, &mut ids);
             match found.then(|| self.series.get_mut(ids.as_slice())).flatten() {
                 Some(s) => {
-                    let keep = windows.get(ids[0], &self.symbols, keep).is_some();
+                    let keep = s.keep_secs > 0;
                     s.push(seq, value, keep);
                 }
                 None => {
                     let k = series::intern_key(&mut self.symbols, key);
-                    self.series.insert(k, Series::new(seq, value));
+                    let mut s = Series::new(seq, value);
+                    s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: &k, series: &s });
+                    self.series.insert(k, s);
                 }
             }
         }
-        self.trim(at, h, keep, &mut windows);
+        self.trim(at, h);
     }
 
     /// Enforces the bounds: sample times past retention or beyond `max_points`, series
     /// whose latest point went with them, history no reader needs.
-    fn trim(&mut self, at: SystemTime, h: &HistoryConfig, keep: &HistoryWindows, windows: &mut WindowCache) {
+    fn trim(&mut self, at: SystemTime, h: &HistoryConfig) {
         let horizon = at.checked_sub(h.retention).unwrap_or(SystemTime::UNIX_EPOCH);
         let times = &mut self.times;
         while times.times.len() > h.max_points.max(1) || times.times.front().is_some_and(|t| *t < horizon) {
@@ -242,12 +254,12 @@ impl Entry {
                 return false;
             }
             if s.history.is_some() {
-                match windows.get(k[0], symbols, keep) {
-                    None => s.history = None,
-                    Some(w) => {
-                        let from = at.checked_sub(w.min(h.retention)).unwrap_or(SystemTime::UNIX_EPOCH);
-                        s.compact(base, times.seq_since(from));
-                    }
+                if s.keep_secs == 0 {
+                    s.history = None;
+                } else {
+                    let window = Duration::from_secs(u64::from(s.keep_secs)).min(h.retention);
+                    let from = at.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+                    s.compact(base, times.seq_since(from));
                 }
             }
             true
@@ -255,26 +267,57 @@ impl Entry {
     }
 }
 
-/// Which signals keep history and how far back, by who reads them (`rules`,
-/// `derive`); `None` until anyone says: then every signal keeps the whole retention.
-type HistoryWindows = Option<BTreeMap<&'static str, BTreeMap<String, Duration>>>;
+/// How far back one reader reads one signal: over every series, or over those a
+/// filter (a rule's selector) picks.
+#[derive(Clone)]
+pub struct HistoryNeed {
+    pub window: Duration,
+    pub only: Option<Arc<dyn Fn(&SeriesRef<'_>) -> bool + Send + Sync>>,
+}
 
-/// Per append: the history window of each signal id (`None`: latest value only).
-#[derive(Default)]
-struct WindowCache(Vec<(u32, Option<Duration>)>);
+impl HistoryNeed {
+    pub fn all(window: Duration) -> Self {
+        HistoryNeed { window, only: None }
+    }
 
-impl WindowCache {
-    fn get(&mut self, signal: u32, symbols: &Symbols, keep: &HistoryWindows) -> Option<Duration> {
-        if let Some((_, w)) = self.0.iter().find(|(s, _)| *s == signal) {
-            return *w;
+    pub fn only(window: Duration, filter: impl Fn(&SeriesRef<'_>) -> bool + Send + Sync + 'static) -> Self {
+        HistoryNeed { window, only: Some(Arc::new(filter)) }
+    }
+}
+
+impl std::fmt::Debug for HistoryNeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryNeed").field("window", &self.window).field("filtered", &self.only.is_some()).finish()
+    }
+}
+
+/// Which series keep history and how far back, by reader (`rules`, `derive`); no
+/// readers until one says: until then every series keeps the whole retention.
+#[derive(Debug, Default)]
+struct Policy {
+    generation: u64,
+    readers: Option<BTreeMap<&'static str, BTreeMap<String, Vec<HistoryNeed>>>>,
+}
+
+impl Policy {
+    /// The longest window any reader reads `series` over, in seconds (0: none).
+    fn keep_secs(&self, series: &SeriesRef<'_>) -> u32 {
+        let Some(readers) = &self.readers else { return u32::MAX };
+        let signal = series.signal();
+        let longest = readers
+            .values()
+            .filter_map(|m| m.get(signal))
+            .flatten()
+            .filter(|n| n.only.as_ref().is_none_or(|f| f(series)))
+            .map(|n| n.window)
+            .max()
+            .unwrap_or_default();
+        if longest.is_zero() {
+            0
+        } else {
+            // A sub-second window still needs the point before it.
+            u32::try_from(longest.as_secs().max(1)).unwrap_or(u32::MAX)
         }
-        let name = symbols.resolve(signal);
-        let w = match keep {
-            None => Some(Duration::MAX),
-            Some(owners) => owners.values().filter_map(|m| m.get(name)).max().copied(),
-        };
-        self.0.push((signal, w));
-        w
     }
 }
 
@@ -284,8 +327,8 @@ pub struct Store {
     inner: RwLock<BTreeMap<(SourceKind, String), Entry>>,
     history: HistoryConfig,
     dlq: RwLock<DlqConfig>,
-    /// Which signals keep history (see [`Store::keep_history`]).
-    windows: RwLock<HistoryWindows>,
+    /// Which series keep history (see [`Store::keep_history`]).
+    policy: RwLock<Arc<Policy>>,
     /// Where every stored observation is also recorded (`[record]`), if anywhere.
     recorder: std::sync::OnceLock<crate::record::Recorder>,
 }
@@ -302,7 +345,7 @@ impl Store {
             inner: RwLock::default(),
             history,
             dlq: RwLock::new(DlqConfig { patterns: Vec::new(), topics: Vec::new() }),
-            windows: RwLock::new(None),
+            policy: RwLock::default(),
             recorder: std::sync::OnceLock::new(),
         }
     }
@@ -333,14 +376,17 @@ impl Store {
         self.history
     }
 
-    /// Says which signals `reader` (`rules`, `derive`) reads with a window, and how long.
-    /// From the first call on, a signal keeps history only as far back as its longest
-    /// window across readers (plus one point before, where a window starts), capped by
-    /// the retention; every other signal keeps its latest value only. Until then every
-    /// signal keeps the whole retention. Replaces what `reader` said before.
-    pub fn keep_history(&self, reader: &'static str, windows: BTreeMap<String, Duration>) {
-        let mut w = self.windows.write().unwrap_or_else(|p| p.into_inner());
-        w.get_or_insert_with(BTreeMap::new).insert(reader, windows);
+    /// Says which series `reader` (`rules`, `derive`) reads over a window, and how long,
+    /// per signal. From the first call on, a series keeps history only as far back as
+    /// the longest window any reader reads it over (plus the point before, where a
+    /// window starts), capped by the retention; every other series keeps its latest
+    /// value only. Until then every series keeps the whole retention. Replaces what
+    /// `reader` said before; series are judged again at their source's next sample.
+    pub fn keep_history(&self, reader: &'static str, needs: BTreeMap<String, Vec<HistoryNeed>>) {
+        let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        let mut readers = p.readers.clone().unwrap_or_default();
+        readers.insert(reader, needs);
+        *p = Arc::new(Policy { generation: p.generation + 1, readers: Some(readers) });
     }
 
     /// What every source holds, summed.
@@ -355,8 +401,8 @@ impl Store {
         })
     }
 
-    fn windows(&self) -> HistoryWindows {
-        self.windows.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Declares a source before its first sample, so it is `missing` (not absent) until then.
@@ -376,13 +422,13 @@ impl Store {
     /// Records a successful sample: appends every observation to its series' history,
     /// replaces the targets, trims history to the configured bounds.
     pub fn record_success(&self, kind: SourceKind, name: &str, at: SystemTime, sample: SourceSample) {
-        let (history, windows) = (self.history, self.windows());
+        let (history, policy) = (self.history, self.policy());
         let mut map = self.write();
         let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
         e.health.succeeded(at);
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
-        e.append(at, sample.observations.iter().map(|o| (&o.key, o.value)), &history, &windows);
+        e.append(at, sample.observations.iter().map(|o| (&o.key, o.value)), &history, &policy);
         if let Some(r) = self.recorder.get() {
             r.sample(at, kind, name, e.health.stale_after, sample.observations);
         }
@@ -391,11 +437,11 @@ impl Store {
     /// Records a successful sample given as values of known series (replay): a series
     /// key is cloned only the first time it is seen. No targets.
     pub fn record_values<'k>(&self, kind: SourceKind, name: &str, at: SystemTime, values: impl Iterator<Item = (&'k SeriesKey, f64)>) {
-        let (history, windows) = (self.history, self.windows());
+        let (history, policy) = (self.history, self.policy());
         let mut map = self.write();
         let Some(e) = map.get_mut(&(kind, name.to_string())) else { return };
         e.health.succeeded(at);
-        e.append(at, values, &history, &windows);
+        e.append(at, values, &history, &policy);
     }
 
     /// Records a successful sample and the series derived from it (time lag, rates,
@@ -411,7 +457,7 @@ impl Store {
         sample: SourceSample,
         derive: impl FnOnce(&Entry) -> Vec<Observation>,
     ) -> usize {
-        let (history, windows) = (self.history, self.windows());
+        let (history, policy) = (self.history, self.policy());
         let mut map = self.write();
         let Some(e) = map.get_mut(&(kind, name.to_string())) else { return 0 };
         let raw = sample.observations.len();
@@ -419,10 +465,10 @@ impl Store {
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
         let mut all = sample.observations;
-        e.append(at, all.iter().map(|o| (&o.key, o.value)), &history, &windows);
+        e.append(at, all.iter().map(|o| (&o.key, o.value)), &history, &policy);
         let derived = derive(e);
         let n = raw + derived.len();
-        e.append(at, derived.iter().map(|o| (&o.key, o.value)), &history, &windows);
+        e.append(at, derived.iter().map(|o| (&o.key, o.value)), &history, &policy);
         if let Some(r) = self.recorder.get() {
             all.extend(derived);
             r.sample(at, kind, name, e.health.stale_after, all);
@@ -550,8 +596,9 @@ mod tests {
     #[test]
     fn only_signals_somebody_reads_keep_history_and_only_as_far_back_as_read() {
         let s = Store::new(HistoryConfig { retention: Duration::from_secs(1000), max_points: 1000, ..HistoryConfig::default() });
-        s.keep_history("rules", BTreeMap::from([("a".to_string(), Duration::from_secs(100))]));
-        s.keep_history("derive", BTreeMap::from([("a".to_string(), Duration::from_secs(50)), ("b".to_string(), Duration::from_secs(300))]));
+        let need = |secs| vec![HistoryNeed::all(Duration::from_secs(secs))];
+        s.keep_history("rules", BTreeMap::from([("a".to_string(), need(100))]));
+        s.keep_history("derive", BTreeMap::from([("a".to_string(), need(50)), ("b".to_string(), need(300))]));
         s.register(SourceKind::Kafka, "c", Duration::from_secs(10));
         for i in 0..200 {
             s.record_success(SourceKind::Kafka, "c", t(i * 10), sample(vec![obs("a", i as f64), obs("b", i as f64), obs("z", i as f64)]));
@@ -573,6 +620,27 @@ mod tests {
         s.record_success(SourceKind::Kafka, "c", t(2000), sample(vec![obs("a", 1.0), obs("b", 1.0)]));
         let b = s.with_entry(SourceKind::Kafka, "c", |e| e.get(&SeriesKey::new("b", &[("cluster", "c")])).unwrap().points().count()).unwrap();
         assert_eq!(b, 1);
+    }
+
+    #[test]
+    fn a_filtered_reader_keeps_history_only_for_the_series_it_selects() {
+        let s = Store::default();
+        let payments = HistoryNeed::only(Duration::from_secs(60), |r| r.label("group") == Some("payments"));
+        s.keep_history("rules", BTreeMap::from([("lag".to_string(), vec![payments])]));
+        s.register(SourceKind::Kafka, "c", Duration::from_secs(10));
+        let lag = |g: &str, v| Observation::new("lag", &[("cluster", "c"), ("group", g)], v).unwrap();
+        for i in 0..20 {
+            s.record_success(SourceKind::Kafka, "c", t(i * 10), sample(vec![lag("payments", i as f64), lag("billing", i as f64)]));
+        }
+        let count = |g: &str| s.with_entry(SourceKind::Kafka, "c", |e| e.get(&SeriesKey::new("lag", &[("cluster", "c"), ("group", g)])).unwrap().points().count()).unwrap();
+        assert!((7..=8 + 16).contains(&count("payments")), "{}", count("payments"));
+        assert_eq!(count("billing"), 1);
+        // A reload that reads billing too: it keeps history from its latest point on.
+        s.keep_history("rules", BTreeMap::from([("lag".to_string(), vec![HistoryNeed::all(Duration::from_secs(60))])]));
+        for i in 20..23 {
+            s.record_success(SourceKind::Kafka, "c", t(i * 10), sample(vec![lag("payments", i as f64), lag("billing", i as f64)]));
+        }
+        assert_eq!(count("billing"), 4);
     }
 
     #[test]

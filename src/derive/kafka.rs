@@ -137,11 +137,12 @@ fn since(at: SystemTime, window: Duration) -> SystemTime {
 /// retention of log-end offsets (the time-lag interpolation table), the rate and status
 /// windows of committed offsets and lag. The store keeps history for these
 /// ([`crate::store::Store::keep_history`]).
-pub fn history_windows(history: &HistoryConfig) -> BTreeMap<String, Duration> {
+pub fn history_windows(history: &HistoryConfig) -> BTreeMap<String, Vec<crate::store::HistoryNeed>> {
+    use crate::store::HistoryNeed;
     BTreeMap::from([
-        ("log_end_offset".to_string(), history.retention),
-        ("committed_offset".to_string(), history.rate_window.max(history.status_window)),
-        ("lag_offsets".to_string(), history.status_window),
+        ("log_end_offset".to_string(), vec![HistoryNeed::all(history.retention)]),
+        ("committed_offset".to_string(), vec![HistoryNeed::all(history.rate_window.max(history.status_window))]),
+        ("lag_offsets".to_string(), vec![HistoryNeed::all(history.status_window)]),
     ])
 }
 

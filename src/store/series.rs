@@ -115,11 +115,14 @@ pub struct Series {
     pub(super) head_seq: u64,
     pub(super) head: f64,
     pub(super) history: Option<Box<Chunk>>,
+    /// How far back its readers read, in seconds (0: the latest value only; `u32::MAX`:
+    /// the whole retention), as of the entry's policy generation.
+    pub(super) keep_secs: u32,
 }
 
 impl Series {
     pub(super) fn new(seq: u64, value: f64) -> Self {
-        Series { head_seq: seq, head: value, history: None }
+        Series { head_seq: seq, head: value, history: None, keep_secs: 0 }
     }
 
     /// A value at `seq`: replaces the latest at the same sample, is ignored before it
@@ -262,12 +265,12 @@ impl<'a> SeriesRef<'a> {
 
     /// Every point still held, oldest first.
     pub fn points(&self) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
-        self.from_seq(self.times.base)
+        self.points_from(self.times.base)
     }
 
     /// Points at or after `since`, oldest first.
     pub fn since(&self, since: SystemTime) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
-        self.from_seq(self.times.seq_since(since))
+        self.points_from(self.times.seq_since(since))
     }
 
     /// The latest point before `before`.
@@ -282,7 +285,7 @@ impl<'a> SeriesRef<'a> {
             .last()
     }
 
-    fn from_seq(&self, from: u64) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
+    fn points_from(&self, from: u64) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
         let (times, series) = (self.times, self.series);
         let history = series.history.iter().flat_map(|c| c.iter());
         history
