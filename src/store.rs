@@ -23,6 +23,9 @@
 //! - No NaN or infinity is ever stored (refused at [`Observation::new`] and again here).
 //! - History is never reordered: a sample older than its source's latest one adds no
 //!   points (before, a series absent from the latest sample could still take one).
+//!
+//! Over 600 lines because of its tests, which include the property test against the
+//! plain deque store this one replaced (the model is kept next to what it checks).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

@@ -11,6 +11,9 @@
 //! data is not fresh has its data series **withdrawn** (Prometheus then marks them
 //! stale) while `streamguard_source_up`, `streamguard_source_quality` and
 //! `streamguard_source_last_success_timestamp_seconds` say why: unknown is never 0.
+//!
+//! Over 600 lines because it keeps, for its tests only, the single-string store
+//! collector `/metrics` used before it streamed: the streamed bytes are compared with it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
