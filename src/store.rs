@@ -270,12 +270,15 @@ impl Entry {
     }
 }
 
+/// Picks the series a reader reads (a rule's selector).
+pub type SeriesFilter = Arc<dyn Fn(&SeriesRef<'_>) -> bool + Send + Sync>;
+
 /// How far back one reader reads one signal: over every series, or over those a
-/// filter (a rule's selector) picks.
+/// filter picks.
 #[derive(Clone)]
 pub struct HistoryNeed {
     pub window: Duration,
-    pub only: Option<Arc<dyn Fn(&SeriesRef<'_>) -> bool + Send + Sync>>,
+    pub only: Option<SeriesFilter>,
 }
 
 impl HistoryNeed {
