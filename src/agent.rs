@@ -347,6 +347,10 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         rules.set_verdict_sink(tx);
         rx
     });
+    // History is kept only for what the derivations and the rules read (the rest keeps
+    // its latest value); the rule loops update theirs on every reload.
+    store.keep_history("derive", crate::derive::kafka::history_windows(&config.history));
+    store.keep_history("rules", crate::evaluate::history_windows(&rules.set()));
     let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
     let specs = config
         .clusters

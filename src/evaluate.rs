@@ -48,7 +48,7 @@ use crate::rules::slo::{Events, SloSpec, SloStatus};
 use crate::rules::verdict::{self, Verdict};
 use crate::state::{self, JournalEntry, RestoreStatus, StateHealth};
 use crate::signal::Quality;
-use crate::store::Store;
+use crate::store::{HistoryNeed, Store};
 use crate::supervise::Supervisor;
 
 /// Outcome of the latest (re)load.
@@ -512,6 +512,7 @@ impl Rules {
         let old = std::mem::replace(&mut *self.generation.lock().unwrap_or_else(|p| p.into_inner()), token.clone());
         old.cancel();
         let set = self.set();
+        store.keep_history("rules", history_windows(&set));
         let files: BTreeSet<PathBuf> = set.alerts.iter().map(|r| r.file.clone()).chain(set.slos.iter().map(|s| s.file.clone())).collect();
         for file in files {
             let (rules, store, t) = (self.clone(), store.clone(), token.clone());
@@ -557,29 +558,59 @@ impl Rules {
     }
 }
 
-/// Builds the evaluator's view of the store: every series of every signal the rules
-/// name, with its quality and the history the longest window needs.
-pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    let mut wanted: HashMap<String, Duration, foldhash::fast::RandomState> = HashMap::default();
-    let mut want = |v: &crate::rules::expr::ValueExpr| {
-        let w = wanted.entry(v.selector.signal.clone()).or_default();
-        *w = (*w).max(v.window.unwrap_or_default());
-    };
+/// Every value the rules read: alert conditions and SLO indicators.
+fn read_values(set: &RuleSet) -> Vec<&crate::rules::expr::ValueExpr> {
+    let mut out = Vec::new();
     for r in &set.alerts {
-        r.condition.values().into_iter().for_each(|(v, _, _)| want(v));
+        out.extend(r.condition.values().into_iter().map(|(v, _, _)| v));
     }
     for rb in set.runbook_specs.values() {
-        rb.conditions().into_iter().for_each(|c| c.values().into_iter().for_each(|(v, _, _)| want(v)));
+        for c in rb.conditions() {
+            out.extend(c.values().into_iter().map(|(v, _, _)| v));
+        }
     }
     for s in &set.slos {
         match &s.sli {
-            crate::rules::slo::Sli::TimeSlice { cond, .. } => cond.values().into_iter().for_each(|(v, _, _)| want(v)),
-            crate::rules::slo::Sli::Ratio { bad, total, .. } => {
-                want(bad);
-                want(total);
-            }
+            crate::rules::slo::Sli::TimeSlice { cond, .. } => out.extend(cond.values().into_iter().map(|(v, _, _)| v)),
+            crate::rules::slo::Sli::Ratio { bad, total, .. } => out.extend([bad, total]),
         }
     }
+    out
+}
+
+/// The signals the rules read and the longest window each is read over (zero: the
+/// latest value only).
+fn read_windows(set: &RuleSet) -> HashMap<String, Duration, foldhash::fast::RandomState> {
+    let mut wanted: HashMap<String, Duration, foldhash::fast::RandomState> = HashMap::default();
+    for v in read_values(set) {
+        let w = wanted.entry(v.selector.signal.clone()).or_default();
+        *w = (*w).max(v.window.unwrap_or_default());
+    }
+    wanted
+}
+
+/// What the rules read over a window, per signal: the window and the series the
+/// selector picks. The store keeps history for those series only
+/// ([`Store::keep_history`]); a selector read without a window needs none.
+pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Vec<HistoryNeed>> {
+    let mut needs: BTreeMap<String, Vec<HistoryNeed>> = BTreeMap::new();
+    for v in read_values(set) {
+        let Some(window) = v.window.filter(|w| !w.is_zero()) else { continue };
+        let matchers = v.selector.matchers.clone();
+        let need = if matchers.is_empty() {
+            HistoryNeed::all(window)
+        } else {
+            HistoryNeed::only(window, move |series| matchers.iter().all(|m| m.matches_value(series.label(&m.label).unwrap_or(""))))
+        };
+        needs.entry(v.selector.signal.clone()).or_default().push(need);
+    }
+    needs
+}
+
+/// Builds the evaluator's view of the store: every series of every signal the rules
+/// name, with its quality and the history the longest window needs.
+pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
+    let wanted = read_windows(set);
     let mut data = Dataset::default();
     store.with_entries(|entries| {
         for e in entries {
@@ -588,8 +619,8 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
             let source_name = format!("{}/{}", e.health.kind.as_str(), e.health.name);
             let source_fresh = e.health.quality(now) == Quality::Fresh;
             let source = data.add_source(&source_name, source_fresh);
-            for (key, series) in &e.series {
-                let Some(window) = wanted.get(key.signal.as_str()) else { continue };
+            for series in e.iter() {
+                let Some(window) = wanted.get(series.signal()) else { continue };
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
                 let points: Vec<_> = if window.is_zero() {
                     series.last().into_iter().collect()
@@ -598,11 +629,11 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
                 };
                 // As Entry::series_quality, without looking the series up again.
                 let fresh = source_fresh && series.last().is_some_and(|(t, _)| Some(t) == e.health.last_success);
-                let sd = SeriesData { labels: key.labels.clone(), fresh, points, source: Some(source) };
-                match data.by_signal.get_mut(key.signal.as_str()) {
+                let sd = SeriesData { labels: series.labels_map(), fresh, points, source: Some(source) };
+                match data.by_signal.get_mut(series.signal()) {
                     Some(v) => v.push(sd),
                     None => {
-                        data.by_signal.insert(key.signal.clone(), vec![sd]);
+                        data.by_signal.insert(series.signal().to_string(), vec![sd]);
                     }
                 }
             }

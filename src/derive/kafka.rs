@@ -101,14 +101,14 @@ pub fn is_rebalance(previous: Option<(GroupState, u32)>, now: (GroupState, u32))
 }
 
 fn points(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
-    entry.series.get(key).map(|s| s.since(since).collect()).unwrap_or_default()
+    entry.get(key).map(|s| s.since(since).collect()).unwrap_or_default()
 }
 
 /// Points since `since` plus the last one before it, so a window sampled every interval
 /// spans the whole window (not the window minus one interval) once history reaches back.
 fn points_covering(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
-    let Some(series) = entry.series.get(key) else { return Vec::new() };
-    let anchor = series.points.iter().rev().find(|(t, _)| *t < since).copied();
+    let Some(series) = entry.get(key) else { return Vec::new() };
+    let anchor = series.last_before(since);
     anchor.into_iter().chain(series.since(since)).collect()
 }
 
@@ -131,6 +131,19 @@ fn aligned_sum(entry: &Entry, keys: &[SeriesKey], since: SystemTime) -> Vec<Poin
 
 fn since(at: SystemTime, window: Duration) -> SystemTime {
     at.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The raw signals [`derive`] reads with a window, and how far back: the whole
+/// retention of log-end offsets (the time-lag interpolation table), the rate and status
+/// windows of committed offsets and lag. The store keeps history for these
+/// ([`crate::store::Store::keep_history`]).
+pub fn history_windows(history: &HistoryConfig) -> BTreeMap<String, Vec<crate::store::HistoryNeed>> {
+    use crate::store::HistoryNeed;
+    BTreeMap::from([
+        ("log_end_offset".to_string(), vec![HistoryNeed::all(history.retention)]),
+        ("committed_offset".to_string(), vec![HistoryNeed::all(history.rate_window.max(history.status_window))]),
+        ("lag_offsets".to_string(), vec![HistoryNeed::all(history.status_window)]),
+    ])
 }
 
 /// Derives every signal of this sample. `entry` already holds the raw observations of

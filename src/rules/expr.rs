@@ -93,7 +93,11 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn matches(&self, labels: &Labels) -> bool {
-        let v = labels.get(&self.label).map(String::as_str).unwrap_or("");
+        self.matches_value(labels.get(&self.label).map(String::as_str).unwrap_or(""))
+    }
+
+    /// Whether a label value (`""` for an absent label) matches.
+    pub fn matches_value(&self, v: &str) -> bool {
         match self.op {
             MatchOp::Eq => v == self.value,
             MatchOp::Ne => v != self.value,

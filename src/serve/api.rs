@@ -112,33 +112,36 @@ pub async fn signals(State(s): State<AppState>, q: Result<Query<SignalsQuery>, Q
         let mut total = 0usize;
         for e in entries {
             if q.source.as_deref().is_some_and(|src| src != e.health.name) {
-                known.extend(e.series.keys().map(|k| k.signal.clone()));
+                known.extend(e.iter().map(|r| r.signal().to_string()));
                 continue;
             }
-            for (key, series) in &e.series {
-                known.insert(key.signal.clone());
-                if q.signal.as_deref().is_some_and(|sig| sig != key.signal) {
+            for r in e.iter() {
+                let signal = r.signal();
+                if !known.contains(signal) {
+                    known.insert(signal.to_string());
+                }
+                if q.signal.as_deref().is_some_and(|sig| sig != signal) {
                     continue;
                 }
-                if q.target.as_deref().is_some_and(|t| !key.labels.values().any(|v| v == t)) {
+                if q.target.as_deref().is_some_and(|t| !r.labels().any(|(_, v)| v == t)) {
                     continue;
                 }
                 total += 1;
                 if views.len() >= limit {
                     continue;
                 }
-                let quality = e.series_quality(now, key);
-                let last = series.last();
+                let quality = e.quality_of(now, &r);
+                let last = r.last();
                 views.push(SeriesView {
-                    signal: key.signal.clone(),
-                    labels: key.labels.clone(),
+                    signal: signal.to_string(),
+                    labels: r.labels_map(),
                     source_kind: e.health.kind.as_str(),
                     source: e.health.name.clone(),
                     quality,
                     value: if quality == Quality::Fresh { last.map(|p| p.1) } else { None },
                     last_value: last.map(|p| p.1),
                     last_time: last.map(|p| unix_secs(p.0)),
-                    history: if history.is_zero() { Vec::new() } else { series.since(since).map(|(t, v)| (unix_secs(t), v)).collect() },
+                    history: if history.is_zero() { Vec::new() } else { r.since(since).map(|(t, v)| (unix_secs(t), v)).collect() },
                 });
             }
         }

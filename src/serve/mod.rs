@@ -7,19 +7,20 @@
 
 pub mod actions;
 pub mod api;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::signal::Quality;
 use crate::store::Store;
-use crate::telemetry::metrics::{Format, Metrics};
+use crate::telemetry::metrics::Metrics;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -122,7 +123,7 @@ async fn healthz() -> &'static str {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(metrics::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/targets", get(api::targets))
@@ -137,12 +138,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("no such endpoint: {}", clip(uri.path()))) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-}
-
-async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = off_async(move || s.metrics.encode(format)).await??;
-    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// Ready once every source has fresh data and no background task has recently
@@ -173,7 +168,7 @@ mod tests {
     use crate::signal::{Observation, SourceSample, TargetInfo};
     use crate::store::SourceKind;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{header, Request};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -248,6 +243,18 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let m = v["error"].as_str().unwrap();
         assert!(m.starts_with("signal: unknown signal \"lag_secondslag") && m.len() < 200 && !m.contains("did you mean"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_streamed_whole_in_both_formats() {
+        for (accept, eof) in [("text/plain", false), ("application/openmetrics-text; version=1.0.0", true)] {
+            let resp = app().oneshot(Request::get("/metrics").header(header::ACCEPT, accept).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+            assert!(text.contains("\nstreamguard_kafka_partition_lag_seconds{cluster=\"local\",group=\"billing\",method=\"probe\"} 12.5\n"), "{text}");
+            assert!(text.contains("streamguard_rules_loaded"), "the trailer follows the store's series");
+            assert_eq!(text.ends_with("# EOF\n"), eof, "{accept}");
+        }
     }
 
     #[tokio::test]

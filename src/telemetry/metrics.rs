@@ -11,6 +11,9 @@
 //! data is not fresh has its data series **withdrawn** (Prometheus then marks them
 //! stale) while `streamguard_source_up`, `streamguard_source_quality` and
 //! `streamguard_source_last_success_timestamp_seconds` say why: unknown is never 0.
+//!
+//! Over 600 lines because it keeps, for its tests only, the single-string store
+//! collector `/metrics` used before it streamed: the streamed bytes are compared with it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,14 +28,19 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+#[cfg(test)]
 use std::collections::BTreeMap;
 
 use prometheus_client::metrics::counter::ConstCounter;
 
+use super::exposition;
+#[cfg(test)]
 use crate::catalog;
 use crate::evaluate::Rules;
 use crate::rules::eval::AlertState;
-use crate::signal::{unix_secs, MetricKind, Quality, SignalDef};
+use crate::signal::{unix_secs, Quality};
+#[cfg(test)]
+use crate::signal::{MetricKind, SignalDef};
 use crate::store::{SourceKind, Store};
 
 type SourceLabels = Vec<(&'static str, String)>;
@@ -40,7 +48,11 @@ type SourceLabels = Vec<(&'static str, String)>;
 /// The agent's own instruments.
 #[derive(Debug)]
 pub struct Metrics {
+    /// The instruments and the sources' health: what comes before the store's series.
     registry: Registry,
+    /// What comes after them: the recording's counters, build information, rule state.
+    trailer: Registry,
+    store: Arc<Store>,
     samples: Family<SourceLabels, Counter>,
     sample_errors: Family<SourceLabels, Counter>,
     sample_partial_errors: Family<SourceLabels, Counter>,
@@ -139,7 +151,7 @@ impl Metrics {
             task_panics.clone(),
         );
         registry.register("task_restarts", "Restarts of background tasks after a panic, per task", task_restarts.clone());
-        registry.register_collector(Box::new(StoreCollector { store }));
+        registry.register_collector(Box::new(HealthCollector { store: store.clone() }));
         registry.register_with_unit(
             "rule_group_evaluation_duration",
             "Duration of one evaluation of a rule group (a rule file)",
@@ -147,10 +159,14 @@ impl Metrics {
             rules.eval_duration.clone(),
         );
         let remediation = super::remediation::RemediationMetrics::register(&mut registry, rules.verdicts_dropped.clone());
-        registry.register_collector(Box::new(RulesCollector { rules }));
+        let mut trailer = Registry::with_prefix("streamguard");
+        trailer.register_collector(Box::new(TrailerCollector { store: store.clone() }));
+        trailer.register_collector(Box::new(RulesCollector { rules }));
         Metrics {
             remediation,
             registry,
+            trailer,
+            store,
             samples,
             sample_errors,
             sample_partial_errors,
@@ -237,13 +253,34 @@ impl Metrics {
     }
 
     /// Everything, as OpenMetrics text (what Prometheus asks for) or, for clients
-    /// that do not accept it (promtool, curl), the classic Prometheus text format 0.0.4.
+    /// that do not accept it (promtool, curl), the classic Prometheus text format 0.0.4,
+    /// handed to `emit` in pieces of about [`exposition::PIECE_BYTES`] (the store's
+    /// series are never built as one string). Stops early, returning `Ok(false)`, when
+    /// `emit` returns false; `Ok(true)` once everything (the end marker included) went out.
+    pub fn render(&self, format: Format, emit: &mut dyn FnMut(String) -> bool) -> Result<bool, std::fmt::Error> {
+        let mut head = String::with_capacity(16 * 1024);
+        exposition::encode_registry(&mut head, &self.registry, format)?;
+        if !emit(head) {
+            return Ok(false);
+        }
+        if !exposition::store_families(&self.store, format, SystemTime::now(), emit)? {
+            return Ok(false);
+        }
+        let mut tail = String::with_capacity(16 * 1024);
+        exposition::encode_registry(&mut tail, &self.trailer, format)?;
+        if format == Format::OpenMetrics {
+            prometheus_client::encoding::text::encode_eof(&mut tail)?;
+        }
+        Ok(emit(tail))
+    }
+
+    /// [`Metrics::render`] into one string (tests, small registries).
     pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
-        match format {
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry)?,
-            Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?,
-        }
+        self.render(format, &mut |piece| {
+            out.push_str(&piece);
+            true
+        })?;
         Ok(out)
     }
 }
@@ -296,9 +333,9 @@ impl Format {
     }
 }
 
-/// Renders the store at scrape time.
+/// Renders the sources' health at scrape time (before the store's series).
 #[derive(Debug)]
-struct StoreCollector {
+struct HealthCollector {
     store: Arc<Store>,
 }
 
@@ -320,46 +357,94 @@ fn gauge_family<V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
     Ok(())
 }
 
+impl Collector for HealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_health(&self.store, SystemTime::now(), &mut encoder)
+    }
+}
+
+fn encode_health(store: &Store, now: SystemTime, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut up = Vec::new();
+    let mut quality = Vec::new();
+    let mut last_success = Vec::new();
+    let mut failures = Vec::new();
+    for h in store.health() {
+        let l = source_labels(h.kind, &h.name);
+        let q = h.quality(now);
+        up.push((l.clone(), i64::from(h.last_success.is_some() && h.consecutive_failures == 0)));
+        for each in Quality::ALL {
+            let mut ql = l.clone();
+            ql.push(("quality", each.as_str().to_string()));
+            quality.push((ql, i64::from(each == q)));
+        }
+        if let Some(t) = h.last_success {
+            last_success.push((l.clone(), unix_secs(t)));
+        }
+        failures.push((l, i64::from(h.consecutive_failures)));
+    }
+    gauge_family(e, "source_up", "1 when the latest sample attempt of the source succeeded", None, &up)?;
+    gauge_family(e, "source_quality", "Quality of the source's data: 1 for the current one of fresh, stale, missing", None, &quality)?;
+    gauge_family(
+        e,
+        "source_last_success_timestamp_seconds",
+        "Unix time of the source's last successful sample",
+        None,
+        &last_success,
+    )?;
+    gauge_family(e, "source_consecutive_failures", "Failed sample attempts since the last success", None, &failures)
+}
+
+/// Renders what follows the store's series: the recording's counters and the build.
+#[derive(Debug)]
+struct TrailerCollector {
+    store: Arc<Store>,
+}
+
+impl Collector for TrailerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_trailer(&self.store, &mut encoder)
+    }
+}
+
+fn encode_trailer(store: &Store, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    if let Some(r) = store.recorder() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let none: SourceLabels = Vec::new();
+        for (name, help, v) in [
+            ("record_records", "Samples and failed attempts written to the recording", r.stats.records.load(Relaxed)),
+            ("record_dropped", "Records dropped because the recording writer fell behind", r.stats.dropped.load(Relaxed)),
+            ("record_errors", "Records that could not be written to the recording", r.stats.errors.load(Relaxed)),
+            ("record_written_bytes", "Bytes written to the recording", r.stats.bytes.load(Relaxed)),
+        ] {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(family.encode_family(&none)?)?;
+        }
+    }
+    let mut build = e.encode_descriptor("build", "streamguard build information", None, MetricType::Info)?;
+    build.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
+}
+
+/// The single-string collector `/metrics` used before it streamed, kept as the
+/// reference the streamed bytes are compared with.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct StoreCollector {
+    pub(crate) store: Arc<Store>,
+}
+
+#[cfg(test)]
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = SystemTime::now();
-        let mut up = Vec::new();
-        let mut quality = Vec::new();
-        let mut last_success = Vec::new();
-        let mut failures = Vec::new();
-        for h in self.store.health() {
-            let l = source_labels(h.kind, &h.name);
-            let q = h.quality(now);
-            up.push((l.clone(), i64::from(h.last_success.is_some() && h.consecutive_failures == 0)));
-            for each in Quality::ALL {
-                let mut ql = l.clone();
-                ql.push(("quality", each.as_str().to_string()));
-                quality.push((ql, i64::from(each == q)));
-            }
-            if let Some(t) = h.last_success {
-                last_success.push((l.clone(), unix_secs(t)));
-            }
-            failures.push((l, i64::from(h.consecutive_failures)));
-        }
         let e = &mut encoder;
-        gauge_family(e, "source_up", "1 when the latest sample attempt of the source succeeded", None, &up)?;
-        gauge_family(e, "source_quality", "Quality of the source's data: 1 for the current one of fresh, stale, missing", None, &quality)?;
-        gauge_family(
-            e,
-            "source_last_success_timestamp_seconds",
-            "Unix time of the source's last successful sample",
-            None,
-            &last_success,
-        )?;
-        gauge_family(e, "source_consecutive_failures", "Failed sample attempts since the last success", None, &failures)?;
-
+        encode_health(&self.store, now, e)?;
         // Every built-in signal's fresh series. Stale and missing series are withdrawn.
         let mut rows: BTreeMap<&'static str, Vec<(SourceLabels, f64)>> = BTreeMap::new();
         self.store.with_entries(|entries| {
             for entry in entries {
                 for (key, value) in entry.fresh_series(now) {
-                    let Some(def) = catalog::find(&key.signal) else { continue };
-                    rows.entry(def.name).or_default().push((ordered_labels(def, &key.labels), value));
+                    let Some(def) = catalog::find(key.signal()) else { continue };
+                    rows.entry(def.name).or_default().push((ordered_labels(def, &key), value));
                 }
             }
         });
@@ -376,29 +461,15 @@ impl Collector for StoreCollector {
                 }
             }
         }
-        if let Some(r) = self.store.recorder() {
-            use std::sync::atomic::Ordering::Relaxed;
-            let none: SourceLabels = Vec::new();
-            for (name, help, v) in [
-                ("record_records", "Samples and failed attempts written to the recording", r.stats.records.load(Relaxed)),
-                ("record_dropped", "Records dropped because the recording writer fell behind", r.stats.dropped.load(Relaxed)),
-                ("record_errors", "Records that could not be written to the recording", r.stats.errors.load(Relaxed)),
-                ("record_written_bytes", "Bytes written to the recording", r.stats.bytes.load(Relaxed)),
-            ] {
-                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-                ConstCounter::new(v).encode(family.encode_family(&none)?)?;
-            }
-        }
-        let mut build = e.encode_descriptor("build", "streamguard build information", None, MetricType::Info)?;
-        build.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
-        Ok(())
+        encode_trailer(&self.store, e)
     }
 }
 
 /// Labels in the order the catalog declares them. The catalog lists every label a
 /// built-in signal carries (a unit test in each source checks its observations).
-fn ordered_labels(def: &SignalDef, labels: &crate::signal::Labels) -> SourceLabels {
-    def.labels.iter().filter_map(|name| labels.get(*name).map(|v| (*name, v.clone()))).collect()
+#[cfg(test)]
+fn ordered_labels(def: &SignalDef, series: &crate::store::SeriesRef<'_>) -> SourceLabels {
+    def.labels.iter().filter_map(|name| series.label(name).map(|v| (*name, v.to_string()))).collect()
 }
 
 /// Renders rule and SLO state at scrape time.
@@ -549,3 +620,103 @@ impl Collector for RulesCollector {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::{Observation, SourceSample};
+    use std::time::Duration;
+
+    /// Thousands of series over two sources (one stale), label values that need
+    /// escaping, a series without one of its catalog labels, a counter family, values
+    /// of every shape.
+    fn store() -> Arc<Store> {
+        let store = Arc::new(Store::default());
+        let hour = Duration::from_secs(3600);
+        store.register(SourceKind::Kafka, "a", hour);
+        store.register(SourceKind::Kafka, "b", hour);
+        store.register(SourceKind::Flink, "f", hour);
+        let values = [0.5, 1e21, -0.0, 1e-7, 123_456_789_012.0, 3.0, f64::MAX, 1.0 / 3.0];
+        let names = ["plain", "with \"quote\"", "back\\slash", "new\nline", "ünïcødé", "z", "A", ""];
+        let mut o = Vec::new();
+        for g in 0..300 {
+            let group = format!("{}-{g}", names[g % names.len()]);
+            for p in 0..10usize {
+                let (p, v) = (p.to_string(), values[(g + p) % values.len()] * (g as f64));
+                o.extend(Observation::new("lag_offsets", &[("cluster", "a"), ("group", &group), ("topic", "t"), ("partition", &p)], v));
+                o.extend(Observation::new("committed_offset", &[("cluster", "a"), ("group", &group), ("topic", "t"), ("partition", &p), ("extra", "x")], v));
+            }
+            o.extend(Observation::new("group_rebalances", &[("cluster", "a"), ("group", &group)], g as f64));
+            o.extend(Observation::new("lag_offsets", &[("cluster", "a"), ("group", &group), ("partition", "0")], 1.0));
+        }
+        o.extend(Observation::new("not_a_catalog_signal", &[("cluster", "a")], 1.0));
+        let now = SystemTime::now();
+        store.record_success(SourceKind::Kafka, "a", now, SourceSample { observations: o, ..SourceSample::default() });
+        let b = vec![Observation::new("lag_offsets", &[("cluster", "b"), ("group", "g"), ("topic", "t"), ("partition", "1")], 7.0).unwrap()];
+        store.record_success(SourceKind::Kafka, "b", now, SourceSample { observations: b, ..SourceSample::default() });
+        let f = vec![Observation::new("checkpoint_age_seconds", &[("cluster", "f"), ("job", "j")], 7.0).unwrap()];
+        store.record_success(SourceKind::Flink, "f", now - Duration::from_secs(10), SourceSample { observations: f, ..SourceSample::default() });
+        store.record_failure(SourceKind::Flink, "f", now, "down".into());
+        store
+    }
+
+    fn reference(store: &Arc<Store>, format: Format) -> String {
+        let mut registry = Registry::with_prefix("streamguard");
+        registry.register_collector(Box::new(StoreCollector { store: store.clone() }));
+        let mut out = String::new();
+        match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry).unwrap(),
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap(),
+        }
+        out
+    }
+
+    fn streamed(store: &Arc<Store>, format: Format) -> (String, usize) {
+        let mut head = Registry::with_prefix("streamguard");
+        head.register_collector(Box::new(HealthCollector { store: store.clone() }));
+        let mut out = String::new();
+        exposition::encode_registry(&mut out, &head, format).unwrap();
+        let mut pieces = 0;
+        let done = exposition::store_families(store, format, SystemTime::now(), &mut |p| {
+            assert!(p.len() < exposition::PIECE_BYTES + 64 * 1024, "a piece of {} bytes", p.len());
+            pieces += 1;
+            out.push_str(&p);
+            true
+        });
+        assert_eq!(done, Ok(true));
+        let mut tail = Registry::with_prefix("streamguard");
+        tail.register_collector(Box::new(TrailerCollector { store: store.clone() }));
+        exposition::encode_registry(&mut out, &tail, format).unwrap();
+        if format == Format::OpenMetrics {
+            prometheus_client::encoding::text::encode_eof(&mut out).unwrap();
+        }
+        (out, pieces)
+    }
+
+    #[test]
+    fn the_streamed_exposition_is_byte_for_byte_the_single_string_one() {
+        let store = store();
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let (ours, pieces) = streamed(&store, format);
+            let theirs = reference(&store, format);
+            assert!(pieces > 1, "{format:?}: rendered in {pieces} piece(s)");
+            assert!(theirs.contains("streamguard_kafka_partition_lag_offsets{cluster=\"a\",group=\"with \\\"quote\\\"-1\""), "{format:?}");
+            assert!(!theirs.contains("checkpoint_age"), "the stale source's series are withdrawn");
+            if ours != theirs {
+                let at = ours.bytes().zip(theirs.bytes()).position(|(a, b)| a != b).unwrap_or(ours.len().min(theirs.len()));
+                panic!("{format:?}: differ at byte {at}: ours {:?} / theirs {:?}", &ours[at.saturating_sub(80)..(at + 80).min(ours.len())], &theirs[at.saturating_sub(80)..(at + 80).min(theirs.len())]);
+            }
+        }
+    }
+
+    #[test]
+    fn rendering_stops_when_the_reader_goes_away() {
+        let store = store();
+        let mut calls = 0;
+        let done = exposition::store_families(&store, Format::Prometheus, SystemTime::now(), &mut |_| {
+            calls += 1;
+            false
+        });
+        assert_eq!((done, calls), (Ok(false), 1));
+    }
+}

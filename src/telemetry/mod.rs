@@ -6,5 +6,6 @@
 //! here knows about HTTP.
 
 pub mod events;
+pub mod exposition;
 pub mod metrics;
 pub mod remediation;

@@ -1,0 +1,296 @@
+//! The store's compact series: interned label strings, one key slice per series, the
+//! latest value in the clear and older points in a compressed [`Chunk`].
+//!
+//! A source's series repeat the same few strings (its cluster, each group and topic
+//! name, partition numbers): each is kept once per source with a reference count and
+//! freed with its last series, so churning groups do not accumulate strings.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::chunk::Chunk;
+use crate::signal::{Labels, SeriesKey};
+
+/// Reference-counted strings of one source, numbered.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Symbols {
+    ids: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+    /// (string, references); a freed slot is `None` and listed in `free`.
+    strings: Vec<(Option<Arc<str>>, u32)>,
+    free: Vec<u32>,
+}
+
+impl Symbols {
+    pub(super) fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    /// The id of `s`, with one more reference.
+    pub(super) fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            if let Some(slot) = self.strings.get_mut(id as usize) {
+                slot.1 = slot.1.saturating_add(1);
+            }
+            return id;
+        }
+        let text: Arc<str> = Arc::from(s);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strings[id as usize] = (Some(text.clone()), 1);
+                id
+            }
+            None => {
+                // More than 4 billion distinct strings cannot be held in memory anyway.
+                let id = u32::try_from(self.strings.len()).unwrap_or(u32::MAX);
+                self.strings.push((Some(text.clone()), 1));
+                id
+            }
+        };
+        self.ids.insert(text, id);
+        id
+    }
+
+    /// Drops one reference; the string goes with the last.
+    pub(super) fn release(&mut self, id: u32) {
+        let Some(slot) = self.strings.get_mut(id as usize) else { return };
+        slot.1 = slot.1.saturating_sub(1);
+        if slot.1 == 0 {
+            if let Some(text) = slot.0.take() {
+                self.ids.remove(&text);
+                self.free.push(id);
+            }
+        }
+    }
+
+    pub(super) fn resolve(&self, id: u32) -> &str {
+        self.strings.get(id as usize).and_then(|s| s.0.as_deref()).unwrap_or("")
+    }
+
+    /// (live strings, their bytes).
+    pub(super) fn size(&self) -> (usize, usize) {
+        let live = self.strings.iter().filter_map(|s| s.0.as_ref());
+        live.fold((0, 0), |(n, b), s| (n + 1, b + s.len()))
+    }
+}
+
+/// A series' identity: `[signal, name₀, value₀, name₁, value₁, …]` as symbol ids, labels
+/// in name order (as [`SeriesKey`]'s map). A boxed slice, so a map lookup can borrow a
+/// `&[u32]` built on the stack.
+pub(super) type Key = Box<[u32]>;
+
+/// Writes the ids of `key` into `buf` without interning; `false` when a string is
+/// unknown (so no such series exists).
+pub(super) fn lookup_ids(symbols: &Symbols, key: &SeriesKey, buf: &mut Vec<u32>) -> bool {
+    buf.clear();
+    let Some(signal) = symbols.get(&key.signal) else { return false };
+    buf.push(signal);
+    for (name, value) in &key.labels {
+        match (symbols.get(name), symbols.get(value)) {
+            (Some(n), Some(v)) => buf.extend([n, v]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+pub(super) fn intern_key(symbols: &mut Symbols, key: &SeriesKey) -> Key {
+    let mut ids = Vec::with_capacity(1 + 2 * key.labels.len());
+    ids.push(symbols.intern(&key.signal));
+    for (name, value) in &key.labels {
+        ids.push(symbols.intern(name));
+        ids.push(symbols.intern(value));
+    }
+    ids.into_boxed_slice()
+}
+
+pub(super) fn release_key(symbols: &mut Symbols, key: &[u32]) {
+    key.iter().for_each(|id| symbols.release(*id));
+}
+
+/// One series: the latest point in the clear, older ones compressed (only for signals
+/// whose history somebody reads).
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub(super) head_seq: u64,
+    pub(super) head: f64,
+    pub(super) history: Option<Box<Chunk>>,
+    /// How far back its readers read, in seconds (0: the latest value only; `u32::MAX`:
+    /// the whole retention), as of the entry's policy generation.
+    pub(super) keep_secs: u32,
+}
+
+impl Series {
+    pub(super) fn new(seq: u64, value: f64) -> Self {
+        Series { head_seq: seq, head: value, history: None, keep_secs: 0 }
+    }
+
+    /// A value at `seq`: replaces the latest at the same sample, is ignored before it
+    /// (history is never reordered), otherwise becomes the latest, the previous one
+    /// moving into history when `keep` (else history is dropped).
+    pub(super) fn push(&mut self, seq: u64, value: f64, keep: bool) {
+        if seq == self.head_seq {
+            self.head = value;
+            return;
+        }
+        if seq < self.head_seq {
+            return;
+        }
+        if keep {
+            match &mut self.history {
+                Some(c) => {
+                    // Cannot be refused: every point in the chunk came before the head.
+                    if c.push(self.head_seq, self.head).is_err() {
+                        self.history = Some(Box::new(Chunk::new(self.head_seq, self.head)));
+                    }
+                }
+                None => self.history = Some(Box::new(Chunk::new(self.head_seq, self.head))),
+            }
+        } else {
+            self.history = None;
+        }
+        self.head_seq = seq;
+        self.head = value;
+    }
+
+    /// Drops the history points before `base` (gone from the source's time column) and
+    /// those before `from` except the last of them (the anchor a window starts from),
+    /// when that frees enough to be worth re-encoding.
+    pub(super) fn compact(&mut self, base: u64, from: u64) {
+        let Some(c) = &self.history else { return };
+        let from = from.max(base);
+        let dead_span = from.saturating_sub(c.first_seq());
+        if c.first_seq() >= base && dead_span < (c.len() as u64 / 4).max(16) {
+            return;
+        }
+        let mut anchor = None;
+        let mut kept = Vec::new();
+        for (s, v) in c.iter() {
+            if s < base {
+                continue;
+            }
+            if s < from {
+                anchor = Some((s, v));
+            } else {
+                kept.push((s, v));
+            }
+        }
+        let mut points = anchor.into_iter().chain(kept);
+        self.history = points.next().map(|(s, v)| {
+            let mut c = Chunk::new(s, v);
+            for (s, v) in points {
+                // Increasing: they come from a chunk in order.
+                let _refused = c.push(s, v).is_err();
+            }
+            c.shrink_to_fit();
+            Box::new(c)
+        });
+    }
+
+    pub(super) fn heap_bytes(&self) -> (usize, usize) {
+        match &self.history {
+            Some(c) => (c.len(), c.heap_bytes() + std::mem::size_of::<Chunk>()),
+            None => (0, 0),
+        }
+    }
+}
+
+/// The sample times of one source, numbered: every series of a sample shares its time.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Times {
+    pub(super) times: VecDeque<SystemTime>,
+    /// Sequence number of `times[0]`.
+    pub(super) base: u64,
+}
+
+impl Times {
+    pub(super) fn at(&self, seq: u64) -> Option<SystemTime> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.times.get(i).copied()
+    }
+
+    /// The first sequence number at or after `t` (one past the last when none).
+    pub(super) fn seq_since(&self, t: SystemTime) -> u64 {
+        self.base + self.times.partition_point(|x| *x < t) as u64
+    }
+
+    pub(super) fn last_seq(&self) -> Option<u64> {
+        (!self.times.is_empty()).then(|| self.base + self.times.len() as u64 - 1)
+    }
+}
+
+/// One series of a source, borrowed from the store: its identity and its points.
+#[derive(Clone, Copy)]
+pub struct SeriesRef<'a> {
+    pub(super) symbols: &'a Symbols,
+    pub(super) times: &'a Times,
+    pub(super) key: &'a [u32],
+    pub(super) series: &'a Series,
+}
+
+impl std::fmt::Debug for SeriesRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeriesRef").field("signal", &self.signal()).field("labels", &self.labels().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl<'a> SeriesRef<'a> {
+    pub fn signal(&self) -> &'a str {
+        self.symbols.resolve(self.key[0])
+    }
+
+    /// Labels in name order.
+    pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let symbols = self.symbols;
+        self.key[1..].chunks_exact(2).map(move |p| (symbols.resolve(p[0]), symbols.resolve(p[1])))
+    }
+
+    pub fn label(&self, name: &str) -> Option<&'a str> {
+        self.labels().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn labels_map(&self) -> Labels {
+        self.labels().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    /// The owned key (allocates).
+    pub fn key(&self) -> SeriesKey {
+        SeriesKey { signal: self.signal().to_string(), labels: self.labels_map() }
+    }
+
+    /// The latest point.
+    pub fn last(&self) -> Option<(SystemTime, f64)> {
+        self.times.at(self.series.head_seq).map(|t| (t, self.series.head))
+    }
+
+    /// Every point still held, oldest first.
+    pub fn points(&self) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
+        self.points_from(self.times.base)
+    }
+
+    /// Points at or after `since`, oldest first.
+    pub fn since(&self, since: SystemTime) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
+        self.points_from(self.times.seq_since(since))
+    }
+
+    /// The latest point before `before`.
+    pub fn last_before(&self, before: SystemTime) -> Option<(SystemTime, f64)> {
+        let until = self.times.seq_since(before);
+        let (times, series) = (self.times, self.series);
+        let history = series.history.iter().flat_map(|c| c.iter());
+        history
+            .chain(std::iter::once((series.head_seq, series.head)))
+            .take_while(|(s, _)| *s < until)
+            .filter_map(|(s, v)| times.at(s).map(|t| (t, v)))
+            .last()
+    }
+
+    fn points_from(&self, from: u64) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
+        let (times, series) = (self.times, self.series);
+        let history = series.history.iter().flat_map(|c| c.iter());
+        history
+            .chain(std::iter::once((series.head_seq, series.head)))
+            .filter(move |(s, _)| *s >= from)
+            .filter_map(move |(s, v)| times.at(s).map(|t| (t, v)))
+    }
+}
