@@ -340,7 +340,9 @@ impl FlinkJobs {
                 Ok(Restarted { via: "savepoint", path: sp.location, savepoint_error: None, job })
             }
             Err(e) => {
-                let path = checkpoint.ok_or_else(|| FlinkActionError::NoCheckpoint(jid.to_string()))?;
+                // A checkpoint may have completed since: prefer the newest known.
+                let newer = self.checkpoints(jid).await.ok().and_then(|s| s.latest.completed).and_then(|c| c.external_path);
+                let path = newer.or(checkpoint).ok_or_else(|| FlinkActionError::NoCheckpoint(jid.to_string()))?;
                 // A stop that failed leaves the job running; a stop that finished the job
                 // without a savepoint location is reported as the error and restarted too.
                 let (state, _) = self.job_state(jid).await?;
