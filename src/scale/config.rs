@@ -356,6 +356,19 @@ mod tests {
         }
     }
 
+    /// The README's example, as written there.
+    #[test]
+    fn the_readme_example_is_valid_toml_for_a_target() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let start = readme.find("```toml\nname = \"orders-consumers\"").expect("README example") + "```toml\n".len();
+        let body = &readme[start..start + readme[start..].find("```").unwrap()];
+        use figment::providers::Format;
+        let raw: RawScaleTarget = figment::Figment::from(figment::providers::Toml::string(body)).extract().unwrap();
+        let t = validate(&raw, "README.md", "").unwrap();
+        assert_eq!((t.constraints.max_replicas, t.constraints.max_step), (8, 2));
+        assert!(matches!(t.policy, PolicyConfig::Throughput(ref p) if p.headroom == 0.2));
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         let e = serde_json::from_value::<RawScaleTarget>(serde_json::json!({"name": "x", "group": "g", "topic": "t", "policy": {"type": "lag", "lagThreshold": 5}, "actuator": {"type": "command", "command": ["x"]}}));
