@@ -80,6 +80,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Notify(#[from] crate::notify::alertmanager::ClientError),
+    #[error("remediation: {0}")]
+    Remediation(#[from] crate::remediate::executor::StartError),
 }
 
 /// Delay before the next attempt. Pure.
@@ -354,7 +356,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         });
         tracing::info!(alertmanagers = config.notify.alertmanagers.len(), "sending alerts to Alertmanager");
     }
-    let app = router(AppState { store, metrics, rules, tasks: supervisor.health() });
+    let remediation = match &config.remediation {
+        None => None,
+        Some(rc) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(rc.queue_capacity);
+            let r = crate::remediate::executor::Remediation::new(&config, rc, rules.clone(), store.clone(), metrics.clone(), tracker.clone(), cancel.child_token())?;
+            rules.set_verdict_sink(tx);
+            r.recover().await;
+            let (rem, rx, token) = (r.clone(), Arc::new(tokio::sync::Mutex::new(rx)), cancel.child_token());
+            supervisor.spawn("remediate", "remediate".to_string(), token, move || Some(rem.clone().run(rx.clone())));
+            tracing::info!(journal = %rc.journal.display(), audit = %rc.audit.display(), default_mode = %rc.default_mode, "remediation on");
+            Some(r)
+        }
+    };
+    let app = router(AppState { store, metrics, rules, tasks: supervisor.health(), remediation });
     let server_cancel = cancel.child_token();
     let server = tracker.spawn(async move {
         axum::serve(listener, app)

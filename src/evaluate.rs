@@ -20,6 +20,10 @@
 //!   restarts the group with backoff.
 //! - After each group evaluation the [`Rules::subscribe`] channel is bumped, so the
 //!   notifier reads fresh statuses without ever making evaluation wait.
+//! - With a verdict sink set ([`Rules::set_verdict_sink`]), every alert transition and
+//!   every SLO burn-alert transition is sent on it as a [`Verdict`] with its evidence,
+//!   without waiting: when the bounded channel is full the verdict is dropped, counted
+//!   (`streamguard_remediation_verdicts_dropped_total`) and logged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,6 +38,7 @@ use crate::rules::eval::{AlertState, Engine, EngineOptions, RuleStatus};
 use crate::rules::expr::{Dataset, EvalOptions, SeriesData};
 use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloStatus};
+use crate::rules::verdict::{self, Verdict, VerdictKind};
 use crate::signal::Quality;
 use crate::store::Store;
 use crate::supervise::Supervisor;
@@ -90,6 +95,12 @@ pub struct Rules {
     generation: Mutex<CancellationToken>,
     /// Counts group evaluations; the notifier waits on it.
     evaluated: tokio::sync::watch::Sender<u64>,
+    /// Where verdicts go (remediation), if anywhere.
+    verdict_sink: Mutex<Option<tokio::sync::mpsc::Sender<Verdict>>>,
+    /// Verdicts dropped because the sink was full or closed.
+    pub verdicts_dropped: prometheus_client::metrics::counter::Counter,
+    /// Burn alerts firing at the previous evaluation, by (SLO, severity, long window).
+    burn_firing: Mutex<HashMap<(String, String, String), bool>>,
 }
 
 /// The state file's content.
@@ -132,6 +143,9 @@ impl Rules {
             eval_duration: DurationHistograms::new_with_constructor(eval_histogram),
             generation: Mutex::new(CancellationToken::new()),
             evaluated: tokio::sync::watch::Sender::new(0),
+            verdict_sink: Mutex::new(None),
+            verdicts_dropped: Default::default(),
+            burn_firing: Mutex::default(),
         };
         Ok(rules)
     }
@@ -140,6 +154,25 @@ impl Rules {
     /// never blocks evaluation).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.evaluated.subscribe()
+    }
+
+    /// Sends every later alert and burn-alert transition to `sink` (never waiting).
+    pub fn set_verdict_sink(&self, sink: tokio::sync::mpsc::Sender<Verdict>) {
+        *self.verdict_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    fn send_verdicts(&self, verdicts: Vec<Verdict>) {
+        let sink = self.verdict_sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(sink) = sink else { return };
+        for v in verdicts {
+            if let Err(e) = sink.try_send(v) {
+                self.verdicts_dropped.inc();
+                let v = match &e {
+                    tokio::sync::mpsc::error::TrySendError::Full(v) | tokio::sync::mpsc::error::TrySendError::Closed(v) => v,
+                };
+                tracing::error!(rule = %v.rule, to = v.to.as_str(), "remediation verdict dropped: its queue is full or closed");
+            }
+        }
     }
 
     pub fn set(&self) -> Arc<RuleSet> {
@@ -241,13 +274,27 @@ impl Rules {
         let slos: Vec<_> = set.slos.iter().filter(|s| s.file == file).cloned().collect();
         let data = dataset(store, &set, now);
         let opts = self.options();
-        let (transitions, statuses, slo_statuses) = {
+        let (transitions, truths, statuses, slo_statuses) = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
             let t = engine.eval_alerts(&alerts, &data, now, &opts);
+            let truths: Vec<_> = t
+                .iter()
+                .map(|t| engine.instances.get(&(t.file.clone(), t.rule.clone(), t.labels.clone())).map_or(crate::rules::expr::Truth::Unknown, |i| i.truth))
+                .collect();
             let s = engine.rule_statuses(&alerts, now, &opts);
             let slo = engine.eval_slos(&slos, &data, now, &opts);
-            (t, s, slo)
+            (t, truths, s, slo)
         };
+        let mut verdicts: Vec<Verdict> = transitions
+            .iter()
+            .zip(&truths)
+            .filter_map(|(t, truth)| {
+                let rule = alerts.iter().find(|r| r.name == t.rule)?;
+                Some(verdict::alert_verdict(t, &rule.condition, *truth, &rule.runbooks, &data, now))
+            })
+            .collect();
+        verdicts.extend(self.burn_verdicts(&slos, &slo_statuses, &data, now));
+        self.send_verdicts(verdicts);
         for t in &transitions {
             let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let level_firing = t.to == AlertState::Firing;
@@ -278,6 +325,49 @@ impl Rules {
         let g = groups.entry(file.to_path_buf()).or_default();
         g.evaluations += 1;
         g.last_duration = took;
+    }
+
+    /// Verdicts of the burn alerts whose firing changed since the previous evaluation.
+    fn burn_verdicts(&self, slos: &[crate::rules::slo::SloSpec], statuses: &[SloStatus], data: &Dataset, now: SystemTime) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        let mut before = self.burn_firing.lock().unwrap_or_else(|p| p.into_inner());
+        for (spec, status) in slos.iter().zip(statuses) {
+            for a in &status.alerts {
+                let key = (spec.name.clone(), a.severity.clone(), a.long.clone());
+                let was = before.insert(key, a.firing).unwrap_or(false);
+                if was == a.firing {
+                    continue;
+                }
+                let evidence: Vec<_> = match &spec.sli {
+                    crate::rules::slo::Sli::TimeSlice { cond, .. } => verdict::evidence(cond, &Default::default(), data, now),
+                    crate::rules::slo::Sli::Ratio { .. } => Vec::new(),
+                };
+                // A ratio SLI's evidence is its burn rates; a time-slice SLI's, its series.
+                let fresh = match &spec.sli {
+                    crate::rules::slo::Sli::TimeSlice { .. } => !evidence.is_empty() && evidence.iter().all(|e| e.quality == "fresh"),
+                    crate::rules::slo::Sli::Ratio { .. } => a.long_burn.is_some() && a.short_burn.is_some(),
+                };
+                let mut labels = spec.labels.clone();
+                labels.insert("slo".into(), spec.name.clone());
+                labels.insert("severity".into(), a.severity.clone());
+                labels.insert("long".into(), a.long.clone());
+                labels.insert("short".into(), a.short.clone());
+                out.push(Verdict {
+                    kind: VerdictKind::BurnAlert,
+                    rule: spec.name.clone(),
+                    labels,
+                    from: if was { AlertState::Firing } else { AlertState::Inactive },
+                    to: if a.firing { AlertState::Firing } else { AlertState::Resolved },
+                    truth: if a.firing { crate::rules::expr::Truth::True } else { crate::rules::expr::Truth::False },
+                    value: a.long_burn,
+                    fresh,
+                    evidence,
+                    runbooks: spec.runbooks.clone(),
+                    at: now,
+                });
+            }
+        }
+        out
     }
 
     pub fn rule_statuses(&self) -> Vec<RuleStatus> {
@@ -396,6 +486,9 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
     };
     for r in &set.alerts {
         r.condition.values().into_iter().for_each(|(v, _, _)| want(v));
+    }
+    for rb in set.runbook_specs.values() {
+        rb.conditions().into_iter().for_each(|c| c.values().into_iter().for_each(|(v, _, _)| want(v)));
     }
     for s in &set.slos {
         match &s.sli {

@@ -10,6 +10,7 @@ pub mod derive;
 pub mod evaluate;
 pub mod limits;
 pub mod record;
+pub mod remediate;
 pub mod replay;
 pub mod notify;
 pub mod report;

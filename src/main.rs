@@ -1,4 +1,6 @@
-//! The `streamguard` command line: `run`, `check`, `test`, `export`, `lag`, `replay`.
+//! The `streamguard` command line: `run`, `check`, `test`, `export`, `lag`, `replay`,
+//! and the remediation commands `plan`, `act`, `approve`, `actions` (clients of a running
+//! agent's API).
 //!
 //! Library code returns typed errors; this file alone turns them into text, prefixed
 //! `streamguard:`, and into exit codes (0 success, 1 failure or invalid input).
@@ -86,6 +88,66 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         emit_promtool_test: Option<PathBuf>,
     },
+    /// What the agent would do now, and why: for every firing alert that names a
+    /// runbook, the decision, every guard's outcome and the steps.
+    Plan {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a runbook now for a target (needs the API token); prints the run.
+    Act {
+        /// The runbook's name.
+        runbook: String,
+        /// A target label, `name=value` (repeat for each: --target connect=local --target connector=sink).
+        #[arg(long, required = true, value_parser = parse_label)]
+        target: Vec<(String, String)>,
+        /// Plan and audit only; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Approve a run waiting in `approve` mode (needs the API token).
+    Approve {
+        /// The run's id (see `streamguard actions`).
+        id: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// A table of recent runs and decisions, newest first.
+    Actions {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected name=value, got {s:?}")),
+    }
+}
+
+/// How the remediation commands reach the agent.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The agent's configuration: its `listen` address and `[remediation]` token settings
+    /// are used when --url or the token are not given.
+    #[arg(long, short, env = "STREAMGUARD_CONFIG", default_value = "streamguard.toml")]
+    config: PathBuf,
+    /// The agent's base URL (default: http://<listen> of the configuration).
+    #[arg(long)]
+    url: Option<String>,
+    /// A file holding the API bearer token (default: `$STREAMGUARD_API_TOKEN`, else the
+    /// configuration's `api_token_file` / `api_token_env`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +239,29 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { recording, rules, interval, config, json, emit_promtool_test } => {
             replay(&recording, &rules, interval, config.as_deref(), json, emit_promtool_test.as_deref())
         }
+        Command::Plan { agent, json } => {
+            let v = call_agent(&agent, reqwest::Method::GET, "/api/v1/plan", false, None)?;
+            print_json_or(&v, json, streamguard::remediate::client::render_plans)
+        }
+        Command::Actions { agent, json } => {
+            let v = call_agent(&agent, reqwest::Method::GET, "/api/v1/actions", false, None)?;
+            print_json_or(&v, json, streamguard::remediate::client::render_actions)
+        }
+        Command::Approve { id, agent } => {
+            let path = format!("/api/v1/actions/{}/approve", streamguard::remediate::actions::segment(&id));
+            call_agent(&agent, reqwest::Method::POST, &path, true, None)?;
+            println!("approved {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Act { runbook, target, dry_run, agent } => {
+            let target: std::collections::BTreeMap<String, String> = target.into_iter().collect();
+            let path = format!("/api/v1/runbooks/{}/run", streamguard::remediate::actions::segment(&runbook));
+            let body = serde_json::json!({ "target": target, "dry_run": dry_run });
+            let v = call_agent(&agent, reqwest::Method::POST, &path, true, Some(body))?;
+            println!("{} {} {}: {}", v["id"].as_str().unwrap_or("-"), v["runbook"].as_str().unwrap_or("-"), v["state"].as_str().unwrap_or("-"), v["reason"].as_str().unwrap_or(""));
+            let blocked = v["state"].as_str() == Some("blocked");
+            Ok(if blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
         Command::Lag { config, group, json } => {
             let group = group
                 .map(|g| Regex::new(&g).with_context(|| format!("--group: invalid regex {g:?}")))
@@ -197,6 +282,40 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
     }
+}
+
+/// One request to the running agent's API; `auth`: with the bearer token.
+fn call_agent(a: &AgentArgs, method: reqwest::Method, path: &str, auth: bool, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let cfg = if a.url.is_none() || (auth && a.token_file.is_none() && std::env::var_os("STREAMGUARD_API_TOKEN").is_none()) {
+        Some(config::load(&a.config)?)
+    } else {
+        None
+    };
+    let base = match (&a.url, &cfg) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(c)) => format!("http://{}", c.listen),
+        (None, None) => anyhow::bail!("give --url or a configuration"),
+    };
+    let token = if !auth {
+        None
+    } else if let Some(f) = &a.token_file {
+        Some(std::fs::read_to_string(f).with_context(|| format!("cannot read the token file {}", f.display()))?.trim().to_string())
+    } else if let Ok(t) = std::env::var("STREAMGUARD_API_TOKEN") {
+        Some(t.trim().to_string())
+    } else {
+        let rc = cfg.as_ref().and_then(|c| c.remediation.as_ref()).context("no API token: give --token-file, set STREAMGUARD_API_TOKEN, or configure [remediation] api_token_file")?;
+        Some(streamguard::remediate::executor::load_token(rc).map_err(|e| anyhow::anyhow!("API token: {e}"))?.context("no API token configured")?)
+    };
+    Ok(runtime()?.block_on(streamguard::remediate::client::call(&base, method, path, token.as_deref(), body))?)
+}
+
+fn print_json_or(v: &serde_json::Value, json: bool, render: fn(&serde_json::Value) -> String) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{}", render(v));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Built-in signals plus the Prometheus query signals of `config`, if given.

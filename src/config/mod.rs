@@ -24,6 +24,7 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Profile, Provider};
 use regex::Regex;
 
+mod remediation;
 mod validate;
 use validate::Validator;
 
@@ -31,8 +32,9 @@ use validate::Validator;
 /// Environment variables with this prefix override file keys; `__` separates nesting
 /// (`STREAMGUARD_GROUPS__EXCLUDE`).
 pub const ENV_PREFIX: &str = "STREAMGUARD_";
-/// Variables under the prefix that belong to the CLI, not to the config tree.
-const ENV_RESERVED: [&str; 2] = ["CONFIG", "LOG"];
+/// Variables under the prefix that belong to the CLI (and the remediation test hook,
+/// `crate::remediate::executor`), not to the config tree.
+const ENV_RESERVED: [&str; 5] = ["CONFIG", "LOG", "API_TOKEN", "TEST_PAUSE_AT", "TEST_PAUSE_FILE"];
 
 /// One configuration problem, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +91,34 @@ pub struct Config {
     pub record: Option<RecordConfig>,
     /// Where native alerts are sent (`[[alertmanagers]]`, `[notify]`).
     pub notify: NotifyConfig,
+    /// Runbooks, the journal, the audit log, the API token (`[remediation]`); `None`:
+    /// remediation is off (no runbook runs, not even in dry-run).
+    pub remediation: Option<RemediationConfig>,
     /// The file it was loaded from.
     pub path: PathBuf,
+}
+
+/// The `[remediation]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemediationConfig {
+    /// The mode of runbooks that do not set one: `dry-run` (default), `act` or `approve`.
+    pub default_mode: String,
+    /// The write-ahead journal (relative paths are relative to the config file).
+    pub journal: PathBuf,
+    /// The audit log (JSONL), rotated at `audit_max_size` into `audit_max_files` files.
+    pub audit: PathBuf,
+    pub audit_max_size: u64,
+    pub audit_max_files: usize,
+    /// Runs in progress at once, all runbooks and targets together.
+    pub max_concurrent_runs: usize,
+    /// Verdicts waiting for the planner; beyond this they are dropped and counted.
+    pub queue_capacity: usize,
+    /// A run in `approve` mode not approved within this time expires.
+    pub approval_timeout: Duration,
+    /// The bearer token of the mutating API endpoints, read from this file...
+    pub api_token_file: Option<PathBuf>,
+    /// ... or from this environment variable. Neither: mutating endpoints are off.
+    pub api_token_env: Option<String>,
 }
 
 /// Where rules live and how they are evaluated.
@@ -307,7 +335,8 @@ pub fn default_probe_timeout(sample_timeout: Duration) -> Duration {
     (sample_timeout / 2).min(MAX_DEFAULT_PROBE_TIMEOUT)
 }
 
-const TOP_KEYS: [&str; 16] = [
+const TOP_KEYS: [&str; 17] = [
+    "remediation",
     "record",
     "rules",
     "alertmanagers",

@@ -35,7 +35,7 @@ impl Validator<'_> {
         }
     }
 
-    fn error(&mut self, value: Option<&Value>, key: &str, message: impl Into<String>) {
+    pub(super) fn error(&mut self, value: Option<&Value>, key: &str, message: impl Into<String>) {
         let mut origin = self.origin(value);
         if origin == "environment" {
             origin = format!("environment variable {ENV_PREFIX}{}", env_name(key));
@@ -43,7 +43,7 @@ impl Validator<'_> {
         self.errors.push(ConfigError { origin, key: key.to_string(), message: message.into() });
     }
 
-    fn unknown_keys(&mut self, dict: &Dict, prefix: &str, known: &[&str]) {
+    pub(super) fn unknown_keys(&mut self, dict: &Dict, prefix: &str, known: &[&str]) {
         for (k, v) in dict {
             if !known.contains(&k.as_str()) {
                 let hint = match crate::suggest::nearest(k, known.iter().copied()) {
@@ -90,7 +90,8 @@ impl Validator<'_> {
         let rules = self.rules(dict, &base);
         let record = self.record(dict, &base);
         let notify = self.notify(dict, listen);
-        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, notify, path: path.to_path_buf() }
+        let remediation = self.remediation(dict, &base);
+        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, notify, remediation, path: path.to_path_buf() }
     }
 
     /// Validates an array of tables under `key` with `each`; bad entries are reported
@@ -688,7 +689,7 @@ impl Validator<'_> {
         out
     }
 
-    fn string<'d>(&mut self, dict: &'d Dict, prefix: &str, name: &str) -> Option<(&'d str, &'d Value)> {
+    pub(super) fn string<'d>(&mut self, dict: &'d Dict, prefix: &str, name: &str) -> Option<(&'d str, &'d Value)> {
         let v = dict.get(name)?;
         match v.as_str() {
             Some(s) => Some((s, v)),
@@ -699,7 +700,7 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<Duration> {
         let key = join(prefix, name);
         let v = dict.get(name)?;
         let Some(s) = v.as_str() else {
@@ -725,7 +726,7 @@ impl Validator<'_> {
         }
     }
 
-    fn positive(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<usize> {
+    pub(super) fn positive(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<usize> {
         let v = dict.get(name)?;
         match v.to_i128().and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0) {
             Some(n) => Some(n),

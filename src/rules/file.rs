@@ -1,6 +1,5 @@
 //! Rule files: YAML documents (`apiVersion: streamguard/v1`, several per file) of kind
-//! `Alert`, `SLO` and `Runbook` (reserved for remediation: accepted and referenced, not
-//! executed yet), validated into [`RuleSet`].
+//! `Alert`, `SLO` and `Runbook` (schema in [`runbook`]), validated into [`RuleSet`].
 //!
 //! Every error names its place, `rules/payments.yaml:14:7: slo "payments-fresh": objective
 //! must be below 100%`, and every error of a file is reported at once. Unknown fields and
@@ -18,6 +17,8 @@ use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, YamlDataOwned};
 
 use super::expr::{self, Cond, Func, Unit, ValueExpr};
 use super::slo::{self, BurnAlert, Sli, SloSpec};
+
+pub mod runbook;
 
 pub const API_VERSION: &str = "streamguard/v1";
 
@@ -68,6 +69,8 @@ pub struct RuleSet {
     pub alerts: Vec<AlertRule>,
     pub slos: Vec<SloSpec>,
     pub runbooks: BTreeSet<String>,
+    /// The validated runbooks, by name (the names are also in `runbooks`).
+    pub runbook_specs: BTreeMap<String, runbook::Runbook>,
     pub files: Vec<PathBuf>,
 }
 
@@ -419,8 +422,16 @@ pub fn parse_file(path: &Path, source: &str, signals: &BTreeSet<String>, set: &m
         let what = format!("{} {name:?}", kind.to_lowercase());
         match kind.as_str() {
             "Runbook" => {
-                // Reserved: the remediation engine will give `spec` its meaning.
-                set.runbooks.insert(name);
+                set.runbooks.insert(name.clone());
+                if let Some(other) = set.runbook_specs.get(&name).filter(|r| r.file != path) {
+                    // Runs are journaled and guarded by runbook name.
+                    let message = format!("{what} is also defined in {} (runbook names are global)", other.file.display());
+                    cx.err(pos(meta), message);
+                    continue;
+                }
+                if let Some(rb) = runbook::parse(&mut cx, f.get("spec").copied(), &what, &name, labels) {
+                    set.runbook_specs.insert(name, rb);
+                }
             }
             "Alert" => {
                 let Some(spec) = f.get("spec") else {

@@ -1,6 +1,7 @@
 //! Declarative rules kept in git: files (`file`), the condition language (`expr`), the
 //! pure evaluator (`eval`), SLO math (`slo`), trends (`trend`), rule unit tests
-//! (`testing`), Prometheus export (`export`) and budget persistence (`state`).
+//! (`testing`), Prometheus export (`export`) and the verdicts evaluation hands to
+//! remediation (`verdict`).
 
 pub mod eval;
 pub mod export;
@@ -9,3 +10,4 @@ pub mod file;
 pub mod slo;
 pub mod testing;
 pub mod trend;
+pub mod verdict;

@@ -1,9 +1,11 @@
-//! The HTTP face of the agent: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP face of the agent: `/metrics`, `/healthz`, `/readyz`, the JSON API
+//! ([`api`]) and the remediation API ([`actions`]).
 //!
 //! [`router`] builds the whole app from shared state, so tests drive it without a socket.
 //! Errors become one [`ApiError`] with a precise status and a short reason; internal
 //! detail (error chains, paths) goes to the log, not to the client.
 
+pub mod actions;
 pub mod api;
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::SystemTime;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::signal::Quality;
@@ -27,6 +29,8 @@ pub struct AppState {
     pub rules: Arc<crate::evaluate::Rules>,
     /// Health of the supervised background tasks.
     pub tasks: Arc<crate::supervise::TaskHealth>,
+    /// The remediation engine (`None`: no `[remediation]` configured).
+    pub remediation: Option<Arc<crate::remediate::executor::Remediation>>,
 }
 
 /// One error type for every handler.
@@ -37,6 +41,16 @@ pub enum ApiError {
     BadRequest(String),
     #[error("metrics encoding failed")]
     Encode(#[from] std::fmt::Error),
+    /// No bearer token given.
+    #[error("missing bearer token (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// A wrong token, or an endpoint that is off.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -49,6 +63,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => {
+                let body = axum::Json(serde_json::json!({ "error": self.to_string() }));
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Encode(_) => {
                 tracing::error!(error = %self, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -67,6 +88,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/signals", get(api::signals))
         .route("/api/v1/rules", get(api::rules))
         .route("/api/v1/slos", get(api::slos))
+        .route("/api/v1/actions", get(actions::list))
+        .route("/api/v1/actions/{id}", get(actions::get))
+        .route("/api/v1/actions/{id}/approve", post(actions::approve))
+        .route("/api/v1/runbooks/{name}/run", post(actions::run))
+        .route("/api/v1/plan", get(actions::plan))
         .with_state(state)
 }
 
@@ -122,7 +148,7 @@ mod tests {
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
         let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
-        router(AppState { store, metrics, rules, tasks: Default::default() })
+        router(AppState { store, metrics, rules, tasks: Default::default(), remediation: None })
     }
 
     async fn get(uri: &str) -> (StatusCode, serde_json::Value) {

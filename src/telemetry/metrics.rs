@@ -54,6 +54,8 @@ pub struct Metrics {
     notification_queue_capacity: Gauge,
     task_panics: Family<SourceLabels, Counter>,
     task_restarts: Family<SourceLabels, Counter>,
+    /// Runbook runs, steps, guard blocks (see [`super::remediation`]).
+    pub remediation: super::remediation::RemediationMetrics,
 }
 
 fn am_labels(url: &str) -> SourceLabels {
@@ -144,8 +146,10 @@ impl Metrics {
             Unit::Seconds,
             rules.eval_duration.clone(),
         );
+        let remediation = super::remediation::RemediationMetrics::register(&mut registry, rules.verdicts_dropped.clone());
         registry.register_collector(Box::new(RulesCollector { rules }));
         Metrics {
+            remediation,
             registry,
             samples,
             sample_errors,

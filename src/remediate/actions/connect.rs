@@ -1,0 +1,106 @@
+//! The `connect` action: restart a connector, restart only its failed tasks, pause,
+//! resume or stop it, through the worker's REST API, then verify the worker reports the
+//! expected state (RUNNING / PAUSED / STOPPED) within the step's deadline.
+//!
+//! The connector is the target's `connector` label; the worker is the `[[connect]]`
+//! source named by the target's `connect` label (the labels of `connector_*` signals).
+//!
+//! Idempotence (see `Action::idempotent`): everything but `restart` may be repeated.
+//! `restart-failed-tasks` after success restarts nothing (no task is FAILED).
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+use super::{cut, error_text, segment, ActionError, ActionOutcome, Context};
+use crate::rules::file::runbook::{ConnectAction, ConnectOp};
+
+/// Between two status reads while waiting for the expected state.
+const POLL: Duration = Duration::from_millis(500);
+
+pub async fn perform(a: &ConnectAction, cx: &Context<'_>) -> Result<ActionOutcome, ActionError> {
+    let source = cx.target.get("connect").ok_or_else(|| ActionError::Config("the target has no `connect` label".into()))?;
+    let connector = cx.target.get("connector").ok_or_else(|| ActionError::Config("the target has no `connector` label".into()))?;
+    let base = cx.connect.get(source).ok_or_else(|| ActionError::Config(format!("no [[connect]] source named {source:?}")))?;
+    let c = segment(connector);
+    let (method, path) = match a.operation {
+        ConnectOp::Restart => (Method::POST, format!("/connectors/{c}/restart?includeTasks=true&onlyFailed=false")),
+        ConnectOp::RestartFailedTasks => (Method::POST, format!("/connectors/{c}/restart?includeTasks=true&onlyFailed=true")),
+        ConnectOp::Pause => (Method::PUT, format!("/connectors/{c}/pause")),
+        ConnectOp::Resume => (Method::PUT, format!("/connectors/{c}/resume")),
+        ConnectOp::Stop => (Method::PUT, format!("/connectors/{c}/stop")),
+    };
+    let request = format!("{method} {path}");
+    let resp = cx
+        .client
+        .request(method, format!("{base}{path}"))
+        .timeout(cx.timeout)
+        .send()
+        .await
+        .map_err(|e| if e.is_timeout() { ActionError::Timeout { request: request.clone() } } else { ActionError::Unreachable { request: request.clone(), message: error_text(&e) } })?;
+    let status = resp.status().as_u16();
+    let body = cut(resp.text().await.unwrap_or_default());
+    if !(200..300).contains(&status) {
+        return Err(ActionError::Status { request, status, body });
+    }
+    let expected = expected(a.operation);
+    let deadline = Instant::now() + a.deadline;
+    let status_path = format!("{base}/connectors/{c}/status");
+    let mut observed = String::from("nothing read yet");
+    loop {
+        if let Ok(r) = cx.client.get(&status_path).timeout(cx.timeout).send().await {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                let (reached, seen) = check(&v, a.operation);
+                observed = seen;
+                if reached {
+                    return Ok(ActionOutcome { request, status, response: body, observed });
+                }
+            }
+        }
+        if Instant::now() + POLL > deadline {
+            return Err(ActionError::NotReached { request, expected: expected.into(), observed, deadline: a.deadline });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn expected(op: ConnectOp) -> &'static str {
+    match op {
+        ConnectOp::Restart | ConnectOp::RestartFailedTasks | ConnectOp::Resume => "connector and every task RUNNING",
+        ConnectOp::Pause => "connector PAUSED",
+        ConnectOp::Stop => "connector STOPPED",
+    }
+}
+
+/// Whether a `GET /connectors/{c}/status` answer shows the state `op` should lead to,
+/// and what it shows. Pure.
+pub fn check(status: &serde_json::Value, op: ConnectOp) -> (bool, String) {
+    let connector = status["connector"]["state"].as_str().unwrap_or("?");
+    let tasks: Vec<&str> = status["tasks"].as_array().map(|t| t.iter().map(|t| t["state"].as_str().unwrap_or("?")).collect()).unwrap_or_default();
+    let seen = format!("connector {connector}, tasks [{}]", tasks.join(", "));
+    let reached = match op {
+        ConnectOp::Restart | ConnectOp::RestartFailedTasks | ConnectOp::Resume => {
+            connector == "RUNNING" && !tasks.is_empty() && tasks.iter().all(|t| *t == "RUNNING")
+        }
+        ConnectOp::Pause => connector == "PAUSED",
+        ConnectOp::Stop => connector == "STOPPED",
+    };
+    (reached, seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_restart_is_verified_only_when_the_connector_and_every_task_run() {
+        let ok = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "RUNNING"}]});
+        let failed = json!({"connector": {"state": "RUNNING"}, "tasks": [{"id": 0, "state": "FAILED"}]});
+        assert_eq!(check(&ok, ConnectOp::RestartFailedTasks), (true, "connector RUNNING, tasks [RUNNING]".into()));
+        assert!(!check(&failed, ConnectOp::RestartFailedTasks).0, "a connector stays RUNNING while its task is FAILED");
+        assert!(!check(&json!({"connector": {"state": "RUNNING"}, "tasks": []}), ConnectOp::Resume).0);
+        assert!(check(&json!({"connector": {"state": "PAUSED"}, "tasks": []}), ConnectOp::Pause).0);
+        assert!(check(&json!({"connector": {"state": "STOPPED"}}), ConnectOp::Stop).0);
+    }
+}

@@ -1,0 +1,897 @@
+//! The executor: consumes verdicts, plans with the pure planner, and runs what the plan
+//! allows, journaling every step before and after, verifying, rolling back and
+//! escalating, and writing every decision to the audit log.
+//!
+//! Longer than most files on purpose: one run's life (plan → journal → steps → verify →
+//! rollback/escalate → end) and its recovery read best in one place.
+//!
+//! # Guarantees
+//! - Dry-run (the default mode) plans, guards and audits exactly as `act` and sends
+//!   nothing: the record says `"executed": false`.
+//! - Guards are checked and the run registered under one lock, so two triggers for the
+//!   same target cannot both pass `target_busy`.
+//! - Before each step the target's data must be fresh and the runbook's preconditions
+//!   are re-evaluated on it; stale data, or a precondition that is false or unknown,
+//!   fails the run before that step (nothing is sent).
+//! - The journal is written (and fsynced) before a step starts and after it ends. On
+//!   start, [`Remediation::recover`] resumes every unfinished run: a step with an outcome
+//!   is never repeated, an interrupted idempotent step is retried, an interrupted
+//!   non-idempotent step aborts the run, which escalates.
+//! - Retries are bounded (`retries`, with backoff 1 s, 2 s, 4 s…) and only for idempotent
+//!   actions and retryable errors; every attempt has the step's timeout.
+//!
+//! # Test hook
+//! When `STREAMGUARD_TEST_PAUSE_AT` is set (only then; it is read once at start) to a
+//! boundary `PHASE:STEP:WHEN` (`WHEN` = `before`, `intent` or `outcome`, e.g.
+//! `steps:1:intent`), the run that reaches that boundary writes the boundary's name to
+//! `STREAMGUARD_TEST_PAUSE_FILE` and waits there for ever, so a test can SIGKILL the
+//! real process at a known point. Unset, nothing pauses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actions::{self, ActionError};
+use super::audit::Audit;
+use super::guard::{self, GuardOutcome, GuardState, PastRun};
+use super::journal::{self, Journal, Move, Phase, Record, RunEnd};
+use super::plan::{self, Decision, Plan, Trigger};
+use crate::config::{Config, RemediationConfig};
+use crate::evaluate::Rules;
+use crate::rules::expr::{EvalOptions, Truth};
+use crate::rules::file::runbook::{Deadline, Mode, Runbook, Step, StepKind};
+use crate::rules::verdict::Verdict;
+use crate::signal::{unix_secs, Labels};
+use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
+
+/// Runs kept in memory for the API (the audit log keeps everything).
+pub const MAX_VIEWS: usize = 1000;
+/// Between two evaluations of a `wait` or `verify` condition.
+const POLL: Duration = Duration::from_secs(1);
+/// How long a step waits for its target's data to become fresh before it fails.
+pub const FRESH_WAIT: Duration = Duration::from_secs(30);
+
+/// Errors that stop remediation from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("audit log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API token: {0}")]
+    Token(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Errors of API requests.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("no run {0:?}")]
+    NoRun(String),
+    #[error("run {0:?} is not awaiting approval")]
+    NotAwaiting(String),
+    #[error("no runbook {0:?}")]
+    NoRunbook(String),
+}
+
+/// One step of a run, as the API and the audit show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    pub phase: &'static str,
+    pub index: usize,
+    pub action: &'static str,
+    pub description: String,
+    pub idempotent: bool,
+    /// `pending`, `ok`, `failed`, `skipped`.
+    pub state: &'static str,
+    pub attempts: u32,
+    pub request: Option<String>,
+    pub status: Option<u16>,
+    pub response: Option<String>,
+    pub observed: Option<String>,
+    pub error: Option<String>,
+    pub duration_seconds: Option<f64>,
+}
+
+/// One run (or one blocked or dry-run decision), as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub runbook: String,
+    pub target: Option<Labels>,
+    pub mode: &'static str,
+    /// Whether anything is (or was) sent: false for dry-run and blocked decisions.
+    pub executed: bool,
+    /// `blocked`, `dry_run`, `awaiting_approval`, `running`, `succeeded`, `failed`,
+    /// `aborted`, `expired`.
+    pub state: &'static str,
+    pub reason: String,
+    /// The verdict that triggered it (`None`: run by an operator).
+    pub trigger: Option<Verdict>,
+    pub guards: Vec<GuardOutcome>,
+    pub steps: Vec<StepView>,
+    pub created_at: f64,
+    pub finished_at: Option<f64>,
+}
+
+/// Where a run pauses for the test hook.
+#[derive(Debug, Clone)]
+struct Hook {
+    at: String,
+    file: std::path::PathBuf,
+}
+
+/// The remediation engine.
+#[derive(Debug)]
+pub struct Remediation {
+    default_mode: Mode,
+    cfg: RemediationConfig,
+    rules: Arc<Rules>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    journal: Arc<Mutex<Journal>>,
+    audit: Arc<Mutex<Audit>>,
+    views: Mutex<BTreeMap<String, RunView>>,
+    past: Mutex<Vec<PastRun>>,
+    approvals: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Held while guards are checked and a run registered.
+    plan_lock: tokio::sync::Mutex<()>,
+    client: reqwest::Client,
+    connect: BTreeMap<String, String>,
+    token: Option<String>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    seq: std::sync::atomic::AtomicU64,
+    hook: Option<Hook>,
+    /// Unfinished runs read from the journal at start, resumed by [`Remediation::recover`].
+    pending: Mutex<Vec<journal::RunState>>,
+}
+
+fn mode_of(s: &str) -> Mode {
+    match s {
+        "act" => Mode::Act,
+        "approve" => Mode::Approve,
+        _ => Mode::DryRun,
+    }
+}
+
+/// Reads the API token from its file or variable. `Ok(None)`: none configured.
+pub fn load_token(cfg: &RemediationConfig) -> Result<Option<String>, String> {
+    let token = match (&cfg.api_token_file, &cfg.api_token_env) {
+        (Some(f), _) => std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {}", f.display(), e.kind()))?,
+        (None, Some(var)) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?,
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err("the token must be at least 16 characters".into());
+    }
+    Ok(Some(token))
+}
+
+impl Remediation {
+    /// Opens the journal and the audit log and reads the runs in progress; call
+    /// [`Remediation::recover`] once the loops may start.
+    pub fn new(
+        config: &Config,
+        cfg: &RemediationConfig,
+        rules: Arc<Rules>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, StartError> {
+        let (journal, records) = Journal::open(&cfg.journal)?;
+        let audit = Audit::open(&cfg.audit, cfg.audit_max_size, cfg.audit_max_files)
+            .map_err(|source| StartError::Audit { path: cfg.audit.clone(), source })?;
+        let token = load_token(cfg).map_err(StartError::Token)?;
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("streamguard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StartError::Client(e.to_string()))?;
+        let runs = journal::recover(&records);
+        let past = runs
+            .iter()
+            .map(|r| PastRun { runbook: r.runbook.clone(), target: r.target.clone(), started: r.started, active: r.finished.is_none() })
+            .collect();
+        let hook = std::env::var("STREAMGUARD_TEST_PAUSE_AT").ok().map(|at| Hook {
+            at,
+            file: std::env::var_os("STREAMGUARD_TEST_PAUSE_FILE").map_or_else(|| cfg.journal.with_extension("paused"), Into::into),
+        });
+        let mut views = BTreeMap::new();
+        for r in &runs {
+            views.insert(r.id.clone(), view_of_journal(r));
+        }
+        let pending = runs.into_iter().filter(|r| r.finished.is_none()).collect();
+        let me = Arc::new(Remediation {
+            default_mode: mode_of(&cfg.default_mode),
+            cfg: cfg.clone(),
+            rules,
+            store,
+            metrics,
+            journal: Arc::new(Mutex::new(journal)),
+            audit: Arc::new(Mutex::new(audit)),
+            views: Mutex::new(views),
+            past: Mutex::new(past),
+            approvals: Mutex::default(),
+            plan_lock: tokio::sync::Mutex::new(()),
+            client,
+            connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
+            token,
+            tracker,
+            cancel,
+            seq: std::sync::atomic::AtomicU64::new(0),
+            hook,
+            pending: Mutex::new(pending),
+        });
+        me.refresh_in_progress();
+        Ok(me)
+    }
+
+    /// The API token, if one is configured.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Resumes (or aborts, or keeps waiting for approval) every unfinished run of the
+    /// journal, each on its own task.
+    pub async fn recover(self: &Arc<Self>) {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for run in pending {
+            let set = self.rules.set();
+            let Some(rb) = set.runbook_specs.get(&run.runbook).cloned() else {
+                self.finish(&run.id, &run.runbook, RunEnd::Aborted, format!("runbook {:?} is no longer defined", run.runbook)).await;
+                continue;
+            };
+            let mv = journal::next_move(&run, |phase, i| step_of(&rb, phase, i).is_none_or(Step::idempotent));
+            // The view gets the runbook's steps, with what the journal says of each.
+            let steps: Vec<StepView> = plan::steps(&rb)
+                .into_iter()
+                .map(|s| {
+                    let mut v = step_view(s.phase, s.index, s.action, s.description, s.idempotent);
+                    let key = (phase_of(s.phase), s.index);
+                    if let Some(ok) = run.done.get(&key) {
+                        v.state = if *ok { "ok" } else { "failed" };
+                    }
+                    v.attempts = run.intents.get(&key).copied().unwrap_or(0);
+                    v
+                })
+                .collect();
+            self.update(&run.id, |v| v.steps = steps);
+            tracing::warn!(run_id = %run.id, runbook = %run.runbook, r#move = ?mv, "resuming a run from the journal");
+            self.audit(serde_json::json!({"kind": "recovery", "run_id": run.id, "runbook": run.runbook, "target": run.target, "move": format!("{mv:?}")})).await;
+            let failed = run.done.iter().find(|((p, _), ok)| matches!(p, Phase::Steps | Phase::Verify) && !**ok).map(|_| "a step or the verification failed before the restart".to_string());
+            let (me, target, id) = (self.clone(), run.target.clone(), run.id.clone());
+            match mv {
+                Move::AwaitApproval => {
+                    let deadline = run.started + self.cfg.approval_timeout;
+                    let rx = self.register_approval(&id);
+                    self.tracker.spawn(async move { me.await_approval(id, rb, target, rx, deadline).await });
+                }
+                Move::ResumeAt(phase, i) => {
+                    self.tracker.spawn(async move { me.execute(id, rb, target, phase, i, failed).await });
+                }
+                Move::Abort { phase, step } => {
+                    let why = format!("interrupted {} step {step} ({}) is not idempotent: not repeated", phase.as_str(), step_of(&rb, phase, step).map_or("?", Step::name));
+                    self.tracker.spawn(async move { me.abort(id, rb, target, phase, step, why).await });
+                }
+            }
+        }
+    }
+
+    /// Consumes verdicts until cancelled. The receiver is shared so that a supervised
+    /// restart of this loop (after a panic) picks up the same queue.
+    pub async fn run(self: Arc<Self>, verdicts: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Verdict>>>) {
+        let mut verdicts = verdicts.lock().await;
+        loop {
+            let v = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                v = verdicts.recv() => match v { Some(v) => v, None => break },
+            };
+            // Only transitions to firing are decisions; the others are not triggers.
+            if v.to != crate::rules::eval::AlertState::Firing {
+                continue;
+            }
+            for name in v.runbooks.clone() {
+                self.on_verdict(&v, &name).await;
+            }
+        }
+    }
+
+    async fn on_verdict(self: &Arc<Self>, v: &Verdict, name: &str) {
+        let set = self.rules.set();
+        let Some(rb) = set.runbook_specs.get(name).cloned() else { return };
+        let _held = self.plan_lock.lock().await;
+        let now = SystemTime::now();
+        let pre = match guard::target(&rb, &v.labels) {
+            Ok(t) if v.fresh => self.preconditions(&rb, &t, now),
+            _ => Vec::new(),
+        };
+        let p = plan::plan(Trigger::Verdict(v), &rb, &self.guard_state(), &pre, rb.mode.unwrap_or(self.default_mode), now);
+        self.start(p, rb, Some(v.clone())).await;
+    }
+
+    /// `POST /api/v1/runbooks/{name}/run`: an operator's run of `name` for `target`
+    /// (dry-run when asked, else `act`: the authenticated request is the approval).
+    pub async fn run_manual(self: &Arc<Self>, name: &str, target: &Labels, dry_run: bool) -> Result<RunView, RequestError> {
+        let rb = self.rules.set().runbook_specs.get(name).cloned().ok_or_else(|| RequestError::NoRunbook(name.to_string()))?;
+        let _held = self.plan_lock.lock().await;
+        let now = SystemTime::now();
+        let pre = match guard::target(&rb, target) {
+            Ok(t) => self.preconditions(&rb, &t, now),
+            Err(_) => Vec::new(),
+        };
+        let mode = if dry_run { Mode::DryRun } else { Mode::Act };
+        let p = plan::plan(Trigger::Manual(target), &rb, &self.guard_state(), &pre, mode, now);
+        Ok(self.start(p, rb, None).await)
+    }
+
+    /// What would run now for every firing alert instance that names a runbook, and why.
+    pub fn plan_now(&self) -> Vec<(String, Labels, Plan)> {
+        let set = self.rules.set();
+        let now = SystemTime::now();
+        let state = self.guard_state();
+        let mut out = Vec::new();
+        for status in self.rules.rule_statuses() {
+            for (labels, inst) in status.instances.iter().filter(|(_, i)| i.state == crate::rules::eval::AlertState::Firing) {
+                for name in &status.runbooks {
+                    let Some(rb) = set.runbook_specs.get(name) else { continue };
+                    let pre = guard::target(rb, labels).map(|t| self.preconditions(rb, &t, now)).unwrap_or_default();
+                    let mut p = plan::plan(Trigger::Manual(labels), rb, &state, &pre, rb.mode.unwrap_or(self.default_mode), now);
+                    p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {:?})", status.name, inst.value) });
+                    out.push((status.name.clone(), labels.clone(), p));
+                }
+            }
+        }
+        out
+    }
+
+    /// Approves a run waiting in `approve` mode.
+    pub async fn approve(&self, id: &str) -> Result<(), RequestError> {
+        let tx = lock(&self.approvals).remove(id);
+        match tx {
+            Some(tx) => {
+                // The waiting task may have just expired: then it is not awaiting any more.
+                tx.send(()).map_err(|_| RequestError::NotAwaiting(id.to_string()))
+            }
+            None if lock(&self.views).contains_key(id) => Err(RequestError::NotAwaiting(id.to_string())),
+            None => Err(RequestError::NoRun(id.to_string())),
+        }
+    }
+
+    /// Recent runs, newest first.
+    pub fn list(&self) -> Vec<RunView> {
+        let mut v: Vec<RunView> = lock(&self.views).values().cloned().collect();
+        v.sort_by(|a, b| b.created_at.total_cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Option<RunView> {
+        lock(&self.views).get(id).cloned()
+    }
+
+    fn guard_state(&self) -> GuardState {
+        GuardState { runs: lock(&self.past).clone(), max_concurrent: self.cfg.max_concurrent_runs }
+    }
+
+    /// The target's data is fresh, and every precondition holds on it.
+    fn preconditions(&self, rb: &Runbook, target: &Labels, now: SystemTime) -> Vec<GuardOutcome> {
+        let data = crate::evaluate::dataset(&self.store, &self.rules.set(), now);
+        let mut out = vec![guard::fresh_data(target, &data)];
+        out.extend(guard::preconditions(rb, target, &data, now, &self.eval_options()));
+        out
+    }
+
+    /// [`Self::preconditions`] right before a step. While they block only for want of
+    /// fresh data (after a restart the store is empty until the first sample), they are
+    /// re-read every second for at most [`FRESH_WAIT`]; a false precondition is final.
+    async fn fresh_preconditions(&self, rb: &Runbook, target: &Labels) -> Vec<GuardOutcome> {
+        let until = Instant::now() + FRESH_WAIT;
+        loop {
+            let pre = self.preconditions(rb, target, SystemTime::now());
+            let waiting = pre.iter().any(guard::is_unknown) && pre.iter().all(|g| g.passed || guard::is_unknown(g));
+            if !waiting || Instant::now() + POLL > until {
+                return pre;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn eval_options(&self) -> EvalOptions {
+        EvalOptions { confidence: self.rules.config.confidence }
+    }
+
+    fn new_id(&self) -> String {
+        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("r{ms}-{n}")
+    }
+
+    /// Records the decision and, when it runs, starts it.
+    async fn start(self: &Arc<Self>, p: Plan, rb: Runbook, trigger: Option<Verdict>) -> RunView {
+        let id = self.new_id();
+        let now = SystemTime::now();
+        let executed = p.decision == Decision::Run && p.mode != Mode::DryRun;
+        let (state, reason) = match (p.decision, p.mode) {
+            (Decision::Blocked, _) => ("blocked", format!("blocked: {}", p.blocked_by().map_or("", |g| g.reason.as_str()))),
+            (Decision::Run, Mode::DryRun) => ("dry_run", "dry-run: every guard passed; nothing was sent".to_string()),
+            (Decision::Run, Mode::Approve) => ("awaiting_approval", "waiting for approval".to_string()),
+            (Decision::Run, Mode::Act) => ("running", "every guard passed".to_string()),
+        };
+        let view = RunView {
+            id: id.clone(),
+            runbook: rb.name.clone(),
+            target: p.target.clone(),
+            mode: p.mode.as_str(),
+            executed,
+            state,
+            reason: reason.clone(),
+            trigger: trigger.clone(),
+            guards: p.guards.clone(),
+            steps: p.steps.iter().map(|s| step_view(s.phase, s.index, s.action, s.description.clone(), s.idempotent)).collect(),
+            created_at: unix_secs(now),
+            finished_at: (!executed).then(|| unix_secs(now)),
+        };
+        self.remember(view.clone());
+        self.audit(serde_json::json!({
+            "kind": "decision", "run_id": id, "runbook": rb.name, "target": p.target, "mode": p.mode.as_str(),
+            "executed": executed, "decision": state, "reason": reason,
+            "trigger": trigger.as_ref().map_or_else(|| serde_json::json!("manual"), |v| serde_json::to_value(v).unwrap_or_default()),
+            "guards": p.guards, "steps": p.steps,
+        }))
+        .await;
+        match state {
+            "blocked" => {
+                if let Some(g) = p.blocked_by() {
+                    self.metrics.remediation.guard_block(&rb.name, g.guard);
+                }
+                self.metrics.remediation.run(&rb.name, "blocked");
+                tracing::info!(runbook = %rb.name, run_id = %id, reason = %reason, "runbook blocked");
+                return view;
+            }
+            "dry_run" => {
+                self.metrics.remediation.run(&rb.name, "dry_run");
+                tracing::info!(runbook = %rb.name, run_id = %id, "runbook planned (dry-run)");
+                return view;
+            }
+            _ => {}
+        }
+        let Some(target) = p.target.clone() else { return view };
+        let started = Record::Started { id: id.clone(), runbook: rb.name.clone(), target: target.clone(), mode: p.mode, at: now };
+        if let Err(e) = self.journal(started).await {
+            self.update(&id, |v| {
+                v.state = "failed";
+                v.executed = false;
+                v.reason = format!("not started: cannot write the journal: {e}");
+                v.finished_at = Some(unix_secs(SystemTime::now()));
+            });
+            self.metrics.remediation.run(&rb.name, "failed");
+            return self.get(&id).unwrap_or(view);
+        }
+        lock(&self.past).push(PastRun { runbook: rb.name.clone(), target: target.clone(), started: now, active: true });
+        self.refresh_in_progress();
+        tracing::warn!(runbook = %rb.name, run_id = %id, mode = p.mode.as_str(), "runbook run started");
+        let me = self.clone();
+        if p.mode == Mode::Approve {
+            let rx = self.register_approval(&id);
+            let deadline = now + self.cfg.approval_timeout;
+            let id2 = id.clone();
+            self.tracker.spawn(async move { me.await_approval(id2, rb, target, rx, deadline).await });
+        } else {
+            let id2 = id.clone();
+            self.tracker.spawn(async move { me.execute(id2, rb, target, Phase::Steps, 0, None).await });
+        }
+        self.get(&id).unwrap_or(view)
+    }
+
+    fn register_approval(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.approvals).insert(id.to_string(), tx);
+        rx
+    }
+
+    async fn await_approval(self: Arc<Self>, id: String, rb: Runbook, target: Labels, rx: tokio::sync::oneshot::Receiver<()>, deadline: SystemTime) {
+        let wait = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let approved = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            r = rx => r.is_ok(),
+            _ = tokio::time::sleep(wait) => false,
+        };
+        lock(&self.approvals).remove(&id);
+        if !approved {
+            self.finish(&id, &rb.name, RunEnd::Expired, format!("not approved within {}", humantime::format_duration(self.cfg.approval_timeout))).await;
+            return;
+        }
+        if let Err(e) = self.journal(Record::Approved { id: id.clone(), at: SystemTime::now() }).await {
+            tracing::error!(run_id = %id, error = %e, "cannot journal an approval; the run does not start");
+            return;
+        }
+        self.audit(serde_json::json!({"kind": "approval", "run_id": id, "runbook": rb.name, "target": target})).await;
+        self.update(&id, |v| {
+            v.state = "running";
+            v.reason = "approved".into();
+        });
+        self.execute(id, rb, target, Phase::Steps, 0, None).await;
+    }
+
+    /// Runs `rb` for `target` from (`phase`, `from`); `failed` set: a step or the
+    /// verification already failed, only rollback and escalation remain.
+    async fn execute(self: Arc<Self>, id: String, rb: Runbook, target: Labels, phase: Phase, from: usize, mut failed: Option<String>) {
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                tracing::warn!(run_id = %id, "shutdown during a run; it resumes from the journal at the next start");
+            }
+            _ = self.execute_inner(&id, &rb, &target, phase, from, &mut failed) => {}
+        }
+    }
+
+    async fn execute_inner(&self, id: &str, rb: &Runbook, target: &Labels, phase: Phase, from: usize, failed: &mut Option<String>) {
+        self.update(id, |v| v.state = "running");
+        if failed.is_none() && phase == Phase::Steps {
+            for (i, step) in rb.steps.iter().enumerate().skip(from) {
+                self.pause_at(&format!("steps:{i}:before")).await;
+                let pre = self.fresh_preconditions(rb, target).await;
+                if let Some(g) = pre.iter().find(|g| !g.passed) {
+                    let why = g.reason.clone();
+                    let _ = self.journal(Record::Outcome { id: id.into(), phase: Phase::Steps, step: i, ok: false, summary: why.clone(), at: SystemTime::now() }).await;
+                    self.set_step(id, "steps", i, |s| {
+                        s.state = "failed";
+                        s.error = Some(why.clone());
+                    });
+                    self.audit(serde_json::json!({"kind": "step", "run_id": id, "runbook": rb.name, "target": target, "phase": "steps", "step": i, "executed": false, "guards": pre})).await;
+                    *failed = Some(why);
+                    break;
+                }
+                if let Err(e) = self.step(id, rb, target, Phase::Steps, i, step).await {
+                    *failed = Some(format!("step {i} ({}) failed: {e}", step.name()));
+                    break;
+                }
+            }
+        }
+        let verify_from = if phase == Phase::Verify { from } else { 0 };
+        if failed.is_none() && phase <= Phase::Verify && verify_from == 0 {
+            if let Some(v) = &rb.verify {
+                if let Err(e) = self.verify(id, rb, target, v).await {
+                    *failed = Some(format!("verification failed: {e}"));
+                }
+            }
+        }
+        match failed.clone() {
+            None => self.finish(id, &rb.name, RunEnd::Succeeded, "every step ran and the verification passed".into()).await,
+            Some(why) => {
+                let rb_from = match phase {
+                    Phase::Rollback => from,
+                    Phase::Escalate => rb.rollback.len(),
+                    _ => 0,
+                };
+                for (i, step) in rb.rollback.iter().enumerate().skip(rb_from) {
+                    // A failed rollback step is recorded; the others still run.
+                    let _ = self.step(id, rb, target, Phase::Rollback, i, step).await;
+                }
+                let esc_from = if phase == Phase::Escalate { from } else { 0 };
+                for (i, step) in rb.escalate.iter().enumerate().skip(esc_from) {
+                    let _ = self.step(id, rb, target, Phase::Escalate, i, step).await;
+                }
+                self.finish(id, &rb.name, RunEnd::Failed, why).await;
+            }
+        }
+    }
+
+    /// An interrupted non-idempotent step: record it as failed (not repeated), escalate,
+    /// end the run as aborted.
+    async fn abort(self: Arc<Self>, id: String, rb: Runbook, target: Labels, phase: Phase, step: usize, why: String) {
+        let _ = self.journal(Record::Outcome { id: id.clone(), phase, step, ok: false, summary: why.clone(), at: SystemTime::now() }).await;
+        self.set_step(&id, phase.as_str(), step, |s| {
+            s.state = "failed";
+            s.error = Some(why.clone());
+        });
+        let cancel = self.cancel.clone();
+        let escalate = async {
+            for (i, s) in rb.escalate.iter().enumerate() {
+                if phase == Phase::Escalate && i <= step {
+                    continue;
+                }
+                let _ = self.step(&id, &rb, &target, Phase::Escalate, i, s).await;
+            }
+            self.finish(&id, &rb.name, RunEnd::Aborted, why.clone()).await;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = escalate => {}
+        }
+    }
+
+    /// One step: intent, attempts, outcome.
+    async fn step(&self, id: &str, rb: &Runbook, target: &Labels, phase: Phase, i: usize, step: &Step) -> Result<(), String> {
+        let p = phase.as_str();
+        if let Err(e) = self.journal(Record::Intent { id: id.into(), phase, step: i, at: SystemTime::now() }).await {
+            return Err(format!("cannot write the journal, step not run: {e}"));
+        }
+        self.pause_at(&format!("{p}:{i}:intent")).await;
+        let started = Instant::now();
+        let (result, attempts) = match &step.kind {
+            StepKind::Wait(w) => (self.wait_for(target, w).await.map(|observed| actions::ActionOutcome { request: "wait".into(), status: 0, response: String::new(), observed }), 1),
+            StepKind::Act(action) => {
+                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout };
+                let retries = if step.idempotent() { step.retries } else { 0 };
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let hard = step.timeout + connect_deadline(action);
+                    let r = match tokio::time::timeout(hard, actions::perform(action, &cx)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ActionError::Timeout { request: step.describe() }),
+                    };
+                    match r {
+                        Err(e) if e.retryable() && attempt <= retries => {
+                            tracing::warn!(run_id = %id, step = i, attempt, error = %e, "step failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(5))).await;
+                        }
+                        r => break (r.map_err(|e| e.to_string()), attempt),
+                    }
+                }
+            }
+        };
+        let took = started.elapsed().as_secs_f64();
+        let ok = result.is_ok();
+        let summary = match &result {
+            Ok(o) => format!("{} → {}", o.request, o.observed),
+            Err(e) => e.clone(),
+        };
+        if let Err(e) = self.journal(Record::Outcome { id: id.into(), phase, step: i, ok, summary, at: SystemTime::now() }).await {
+            tracing::error!(run_id = %id, error = %e, "cannot journal a step outcome");
+        }
+        self.pause_at(&format!("{p}:{i}:outcome")).await;
+        self.metrics.remediation.step(step.name(), if ok { "ok" } else { "error" }, took);
+        self.set_step(id, p, i, |s| {
+            s.state = if ok { "ok" } else { "failed" };
+            s.attempts = attempts;
+            s.duration_seconds = Some(took);
+            match &result {
+                Ok(o) => {
+                    s.request = Some(o.request.clone());
+                    s.status = (o.status != 0).then_some(o.status);
+                    s.response = Some(o.response.clone());
+                    s.observed = Some(o.observed.clone());
+                }
+                Err(e) => s.error = Some(e.clone()),
+            }
+        });
+        let record = serde_json::json!({
+            "kind": "step", "run_id": id, "runbook": rb.name, "target": target, "executed": true,
+            "phase": p, "step": i, "action": step.name(), "description": step.describe(), "attempts": attempts,
+            "ok": ok, "duration_seconds": took,
+            "request": result.as_ref().ok().map(|o| o.request.clone()),
+            "status": result.as_ref().ok().map(|o| o.status),
+            "response": result.as_ref().ok().map(|o| o.response.clone()),
+            "observed": result.as_ref().ok().map(|o| o.observed.clone()),
+            "error": result.as_ref().err(),
+        });
+        self.audit(record).await;
+        result.map(|_| ())
+    }
+
+    async fn verify(&self, id: &str, rb: &Runbook, target: &Labels, v: &Deadline) -> Result<(), String> {
+        if let Err(e) = self.journal(Record::Intent { id: id.into(), phase: Phase::Verify, step: 0, at: SystemTime::now() }).await {
+            return Err(format!("cannot write the journal: {e}"));
+        }
+        self.pause_at("verify:0:intent").await;
+        let started = Instant::now();
+        let result = self.wait_for(target, v).await;
+        let took = started.elapsed().as_secs_f64();
+        let ok = result.is_ok();
+        let summary = result.clone().unwrap_or_else(|e| e);
+        let _ = self.journal(Record::Outcome { id: id.into(), phase: Phase::Verify, step: 0, ok, summary: summary.clone(), at: SystemTime::now() }).await;
+        self.pause_at("verify:0:outcome").await;
+        self.set_step(id, "verify", 0, |s| {
+            s.state = if ok { "ok" } else { "failed" };
+            s.attempts = 1;
+            s.duration_seconds = Some(took);
+            if ok {
+                s.observed = Some(summary.clone());
+            } else {
+                s.error = Some(summary.clone());
+            }
+        });
+        self.audit(serde_json::json!({"kind": "verification", "run_id": id, "runbook": rb.name, "target": target, "condition": v.condition.text, "ok": ok, "detail": summary, "duration_seconds": took})).await;
+        result.map(|_| ())
+    }
+
+    /// Polls `d.condition` for `target` on fresh data until it is true or the deadline
+    /// passes.
+    async fn wait_for(&self, target: &Labels, d: &Deadline) -> Result<String, String> {
+        let deadline = Instant::now() + d.deadline;
+        loop {
+            let now = SystemTime::now();
+            let data = crate::evaluate::dataset(&self.store, &self.rules.set(), now);
+            let (truth, value) = guard::truth_for(&d.condition.cond, target, &data, now, &self.eval_options());
+            if truth == Truth::True {
+                return Ok(format!("{} is true (value {})", d.condition.text, value.map_or("unknown".into(), |v| v.to_string())));
+            }
+            if Instant::now() + POLL > deadline {
+                return Err(format!("{} still {truth} after {}", d.condition.text, humantime::format_duration(d.deadline)));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn finish(&self, id: &str, runbook: &str, end: RunEnd, reason: String) {
+        if let Err(e) = self.journal(Record::Finished { id: id.into(), end, reason: reason.clone(), at: SystemTime::now() }).await {
+            tracing::error!(run_id = %id, error = %e, "cannot journal the end of a run");
+        }
+        for r in lock(&self.past).iter_mut().filter(|r| r.active) {
+            if self.get(id).is_some_and(|v| v.runbook == r.runbook && v.target.as_ref() == Some(&r.target)) {
+                r.active = false;
+            }
+        }
+        self.refresh_in_progress();
+        self.metrics.remediation.run(runbook, end.as_str());
+        self.update(id, |v| {
+            v.state = end.as_str();
+            v.reason = reason.clone();
+            v.finished_at = Some(unix_secs(SystemTime::now()));
+            for s in v.steps.iter_mut().filter(|s| s.state == "pending") {
+                s.state = "skipped";
+            }
+        });
+        if end == RunEnd::Succeeded {
+            tracing::info!(run_id = %id, runbook, "runbook run succeeded");
+        } else {
+            tracing::error!(run_id = %id, runbook, end = end.as_str(), reason = %reason, "runbook run did not succeed");
+        }
+        self.audit(serde_json::json!({"kind": "run", "run_id": id, "runbook": runbook, "end": end.as_str(), "reason": reason})).await;
+    }
+
+    fn refresh_in_progress(&self) {
+        let n = lock(&self.past).iter().filter(|r| r.active).count();
+        self.metrics.remediation.set_in_progress(n);
+    }
+
+    async fn journal(&self, r: Record) -> Result<(), String> {
+        let j = self.journal.clone();
+        match tokio::task::spawn_blocking(move || lock(&j).append(&r)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot write the remediation journal");
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn audit(&self, record: serde_json::Value) {
+        let a = self.audit.clone();
+        match tokio::task::spawn_blocking(move || lock(&a).write(record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the audit log"),
+            Err(e) => tracing::error!(error = %e, "audit write did not run"),
+        }
+    }
+
+    async fn pause_at(&self, boundary: &str) {
+        let Some(h) = &self.hook else { return };
+        if h.at != boundary {
+            return;
+        }
+        tracing::warn!(boundary, "test hook: pausing at a step boundary");
+        if let Err(e) = std::fs::write(&h.file, boundary).and_then(|_| std::fs::File::open(&h.file)?.sync_all()) {
+            tracing::error!(error = %e, "test hook: cannot write the pause file");
+        }
+        std::future::pending::<()>().await;
+    }
+
+    fn remember(&self, v: RunView) {
+        let mut views = lock(&self.views);
+        views.insert(v.id.clone(), v);
+        while views.len() > MAX_VIEWS {
+            // Ids start with the creation time: the first is the oldest.
+            let Some(oldest) = views.keys().next().cloned() else { break };
+            views.remove(&oldest);
+        }
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut RunView)) {
+        if let Some(v) = lock(&self.views).get_mut(id) {
+            f(v);
+        }
+    }
+
+    fn set_step(&self, id: &str, phase: &str, index: usize, f: impl FnOnce(&mut StepView)) {
+        self.update(id, |v| {
+            if let Some(s) = v.steps.iter_mut().find(|s| s.phase == phase && s.index == index) {
+                f(s);
+            }
+        });
+    }
+}
+
+fn connect_deadline(a: &crate::rules::file::runbook::Action) -> Duration {
+    match a {
+        crate::rules::file::runbook::Action::Connect(c) => c.deadline,
+        crate::rules::file::runbook::Action::Notify(_) => Duration::ZERO,
+    }
+}
+
+fn phase_of(name: &str) -> Phase {
+    match name {
+        "verify" => Phase::Verify,
+        "rollback" => Phase::Rollback,
+        "escalate" => Phase::Escalate,
+        _ => Phase::Steps,
+    }
+}
+
+fn step_of(rb: &Runbook, phase: Phase, i: usize) -> Option<&Step> {
+    match phase {
+        Phase::Steps => rb.steps.get(i),
+        Phase::Rollback => rb.rollback.get(i),
+        Phase::Escalate => rb.escalate.get(i),
+        Phase::Verify => None,
+    }
+}
+
+fn step_view(phase: &'static str, index: usize, action: &'static str, description: String, idempotent: bool) -> StepView {
+    StepView {
+        phase,
+        index,
+        action,
+        description,
+        idempotent,
+        state: "pending",
+        attempts: 0,
+        request: None,
+        status: None,
+        response: None,
+        observed: None,
+        error: None,
+        duration_seconds: None,
+    }
+}
+
+/// A run read back from the journal (its steps as the journal knows them).
+fn view_of_journal(r: &journal::RunState) -> RunView {
+    let steps = r
+        .done
+        .iter()
+        .map(|((p, i), ok)| {
+            let mut s = step_view(p.as_str(), *i, "?", String::new(), false);
+            s.state = if *ok { "ok" } else { "failed" };
+            s.attempts = r.intents.get(&(*p, *i)).copied().unwrap_or(0);
+            s
+        })
+        .collect();
+    let (state, reason) = match &r.finished {
+        Some((end, why)) => (end.as_str(), why.clone()),
+        None if r.mode == Mode::Approve && !r.approved => ("awaiting_approval", "waiting for approval".into()),
+        None => ("running", "resumed from the journal".into()),
+    };
+    RunView {
+        id: r.id.clone(),
+        runbook: r.runbook.clone(),
+        target: Some(r.target.clone()),
+        mode: r.mode.as_str(),
+        executed: true,
+        state,
+        reason,
+        trigger: None,
+        guards: Vec::new(),
+        steps,
+        created_at: unix_secs(r.started),
+        finished_at: None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

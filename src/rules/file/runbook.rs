@@ -1,0 +1,468 @@
+//! `kind: Runbook` documents: what a firing rule may do about itself, validated into
+//! [`Runbook`] with every problem at its file:line:col, like rules.
+//!
+//! A runbook names the instance labels that identify what it acts on (`target`), a
+//! `mode` (`dry-run`, the default; `act`; `approve`), its guards (cooldown per target,
+//! at most `max_runs` per `window`, preconditions in the rule language), its `steps`
+//! (typed actions, and `wait` for a condition with a deadline), a `verify` condition with
+//! a deadline, `rollback` steps and `escalate` steps (run when verification fails or a
+//! run aborts).
+//!
+//! Actions are a closed set ([`Action`]): each variant is parsed here into typed
+//! parameters and executed by its own file under `crate::remediate::actions`. This module
+//! only describes; it never performs I/O.
+//!
+//! It is a child of `rules::file` because it reads through the same positioned YAML
+//! context ([`super::Ctx`]) and error sink.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use saphyr::YamlDataOwned;
+
+use super::{pos, str_of, text_of, Ctx, Node};
+use crate::rules::expr::Cond;
+
+/// When a runbook acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Plans, guards and audits exactly as `act`, but sends nothing (the default).
+    DryRun,
+    /// Runs the steps.
+    Act,
+    /// Waits for `streamguard approve ID` (or `POST /api/v1/actions/{id}/approve`).
+    Approve,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry-run",
+            Mode::Act => "act",
+            Mode::Approve => "approve",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        [Mode::DryRun, Mode::Act, Mode::Approve].into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// A condition in the rule language, with its text for the audit log.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub cond: Cond,
+    pub text: String,
+}
+
+/// A condition that must hold within a deadline.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    pub condition: Condition,
+    pub deadline: Duration,
+}
+
+/// Guards of a runbook (see `crate::remediate::guard`).
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// No new run for the same target within this time of the previous run's start.
+    pub cooldown: Duration,
+    /// At most this many runs of this runbook (all targets) per `window`.
+    pub max_runs: u32,
+    pub window: Duration,
+    /// Must be true, on fresh data, for the target right before each step.
+    pub preconditions: Vec<Condition>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards { cooldown: DEFAULT_COOLDOWN, max_runs: DEFAULT_MAX_RUNS, window: DEFAULT_WINDOW, preconditions: Vec::new() }
+    }
+}
+
+/// What `connect` does to a connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectOp {
+    /// `POST /connectors/{c}/restart?includeTasks=true&onlyFailed=false`.
+    Restart,
+    /// `POST /connectors/{c}/restart?includeTasks=true&onlyFailed=true`.
+    RestartFailedTasks,
+    /// `PUT /connectors/{c}/pause`.
+    Pause,
+    /// `PUT /connectors/{c}/resume`.
+    Resume,
+    /// `PUT /connectors/{c}/stop`.
+    Stop,
+}
+
+impl ConnectOp {
+    pub const ALL: [ConnectOp; 5] = [ConnectOp::Restart, ConnectOp::RestartFailedTasks, ConnectOp::Pause, ConnectOp::Resume, ConnectOp::Stop];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectOp::Restart => "restart",
+            ConnectOp::RestartFailedTasks => "restart-failed-tasks",
+            ConnectOp::Pause => "pause",
+            ConnectOp::Resume => "resume",
+            ConnectOp::Stop => "stop",
+        }
+    }
+}
+
+/// Parameters of a `connect` step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnectAction {
+    pub operation: ConnectOp,
+    /// The worker must report the expected state within this time after the request.
+    #[serde(with = "secs")]
+    pub deadline: Duration,
+}
+
+/// How `notify` delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// `POST url` with a JSON body describing the run.
+    Webhook,
+    /// `POST url/api/v2/alerts` with one alert (Alertmanager API v2).
+    Alertmanager,
+}
+
+/// Parameters of a `notify` step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NotifyAction {
+    pub url: String,
+    pub format: NotifyFormat,
+    pub message: String,
+}
+
+/// The closed set of actions. A new action is a variant here, its parser below, and its
+/// file under `remediate/actions/`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    Connect(ConnectAction),
+    Notify(NotifyAction),
+}
+
+impl Action {
+    /// Bounded name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Connect(_) => "connect",
+            Action::Notify(_) => "notify",
+        }
+    }
+
+    /// Whether running it twice is the same as running it once: only such an action is
+    /// retried after a failure that may have reached the other side, or after a crash
+    /// between its intent and its outcome.
+    pub fn idempotent(&self) -> bool {
+        match self {
+            // A second restart of a connector restarts it again.
+            Action::Connect(c) => c.operation != ConnectOp::Restart,
+            // A second message is a duplicate, not a second effect; losing an escalation
+            // is worse.
+            Action::Notify(_) => true,
+        }
+    }
+}
+
+/// One step of a runbook.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Act(Action),
+    Wait(Deadline),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub kind: StepKind,
+    /// Budget of one attempt.
+    pub timeout: Duration,
+    /// Further attempts after a failure, with backoff; used only for idempotent actions.
+    pub retries: u32,
+    /// For messages: file:line of the step.
+    pub line: usize,
+}
+
+impl Step {
+    pub fn name(&self) -> &'static str {
+        match &self.kind {
+            StepKind::Act(a) => a.name(),
+            StepKind::Wait(_) => "wait",
+        }
+    }
+
+    pub fn idempotent(&self) -> bool {
+        match &self.kind {
+            StepKind::Act(a) => a.idempotent(),
+            StepKind::Wait(_) => true,
+        }
+    }
+
+    /// One line for plans and the audit log.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            StepKind::Act(Action::Connect(c)) => format!("connect {}", c.operation.as_str()),
+            StepKind::Act(Action::Notify(n)) => format!("notify ({})", match n.format {
+                NotifyFormat::Webhook => "webhook",
+                NotifyFormat::Alertmanager => "alertmanager",
+            }),
+            StepKind::Wait(w) => format!("wait until {} (deadline {})", w.condition.text, humantime::format_duration(w.deadline)),
+        }
+    }
+}
+
+/// A validated runbook.
+#[derive(Debug, Clone)]
+pub struct Runbook {
+    pub file: PathBuf,
+    pub name: String,
+    /// `None`: not written; the `[remediation] default_mode` applies (dry-run unless set).
+    pub mode: Option<Mode>,
+    /// Instance labels naming what it acts on (empty: all of the instance's labels).
+    pub target: Vec<String>,
+    pub guards: Guards,
+    pub steps: Vec<Step>,
+    pub verify: Option<Deadline>,
+    pub rollback: Vec<Step>,
+    pub escalate: Vec<Step>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Runbook {
+    /// Every condition it evaluates (for the evaluator's view of the store).
+    pub fn conditions(&self) -> Vec<&Cond> {
+        let steps = self.steps.iter().chain(&self.rollback).chain(&self.escalate);
+        let waits = steps.filter_map(|s| match &s.kind {
+            StepKind::Wait(w) => Some(&w.condition.cond),
+            StepKind::Act(_) => None,
+        });
+        self.guards.preconditions.iter().map(|c| &c.cond).chain(waits).chain(self.verify.iter().map(|v| &v.condition.cond)).collect()
+    }
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_RUNS: u32 = 3;
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+/// Bounds that keep a runbook from retrying or waiting without end.
+pub const MAX_RETRIES: u32 = 10;
+pub const MAX_STEPS: usize = 50;
+
+const SPEC_FIELDS: [&str; 7] = ["mode", "target", "guards", "steps", "verify", "rollback", "escalate"];
+const GUARD_FIELDS: [&str; 4] = ["cooldown", "max_runs", "window", "preconditions"];
+const DEADLINE_FIELDS: [&str; 2] = ["condition", "deadline"];
+const CONNECT_FIELDS: [&str; 5] = ["action", "operation", "deadline", "timeout", "retries"];
+const NOTIFY_FIELDS: [&str; 6] = ["action", "url", "format", "message", "timeout", "retries"];
+const WAIT_FIELDS: [&str; 1] = ["wait"];
+const ACTIONS: [&str; 2] = ["connect", "notify"];
+
+/// Parses a runbook's `spec` (absent: a runbook with no steps).
+pub(super) fn parse(cx: &mut Ctx, spec: Option<&Node>, what: &str, name: &str, labels: BTreeMap<String, String>) -> Option<Runbook> {
+    let before = cx.errors.len();
+    let mut rb = Runbook {
+        file: cx.file.to_path_buf(),
+        name: name.to_string(),
+        mode: None,
+        target: Vec::new(),
+        guards: Guards::default(),
+        steps: Vec::new(),
+        verify: None,
+        rollback: Vec::new(),
+        escalate: Vec::new(),
+        labels,
+    };
+    let Some(spec) = spec else { return Some(rb) };
+    let s = cx.fields(spec, what, &SPEC_FIELDS);
+    if let Some(n) = s.get("mode") {
+        match str_of(n).and_then(Mode::parse) {
+            Some(m) => rb.mode = Some(m),
+            None => cx.err(pos(n), format!("{what}: mode must be dry-run, act or approve")),
+        }
+    }
+    if let Some(n) = s.get("target") {
+        rb.target = cx.string_list(n, &format!("{what}: target")).into_iter().map(|(t, _)| t).collect();
+    }
+    if let Some(n) = s.get("guards") {
+        rb.guards = guards(cx, n, what);
+    }
+    rb.steps = s.get("steps").map(|n| steps(cx, n, &format!("{what}: steps"))).unwrap_or_default();
+    rb.rollback = s.get("rollback").map(|n| steps(cx, n, &format!("{what}: rollback"))).unwrap_or_default();
+    rb.escalate = s.get("escalate").map(|n| steps(cx, n, &format!("{what}: escalate"))).unwrap_or_default();
+    rb.verify = s.get("verify").and_then(|n| deadline(cx, n, &format!("{what}: verify")));
+    (cx.errors.len() == before).then_some(rb)
+}
+
+fn guards(cx: &mut Ctx, n: &Node, what: &str) -> Guards {
+    let what = format!("{what}: guards");
+    let g = cx.fields(n, &what, &GUARD_FIELDS);
+    let mut out = Guards::default();
+    if let Some(d) = g.get("cooldown").and_then(|n| cx.duration(n, &format!("{what}.cooldown"))) {
+        out.cooldown = d;
+    }
+    if let Some(d) = g.get("window").and_then(|n| cx.positive_duration(n, &format!("{what}.window"))) {
+        out.window = d;
+    }
+    if let Some(n) = g.get("max_runs") {
+        match text_of(n).and_then(|t| t.trim().parse::<u32>().ok()) {
+            Some(v) if v > 0 => out.max_runs = v,
+            _ => cx.err(pos(n), format!("{what}.max_runs: expected a positive integer")),
+        }
+    }
+    if let Some(n) = g.get("preconditions") {
+        out.preconditions = conditions(cx, n, &format!("{what}.preconditions"));
+    }
+    out
+}
+
+fn conditions(cx: &mut Ctx, n: &Node, what: &str) -> Vec<Condition> {
+    match &n.data {
+        YamlDataOwned::Sequence(items) => {
+            items.iter().filter_map(|i| cx.condition(i, what).map(|(cond, text)| Condition { cond, text })).collect()
+        }
+        _ => {
+            cx.err(pos(n), format!("{what}: expected a list of conditions"));
+            Vec::new()
+        }
+    }
+}
+
+fn deadline(cx: &mut Ctx, n: &Node, what: &str) -> Option<Deadline> {
+    let f = cx.fields(n, what, &DEADLINE_FIELDS);
+    let condition = match f.get("condition") {
+        Some(c) => cx.condition(c, what).map(|(cond, text)| Condition { cond, text }),
+        None => {
+            cx.err(pos(n), format!("{what}: condition is required"));
+            None
+        }
+    };
+    let deadline = match f.get("deadline") {
+        Some(d) => cx.positive_duration(d, &format!("{what}: deadline")),
+        None => {
+            cx.err(pos(n), format!("{what}: deadline is required (e.g. 2m)"));
+            None
+        }
+    };
+    Some(Deadline { condition: condition?, deadline: deadline? })
+}
+
+fn steps(cx: &mut Ctx, n: &Node, what: &str) -> Vec<Step> {
+    let YamlDataOwned::Sequence(items) = &n.data else {
+        cx.err(pos(n), format!("{what}: expected a list of steps"));
+        return Vec::new();
+    };
+    if items.len() > MAX_STEPS {
+        cx.err(pos(n), format!("{what}: at most {MAX_STEPS} steps"));
+        return Vec::new();
+    }
+    items.iter().enumerate().filter_map(|(i, item)| step(cx, item, &format!("{what}[{i}]"))).collect()
+}
+
+/// The value of `key` in a mapping node, if it is one.
+fn get<'n>(n: &'n Node, key: &str) -> Option<&'n Node> {
+    match &n.data {
+        YamlDataOwned::Mapping(m) => m.iter().find(|(k, _)| str_of(k) == Some(key)).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
+    let line = pos(n).0;
+    if let Some(w) = get(n, "wait") {
+        cx.fields(n, what, &WAIT_FIELDS);
+        let d = deadline(cx, w, &format!("{what}: wait"))?;
+        return Some(Step { kind: StepKind::Wait(d), timeout: DEFAULT_STEP_TIMEOUT, retries: 0, line });
+    }
+    let Some(a) = get(n, "action") else {
+        cx.err(pos(n), format!("{what}: expected `action: connect|notify` or `wait:`"));
+        return None;
+    };
+    let action = str_of(a).unwrap_or_default();
+    let before = cx.errors.len();
+    let (f, kind) = match action {
+        "connect" => {
+            let f = cx.fields(n, what, &CONNECT_FIELDS);
+            let operation = match f.get("operation") {
+                Some(o) => {
+                    let op = str_of(o).and_then(|s| ConnectOp::ALL.into_iter().find(|c| c.as_str() == s));
+                    if op.is_none() {
+                        let names: Vec<&str> = ConnectOp::ALL.iter().map(|c| c.as_str()).collect();
+                        cx.err(pos(o), format!("{what}: operation must be one of {}", names.join(", ")));
+                    }
+                    op
+                }
+                None => {
+                    cx.err(pos(n), format!("{what}: connect needs an operation"));
+                    None
+                }
+            };
+            let deadline = f.get("deadline").map_or(Some(DEFAULT_CONNECT_DEADLINE), |d| cx.positive_duration(d, &format!("{what}: deadline")));
+            let kind = match (operation, deadline) {
+                (Some(operation), Some(deadline)) => Some(Action::Connect(ConnectAction { operation, deadline })),
+                _ => None,
+            };
+            (f, kind)
+        }
+        "notify" => {
+            let f = cx.fields(n, what, &NOTIFY_FIELDS);
+            let url = match f.get("url").map(|u| (str_of(u), pos(u))) {
+                Some((Some(u), _)) if u.starts_with("http://") || u.starts_with("https://") => Some(u.trim_end_matches('/').to_string()),
+                Some((_, at)) => {
+                    cx.err(at, format!("{what}: url must be an http:// or https:// URL"));
+                    None
+                }
+                None => {
+                    cx.err(pos(n), format!("{what}: notify needs a url"));
+                    None
+                }
+            };
+            let format = match f.get("format").map(|v| (str_of(v), pos(v))) {
+                None | Some((Some("webhook"), _)) => Some(NotifyFormat::Webhook),
+                Some((Some("alertmanager"), _)) => Some(NotifyFormat::Alertmanager),
+                Some((_, at)) => {
+                    cx.err(at, format!("{what}: format must be webhook or alertmanager"));
+                    None
+                }
+            };
+            let message = f.get("message").and_then(|m| text_of(m)).unwrap_or_default();
+            let kind = match (url, format) {
+                (Some(url), Some(format)) => Some(Action::Notify(NotifyAction { url, format, message })),
+                _ => None,
+            };
+            (f, kind)
+        }
+        other => {
+            let hint = crate::suggest::nearest(other, ACTIONS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            cx.err(pos(a), format!("{what}: unknown action `{other}`{hint}; expected one of: {}", ACTIONS.join(", ")));
+            return None;
+        }
+    };
+    let timeout = f.get("timeout").map_or(Some(DEFAULT_STEP_TIMEOUT), |t| cx.positive_duration(t, &format!("{what}: timeout")));
+    let retries = match f.get("retries") {
+        None => DEFAULT_RETRIES,
+        Some(r) => match text_of(r).and_then(|t| t.trim().parse::<u32>().ok()) {
+            Some(v) if v <= MAX_RETRIES => v,
+            _ => {
+                cx.err(pos(r), format!("{what}: retries must be an integer from 0 to {MAX_RETRIES}"));
+                0
+            }
+        },
+    };
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(Step { kind: StepKind::Act(kind?), timeout: timeout?, retries, line })
+}

@@ -1,0 +1,179 @@
+//! The seam between evaluation and remediation: a [`Verdict`] is emitted for every alert
+//! transition and every SLO burn-alert transition, with the evidence that decided it
+//! (the series the condition read for that instance, each with its quality, last value
+//! and time).
+//!
+//! Pure: built from the evaluator's own values and its [`Dataset`]; no clock, no I/O.
+//! Whether a verdict may trigger anything is decided downstream (only a transition to
+//! firing, true, on fresh evidence); this module only records the facts.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::eval::{AlertState, Transition};
+use super::expr::{Cond, Dataset, Truth};
+use crate::signal::Labels;
+
+/// What kind of rule produced a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Alert,
+    BurnAlert,
+}
+
+/// One series that took part in a decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub signal: String,
+    pub labels: Labels,
+    /// `fresh` when produced by its source's latest, recent sample; else `stale`.
+    pub quality: &'static str,
+    pub value: Option<f64>,
+    #[serde(with = "crate::signal::opt_unix_seconds")]
+    pub at: Option<SystemTime>,
+    /// Points in the window the condition reads (statistics are computed over them).
+    pub points: usize,
+}
+
+/// One transition of one rule instance, with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub kind: VerdictKind,
+    /// The alert's or the SLO's name (a burn alert adds its severity to the labels).
+    pub rule: String,
+    pub labels: Labels,
+    pub from: AlertState,
+    pub to: AlertState,
+    pub truth: Truth,
+    pub value: Option<f64>,
+    /// Every piece of evidence is fresh (and there is some).
+    pub fresh: bool,
+    pub evidence: Vec<Evidence>,
+    /// Runbooks the rule names.
+    pub runbooks: Vec<String>,
+    #[serde(with = "crate::signal::unix_seconds")]
+    pub at: SystemTime,
+}
+
+impl Verdict {
+    /// True only for a transition to firing, with a true condition, on fresh evidence:
+    /// the only verdict that may trigger a runbook.
+    pub fn triggers(&self) -> bool {
+        self.to == AlertState::Firing && self.from != AlertState::Firing && self.truth == Truth::True && self.fresh
+    }
+}
+
+/// Is `series` one of `instance`'s series: every label they share is equal.
+pub fn compatible(series: &Labels, instance: &Labels) -> bool {
+    instance.iter().all(|(k, v)| series.get(k).is_none_or(|s| s == v))
+}
+
+/// The series of `data` that `cond` reads for the instance `labels`, with their quality.
+pub fn evidence(cond: &Cond, labels: &Labels, data: &Dataset, now: SystemTime) -> Vec<Evidence> {
+    let mut out = Vec::new();
+    for (v, _, _) in cond.values() {
+        let Some(series) = data.by_signal.get(&v.selector.signal) else { continue };
+        for s in series.iter().filter(|s| v.selector.matchers.iter().all(|m| m.matches(&s.labels)) && compatible(&s.labels, labels)) {
+            let since = v.window.and_then(|w| now.checked_sub(w));
+            let points = s.points.iter().filter(|(t, _)| since.is_none_or(|from| *t >= from) && *t <= now).count();
+            let last = s.points.last();
+            out.push(Evidence {
+                signal: v.selector.signal.clone(),
+                labels: s.labels.clone(),
+                quality: if s.fresh { "fresh" } else { "stale" },
+                value: last.map(|p| p.1),
+                at: last.map(|p| p.0),
+                points,
+            });
+            // Bounded: an aggregate over thousands of series keeps the first 50.
+            if out.len() >= MAX_EVIDENCE {
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// At most this many series are kept as the evidence of one verdict.
+pub const MAX_EVIDENCE: usize = 50;
+
+/// The verdict of an alert transition.
+pub fn alert_verdict(t: &Transition, cond: &Cond, truth: Truth, runbooks: &[String], data: &Dataset, now: SystemTime) -> Verdict {
+    let evidence = evidence(cond, &t.labels, data, now);
+    let fresh = !evidence.is_empty() && evidence.iter().all(|e| e.quality == "fresh");
+    Verdict {
+        kind: VerdictKind::Alert,
+        rule: t.rule.clone(),
+        labels: t.labels.clone(),
+        from: t.from,
+        to: t.to,
+        truth,
+        value: t.value,
+        fresh,
+        evidence,
+        runbooks: runbooks.to_vec(),
+        at: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::expr::{self, SeriesData};
+    use std::time::Duration;
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
+    }
+
+    fn data(fresh: bool) -> Dataset {
+        let mut d = Dataset::default();
+        let src = Some(d.add_source("connect/local", fresh));
+        for (c, v) in [("a", 1.0), ("b", 0.0)] {
+            let labels: Labels = [("connect".to_string(), "local".to_string()), ("connector".to_string(), c.to_string())].into();
+            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels, fresh, points: vec![(t(0), v)], source: src });
+        }
+        d
+    }
+
+    fn transition(to: AlertState) -> Transition {
+        Transition {
+            file: "r.yaml".into(),
+            rule: "connector-task-failed".into(),
+            labels: [("connect".to_string(), "local".to_string()), ("connector".to_string(), "a".to_string())].into(),
+            from: AlertState::Pending,
+            to,
+            value: Some(1.0),
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn the_evidence_is_the_instances_own_series_with_quality_and_time() {
+        let cond = expr::parse("max by (connect, connector) (connector_failed_tasks) > 0").unwrap();
+        let v = alert_verdict(&transition(AlertState::Firing), &cond, Truth::True, &[], &data(true), t(1));
+        assert_eq!(v.evidence.len(), 1, "{v:?}");
+        assert_eq!(v.evidence[0].labels["connector"], "a");
+        assert_eq!((v.evidence[0].quality, v.evidence[0].value, v.evidence[0].at), ("fresh", Some(1.0), Some(t(0))));
+        assert!(v.fresh && v.triggers());
+    }
+
+    #[test]
+    fn only_a_fresh_true_transition_to_firing_triggers() {
+        let cond = expr::parse("connector_failed_tasks > 0").unwrap();
+        let firing = alert_verdict(&transition(AlertState::Firing), &cond, Truth::True, &[], &data(true), t(1));
+        assert!(firing.triggers());
+        let stale = alert_verdict(&transition(AlertState::Firing), &cond, Truth::True, &[], &data(false), t(1));
+        assert!(!stale.fresh && !stale.triggers(), "stale evidence never triggers");
+        let resolved = alert_verdict(&transition(AlertState::Resolved), &cond, Truth::False, &[], &data(true), t(1));
+        assert!(!resolved.triggers());
+        let unknown = alert_verdict(&transition(AlertState::Firing), &cond, Truth::Unknown, &[], &data(true), t(1));
+        assert!(!unknown.triggers());
+        let mut no_evidence = firing.clone();
+        no_evidence.evidence.clear();
+        no_evidence.fresh = false;
+        assert!(!no_evidence.triggers(), "no evidence is not fresh evidence");
+    }
+}
