@@ -713,9 +713,10 @@ impl Validator<'_> {
                 None
             }
             // Bounded so that sums such as `2 × interval + timeout` and `now + interval`
-            // can never overflow (which would panic in a sampler or the rule loop).
-            Ok(d) if d > crate::limits::MAX_DURATION => {
-                self.error(Some(v), &key, format!("must be at most {}", crate::limits::MAX_DURATION_TEXT));
+            // can never overflow (which would panic in a sampler or the rule loop), and
+            // per key so that nothing `check` accepts leaves `run` idle for ever.
+            Ok(d) if d > crate::limits::config_duration_max(name).0 => {
+                self.error(Some(v), &key, format!("must be at most {}", crate::limits::config_duration_max(name).1));
                 None
             }
             Ok(d) => Some(d),
@@ -728,8 +729,13 @@ impl Validator<'_> {
 
     pub(super) fn positive(&mut self, dict: &Dict, prefix: &str, name: &str) -> Option<usize> {
         let v = dict.get(name)?;
+        let max = crate::limits::config_count_max(name);
         match v.to_i128().and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0) {
-            Some(n) => Some(n),
+            Some(n) if n <= max => Some(n),
+            Some(_) => {
+                self.error(Some(v), &join(prefix, name), format!("must be at most {max}"));
+                None
+            }
             None => {
                 self.error(Some(v), &join(prefix, name), "expected a positive integer");
                 None

@@ -38,7 +38,7 @@ use crate::rules::trend;
 use crate::signal::Labels;
 use crate::window::{self, Point};
 
-pub use crate::limits::{MAX_DURATION, MAX_DURATION_TEXT};
+pub use crate::limits::{MAX_DURATION, MAX_DURATION_TEXT, MAX_EXPR_BYTES, MAX_EXPR_DEPTH, MAX_EXPR_TERMS};
 
 /// A parse error at a byte offset of the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +310,10 @@ struct Parser<'a> {
     pos: usize,
     len: usize,
     _src: &'a str,
+    /// Parentheses open at the cursor (bounded by [`MAX_EXPR_DEPTH`]).
+    depth: usize,
+    /// Comparisons parsed so far (bounded by [`MAX_EXPR_TERMS`]).
+    terms: usize,
 }
 
 const AGGS: [&str; 5] = ["max", "min", "sum", "avg", "count"];
@@ -380,12 +384,21 @@ impl Parser<'_> {
     fn atom(&mut self) -> Result<Cond, ParseError> {
         if self.peek() == Some(&Tok::Sym("(")) {
             // A parenthesised condition, unless it is the start of nothing else we know.
+            if self.depth >= MAX_EXPR_DEPTH {
+                return self.err(format!("conditions nested more than {MAX_EXPR_DEPTH} parentheses deep"));
+            }
             self.pos += 1;
+            self.depth += 1;
             let c = self.or()?;
+            self.depth -= 1;
             self.expect_sym(")")?;
             return Ok(c);
         }
         let offset = self.offset();
+        self.terms += 1;
+        if self.terms > MAX_EXPR_TERMS {
+            return self.err(format!("more than {MAX_EXPR_TERMS} comparisons in one condition"));
+        }
         let lhs = self.value()?;
         let op = match self.peek() {
             Some(Tok::Sym(">")) => CmpOp::Gt,
@@ -591,8 +604,11 @@ impl Parser<'_> {
 
 /// Parses a condition.
 pub fn parse(src: &str) -> Result<Cond, ParseError> {
+    if src.len() > MAX_EXPR_BYTES {
+        return Err(ParseError { offset: 0, message: format!("condition is {} bytes long (at most {MAX_EXPR_BYTES})", src.len()) });
+    }
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0, len: src.len(), _src: src };
+    let mut p = Parser { toks, pos: 0, len: src.len(), _src: src, depth: 0, terms: 0 };
     let c = p.or()?;
     if p.pos < p.toks.len() {
         return p.err("unexpected text after the condition (combine conditions with `and` / `or`)");
@@ -982,6 +998,27 @@ mod tests {
         let f = parse("max(lag_seconds, 5m) > 1").unwrap();
         let Cond::Cmp { lhs, .. } = &f else { panic!() };
         assert!(lhs.agg.is_none() && lhs.func == Func::Max);
+    }
+
+    #[test]
+    fn deep_nesting_long_chains_and_huge_conditions_are_located_errors_not_stack_overflows() {
+        let deep = format!("{}lag_offsets > 1{}", "(".repeat(1250), ")".repeat(1250));
+        let e = parse(&deep).unwrap_err();
+        assert_eq!(e.offset, MAX_EXPR_DEPTH, "points at the first parenthesis too many");
+        assert!(e.message.contains("nested more than 64"), "{e:?}");
+        let at_limit = format!("{}lag_offsets > 1{}", "(".repeat(MAX_EXPR_DEPTH), ")".repeat(MAX_EXPR_DEPTH));
+        assert!(parse(&at_limit).is_ok());
+
+        let flat = vec!["lag_offsets > 1"; 5000].join(" and ");
+        assert!(parse(&flat).unwrap_err().message.contains("bytes long (at most 16384)"));
+        let flat = vec!["lag_offsets > 1"; 300].join(" and ");
+        let e = parse(&flat).unwrap_err();
+        assert!(e.message.contains("more than 256 comparisons"), "{e:?}");
+        assert_eq!(&flat[e.offset..e.offset + 11], "lag_offsets");
+        assert!(parse(&vec!["lag_offsets > 1"; MAX_EXPR_TERMS].join(" or ")).is_ok());
+
+        let huge = format!("lag_offsets{{group=\"{}\"}} > 1", "x".repeat(MAX_EXPR_BYTES));
+        assert!(parse(&huge).unwrap_err().message.contains("bytes long"));
     }
 
     #[test]

@@ -13,8 +13,28 @@
 //! It deliberately does not interpret the results (no lag maths, no filtering): that is
 //! the sampler's job, in plain Rust over the values returned here.
 //!
+//! # Timeouts and librdkafka's coordinator requests
+//! The deadline of every call is ours (the poll loop), never librdkafka's. For the
+//! coordinator-targeted calls (`DescribeConsumerGroups`, `ListConsumerGroupOffsets`)
+//! librdkafka's own request timer is set to its maximum (one hour), because librdkafka
+//! 2.12.1 (and its master as of this writing) aborts the process when that timer fires
+//! while the request still waits for its group coordinator: the timed-out request drops
+//! its reference to the once-only reply object, and when the coordinator lookup is
+//! answered later, `rd_kafka_admin_coord_request` releases the lookup's reference (freeing
+//! the object) and returns `__DESTROY`, whereupon `rd_kafka_coord_req_fail` delivers a
+//! second release to the freed object: `rd_kafka_enq_once_del_source_return: Assertion
+//! 'eonce->refcnt > 0' failed` (issue 13). A request whose owner is still alive takes the
+//! safe path instead (sent, or failed with the client's destruction).
+//!
+//! So when one of our calls gives up while such requests are still outstanding, the
+//! client is **retired**: replaced by a fresh one for the next call, and destroyed as soon
+//! as no call uses it. Destroying a client fails its pending requests through the safe
+//! path, and bounds what a hung broker can pile up to one call's worth of requests.
+//!
 //! # Guarantees
-//! - No call outlives its timeout by more than one poll slice (100 ms).
+//! - No call outlives its timeout by more than one poll slice (100 ms) plus, after a
+//!   timeout of a coordinator call, the destruction of the retired client.
+//! - librdkafka never times out a coordinator request by itself while its client lives.
 //! - Per-item errors (one group, one partition) are returned per item; only a failure of
 //!   the whole request is an `Err`.
 //! - Nothing borrowed from librdkafka escapes: strings and lists are copied before the
@@ -28,6 +48,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::raw::c_void;
 use std::ptr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
@@ -202,9 +223,15 @@ impl OffsetSpec {
     }
 }
 
+type Client = Arc<AdminClient<DefaultClientContext>>;
+
 /// A Kafka admin connection to one cluster.
 pub struct Admin {
-    client: AdminClient<DefaultClientContext>,
+    config: ClientConfig,
+    /// The current client; replaced (retired) after a coordinator call gave up on
+    /// outstanding requests. Each call holds its own `Arc` for its whole duration, so a
+    /// retired client is destroyed only after the last call using it returned.
+    client: Mutex<Client>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -215,26 +242,63 @@ impl std::fmt::Debug for Admin {
 
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
+/// librdkafka's own timer for coordinator-targeted requests: its maximum, so it never
+/// fires while the client lives (see the module documentation).
+const COORDINATOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn create(config: &ClientConfig) -> Result<Client, AdminError> {
+    config.create::<AdminClient<DefaultClientContext>>().map(Arc::new).map_err(|e| AdminError::Client(e.to_string()))
+}
+
+/// A client held for the duration of one call. Declared first in every call, so it is
+/// dropped after the call's queue, options and events.
+struct Handle(Client);
+
+impl Handle {
+    fn rk(&self) -> *mut rd::rd_kafka_t {
+        self.0.inner().native_ptr()
+    }
+}
+
 impl Admin {
     /// Creates the client. librdkafka connects lazily, so this succeeds while the
     /// cluster is down; it fails only on bad configuration.
     pub fn new(config: &ClientConfig) -> Result<Self, AdminError> {
-        let client = config.create::<AdminClient<DefaultClientContext>>().map_err(|e| AdminError::Client(e.to_string()))?;
-        Ok(Admin { client })
+        let client = create(config)?;
+        Ok(Admin { config: config.clone(), client: Mutex::new(client) })
     }
 
-    fn rk(&self) -> *mut rd::rd_kafka_t {
-        self.client.inner().native_ptr()
+    fn handle(&self) -> Handle {
+        Handle(self.client.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Replaces `used` by a fresh client when a coordinator call gave up while requests
+    /// were outstanding on it. `used` is destroyed when its last call returns.
+    fn retire(&self, used: &Handle, op: &'static str, outstanding: usize) {
+        let mut current = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, &used.0) {
+            return; // another call retired it already
+        }
+        match create(&self.config) {
+            Ok(fresh) => {
+                *current = fresh;
+                tracing::warn!(op, outstanding, "admin client retired after a timeout with requests outstanding");
+            }
+            // Cannot happen with a configuration that created a client before; keep the
+            // old client (its requests still time out safely within the hour).
+            Err(error) => tracing::error!(op, %error, "cannot replace the admin client after a timeout"),
+        }
     }
 
     /// Lists every consumer group the cluster knows (classic and KIP-848).
     /// Returns the valid listings and the per-broker errors librdkafka collected.
     pub fn list_groups(&self, timeout: Duration) -> Result<(Vec<GroupListing>, Vec<AdminError>), AdminError> {
         const OP: &str = "ListConsumerGroups";
-        let queue = Queue::new(self.rk());
-        let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS, timeout, 0)?;
+        let h = self.handle();
+        let queue = Queue::new(h.rk());
+        let opts = Options::new(h.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS, timeout, 0)?;
         // SAFETY: rk, options and queue are valid for the call; librdkafka copies the options.
-        unsafe { rd::rd_kafka_ListConsumerGroups(self.rk(), opts.0, queue.0) };
+        unsafe { rd::rd_kafka_ListConsumerGroups(h.rk(), opts.0, queue.0) };
         let ev = queue.poll_one(OP, timeout)?;
         ev.check(OP)?;
         // SAFETY: the event is a ListConsumerGroups result (checked by type below);
@@ -274,11 +338,12 @@ impl Admin {
             .map(|g| CString::new(g.as_str()).map_err(|_| AdminError::InvalidName(g.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let mut ptrs: Vec<*const std::os::raw::c_char> = names.iter().map(|c| c.as_ptr()).collect();
-        let queue = Queue::new(self.rk());
-        let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, timeout, 0)?;
+        let h = self.handle();
+        let queue = Queue::new(h.rk());
+        let opts = Options::new(h.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, COORDINATOR_REQUEST_TIMEOUT, 0)?;
         // SAFETY: `ptrs` points into `names`, both alive for the call; librdkafka copies them.
-        unsafe { rd::rd_kafka_DescribeConsumerGroups(self.rk(), ptrs.as_mut_ptr(), ptrs.len(), opts.0, queue.0) };
-        let ev = queue.poll_one(OP, timeout)?;
+        unsafe { rd::rd_kafka_DescribeConsumerGroups(h.rk(), ptrs.as_mut_ptr(), ptrs.len(), opts.0, queue.0) };
+        let ev = queue.poll_one(OP, timeout).inspect_err(|_| self.retire(&h, OP, groups.len()))?;
         ev.check(OP)?;
         // SAFETY: as in list_groups.
         unsafe {
@@ -343,13 +408,14 @@ impl Admin {
         const OP: &str = "ListConsumerGroupOffsets";
         let window = window.max(1);
         let mut results: Vec<Option<Result<Vec<Committed>, AdminError>>> = vec![None; groups.len()];
-        let queue = Queue::new(self.rk());
+        let h = self.handle();
+        let queue = Queue::new(h.rk());
         let deadline = Instant::now() + timeout;
         let mut next = 0usize;
         let mut in_flight = 0usize;
         loop {
             while in_flight < window && next < groups.len() {
-                match self.issue_group_offsets(&queue, &groups[next], next, timeout) {
+                match issue_group_offsets(&h, &queue, &groups[next], next) {
                     Ok(()) => in_flight += 1,
                     Err(e) => results[next] = Some(Err(e)),
                 }
@@ -365,6 +431,7 @@ impl Admin {
                     for r in results.iter_mut().filter(|r| r.is_none()) {
                         *r = Some(Err(e.clone()));
                     }
+                    self.retire(&h, OP, in_flight);
                     break;
                 }
             };
@@ -384,23 +451,6 @@ impl Admin {
             .collect()
     }
 
-    fn issue_group_offsets(&self, queue: &Queue, group: &str, idx: usize, timeout: Duration) -> Result<(), AdminError> {
-        let name = CString::new(group).map_err(|_| AdminError::InvalidName(group.to_string()))?;
-        let opts = Options::new(
-            self.rk(),
-            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS,
-            timeout,
-            idx + 1,
-        )?;
-        // SAFETY: a NULL partition list asks for every committed partition; the request
-        // object is copied by librdkafka and destroyed right after the call.
-        unsafe {
-            let mut req = rd::rd_kafka_ListConsumerGroupOffsets_new(name.as_ptr(), ptr::null());
-            rd::rd_kafka_ListConsumerGroupOffsets(self.rk(), &mut req, 1, opts.0, queue.0);
-            rd::rd_kafka_ListConsumerGroupOffsets_destroy(req);
-        }
-        Ok(())
-    }
 
     /// Every topic and its partition count, from a metadata request for all topics.
     ///
@@ -410,7 +460,8 @@ impl Admin {
     /// kept failing until something else refreshed the cache (seen against Kafka 4.1).
     pub fn topics(&self, timeout: Duration) -> Result<std::collections::BTreeMap<String, i32>, AdminError> {
         let md = self
-            .client
+            .handle()
+            .0
             .inner()
             .fetch_metadata(None, timeout)
             .map_err(|e| AdminError::Kafka {
@@ -440,13 +491,14 @@ impl Admin {
         if partitions.is_empty() {
             return Ok(specs.iter().map(|_| HashMap::new()).collect());
         }
-        let queue = Queue::new(self.rk());
+        let h = self.handle();
+        let queue = Queue::new(h.rk());
         for (i, spec) in specs.iter().enumerate() {
             let list = TplList::new(partitions, spec.native())?;
-            let opts = Options::new(self.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS, timeout, i + 1)?;
+            let opts = Options::new(h.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTOFFSETS, timeout, i + 1)?;
             opts.set_isolation(spec.isolation())?;
             // SAFETY: the list and options are valid for the call and copied by librdkafka.
-            unsafe { rd::rd_kafka_ListOffsets(self.rk(), list.0, opts.0, queue.0) };
+            unsafe { rd::rd_kafka_ListOffsets(h.rk(), list.0, opts.0, queue.0) };
         }
         let deadline = Instant::now() + timeout;
         for _ in 0..specs.len() {
@@ -480,6 +532,19 @@ impl Admin {
         }
         out.into_iter().map(|m| m.ok_or_else(|| unexpected(OP))).collect()
     }
+}
+
+fn issue_group_offsets(h: &Handle, queue: &Queue, group: &str, idx: usize) -> Result<(), AdminError> {
+    let name = CString::new(group).map_err(|_| AdminError::InvalidName(group.to_string()))?;
+    let opts = Options::new(h.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, COORDINATOR_REQUEST_TIMEOUT, idx + 1)?;
+    // SAFETY: a NULL partition list asks for every committed partition; the request
+    // object is copied by librdkafka and destroyed right after the call.
+    unsafe {
+        let mut req = rd::rd_kafka_ListConsumerGroupOffsets_new(name.as_ptr(), ptr::null());
+        rd::rd_kafka_ListConsumerGroupOffsets(h.rk(), &mut req, 1, opts.0, queue.0);
+        rd::rd_kafka_ListConsumerGroupOffsets_destroy(req);
+    }
+    Ok(())
 }
 
 /// SAFETY: `ev` must hold a ListConsumerGroupOffsets result event.

@@ -1,0 +1,132 @@
+//! Admin calls driven into their timeouts must never take the process down (issue 13,
+//! item 0: `rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0'`).
+//!
+//! This test owns a private Kafka broker (same `stack/` scripts, its own run directory
+//! and ports), so pausing it with SIGSTOP disturbs no other test. A guard sends SIGCONT
+//! on drop, also when the test panics.
+//!
+//! The scenario: thousands of groups described and their offsets listed while the
+//! broker is paused, so every coordinator lookup is still in flight when the calls time
+//! out; then the broker resumes and answers those lookups. Before the fix librdkafka
+//! timed the requests out itself and, when the late coordinator answer arrived, released
+//! the request's once-only reply object twice and aborted (exit 134).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use streamguard::sample::kafka::client_config;
+use streamguard::sample::kafka_admin::{Admin, AdminError};
+
+struct PrivateBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        let b = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
+        let out = run(&mut b.stack("up"));
+        assert!(out.status.success(), "stack/up kafka failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        b
+    }
+
+    fn stack(&self, verb: &str) -> Command {
+        let mut c = Command::new(repo_root().join("stack").join(verb));
+        c.arg("kafka")
+            .env("STACK_DIR", self.dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string());
+        c
+    }
+
+    fn pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.dir.path().join("kafka/kafka.pid")).expect("private broker pid file");
+        text.trim().parse().expect("pid")
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        // A paused JVM ignores SIGTERM until continued: resume it first.
+        let _ = Command::new("kill").args(["-CONT", &self.pid().to_string()]).status();
+        let _ = self.stack("down").output();
+    }
+}
+
+/// SIGSTOPs a process for its lifetime; SIGCONT on drop, also on panic.
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Self {
+        let ok = Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success();
+        assert!(ok, "SIGSTOP {pid}");
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+fn is_timeout(e: &AdminError) -> bool {
+    matches!(e, AdminError::Timeout { .. })
+}
+
+#[test]
+fn admin_calls_that_time_out_against_a_paused_broker_never_abort_the_process_and_report_typed_timeouts() {
+    let broker = PrivateBroker::start();
+    let admin = Admin::new(&client_config(&broker.bootstrap(), &Default::default())).unwrap();
+    // Thousands of groups: each needs its own coordinator lookup. They need not exist:
+    // the coordinator answers an unknown group as Dead, after the same lookups.
+    let groups: Vec<String> = (0..3000).map(|i| format!("{}-{i}", unique("t13-timeout"))).collect();
+    let warm = admin.list_groups(Duration::from_secs(30)).expect("broker answers before the pause");
+    assert!(warm.1.is_empty(), "{:?}", warm.1);
+
+    let rounds = 3;
+    for round in 0..rounds {
+        {
+            let _paused = Paused::new(broker.pid());
+            let started = Instant::now();
+            let described = admin.describe_groups(&groups, Duration::from_secs(2));
+            match &described {
+                Err(e) => assert!(is_timeout(e), "round {round}: describe fails as a typed timeout, got {e:?}"),
+                Ok(d) => panic!("round {round}: a paused broker cannot describe {} groups", d.len()),
+            }
+            let offsets = admin.list_group_offsets(&groups[..500], 64, Duration::from_secs(2));
+            assert_eq!(offsets.len(), 500, "one entry per requested group");
+            assert!(
+                offsets.iter().all(|(_, r)| matches!(r, Err(e) if is_timeout(e))),
+                "round {round}: every group reports its own typed timeout: {:?}",
+                offsets.iter().find(|(_, r)| !matches!(r, Err(e) if is_timeout(e)))
+            );
+            assert!(started.elapsed() < Duration::from_secs(10), "calls are bounded by their timeouts: {:?}", started.elapsed());
+            // The guard resumes the broker here: the coordinator lookups still queued
+            // inside the client are answered now.
+        }
+        // Let the late answers arrive and be processed while nothing waits for them.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    // The process is alive (an abort would have ended the test binary) and the same
+    // client still works once the broker answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match admin.describe_groups(&groups[..50], Duration::from_secs(10)) {
+            Ok(d) if d.len() == 50 => break,
+            other if Instant::now() > deadline => panic!("the client never recovered: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    let offsets = admin.list_group_offsets(&groups[..50], 16, Duration::from_secs(10));
+    assert!(offsets.iter().all(|(_, r)| r.is_ok()), "{:?}", offsets.iter().find(|(_, r)| r.is_err()));
+}
