@@ -20,4 +20,5 @@ pub mod client;
 pub mod executor;
 pub mod guard;
 pub mod journal;
+pub mod offsets;
 pub mod plan;

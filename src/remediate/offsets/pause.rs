@@ -1,0 +1,110 @@
+//! How the group's consumers are paused and resumed around an offset move:
+//!
+//! - `none`: nothing to pause (the consumers are already stopped); the procedure still
+//!   waits for the group to be Empty and refuses otherwise.
+//! - `command`: run a program (scale a `process` pool or a Deployment to 0 through its
+//!   own CLI, `systemctl stop`, a Flink stop-with-savepoint script…), exit status 0
+//!   required. Both commands must be safe to run twice: after a crash an interrupted
+//!   pause or resume is run again.
+//! - `connect`: `PUT /connectors/{c}/stop` and `/resume` on a Kafka Connect worker,
+//!   verified with the `connect` action's own check; a sink connector's offsets are then
+//!   committed through Connect's offsets API rather than the admin API.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::remediate::actions::connect::check;
+use crate::remediate::actions::{cut, error_text, segment};
+use crate::rules::file::runbook::ConnectOp;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Pause {
+    None,
+    Command { pause: Vec<String>, resume: Vec<String> },
+    Connect { url: String, connector: String },
+}
+
+impl Pause {
+    pub fn describe(&self) -> String {
+        match self {
+            Pause::None => "nothing to pause".into(),
+            Pause::Command { pause, .. } => format!("command {}", pause.join(" ")),
+            Pause::Connect { connector, .. } => format!("stop connector {connector}"),
+        }
+    }
+}
+
+const POLL: Duration = Duration::from_millis(500);
+
+async fn run(argv: &[String], timeout: Duration) -> Result<String, String> {
+    let Some((prog, args)) = argv.split_first() else { return Err("empty command".into()) };
+    let child = tokio::process::Command::new(prog).args(args).kill_on_drop(true).output();
+    match tokio::time::timeout(timeout, child).await {
+        Err(_) => Err(format!("{prog}: timed out after {timeout:?}")),
+        Ok(Err(e)) => Err(format!("{prog}: cannot run: {e}")),
+        Ok(Ok(o)) if o.status.success() => Ok(format!("{prog}: exit 0")),
+        Ok(Ok(o)) => Err(format!("{prog}: {}: {}", o.status, cut(String::from_utf8_lossy(&o.stderr).trim().to_string()))),
+    }
+}
+
+async fn connect(client: &reqwest::Client, url: &str, connector: &str, op: ConnectOp, timeout: Duration) -> Result<String, String> {
+    let c = segment(connector);
+    let path = format!("/connectors/{c}/{}", op.as_str());
+    let r = client.put(format!("{url}{path}")).timeout(timeout).send().await.map_err(|e| format!("PUT {path}: {}", error_text(&e)))?;
+    if !r.status().is_success() {
+        let s = r.status().as_u16();
+        return Err(format!("PUT {path}: HTTP {s}: {}", cut(r.text().await.unwrap_or_default())));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut seen = String::from("nothing read yet");
+    loop {
+        if let Ok(r) = client.get(format!("{url}/connectors/{c}/status")).timeout(timeout).send().await {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                let (ok, s) = check(&v, op);
+                seen = s;
+                if ok {
+                    return Ok(format!("PUT {path} → {seen}"));
+                }
+            }
+        }
+        if Instant::now() + POLL > deadline {
+            return Err(format!("PUT {path}: not reached within {timeout:?}, last seen: {seen}"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub async fn pause(p: &Pause, client: &reqwest::Client, timeout: Duration) -> Result<String, String> {
+    match p {
+        Pause::None => Ok("nothing to pause".into()),
+        Pause::Command { pause, .. } => run(pause, timeout).await,
+        Pause::Connect { url, connector } => connect(client, url, connector, ConnectOp::Stop, timeout).await,
+    }
+}
+
+pub async fn resume(p: &Pause, client: &reqwest::Client, timeout: Duration) -> Result<String, String> {
+    match p {
+        Pause::None => Ok("nothing to resume".into()),
+        Pause::Command { resume, .. } => run(resume, timeout).await,
+        Pause::Connect { url, connector } => connect(client, url, connector, ConnectOp::Resume, timeout).await,
+    }
+}
+
+/// `PATCH /connectors/{c}/offsets` for a sink connector (the connector must be STOPPED).
+pub async fn connect_commit(client: &reqwest::Client, url: &str, connector: &str, offsets: &[(String, i32, i64)], timeout: Duration) -> Result<String, String> {
+    let body = serde_json::json!({"offsets": offsets.iter().map(|(t, p, o)| serde_json::json!({
+        "partition": {"kafka_topic": t, "kafka_partition": p},
+        "offset": {"kafka_offset": o},
+    })).collect::<Vec<_>>()});
+    let path = format!("/connectors/{}/offsets", segment(connector));
+    let r = client.patch(format!("{url}{path}")).json(&body).timeout(timeout).send().await.map_err(|e| format!("PATCH {path}: {}", error_text(&e)))?;
+    let s = r.status().as_u16();
+    let text = cut(r.text().await.unwrap_or_default());
+    if (200..300).contains(&s) {
+        Ok(format!("PATCH {path}: HTTP {s}"))
+    } else {
+        Err(format!("PATCH {path}: HTTP {s}: {text}"))
+    }
+}
