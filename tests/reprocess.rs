@@ -205,3 +205,148 @@ fn a_rewind_to_a_timestamp_replays_exactly_the_records_produced_since_then() {
     assert_eq!(steps, ["pause", "wait-empty", "dlq-copy", "commit", "resume", "verify"], "{audit:?}");
     assert_eq!(audit.iter().find(|r| r["kind"] == "run").unwrap()["end"], "succeeded");
 }
+
+/// Produces `per` records to each of `partitions` partitions, key `p{p}-{i}`; the record
+/// `poison` (partition, index) has a payload the consumer cannot parse and a header.
+fn produce_with_poison(topic: &str, partitions: i32, per: usize, poison: (i32, usize), ts: i64) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    for p in 0..partitions {
+        for i in 0..per {
+            let key = format!("p{p}-{i}");
+            let payload = if (p, i) == poison { "POISON not json".to_string() } else { format!("{{\"id\":\"{key}\"}}") };
+            let mut rec = BaseRecord::to(topic).partition(p).key(&key).payload(&payload).timestamp(ts);
+            if (p, i) == poison {
+                rec = rec.headers(OwnedHeaders::new().insert(Header { key: "trace-id", value: Some("t-42") }));
+            }
+            producer.send(rec).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Every record of `topic` (all partitions from the start): (headers, key, value, timestamp).
+type Dumped = (Vec<(String, String)>, Option<String>, Option<String>, Option<i64>);
+fn dump(topic: &str, partitions: i32) -> Vec<Dumped> {
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", unique("dump")).set("enable.partition.eof", "true").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let (mut out, mut eof) = (Vec::new(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while eof < partitions {
+        assert!(std::time::Instant::now() < deadline, "timed out reading {topic}");
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let h = m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()).unwrap_or_default();
+                let s = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                out.push((h, s(m.key()), s(m.payload()), m.timestamp().to_millis()));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+fn consumer_binary(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let out = run(Command::new(cargo).current_dir(repo_root()).args(["build", "--locked", "--example", name]));
+    assert!(out.status.success(), "building the {name} example failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let exe = PathBuf::from(bin()).parent().unwrap().join("examples").join(name);
+    assert!(exe.exists(), "{exe:?} missing after the build");
+    exe
+}
+
+fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_processed_exactly_once() {
+    use streamguard::remediate::offsets::{compute::ResetMode, limits::Limits, pause::Pause, procedure};
+    use streamguard::scale::actuators::process::{PoolMetrics, ProcessConfig, ProcessPool};
+    use streamguard::scale::actuators::{Actuator, ScaleRequest};
+    let exe = consumer_binary("poison_consumer");
+    let (topic, group, dlq) = (unique("rp-poison"), unique("rp-poison-g"), unique("rp-poison-dlq"));
+    let (partitions, per, poison) = (2, 60usize, (1, 25usize));
+    create_topic(&bootstrap(), &topic, partitions);
+    create_topic(&bootstrap(), &dlq, 1);
+    let ts = now_ms() - 60_000;
+    produce_with_poison(&topic, partitions, per, poison, ts);
+
+    let files = Files::new();
+    let processed = files.marker("processed.txt");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cfg = ProcessConfig::new(vec![exe.display().to_string()], &group, &topic);
+    cfg.env.insert("KAFKA_BOOTSTRAP".into(), bootstrap());
+    cfg.env.insert("POISON_CONSUMER_OUT".into(), processed.display().to_string());
+    cfg.restart_backoff = Duration::from_millis(300);
+    cfg.stop_grace = Duration::from_secs(15);
+    cfg.log_dir = Some(files.dir.path().to_path_buf());
+    let pool = ProcessPool::new("poison-consumers", cfg, PoolMetrics::default()).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let supervisor = rt.spawn(pool.clone().supervise(cancel.clone()));
+    let req = ScaleRequest { target: "poison-consumers".into(), from: None, to: 1, policy: "manual".into(), why: "test".into(), dry_run: false };
+    rt.block_on(pool.scale_to(&req)).unwrap();
+    let lines = || std::fs::read_to_string(&processed).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    // The consumer is stuck: everything before the poison record is processed, then it
+    // crashes on it again and again.
+    let log = || std::fs::read_to_string(files.marker("replica-0.log")).unwrap_or_default();
+    // Each crash leaves a dead member the coordinator drops after its session timeout
+    // (10 s) before the restarted consumer is assigned the partition again: slow, real.
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while !(lines().len() == per + poison.1 && pool.status().restarts_total >= 2) {
+        assert!(std::time::Instant::now() < deadline, "not stuck on the poison record: {} lines, {:?}\n{}", lines().len(), pool.status(), log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(committed(&group, &topic, partitions), [Some(per as i64), Some(poison.1 as i64)]);
+
+    let mut env = procedure::Env::open(streamguard::sample::kafka::client_config(&bootstrap(), &Default::default()), &files.journal(), &files.audit()).unwrap();
+    env.actuators.insert("poison-consumers".into(), std::sync::Arc::new(pool.clone()));
+    let request = procedure::Request {
+        group: group.clone(),
+        topics: vec![topic.clone()],
+        mode: ResetMode::SkipPoison { partitions: vec![format!("{topic}:{}", poison.0)] },
+        limits: Limits { max_skipped: 1, ..Limits::default() },
+        pause: Pause::Actuator { name: "poison-consumers".into(), replicas: 1 },
+        dlq: Some(dlq.clone()),
+        reason: "cannot parse".into(),
+        empty_deadline: Duration::from_secs(60),
+        verify_deadline: Duration::from_secs(60),
+        timeout: Duration::from_secs(10),
+    };
+    let o = rt.block_on(procedure::apply(&env, request)).unwrap();
+    assert_eq!(o.end, "succeeded", "{o:?}");
+    wait_until(Duration::from_secs(60), "every other record processed", || lines().len() == 2 * per - 1);
+    wait_until(Duration::from_secs(30), "the group committed the end", || committed(&group, &topic, partitions) == [Some(per as i64), Some(per as i64)]);
+    std::thread::sleep(Duration::from_secs(2));
+    let got = lines();
+    let mut keys: Vec<String> = got.iter().map(|l| l.split(' ').nth(2).unwrap().to_string()).collect();
+    keys.sort();
+    let mut want: Vec<String> = (0..partitions).flat_map(|p| (0..per).map(move |i| (p, i))).filter(|x| *x != poison).map(|(p, i)| format!("p{p}-{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want, "every record but the poison one, each exactly once");
+
+    let copies = dump(&dlq, 1);
+    assert_eq!(copies.len(), 1, "exactly the poison record: {copies:?}");
+    let (h, key, value, t) = &copies[0];
+    assert_eq!((key.as_deref(), value.as_deref(), *t), (Some("p1-25"), Some("POISON not json"), Some(ts)));
+    assert_eq!(hdr(h, "trace-id"), Some("t-42"), "the record's own headers are kept");
+    assert_eq!(hdr(h, "streamguard.origin.topic"), Some(topic.as_str()));
+    assert_eq!(hdr(h, "streamguard.origin.partition"), Some("1"));
+    assert_eq!(hdr(h, "streamguard.origin.offset"), Some("25"));
+    assert_eq!(hdr(h, "streamguard.origin.timestamp"), Some(ts.to_string().as_str()));
+    assert_eq!(hdr(h, "streamguard.origin.group"), Some(group.as_str()));
+    assert!(hdr(h, "streamguard.reason").unwrap().starts_with("cannot parse"), "{h:?}");
+    let audit = files.audit_records();
+    let steps: Vec<(&str, bool)> = audit.iter().filter(|r| r["kind"] == "step").map(|r| (r["action"].as_str().unwrap(), r["ok"].as_bool().unwrap())).collect();
+    assert_eq!(steps, [("pause", true), ("wait-empty", true), ("dlq-copy", true), ("commit", true), ("resume", true), ("verify", true)], "{audit:?}");
+    cancel.cancel();
+    let _ = rt.block_on(supervisor);
+}

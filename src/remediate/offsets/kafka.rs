@@ -16,6 +16,7 @@ use super::compute::{tp_name, PartitionState};
 use crate::sample::kafka_admin::{Admin, AdminError, GroupState, OffsetSpec, TopicPartition};
 
 /// Headers naming a dead-letter copy's origin.
+pub const H_GROUP: &str = "streamguard.origin.group";
 pub const H_TOPIC: &str = "streamguard.origin.topic";
 pub const H_PARTITION: &str = "streamguard.origin.partition";
 pub const H_OFFSET: &str = "streamguard.origin.offset";
@@ -179,9 +180,9 @@ fn header<'a>(h: &'a [(String, Option<Vec<u8>>)], k: &str) -> Option<&'a [u8]> {
     h.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.as_deref())
 }
 
-/// Whether the dead-letter topic already holds a copy of `tp`@`offset` (searches the
-/// newest [`MAX_DLQ_SCAN`] records of each of its partitions).
-pub fn find_copy(admin: &Admin, base: &ClientConfig, dlq: &str, tp: &TopicPartition, offset: i64, timeout: Duration) -> Result<Option<(i32, i64)>, KafkaError> {
+/// Whether the dead-letter topic already holds a copy of `tp`@`offset` skipped for
+/// `group` (searches the newest [`MAX_DLQ_SCAN`] records of each of its partitions).
+pub fn find_copy(admin: &Admin, base: &ClientConfig, dlq: &str, group: &str, tp: &TopicPartition, offset: i64, timeout: Duration) -> Result<Option<(i32, i64)>, KafkaError> {
     let n = *admin.topics(timeout)?.get(dlq).ok_or_else(|| client_err("dead-letter topic", format!("{dlq:?} does not exist")))?;
     let parts: Vec<TopicPartition> = (0..n).map(|p| TopicPartition { topic: dlq.into(), partition: p }).collect();
     let maps = admin.list_offsets(&parts, &[OffsetSpec::Earliest, OffsetSpec::Latest], timeout)?;
@@ -214,7 +215,7 @@ pub fn find_copy(admin: &Admin, base: &ClientConfig, dlq: &str, tp: &TopicPartit
             Some(Err(e)) => return Err(client_err("search", e)),
             Some(Ok(m)) => {
                 let h: Vec<(String, Option<Vec<u8>>)> = m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default();
-                if header(&h, H_TOPIC) == Some(want_t) && header(&h, H_PARTITION) == Some(want_p.as_bytes()) && header(&h, H_OFFSET) == Some(want_o.as_bytes()) {
+                if header(&h, H_GROUP) == Some(group.as_bytes()) && header(&h, H_TOPIC) == Some(want_t) && header(&h, H_PARTITION) == Some(want_p.as_bytes()) && header(&h, H_OFFSET) == Some(want_o.as_bytes()) {
                     return Ok(Some((m.partition(), m.offset())));
                 }
                 if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
@@ -228,7 +229,8 @@ pub fn find_copy(admin: &Admin, base: &ClientConfig, dlq: &str, tp: &TopicPartit
 
 /// Produces the dead-letter copy of `r` (key, value, headers, timestamp, plus the
 /// origin headers) and waits for the broker's acknowledgement. Returns (partition, offset).
-pub async fn produce_copy(base: &ClientConfig, dlq: &str, tp: &TopicPartition, offset: i64, r: &Record, reason: &str, timeout: Duration) -> Result<(i32, i64), KafkaError> {
+#[allow(clippy::too_many_arguments)]
+pub async fn produce_copy(base: &ClientConfig, dlq: &str, group: &str, tp: &TopicPartition, offset: i64, r: &Record, reason: &str, timeout: Duration) -> Result<(i32, i64), KafkaError> {
     let mut cfg = base.clone();
     cfg.set("enable.idempotence", "true").set("acks", "all");
     let p: FutureProducer = cfg.create().map_err(|e| client_err("producer", e))?;
@@ -237,7 +239,7 @@ pub async fn produce_copy(base: &ClientConfig, dlq: &str, tp: &TopicPartition, o
         headers = headers.insert(Header { key: k, value: v.as_deref() });
     }
     let (part, off, ts) = (tp.partition.to_string(), offset.to_string(), r.timestamp.map(|t| t.to_string()).unwrap_or_default());
-    for (k, v) in [(H_TOPIC, tp.topic.as_str()), (H_PARTITION, part.as_str()), (H_OFFSET, off.as_str()), (H_TIMESTAMP, ts.as_str()), (H_REASON, reason)] {
+    for (k, v) in [(H_GROUP, group), (H_TOPIC, tp.topic.as_str()), (H_PARTITION, part.as_str()), (H_OFFSET, off.as_str()), (H_TIMESTAMP, ts.as_str()), (H_REASON, reason)] {
         headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
     }
     let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq).headers(headers);

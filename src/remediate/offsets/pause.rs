@@ -6,10 +6,16 @@
 //!   own CLI, `systemctl stop`, a Flink stop-with-savepoint script…), exit status 0
 //!   required. Both commands must be safe to run twice: after a crash an interrupted
 //!   pause or resume is run again.
+//! - `actuator`: scale a scaling actuator of `crate::scale` (the `process` pool, a
+//!   Kubernetes Deployment, a `command`) to 0 and back to `replicas`. The actuator is
+//!   registered by name in the procedure's environment (it is not serializable; after a
+//!   crash the same name must be registered again).
 //! - `connect`: `PUT /connectors/{c}/stop` and `/resume` on a Kafka Connect worker,
 //!   verified with the `connect` action's own check; a sink connector's offsets are then
 //!   committed through Connect's offsets API rather than the admin API.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::remediate::actions::connect::check;
 use crate::remediate::actions::{cut, error_text, segment};
 use crate::rules::file::runbook::ConnectOp;
+use crate::scale::actuators::{Actuator, ScaleRequest};
+
+/// Actuators by name.
+pub type Actuators = BTreeMap<String, Arc<dyn Actuator>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -24,6 +34,7 @@ pub enum Pause {
     None,
     Command { pause: Vec<String>, resume: Vec<String> },
     Connect { url: String, connector: String },
+    Actuator { name: String, replicas: u32 },
 }
 
 impl Pause {
@@ -32,6 +43,7 @@ impl Pause {
             Pause::None => "nothing to pause".into(),
             Pause::Command { pause, .. } => format!("command {}", pause.join(" ")),
             Pause::Connect { connector, .. } => format!("stop connector {connector}"),
+            Pause::Actuator { name, .. } => format!("scale {name} to 0"),
         }
     }
 }
@@ -76,19 +88,27 @@ async fn connect(client: &reqwest::Client, url: &str, connector: &str, op: Conne
     }
 }
 
-pub async fn pause(p: &Pause, client: &reqwest::Client, timeout: Duration) -> Result<String, String> {
+async fn scale(actuators: &Actuators, name: &str, to: u32, why: &str) -> Result<String, String> {
+    let a = actuators.get(name).ok_or_else(|| format!("no actuator {name:?} registered"))?;
+    let req = ScaleRequest { target: name.to_string(), from: None, to, policy: "reprocess".into(), why: why.into(), dry_run: false };
+    a.scale_to(&req).await.map(|o| format!("{} {name}: {o:?}", a.kind())).map_err(|e| format!("{} {name}: {e}", a.kind()))
+}
+
+pub async fn pause(p: &Pause, client: &reqwest::Client, actuators: &Actuators, timeout: Duration) -> Result<String, String> {
     match p {
         Pause::None => Ok("nothing to pause".into()),
         Pause::Command { pause, .. } => run(pause, timeout).await,
         Pause::Connect { url, connector } => connect(client, url, connector, ConnectOp::Stop, timeout).await,
+        Pause::Actuator { name, .. } => scale(actuators, name, 0, "pause for an offset move").await,
     }
 }
 
-pub async fn resume(p: &Pause, client: &reqwest::Client, timeout: Duration) -> Result<String, String> {
+pub async fn resume(p: &Pause, client: &reqwest::Client, actuators: &Actuators, timeout: Duration) -> Result<String, String> {
     match p {
         Pause::None => Ok("nothing to resume".into()),
         Pause::Command { resume, .. } => run(resume, timeout).await,
         Pause::Connect { url, connector } => connect(client, url, connector, ConnectOp::Resume, timeout).await,
+        Pause::Actuator { name, replicas } => scale(actuators, name, *replicas, "resume after an offset move").await,
     }
 }
 

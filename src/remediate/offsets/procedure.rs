@@ -20,7 +20,8 @@
 //!   group then has; the end reason says which ones (read back, or unknown).
 //!
 //! # Test hook
-//! `STREAMGUARD_TEST_PAUSE_AT` = `steps:N:intent|outcome` (or `rollback:0:…`) makes the
+//! `STREAMGUARD_TEST_PAUSE_AT` = `steps:N:intent|outcome` (or `rollback:0:…`, and inside
+//! steps `steps:3:read`, `steps:3:produced`, `steps:4:sent`) makes the
 //! run write the boundary to `STREAMGUARD_TEST_PAUSE_FILE` and wait there for ever, as the
 //! executor does, so a test can SIGKILL the process at a known point.
 
@@ -126,6 +127,8 @@ pub struct Env {
     audit: Option<Arc<Mutex<Audit>>>,
     /// The records read when the journal was opened (for [`recover`]).
     pub records: Vec<Record>,
+    /// Actuators a [`Pause::Actuator`] may name.
+    pub actuators: pause::Actuators,
     hook: Option<(String, PathBuf)>,
 }
 
@@ -136,14 +139,14 @@ impl Env {
         let a = Audit::open(audit, 64 << 20, 4).map_err(|e| ProcedureError::Config(format!("audit log {}: {e}", audit.display())))?;
         let http = reqwest::Client::builder().build().map_err(|e| ProcedureError::Config(e.to_string()))?;
         let hook = std::env::var("STREAMGUARD_TEST_PAUSE_AT").ok().map(|at| (at, std::env::var_os("STREAMGUARD_TEST_PAUSE_FILE").map_or_else(|| journal.with_extension("paused"), Into::into)));
-        Ok(Env { kafka, admin: Arc::new(admin), http, journal: Some(Arc::new(Mutex::new(j))), audit: Some(Arc::new(Mutex::new(a))), records, hook })
+        Ok(Env { kafka, admin: Arc::new(admin), http, journal: Some(Arc::new(Mutex::new(j))), audit: Some(Arc::new(Mutex::new(a))), records, actuators: Default::default(), hook })
     }
 
     /// An environment that can only read (for [`preview`]): no journal, no audit.
     pub fn reader(kafka: ClientConfig) -> Result<Env, ProcedureError> {
         let admin = Admin::new(&kafka).map_err(KafkaError::from)?;
         let http = reqwest::Client::builder().build().map_err(|e| ProcedureError::Config(e.to_string()))?;
-        Ok(Env { kafka, admin: Arc::new(admin), http, journal: None, audit: None, records: Vec::new(), hook: None })
+        Ok(Env { kafka, admin: Arc::new(admin), http, journal: None, audit: None, records: Vec::new(), actuators: Default::default(), hook: None })
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Admin, &ClientConfig) -> Result<T, KafkaError> + Send + 'static) -> Result<T, KafkaError> {
@@ -321,11 +324,11 @@ async fn execute(env: &Env, id: &str, planned: &Planned, from: usize, preview: O
         }
         env.pause_at(&format!("steps:{step}:intent")).await;
         let r = match step {
-            PAUSE => pause::pause(&req.pause, &env.http, req.timeout).await,
+            PAUSE => pause::pause(&req.pause, &env.http, &env.actuators, req.timeout).await,
             WAIT_EMPTY => wait_empty(env, req).await,
             DLQ => dlq_copy(env, id, planned).await,
             COMMIT => commit(env, planned).await,
-            RESUME => pause::resume(&req.pause, &env.http, req.timeout).await,
+            RESUME => pause::resume(&req.pause, &env.http, &env.actuators, req.timeout).await,
             _ => verify(env, planned).await,
         };
         let failed = r.as_ref().err().cloned();
@@ -350,7 +353,7 @@ async fn rollback(env: &Env, id: &str, planned: &Planned, why: String) -> Outcom
     let req = &planned.request;
     let _ = env.journal(Record::Intent { id: id.into(), phase: Phase::Rollback, step: 0, at: SystemTime::now() }).await;
     env.pause_at("rollback:0:intent").await;
-    let r = pause::resume(&req.pause, &env.http, req.timeout).await;
+    let r = pause::resume(&req.pause, &env.http, &env.actuators, req.timeout).await;
     let ok = r.is_ok();
     let detail = r.unwrap_or_else(|e| e);
     let _ = env.journal(Record::Outcome { id: id.into(), phase: Phase::Rollback, step: 0, ok, summary: detail.clone(), at: SystemTime::now() }).await;
@@ -395,16 +398,19 @@ async fn dlq_copy(env: &Env, id: &str, planned: &Planned) -> Result<String, Stri
         let (tp, offset, t) = (m.tp(), m.new - 1, req.timeout);
         let (d, tp2) = (dlq.clone(), tp.clone());
         // Idempotence: a copy produced before a crash (and not yet journaled) is found.
-        let found = env.blocking(move |admin, cfg| k::find_copy(admin, cfg, &d, &tp2, offset, t)).await.map_err(|e| e.to_string())?;
+        let g = req.group.clone();
+        let found = env.blocking(move |admin, cfg| k::find_copy(admin, cfg, &d, &g, &tp2, offset, t)).await.map_err(|e| e.to_string())?;
         if let Some((p, o)) = found {
             done.push(format!("{}@{offset} already in {dlq} at {p}:{o}", tp_name(&tp)));
             continue;
         }
         let tp3 = tp.clone();
         let record = env.blocking(move |_, cfg| k::read_record(cfg, &tp3, offset, t)).await.map_err(|e| e.to_string())?;
-        env.pause_at(&format!("dlq:{}:read", tp_name(&tp))).await;
+        env.pause_at("steps:3:read").await;
         let reason = format!("{} (run {id})", req.reason);
-        let (p, o) = k::produce_copy(&env.kafka, &dlq, &tp, offset, &record, &reason, req.timeout).await.map_err(|e| e.to_string())?;
+        let (p, o) = k::produce_copy(&env.kafka, &dlq, &req.group, &tp, offset, &record, &reason, req.timeout).await.map_err(|e| e.to_string())?;
+        // A crash here (produced, not journaled) is what the search above is for.
+        env.pause_at("steps:3:produced").await;
         done.push(format!("{}@{offset} copied to {dlq} at {p}:{o}", tp_name(&tp)));
     }
     Ok(done.join("; "))
@@ -430,6 +436,8 @@ async fn commit(env: &Env, planned: &Planned) -> Result<String, String> {
     }
     let (g, t, o) = (req.group.clone(), req.timeout, offsets.clone());
     env.blocking(move |admin, _| k::commit(admin, &g, &o, t)).await.map_err(|e| e.to_string())?;
+    // A crash here (committed, not journaled) is what the read-back above is for.
+    env.pause_at("steps:4:sent").await;
     let (g, t) = (req.group.clone(), req.timeout);
     let after = env.blocking(move |admin, _| k::committed(admin, &g, t)).await.map_err(|e| format!("committed, but cannot read it back: {e}"))?;
     let wrong: Vec<String> = offsets.iter().filter(|(tp, o)| after.get(tp).copied().flatten() != Some(*o)).map(|(tp, o)| format!("{} (wanted {o})", tp_name(tp))).collect();
