@@ -350,3 +350,130 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     cancel.cancel();
     let _ = rt.block_on(supervisor);
 }
+
+/// Step boundaries of the procedure where the CLI is SIGKILLed (its test hook pauses
+/// there first). `steps:3:produced` (copied to the DLQ, not journaled) and `steps:4:sent`
+/// (committed, not journaled) are the ones idempotence is for.
+const BOUNDARIES: [&str; 17] = [
+    "steps:0:intent", "steps:0:outcome", "steps:1:intent", "steps:1:outcome", "steps:2:intent", "steps:2:outcome",
+    "steps:3:intent", "steps:3:read", "steps:3:produced", "steps:3:outcome", "steps:4:intent", "steps:4:sent",
+    "steps:4:outcome", "steps:5:intent", "steps:5:outcome", "steps:6:intent", "steps:6:outcome",
+];
+
+/// Runs `streamguard offsets ARGS` with the test hook at `at`, waits until it pauses
+/// there, SIGKILLs it. Returns false when it ended before reaching the boundary.
+fn kill_at(args: &[String], files: &Files, at: &str) -> bool {
+    let pause_file = files.marker(&format!("paused-at-{}", at.replace(':', "-")));
+    let mut cmd = Command::new(bin());
+    cmd.arg("offsets").args(args).arg("--bootstrap-servers").arg(bootstrap()).arg("--journal").arg(files.journal()).arg("--audit").arg(files.audit());
+    cmd.env("STREAMGUARD_TEST_PAUSE_AT", at).env("STREAMGUARD_TEST_PAUSE_FILE", &pause_file).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if pause_file.exists() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("offsets {args:?} ended ({status}) before reaching {at}");
+        }
+        assert!(std::time::Instant::now() < deadline, "never reached {at}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn sigkill_at_every_step_boundary_never_repeats_a_completed_step_nor_copies_or_commits_twice() {
+    let exe = consumer_binary("poison_consumer");
+    let (topic, dlq) = (unique("rp-kill"), unique("rp-kill-dlq"));
+    create_topic(&bootstrap(), &topic, 1);
+    create_topic(&bootstrap(), &dlq, 1);
+    produce_with_poison(&topic, 1, 10, (0, 5), now_ms() - 1000);
+    let kills = std::sync::atomic::AtomicUsize::new(0);
+    let run_one = |at: &str| {
+        let group = unique("rp-kill-g");
+        consume_and_commit(&bootstrap(), &group, &topic, &[5]);
+        let files = Files::new();
+        let (pid, out) = (files.marker("consumer.pid"), files.marker("processed.txt"));
+        // Resume starts a real consumer (unless one runs), pause stops it and waits for
+        // it to leave: both idempotent, as the procedure requires.
+        let start = format!(
+            "KAFKA_BOOTSTRAP={} STREAMGUARD_GROUP={} STREAMGUARD_TOPIC={} POISON_CONSUMER_OUT={} {} >/dev/null 2>&1 & echo $! > {}",
+            bootstrap(), group, topic, sh_quote(&out.display().to_string()), sh_quote(&exe.display().to_string()), sh_quote(&pid.display().to_string())
+        );
+        let p = sh_quote(&pid.display().to_string());
+        let resume = format!("echo r >> {log}; if [ -f {p} ] && kill -0 $(cat {p}) 2>/dev/null; then :; else {start}; fi", log = sh_quote(&files.marker("calls").display().to_string()));
+        let pause = format!("echo p >> {log}; if [ -f {p} ]; then kill $(cat {p}) 2>/dev/null; while kill -0 $(cat {p}) 2>/dev/null; do sleep 0.1; done; rm -f {p}; fi", log = sh_quote(&files.marker("calls").display().to_string()));
+        let args: Vec<String> = ["apply", "--group", &group, "--skip", &format!("{topic}:0"), "--dlq", &dlq, "--reason", "poison", "--pause-cmd", &pause, "--resume-cmd", &resume, "--verify-deadline", "60s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(kill_at(&args, &files, at));
+        kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let step: usize = at.split(':').nth(1).unwrap().parse().unwrap();
+        let resume_args = vec!["resume".to_string()];
+        if at != "steps:0:intent" && step + 2 <= 6 {
+            // Killed again while recovering.
+            assert!(kill_at(&resume_args, &files, &format!("steps:{}:outcome", step + 2)));
+            kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let (code, stdout, stderr) = offsets(&["resume"], &files);
+        let mut committed_now = committed(&group, &topic, 1);
+        if at == "steps:0:intent" {
+            assert_eq!(code, 1, "{at}: {stdout}{stderr}");
+            assert!(stdout.contains("aborted: interrupted before its plan was journaled"), "{at}: {stdout}");
+            assert_eq!(committed_now, [Some(5)], "{at}");
+        } else {
+            assert_eq!(code, 0, "{at}: {stdout}{stderr}");
+            assert!(stdout.contains("succeeded"), "{at}: {stdout}");
+            wait_until(Duration::from_secs(30), "the consumer reached the end", || committed(&group, &topic, 1) == [Some(10)]);
+            committed_now = committed(&group, &topic, 1);
+            assert_eq!(committed_now, [Some(10)]);
+            // Records 6..9 processed exactly once, the poison record never.
+            let lines: Vec<String> = std::fs::read_to_string(&out).unwrap_or_default().lines().map(str::to_string).collect();
+            assert_eq!(lines, ["0 6 p0-6", "0 7 p0-7", "0 8 p0-8", "0 9 p0-9"], "{at}");
+        }
+        if let Ok(p) = std::fs::read_to_string(&pid) {
+            let _ = Command::new("kill").arg(p.trim()).status();
+        }
+        // The journal: no step completed twice.
+        let journal = std::fs::read_to_string(files.journal()).unwrap();
+        let mut ok_steps = std::collections::BTreeMap::<(String, u64), usize>::new();
+        for r in journal.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|r| r["type"] == "outcome" && r["ok"] == true) {
+            *ok_steps.entry((r["phase"].as_str().unwrap().to_string(), r["step"].as_u64().unwrap())).or_default() += 1;
+        }
+        assert!(ok_steps.values().all(|n| *n == 1), "{at}: a completed step ran twice: {ok_steps:?}");
+        // The audit: at most one commit was sent, at most one copy produced.
+        let audit = files.audit_records();
+        let detail = |a: &str, prefix: &str| audit.iter().filter(|r| r["kind"] == "step" && r["action"] == a && r["detail"].as_str().unwrap_or("").starts_with(prefix)).count();
+        let sent_before_kill = at == "steps:4:sent";
+        let expect_commit = usize::from(at != "steps:0:intent" && !sent_before_kill);
+        assert_eq!(detail("commit", "committed 1 partitions"), expect_commit, "{at}: {audit:?}");
+        if sent_before_kill {
+            assert_eq!(detail("commit", "already committed"), 1, "{at}: {audit:?}");
+        }
+        (group, at.to_string())
+    };
+    let runs: Vec<(String, String)> = std::thread::scope(|s| {
+        let chunks: Vec<Vec<&str>> = BOUNDARIES.chunks(6).map(|c| c.to_vec()).collect();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let handles: Vec<_> = chunk.into_iter().map(|at| s.spawn(move || run_one(at))).collect();
+            out.extend(handles.into_iter().map(|h| h.join().unwrap()));
+        }
+        out
+    });
+    assert!(kills.load(std::sync::atomic::Ordering::SeqCst) >= 20, "only {} kills", kills.into_inner());
+    // The DLQ holds exactly one copy per completed run, none for the aborted one.
+    let copies = dump(&dlq, 1);
+    for (group, at) in &runs {
+        let n = copies.iter().filter(|(h, ..)| hdr(h, "streamguard.origin.group") == Some(group.as_str())).count();
+        assert_eq!(n, usize::from(at != "steps:0:intent"), "{at}: {n} copies");
+    }
+    assert_eq!(copies.len(), BOUNDARIES.len() - 1);
+}

@@ -43,7 +43,7 @@ pub enum OffsetsCommand {
 #[derive(clap::Args, Debug)]
 pub struct KafkaArgs {
     /// Bootstrap servers (default: the configuration's cluster).
-    #[arg(long, env = "STREAMGUARD_BOOTSTRAP_SERVERS")]
+    #[arg(long)]
     pub bootstrap_servers: Option<String>,
     /// The configuration whose `[[clusters]]` entry (`--cluster`, else the first) is used.
     #[arg(long, short)]

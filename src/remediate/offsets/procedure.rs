@@ -302,8 +302,9 @@ async fn step_end(env: &Env, id: &str, group: &str, step: usize, r: Result<Strin
     if let Err(e) = env.journal(Record::Outcome { id: id.into(), phase: Phase::Steps, step, ok, summary: summary.clone(), at: SystemTime::now() }).await {
         tracing::error!(run_id = %id, error = %e, "cannot journal a step outcome");
     }
-    env.pause_at(&format!("steps:{step}:outcome")).await;
+    // Audited before the boundary, so a crash right after the outcome loses no audit record.
     env.audit(serde_json::json!({"kind": "step", "run_id": id, "runbook": RUNBOOK, "group": group, "step": step, "action": STEPS[step], "ok": ok, "detail": summary})).await;
+    env.pause_at(&format!("steps:{step}:outcome")).await;
 }
 
 async fn finish(env: &Env, id: &str, group: &str, end: RunEnd, reason: String, preview: Option<Preview>) -> Outcome {
@@ -357,8 +358,8 @@ async fn rollback(env: &Env, id: &str, planned: &Planned, why: String) -> Outcom
     let ok = r.is_ok();
     let detail = r.unwrap_or_else(|e| e);
     let _ = env.journal(Record::Outcome { id: id.into(), phase: Phase::Rollback, step: 0, ok, summary: detail.clone(), at: SystemTime::now() }).await;
-    env.pause_at("rollback:0:outcome").await;
     env.audit(serde_json::json!({"kind": "step", "run_id": id, "runbook": RUNBOOK, "group": req.group, "phase": "rollback", "action": "resume", "ok": ok, "detail": detail})).await;
+    env.pause_at("rollback:0:outcome").await;
     let (group, timeout) = (req.group.clone(), req.timeout);
     let now = env.blocking(move |admin, _| k::committed(admin, &group, timeout)).await;
     let state = match now {
