@@ -320,6 +320,7 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
         empty_deadline: Duration::from_secs(60),
         verify_deadline: Duration::from_secs(60),
         timeout: Duration::from_secs(10),
+        tag: None,
     };
     let o = rt.block_on(procedure::apply(&env, request)).unwrap();
     assert_eq!(o.end, "succeeded", "{o:?}");
@@ -476,4 +477,41 @@ fn sigkill_at_every_step_boundary_never_repeats_a_completed_step_nor_copies_or_c
         assert_eq!(n, usize::from(at != "steps:0:intent"), "{at}: {n} copies");
     }
     assert_eq!(copies.len(), BOUNDARIES.len() - 1);
+}
+
+#[test]
+fn a_connect_sink_connector_is_rewound_through_the_connect_offsets_api_and_its_file_receives_the_replay() {
+    let name = unique("rp-sink");
+    let topic = format!("{name}-in");
+    create_topic(&bootstrap(), &topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sink.txt");
+    let payloads: Vec<String> = (0..12).map(|i| format!("line-{i}")).collect();
+    produce_payloads(&bootstrap(), &topic, &payloads);
+    let c = Connector::create(
+        &name,
+        serde_json::json!({"connector.class": "FileStreamSink", "file": file, "topics": topic, "tasks.max": "1",
+            "key.converter": "org.apache.kafka.connect.storage.StringConverter", "value.converter": "org.apache.kafka.connect.storage.StringConverter"}),
+    );
+    let lines = || std::fs::read_to_string(&file).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    wait_until(Duration::from_secs(90), "the sink wrote every record", || lines().len() == 12);
+    let group = format!("connect-{name}");
+    wait_until(Duration::from_secs(60), "the sink committed its offsets", || committed(&group, &topic, 1) == [Some(12)]);
+    let files = Files::new();
+    let (code, out, err) = offsets(
+        &["apply", "--group", &group, "--topic", &topic, "--shift-by", "-5", "--connector", &name, "--connect-url", &connect_url(), "--empty-deadline", "60s", "--verify-deadline", "90s"],
+        &files,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until(Duration::from_secs(90), "the sink wrote the replayed records", || lines().len() == 17);
+    let got = lines();
+    assert_eq!(got[..12], payloads[..], "the first pass");
+    assert_eq!(got[12..], payloads[7..], "exactly the last 5 records replayed, in order");
+    let audit = files.audit_records();
+    let commit = audit.iter().find(|r| r["kind"] == "step" && r["action"] == "commit").unwrap();
+    assert!(commit["detail"].as_str().unwrap().starts_with("PATCH /connectors/"), "committed through Connect: {commit}");
+    let pause = audit.iter().find(|r| r["kind"] == "step" && r["action"] == "pause").unwrap();
+    assert!(pause["detail"].as_str().unwrap().contains("STOPPED"), "{pause}");
+    assert_eq!(audit.iter().find(|r| r["kind"] == "run").unwrap()["end"], "succeeded");
+    drop(c);
 }

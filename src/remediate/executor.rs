@@ -148,6 +148,9 @@ pub struct Remediation {
     plan_lock: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     connect: BTreeMap<String, String>,
+    kafka: BTreeMap<String, rdkafka::ClientConfig>,
+    /// The `offsets` procedure's journal and audit log (next to the executor's).
+    offsets_files: (std::path::PathBuf, std::path::PathBuf),
     token: Option<String>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -227,6 +230,8 @@ impl Remediation {
             plan_lock: tokio::sync::Mutex::new(()),
             client,
             connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
+            kafka: config.clusters.iter().map(|c| (c.name.clone(), crate::sample::kafka::client_config(&c.bootstrap_servers, &c.properties))).collect(),
+            offsets_files: (cfg.journal.with_extension("offsets.journal"), cfg.audit.with_extension("offsets.jsonl")),
             token,
             tracker,
             cancel,
@@ -623,7 +628,18 @@ impl Remediation {
         let (result, attempts) = match &step.kind {
             StepKind::Wait(w) => (self.wait_for(target, w).await.map(|observed| actions::ActionOutcome { request: "wait".into(), status: 0, response: String::new(), observed }), 1),
             StepKind::Act(action) => {
-                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout };
+                let cx = actions::Context {
+                    run_id: id,
+                    runbook: &rb.name,
+                    target,
+                    phase: p,
+                    step: i,
+                    client: &self.client,
+                    connect: &self.connect,
+                    timeout: step.timeout,
+                    kafka: &self.kafka,
+                    offsets_files: (&self.offsets_files.0, &self.offsets_files.1),
+                };
                 let retries = if step.idempotent() { step.retries } else { 0 };
                 let mut attempt = 0;
                 loop {
@@ -820,6 +836,8 @@ fn connect_deadline(a: &crate::rules::file::runbook::Action) -> Duration {
     match a {
         crate::rules::file::runbook::Action::Connect(c) => c.deadline,
         crate::rules::file::runbook::Action::Notify(_) => Duration::ZERO,
+        // The whole procedure: waits for Empty, then for the verification.
+        crate::rules::file::runbook::Action::Offsets(o) => o.empty_deadline + o.verify_deadline,
     }
 }
 

@@ -193,6 +193,9 @@ pub struct GroupDescription {
 /// Offsets of many partitions from one `ListOffsets` spec, each with its own outcome.
 pub type PartitionOffsetMap = HashMap<TopicPartition, Result<i64, AdminError>>;
 
+/// One partition's answer to a write (`AlterConsumerGroupOffsets`).
+pub type PartitionOutcome = (TopicPartition, Result<(), AdminError>);
+
 /// A committed offset, `None` when the group has no commit for that partition.
 pub type Committed = (TopicPartition, Option<i64>);
 
@@ -552,7 +555,7 @@ impl Admin {
         group: &str,
         offsets: &[(TopicPartition, i64)],
         timeout: Duration,
-    ) -> Result<Vec<(TopicPartition, Result<(), AdminError>)>, AdminError> {
+    ) -> Result<Vec<PartitionOutcome>, AdminError> {
         const OP: &str = "AlterConsumerGroupOffsets";
         if offsets.is_empty() {
             return Ok(Vec::new());

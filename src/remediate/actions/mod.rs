@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod notify;
+pub mod offsets;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct Context<'a> {
     pub connect: &'a BTreeMap<String, String>,
     /// Budget of each request.
     pub timeout: Duration,
+    /// Kafka clusters by name (`[[clusters]]`): client configurations (for `offsets`).
+    pub kafka: &'a BTreeMap<String, rdkafka::ClientConfig>,
+    /// The `offsets` procedure's own journal and audit log.
+    pub offsets_files: (&'a std::path::Path, &'a std::path::Path),
 }
 
 /// A successful attempt.
@@ -58,6 +63,9 @@ pub enum ActionError {
     Status { request: String, status: u16, body: String },
     #[error("{request}: expected {expected} within {deadline:?}, last seen: {observed}")]
     NotReached { request: String, expected: String, observed: String, deadline: Duration },
+    /// A procedure that ran and ended other than succeeded (refused, aborted, failed).
+    #[error("{request}: {end}: {reason}")]
+    Ended { request: String, end: String, reason: String },
 }
 
 impl ActionError {
@@ -69,6 +77,7 @@ impl ActionError {
             ActionError::Unreachable { .. } => "unreachable",
             ActionError::Status { .. } => "http_status",
             ActionError::NotReached { .. } => "not_reached",
+            ActionError::Ended { .. } => "ended",
         }
     }
 
@@ -76,7 +85,7 @@ impl ActionError {
     /// not a 4xx other than 409 (Connect answers 409 during a rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            ActionError::Config(_) => false,
+            ActionError::Config(_) | ActionError::Ended { .. } => false,
             ActionError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             _ => true,
         }
@@ -88,6 +97,7 @@ pub async fn perform(action: &Action, cx: &Context<'_>) -> Result<ActionOutcome,
     match action {
         Action::Connect(a) => connect::perform(a, cx).await,
         Action::Notify(a) => notify::perform(a, cx).await,
+        Action::Offsets(a) => offsets::perform(a, cx).await,
     }
 }
 

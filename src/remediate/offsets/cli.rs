@@ -199,6 +199,7 @@ fn request(t: &TargetArgs, a: Option<&ApplyArgs>) -> Result<Request, ProcedureEr
         empty_deadline: a.map_or(Duration::from_secs(60), |a| a.empty_deadline),
         verify_deadline: a.map_or(Duration::from_secs(60), |a| a.verify_deadline),
         timeout: Duration::from_secs(t.timeout_seconds.clamp(1, 600)),
+        tag: None,
     })
 }
 

@@ -74,6 +74,10 @@ pub struct Request {
     pub verify_deadline: Duration,
     #[serde(with = "secs")]
     pub timeout: Duration,
+    /// Who asked (a runbook step: `run_id/phase/step`), kept in the journal so that the
+    /// same step run again after a crash finds this procedure instead of starting anew.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 mod secs {
@@ -229,8 +233,17 @@ fn new_id() -> String {
     format!("{ms:013}-{RUNBOOK}-{:04x}", std::process::id() & 0xffff)
 }
 
-fn target(group: &str) -> BTreeMap<String, String> {
-    [("group".to_string(), group.to_string())].into()
+fn target(group: &str, tag: Option<&str>) -> BTreeMap<String, String> {
+    let mut t: BTreeMap<String, String> = [("group".to_string(), group.to_string())].into();
+    if let Some(tag) = tag {
+        t.insert("tag".into(), tag.into());
+    }
+    t
+}
+
+/// The procedure started for `tag`, if any: its id and, when it finished, how.
+pub fn by_tag(env: &Env, tag: &str) -> Option<(String, Option<(RunEnd, String)>)> {
+    journal::recover(&env.records).into_iter().rev().find(|r| r.runbook == RUNBOOK && r.target.get("tag").map(String::as_str) == Some(tag)).map(|r| (r.id, r.finished))
 }
 
 /// Runs the whole procedure for `req`.
@@ -239,7 +252,7 @@ pub async fn apply(env: &Env, req: Request) -> Result<Outcome, ProcedureError> {
         return Err(ProcedureError::Unfinished { group: req.group.clone(), id: run.id });
     }
     let id = new_id();
-    env.journal(Record::Started { id: id.clone(), runbook: RUNBOOK.into(), target: target(&req.group), mode: Mode::Act, at: SystemTime::now() })
+    env.journal(Record::Started { id: id.clone(), runbook: RUNBOOK.into(), target: target(&req.group, req.tag.as_deref()), mode: Mode::Act, at: SystemTime::now() })
         .await
         .map_err(ProcedureError::Journal)?;
     env.journal(Record::Intent { id: id.clone(), phase: Phase::Steps, step: PLAN, at: SystemTime::now() }).await.map_err(ProcedureError::Journal)?;
@@ -317,11 +330,11 @@ async fn finish(env: &Env, id: &str, group: &str, end: RunEnd, reason: String, p
 
 async fn execute(env: &Env, id: &str, planned: &Planned, from: usize, preview: Option<Preview>) -> Outcome {
     let req = &planned.request;
-    for step in from..=VERIFY {
+    for (step, name) in STEPS.iter().enumerate().skip(from) {
         if let Err(e) = env.journal(Record::Intent { id: id.into(), phase: Phase::Steps, step, at: SystemTime::now() }).await {
             // Nothing of this step ran; the consumers stay as they are and the run stays
             // unfinished in the journal for `offsets resume`.
-            return Outcome { id: id.into(), end: "interrupted", reason: format!("cannot write the journal before {}: {e}", STEPS[step]), preview };
+            return Outcome { id: id.into(), end: "interrupted", reason: format!("cannot write the journal before {name}: {e}"), preview };
         }
         env.pause_at(&format!("steps:{step}:intent")).await;
         let r = match step {
@@ -335,7 +348,7 @@ async fn execute(env: &Env, id: &str, planned: &Planned, from: usize, preview: O
         let failed = r.as_ref().err().cloned();
         step_end(env, id, &req.group, step, r).await;
         if let Some(why) = failed {
-            let why = format!("{} failed: {why}", STEPS[step]);
+            let why = format!("{name} failed: {why}");
             if step == PAUSE || step == RESUME || step == VERIFY {
                 return finish(env, id, &req.group, RunEnd::Failed, why, preview).await;
             }
