@@ -1,13 +1,24 @@
-//! Reprocessing against the real stack (`stack/up kafka`): the real `streamguard offsets`
-//! CLI against the real broker, counted with real consumers, the audit log read back.
+//! Reprocessing against the real stack (`stack/up kafka connect`): the real
+//! `streamguard offsets` CLI (and, in (a), the library with the real `process` pool)
+//! against the real broker and Connect worker, counted with real consumers, the audit log
+//! and the journal read back.
 //!
+//! (a) a consumer run by the `process` pool crash-loops on a poison record; the procedure
+//!     pauses the pool, copies the record to the DLQ with its origin headers, skips it and
+//!     resumes: every other record processed exactly once, the DLQ holds exactly it;
 //! (b) a rewind to a timestamp replays exactly the records produced since then;
 //! (c) a group with a live member (classic and KIP-848) is never committed to: the
 //!     procedure waits for Empty, gives up at its deadline, resumes and says why;
-//! (d) a rewind beyond the blast-radius limits is refused before anything is paused.
+//! (d) a rewind beyond the blast-radius limits is refused before anything is paused;
+//! (e) a FileStreamSink is rewound through Connect's offsets API and its file receives
+//!     exactly the replayed records;
+//! (f) SIGKILL at 17 step boundaries, and again during the recovery (29 kills): no
+//!     completed step repeated, one DLQ copy and one commit per run;
+//! (g) a broker SIGSTOPped mid-procedure (a private broker, SIGCONT always sent by a Drop
+//!     guard): nothing committed, the consumers resumed, the reason says so.
 //!
-//! Pause and resume are real shell commands given to the CLI; in (c) and (d) they only
-//! touch marker files, so the test sees whether (and when) they ran.
+//! Pause and resume are real shell commands given to the CLI; where they only touch marker
+//! files (c, d) the test sees whether and when they ran. No stand-in is used.
 
 mod common;
 
@@ -514,4 +525,140 @@ fn a_connect_sink_connector_is_rewound_through_the_connect_offsets_api_and_its_f
     assert!(pause["detail"].as_str().unwrap().contains("STOPPED"), "{pause}");
     assert_eq!(audit.iter().find(|r| r["kind"] == "run").unwrap()["end"], "succeeded");
     drop(c);
+}
+
+/// (g) runs against a private broker (same `stack/` scripts, its own directory and
+/// ports), so SIGSTOPping it disturbs no other test.
+struct PrivateBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        let b = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
+        let out = run(&mut b.stack("up"));
+        assert!(out.status.success(), "stack/up kafka failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        b
+    }
+    fn stack(&self, verb: &str) -> Command {
+        let mut c = Command::new(repo_root().join("stack").join(verb));
+        c.arg("kafka").env("STACK_DIR", self.dir.path()).env("KAFKA_PORT", self.port.to_string()).env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string());
+        c
+    }
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.path().join("kafka/kafka.pid")).expect("pid file").trim().parse().expect("pid")
+    }
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.pid().to_string()]).status();
+        let _ = self.stack("down").output();
+    }
+}
+
+/// Sends SIGCONT to the broker when dropped, also on panic: whatever the procedure's
+/// commands did, the broker is never left stopped.
+struct AlwaysContinue(u32);
+
+impl Drop for AlwaysContinue {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+fn committed_at(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(20)).unwrap();
+    match got.find_partition(topic, 0).unwrap().offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+fn offsets_on(bootstrap: &str, args: &[&str], files: &Files, hook: Option<&str>) -> std::process::Child {
+    let mut cmd = Command::new(bin());
+    cmd.arg("offsets").args(args).arg("--bootstrap-servers").arg(bootstrap).arg("--journal").arg(files.journal()).arg("--audit").arg(files.audit());
+    if let Some(at) = hook {
+        cmd.env("STREAMGUARD_TEST_PAUSE_AT", at).env("STREAMGUARD_TEST_PAUSE_FILE", files.marker("hooked"));
+    }
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn a_broker_that_stops_mid_procedure_leaves_nothing_half_committed_and_the_consumers_resumed() {
+    let broker = PrivateBroker::start();
+    let pid = broker.pid();
+    let _cont = AlwaysContinue(pid);
+    let bs = broker.bootstrap();
+    let (topic, dlq) = ("g-in", "g-dlq");
+    create_topic(&bs, topic, 1);
+    create_topic(&bs, dlq, 1);
+    produce(&bs, topic, &[10], None);
+
+    // 1. The broker stops right after the pause (the pause command stops it): the group's
+    //    membership is unknown, never taken for Empty; at the deadline the consumers are
+    //    resumed (the resume command continues the broker) and nothing is committed.
+    let group = "g-one";
+    consume_and_commit(&bs, group, topic, &[10]);
+    let files = Files::new();
+    let (stop, cont) = (format!("kill -STOP {pid}"), format!("kill -CONT {pid}; touch {}", files.marker("resumed").display()));
+    let started = std::time::Instant::now();
+    let out = offsets_on(&bs, &["apply", "--group", group, "--to-earliest", "--timeout-seconds", "2", "--empty-deadline", "6s", "--pause-cmd", &stop, "--resume-cmd", &cont], &files, None).wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded: {:?}", started.elapsed());
+    assert!(stdout.contains("aborted: wait-empty failed: not Empty within 6s: membership unknown"), "{stdout}");
+    assert!(stdout.contains("consumers resumed; the old offsets are unchanged"), "{stdout}");
+    assert!(files.marker("resumed").exists());
+    assert_eq!(committed_at(&bs, group, topic), Some(10));
+
+    // 2. The broker is unavailable when the commit step runs (the run was killed just
+    //    before it and is finished by `offsets resume` while the broker is stopped): the
+    //    commit is not sent, the consumers are resumed with the old offsets, the run fails
+    //    with the reason; the DLQ copy made before stays a single copy.
+    let group = "g-two";
+    consume_and_commit(&bs, group, topic, &[4]);
+    let files = Files::new();
+    let resume = format!("kill -CONT {pid}; touch {}", files.marker("resumed").display());
+    let mut child = offsets_on(&bs, &["apply", "--group", group, "--skip", &format!("{topic}:0"), "--dlq", dlq, "--timeout-seconds", "2", "--pause-cmd", "true", "--resume-cmd", &resume], &files, Some("steps:4:intent"));
+    wait_until(Duration::from_secs(60), "the run reached the commit", || files.marker("hooked").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    let out = offsets_on(&bs, &["resume"], &files, None).wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("failed: commit failed: cannot read the committed offsets"), "{stdout}");
+    assert!(stdout.contains("consumers resumed; the old offsets are unchanged"), "{stdout}");
+    assert_eq!(committed_at(&bs, group, topic), Some(4), "nothing committed");
+    let audit = files.audit_records();
+    assert!(audit.iter().any(|r| r["action"] == "commit" && r["ok"] == false), "{audit:?}");
+    let copies = dump_at(&bs, dlq);
+    assert_eq!(copies, 1, "one copy of the poison record");
+}
+
+fn dump_at(bootstrap: &str, topic: &str) -> usize {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", unique("dump")).set("enable.partition.eof", "true").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline);
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(_)) => n += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return n,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
 }
