@@ -121,7 +121,7 @@ enum Command {
     /// (pause → wait Empty → rewind or skip → resume → verify); `resume` after a crash.
     Offsets {
         #[command(subcommand)]
-        command: streamguard::remediate::offsets::cli::OffsetsCommand,
+        command: Box<streamguard::remediate::offsets::cli::OffsetsCommand>,
     },
     /// A table of recent runs and decisions, newest first.
     Actions {
@@ -269,7 +269,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Offsets { command } => {
-            let ok = runtime()?.block_on(streamguard::remediate::offsets::cli::run(command))?;
+            let ok = runtime()?.block_on(streamguard::remediate::offsets::cli::run(*command))?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Lag { config, group, json } => {
