@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::remediate::actions::connect::check;
-use crate::remediate::actions::{cut, error_text, segment};
 use crate::rules::file::runbook::ConnectOp;
 use crate::scale::actuators::{Actuator, ScaleRequest};
 
@@ -126,5 +124,72 @@ pub async fn connect_commit(client: &reqwest::Client, url: &str, connector: &str
         Ok(format!("PATCH {path}: HTTP {s}"))
     } else {
         Err(format!("PATCH {path}: HTTP {s}: {text}"))
+    }
+}
+
+// The three helpers below mirror `remediate::actions` (`segment`, `cut`, the status check
+// of `actions::connect`): that package depends on this one (its `offsets` action), so
+// this one must not depend back on it (tests/module_graph.rs).
+
+/// Percent-encodes a path segment.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `s` cut to 512 bytes at a character boundary.
+fn cut(mut s: String) -> String {
+    if s.len() > 512 {
+        let mut at = 512;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
+/// A request error without its URL (which may hold credentials).
+fn error_text(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    }
+}
+
+/// Whether a `GET /connectors/{c}/status` answer shows the state `op` leads to.
+fn check(status: &serde_json::Value, op: ConnectOp) -> (bool, String) {
+    let connector = status["connector"]["state"].as_str().unwrap_or("?");
+    let tasks: Vec<&str> = status["tasks"].as_array().map(|t| t.iter().map(|t| t["state"].as_str().unwrap_or("?")).collect()).unwrap_or_default();
+    let seen = format!("connector {connector}, tasks [{}]", tasks.join(", "));
+    let reached = match op {
+        ConnectOp::Stop => connector == "STOPPED",
+        _ => connector == "RUNNING" && !tasks.is_empty() && tasks.iter().all(|t| *t == "RUNNING"),
+    };
+    (reached, seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stop_is_reached_when_stopped_and_resume_only_when_every_task_runs() {
+        assert!(check(&json!({"connector": {"state": "STOPPED"}, "tasks": []}), ConnectOp::Stop).0);
+        assert!(!check(&json!({"connector": {"state": "RUNNING"}, "tasks": [{"state": "FAILED"}]}), ConnectOp::Resume).0);
+        assert!(check(&json!({"connector": {"state": "RUNNING"}, "tasks": [{"state": "RUNNING"}]}), ConnectOp::Resume).0);
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(cut("é".repeat(300)).len(), 512);
     }
 }
