@@ -662,3 +662,70 @@ fn dump_at(bootstrap: &str, topic: &str) -> usize {
         }
     }
 }
+
+#[test]
+fn the_agent_runs_the_offsets_action_of_a_runbook_with_its_guards_journal_and_audit() {
+    let (topic, group) = (unique("rp-agent"), unique("rp-agent-g"));
+    create_topic(&bootstrap(), &topic, 2);
+    produce(&bootstrap(), &topic, &[10, 10], None);
+    consume_and_commit(&bootstrap(), &group, &topic, &[10, 8]);
+    let files = Files::new();
+    let d = files.dir.path().display();
+    let token = "reprocess-test-token-5e9a1c77";
+    std::fs::write(files.marker("token"), token).unwrap();
+    std::fs::write(
+        files.marker("rules.yaml"),
+        "apiVersion: streamguard/v1\nkind: Runbook\nmetadata: { name: replay-three }\nspec:\n  mode: act\n  target: [cluster, group]\n  guards:\n    preconditions: [\"max by (cluster, group) (group_lag_offsets) >= 0\"]\n  steps:\n    - action: offsets\n      reset: shift-by -3\n      max_replayed: 6\n      empty_deadline: 10s\n      verify_deadline: 10s\n      timeout: 1m\n---\napiVersion: streamguard/v1\nkind: Runbook\nmetadata: { name: replay-too-much }\nspec:\n  mode: act\n  target: [cluster, group]\n  guards:\n    preconditions: [\"max by (cluster, group) (group_lag_offsets) >= 0\"]\n  steps:\n    - action: offsets\n      reset: earliest\n      max_replayed: 5\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let extra = format!("[rules]\npaths = [\"{d}/rules.yaml\"]\nevaluation_interval = \"1s\"\n\n[remediation]\njournal = \"{d}/journal.jsonl\"\naudit = \"{d}/audit.jsonl\"\napi_token_file = \"{d}/token\"\n");
+    let agent = Agent::start_with(port, &agent_config_with(port, &bootstrap(), &group, &extra));
+    let run = |runbook: &str| -> Value {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).no_proxy().build().unwrap();
+        let body = serde_json::json!({"target": {"cluster": "local", "group": group}, "dry_run": false});
+        // The target's data must be fresh first (the executor's guard): retry until sampled.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = client.post(format!("http://127.0.0.1:{port}/api/v1/runbooks/{runbook}/run")).bearer_auth(token).json(&body).send().unwrap();
+            let v: Value = r.json().unwrap();
+            if v["state"] != "blocked" {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "still blocked: {v:#}\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let finished = |id: &str| -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let (_, body) = agent.get("/api/v1/actions");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let last = v["actions"].as_array().into_iter().flatten().find(|a| a["id"] == id).cloned().unwrap_or(Value::Null);
+            if matches!(last["state"].as_str(), Some("succeeded" | "failed" | "aborted")) {
+                return last;
+            }
+            assert!(std::time::Instant::now() < deadline, "not finished: {last:#}\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    // Beyond its limit: the step fails with the refusal, nothing moves.
+    let v = run("replay-too-much");
+    let r = finished(v["id"].as_str().unwrap_or_else(|| panic!("{v}\n{}", agent.log())));
+    assert_eq!(r["state"], "failed", "{r:#}");
+    let err = r["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("aborted: refused before anything was paused: 18 records would be replayed, the limit is 5"), "{r:#}");
+    assert_eq!(committed(&group, &topic, 2), [Some(10), Some(8)]);
+    // Within it: three records back on each partition, through the executor.
+    let v = run("replay-three");
+    let r = finished(v["id"].as_str().unwrap());
+    assert_eq!(r["state"], "succeeded", "{r:#}\n{}", agent.log());
+    assert_eq!(committed(&group, &topic, 2), [Some(7), Some(5)]);
+    // The executor's journal and audit have the step; the procedure's own have its steps.
+    let audit: Vec<Value> = std::fs::read_to_string(files.marker("audit.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(audit.iter().any(|a| a["kind"] == "step" && a["action"] == "offsets" && a["ok"] == true), "{audit:?}");
+    let inner: Vec<Value> = std::fs::read_to_string(files.marker("audit.offsets.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let commits = inner.iter().filter(|a| a["action"] == "commit" && a["ok"] == true).count();
+    assert_eq!(commits, 1, "{inner:?}");
+    assert!(files.marker("journal.offsets.journal").exists());
+}
