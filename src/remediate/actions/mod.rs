@@ -61,6 +61,9 @@ pub enum ActionError {
     Unreachable { request: String, message: String },
     #[error("{request}: HTTP {status}: {body}")]
     Status { request: String, status: u16, body: String },
+    /// A bound of the action refused it; nothing was sent.
+    #[error("{request}: refused by its bound: {why}")]
+    Bound { request: String, why: String },
     #[error("{request}: expected {expected} within {deadline:?}, last seen: {observed}")]
     NotReached { request: String, expected: String, observed: String, deadline: Duration },
     /// A procedure that ran and ended other than succeeded (refused, aborted, failed).
@@ -78,6 +81,7 @@ impl ActionError {
             ActionError::Status { .. } => "http_status",
             ActionError::NotReached { .. } => "not_reached",
             ActionError::Ended { .. } => "ended",
+            ActionError::Bound { .. } => "bound",
         }
     }
 
@@ -85,7 +89,7 @@ impl ActionError {
     /// not a 4xx other than 409 (Connect answers 409 during a rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            ActionError::Config(_) | ActionError::Ended { .. } => false,
+            ActionError::Config(_) | ActionError::Ended { .. } | ActionError::Bound { .. } => false,
             ActionError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             _ => true,
         }
