@@ -312,11 +312,12 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     // Each crash leaves a dead member the coordinator drops after its session timeout
     // (10 s) before the restarted consumer is assigned the partition again: slow, real.
     let deadline = std::time::Instant::now() + Duration::from_secs(150);
-    while !(lines().len() == per + poison.1 && pool.status().restarts_total >= 2) {
+    // (Partition 0 may or may not be done by then: the consumer crashes whenever it
+    // reaches the poison record, whatever it was doing on the other partition.)
+    while !(committed(&group, &topic, partitions)[1] == Some(poison.1 as i64) && pool.status().restarts_total >= 2) {
         assert!(std::time::Instant::now() < deadline, "not stuck on the poison record: {} lines, {:?}\n{}", lines().len(), pool.status(), log());
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(committed(&group, &topic, partitions), [Some(per as i64), Some(poison.1 as i64)]);
 
     let mut env = procedure::Env::open(streamguard::sample::kafka::client_config(&bootstrap(), &Default::default()), &files.journal(), &files.audit()).unwrap();
     env.actuators.insert("poison-consumers".into(), std::sync::Arc::new(pool.clone()));
