@@ -16,6 +16,7 @@ pub mod notify;
 pub mod report;
 pub mod rules;
 pub mod sample;
+pub mod scale;
 pub mod serve;
 pub mod signal;
 pub mod state;

@@ -117,6 +117,12 @@ enum Command {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// Reprocessing: preview (`plan`) or run (`apply`) a journaled, guarded offset move
+    /// (pause → wait Empty → rewind or skip → resume → verify); `resume` after a crash.
+    Offsets {
+        #[command(subcommand)]
+        command: Box<streamguard::remediate::offsets::cli::OffsetsCommand>,
+    },
     /// A table of recent runs and decisions, newest first.
     Actions {
         #[command(flatten)]
@@ -267,6 +273,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{} {} {}: {}", v["id"].as_str().unwrap_or("-"), v["runbook"].as_str().unwrap_or("-"), v["state"].as_str().unwrap_or("-"), v["reason"].as_str().unwrap_or(""));
             let blocked = v["state"].as_str() == Some("blocked");
             Ok(if blocked { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Offsets { command } => {
+            let ok = runtime()?.block_on(streamguard::remediate::offsets::cli::run(*command))?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Lag { config, group, json } => {
             let group = group

@@ -86,8 +86,7 @@ fn is_timeout(e: &AdminError) -> bool {
 fn admin_calls_that_time_out_against_a_paused_broker_never_abort_the_process_and_report_typed_timeouts() {
     let broker = PrivateBroker::start();
     let config = client_config(&broker.bootstrap(), &Default::default());
-    let events = streamguard::sample::kafka_context::ClientEvents::new("timeouts", &config);
-    let admin = Admin::new(&config, streamguard::sample::kafka_context::KafkaContext { events }).unwrap();
+    let admin = Admin::for_cluster("timeouts", &config).unwrap();
     // Thousands of groups: each needs its own coordinator lookup. They need not exist:
     // the coordinator answers an unknown group as Dead, after the same lookups.
     let groups: Vec<String> = (0..3000).map(|i| format!("{}-{i}", unique("t13-timeout"))).collect();

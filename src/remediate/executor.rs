@@ -109,6 +109,9 @@ pub struct Remediation {
     plan_lock: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     connect: BTreeMap<String, String>,
+    kafka: BTreeMap<String, rdkafka::ClientConfig>,
+    /// The `offsets` procedure's journal and audit log (next to the executor's).
+    offsets_files: (std::path::PathBuf, std::path::PathBuf),
     token: Option<String>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -188,6 +191,8 @@ impl Remediation {
             plan_lock: tokio::sync::Mutex::new(()),
             client,
             connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
+            kafka: config.clusters.iter().map(|c| (c.name.clone(), crate::sample::kafka::client_config(&c.bootstrap_servers, &c.properties))).collect(),
+            offsets_files: (cfg.journal.with_extension("offsets.journal"), cfg.audit.with_extension("offsets.jsonl")),
             token,
             tracker,
             cancel,

@@ -21,5 +21,6 @@ pub mod client;
 pub mod executor;
 pub mod guard;
 pub mod journal;
+pub mod offsets;
 pub mod plan;
 pub mod view;

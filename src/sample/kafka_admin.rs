@@ -1,6 +1,7 @@
 //! A small safe wrapper over the librdkafka admin calls that rdkafka's safe API lacks:
 //! `ListConsumerGroups`, `DescribeConsumerGroups` (the only describe that sees KIP-848
-//! groups), `ListConsumerGroupOffsets` and `ListOffsets`.
+//! groups), `ListConsumerGroupOffsets`, `ListOffsets` (earliest, latest, by time) and
+//! `AlterConsumerGroupOffsets` (the commit of the reprocessing procedure).
 //!
 //! Every call follows librdkafka's documented pattern: create a private queue on the
 //! client's native handle, issue the request with admin options (request timeout, an
@@ -193,6 +194,9 @@ pub struct GroupDescription {
 /// Offsets of many partitions from one `ListOffsets` spec, each with its own outcome.
 pub type PartitionOffsetMap = HashMap<TopicPartition, Result<i64, AdminError>>;
 
+/// One partition's answer to a write (`AlterConsumerGroupOffsets`).
+pub type PartitionOutcome = (TopicPartition, Result<(), AdminError>);
+
 /// A committed offset, `None` when the group has no commit for that partition.
 pub type Committed = (TopicPartition, Option<i64>);
 
@@ -206,6 +210,9 @@ pub enum OffsetSpec {
     /// The last stable offset: the latest offset with read_committed isolation. Below
     /// the high watermark while a transaction is open.
     LastStable,
+    /// The earliest offset whose record timestamp is at or after this time (Unix
+    /// milliseconds, >= 0); `-1` when no such record exists (past the end).
+    Timestamp(i64),
 }
 
 impl OffsetSpec {
@@ -213,6 +220,7 @@ impl OffsetSpec {
         match self {
             OffsetSpec::Earliest => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_EARLIEST as i64,
             OffsetSpec::Latest | OffsetSpec::LastStable => rd::rd_kafka_OffsetSpec_t::RD_KAFKA_OFFSET_SPEC_LATEST as i64,
+            OffsetSpec::Timestamp(ms) => ms.max(0),
         }
     }
 
@@ -273,6 +281,12 @@ impl Admin {
         let events = context.events.clone();
         let client = create(config, context)?;
         Ok(Admin { config: config.clone(), events, client: Mutex::new(client) })
+    }
+
+    /// A client whose log lines and errors are collected under `cluster` (a client of
+    /// its own, e.g. for the offsets procedure or a test).
+    pub fn for_cluster(cluster: &str, config: &ClientConfig) -> Result<Self, AdminError> {
+        Admin::new(config, KafkaContext { events: ClientEvents::new(cluster, config) })
     }
 
     /// Hands librdkafka's pending log lines and errors to the client context (see
@@ -550,6 +564,66 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Commits `offsets` for `group` as a non-member (`AlterConsumerGroupOffsets`).
+    ///
+    /// The broker accepts it only while the group has no members: for a group with
+    /// members each partition fails (`UNKNOWN_MEMBER_ID` for a classic group), which is
+    /// returned per partition, typed, never hidden. The caller must check every entry.
+    /// A coordinator call: on timeout the client is retired (see the module docs), and
+    /// whether the commit happened is then unknown: read the committed offsets back.
+    pub fn alter_group_offsets(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+        timeout: Duration,
+    ) -> Result<Vec<PartitionOutcome>, AdminError> {
+        const OP: &str = "AlterConsumerGroupOffsets";
+        if offsets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = CString::new(group).map_err(|_| AdminError::InvalidName(group.to_string()))?;
+        let list = TplList::new(&offsets.iter().map(|(tp, _)| tp.clone()).collect::<Vec<_>>(), 0)?;
+        list.set_offsets(offsets.iter().map(|(_, o)| *o));
+        let h = self.handle();
+        let queue = Queue::new(h.rk());
+        let opts = Options::new(h.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_ALTERCONSUMERGROUPOFFSETS, COORDINATOR_REQUEST_TIMEOUT, 1)?;
+        // SAFETY: name and list are alive for the call; the request object copies them and
+        // is destroyed right after the call (librdkafka copies it again).
+        unsafe {
+            let mut req = rd::rd_kafka_AlterConsumerGroupOffsets_new(name.as_ptr(), list.0);
+            rd::rd_kafka_AlterConsumerGroupOffsets(h.rk(), &mut req, 1, opts.0, queue.0);
+            rd::rd_kafka_AlterConsumerGroupOffsets_destroy(req);
+        }
+        let ev = queue.poll_one(OP, timeout).inspect_err(|_| self.retire(&h, OP, 1))?;
+        ev.check(OP)?;
+        // SAFETY: the event is an AlterConsumerGroupOffsets result (checked non-null);
+        // everything is copied before `ev` drops.
+        unsafe {
+            let res = rd::rd_kafka_event_AlterConsumerGroupOffsets_result(ev.0);
+            if res.is_null() {
+                return Err(unexpected(OP));
+            }
+            let mut n = 0usize;
+            let groups = rd::rd_kafka_AlterConsumerGroupOffsets_result_groups(res, &mut n);
+            let Some(g) = (0..n).map(|i| *groups.add(i)).next() else {
+                return Err(unexpected(OP));
+            };
+            let err = rd::rd_kafka_group_result_error(g);
+            if !err.is_null() {
+                return Err(error_from(OP, err));
+            }
+            Ok(tpl_entries(rd::rd_kafka_group_result_partitions(g))
+                .into_iter()
+                .map(|(tp, _, err)| {
+                    let r = if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR { Ok(()) } else { Err(code_error(OP, err)) };
+                    (tp, r)
+                })
+                .collect())
+        }
+    }
+}
+
 fn issue_group_offsets(h: &Handle, queue: &Queue, group: &str, idx: usize) -> Result<(), AdminError> {
     let name = CString::new(group).map_err(|_| AdminError::InvalidName(group.to_string()))?;
     let opts = Options::new(h.rk(), rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, COORDINATOR_REQUEST_TIMEOUT, idx + 1)?;
@@ -743,6 +817,19 @@ impl TplList {
                 (*e).offset = offset;
             }
             Ok(l)
+        }
+    }
+}
+
+impl TplList {
+    /// Sets each entry's offset, in list order.
+    fn set_offsets(&self, offsets: impl Iterator<Item = i64>) {
+        // SAFETY: the list is alive and owned; at most `cnt` entries are written.
+        unsafe {
+            let l = &mut *self.0;
+            for (i, o) in offsets.take(l.cnt.max(0) as usize).enumerate() {
+                (*l.elems.add(i)).offset = o;
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod notify;
+pub mod offsets;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct Context<'a> {
     pub connect: &'a BTreeMap<String, String>,
     /// Budget of each request.
     pub timeout: Duration,
+    /// Kafka clusters by name (`[[clusters]]`): client configurations (for `offsets`).
+    pub kafka: &'a BTreeMap<String, rdkafka::ClientConfig>,
+    /// The `offsets` procedure's own journal and audit log.
+    pub offsets_files: (&'a std::path::Path, &'a std::path::Path),
 }
 
 /// A successful attempt.
@@ -61,6 +66,9 @@ pub enum ActionError {
     Bound { request: String, why: String },
     #[error("{request}: expected {expected} within {deadline:?}, last seen: {observed}")]
     NotReached { request: String, expected: String, observed: String, deadline: Duration },
+    /// A procedure that ran and ended other than succeeded (refused, aborted, failed).
+    #[error("{request}: {end}: {reason}")]
+    Ended { request: String, end: String, reason: String },
 }
 
 impl ActionError {
@@ -72,6 +80,7 @@ impl ActionError {
             ActionError::Unreachable { .. } => "unreachable",
             ActionError::Status { .. } => "http_status",
             ActionError::NotReached { .. } => "not_reached",
+            ActionError::Ended { .. } => "ended",
             ActionError::Bound { .. } => "bound",
         }
     }
@@ -80,7 +89,7 @@ impl ActionError {
     /// not a 4xx other than 409 (Connect answers 409 during a rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            ActionError::Config(_) | ActionError::Bound { .. } => false,
+            ActionError::Config(_) | ActionError::Ended { .. } | ActionError::Bound { .. } => false,
             ActionError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             _ => true,
         }
@@ -92,6 +101,7 @@ pub async fn perform(action: &Action, cx: &Context<'_>) -> Result<ActionOutcome,
     match action {
         Action::Connect(a) => connect::perform(a, cx).await,
         Action::Notify(a) => notify::perform(a, cx).await,
+        Action::Offsets(a) => offsets::perform(a, cx).await,
     }
 }
 

@@ -128,7 +128,18 @@ impl Remediation {
         let (result, attempts) = match &step.kind {
             StepKind::Wait(w) => (self.wait_for(target, w).await.map(|observed| actions::ActionOutcome { request: "wait".into(), status: 0, response: String::new(), observed }), 1),
             StepKind::Act(action) => {
-                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout };
+                let cx = actions::Context {
+                    run_id: id,
+                    runbook: &rb.name,
+                    target,
+                    phase: p,
+                    step: i,
+                    client: &self.client,
+                    connect: &self.connect,
+                    timeout: step.timeout,
+                    kafka: &self.kafka,
+                    offsets_files: (&self.offsets_files.0, &self.offsets_files.1),
+                };
                 let retries = if step.idempotent() { step.retries } else { 0 };
                 let mut attempt = 0;
                 loop {

@@ -142,6 +142,52 @@ pub struct NotifyAction {
     pub message: String,
 }
 
+/// How an `offsets` step moves the group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetsReset {
+    /// Copy the record at the committed offset of the target's `topic`/`partition` to the
+    /// dead-letter topic and move past it.
+    SkipPoison,
+    Earliest,
+    Latest,
+    /// By this many records (negative: back).
+    ShiftBy(i64),
+    /// Back to the first record at or after (run start − this duration).
+    #[serde(with = "secs")]
+    Rewind(Duration),
+}
+
+/// How an `offsets` step pauses the group's consumers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetsPause {
+    /// Nothing to pause: the group must already be Empty.
+    None,
+    /// Stop and resume the target's connector (`connect`/`connector` labels).
+    Connect,
+    /// Programs (argv) that stop and start the consumers.
+    Command { pause: Vec<String>, resume: Vec<String> },
+}
+
+/// Parameters of an `offsets` step (the reprocessing procedure of
+/// `crate::remediate::offsets`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OffsetsAction {
+    pub reset: OffsetsReset,
+    pub dlq: Option<String>,
+    pub pause: OffsetsPause,
+    pub max_partitions: usize,
+    pub max_skipped: u64,
+    pub max_replayed: u64,
+    #[serde(with = "secs")]
+    pub max_rewind_age: Duration,
+    #[serde(with = "secs")]
+    pub empty_deadline: Duration,
+    #[serde(with = "secs")]
+    pub verify_deadline: Duration,
+}
+
 /// The closed set of actions. A new action is a variant here, its parser below, and its
 /// file under `remediate/actions/`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -149,6 +195,7 @@ pub struct NotifyAction {
 pub enum Action {
     Connect(ConnectAction),
     Notify(NotifyAction),
+    Offsets(OffsetsAction),
 }
 
 impl Action {
@@ -157,6 +204,7 @@ impl Action {
         match self {
             Action::Connect(_) => "connect",
             Action::Notify(_) => "notify",
+            Action::Offsets(_) => "offsets",
         }
     }
 
@@ -166,6 +214,8 @@ impl Action {
         match self {
             Action::Connect(c) => c.deadline,
             Action::Notify(_) => Duration::ZERO,
+            // The whole procedure: the wait for Empty, then the verification.
+            Action::Offsets(o) => o.empty_deadline + o.verify_deadline,
         }
     }
 
@@ -179,6 +229,9 @@ impl Action {
             // A second message is a duplicate, not a second effect; losing an escalation
             // is worse.
             Action::Notify(_) => true,
+            // The procedure journals its own steps and, run again for the same step of
+            // the same run, finishes or reports that procedure instead of starting anew.
+            Action::Offsets(_) => true,
         }
     }
 }
@@ -223,6 +276,17 @@ impl Step {
             StepKind::Act(Action::Notify(n)) => format!("notify ({})", match n.format {
                 NotifyFormat::Webhook => "webhook",
                 NotifyFormat::Alertmanager => "alertmanager",
+            }),
+            StepKind::Act(Action::Offsets(o)) => format!("offsets {} ({})", match o.reset {
+                OffsetsReset::SkipPoison => format!("skip-poison to {}", o.dlq.as_deref().unwrap_or("?")),
+                OffsetsReset::Earliest => "earliest".into(),
+                OffsetsReset::Latest => "latest".into(),
+                OffsetsReset::ShiftBy(n) => format!("shift by {n}"),
+                OffsetsReset::Rewind(d) => format!("rewind {}", humantime::format_duration(d)),
+            }, match &o.pause {
+                OffsetsPause::None => "nothing to pause".to_string(),
+                OffsetsPause::Connect => "stop the connector".to_string(),
+                OffsetsPause::Command { pause, .. } => format!("pause with {}", pause.first().map_or("?", String::as_str)),
             }),
             StepKind::Wait(w) => format!("wait until {} (deadline {})", w.condition.text, humantime::format_duration(w.deadline)),
         }
@@ -279,8 +343,12 @@ const GUARD_FIELDS: [&str; 4] = ["cooldown", "max_runs", "window", "precondition
 const DEADLINE_FIELDS: [&str; 2] = ["condition", "deadline"];
 const CONNECT_FIELDS: [&str; 6] = ["action", "operation", "deadline", "timeout", "retries", "max_tasks"];
 const NOTIFY_FIELDS: [&str; 6] = ["action", "url", "format", "message", "timeout", "retries"];
+const OFFSETS_FIELDS: [&str; 14] = [
+    "action", "reset", "dlq", "pause", "pause_command", "resume_command", "max_partitions", "max_skipped", "max_replayed", "max_rewind_age", "empty_deadline", "verify_deadline", "timeout", "retries",
+];
 const WAIT_FIELDS: [&str; 1] = ["wait"];
-const ACTIONS: [&str; 2] = ["connect", "notify"];
+const ACTIONS: [&str; 3] = ["connect", "notify", "offsets"];
+pub const DEFAULT_OFFSETS_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Parses a runbook's `spec` (absent: a runbook with no steps).
 pub(super) fn parse(cx: &mut Ctx, spec: Option<&Node>, what: &str, name: &str, labels: BTreeMap<String, String>) -> Option<Runbook> {
@@ -399,7 +467,7 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
         return Some(Step { kind: StepKind::Wait(d), timeout: DEFAULT_STEP_TIMEOUT, retries: 0, line });
     }
     let Some(a) = get(n, "action") else {
-        cx.err(pos(n), format!("{what}: expected `action: connect|notify` or `wait:`"));
+        cx.err(pos(n), format!("{what}: expected `action: connect|notify|offsets` or `wait:`"));
         return None;
     };
     let action = str_of(a).unwrap_or_default();
@@ -463,6 +531,11 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
             };
             (f, kind)
         }
+        "offsets" => {
+            let f = cx.fields(n, what, &OFFSETS_FIELDS);
+            let kind = offsets(cx, n, &f, what).map(Action::Offsets);
+            (f, kind)
+        }
         other => {
             let hint = crate::suggest::nearest(other, ACTIONS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
             cx.err(pos(a), format!("{what}: unknown action `{other}`{hint}; expected one of: {}", ACTIONS.join(", ")));
@@ -484,4 +557,83 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
         return None;
     }
     Some(Step { kind: StepKind::Act(kind?), timeout: timeout?, retries, line })
+}
+
+/// `action: offsets` (fields already checked against [`OFFSETS_FIELDS`]).
+fn offsets(cx: &mut Ctx, n: &Node, f: &BTreeMap<String, &Node>, what: &str) -> Option<OffsetsAction> {
+    let reset = match f.get("reset").map(|r| (str_of(r).map(str::trim), pos(r))) {
+        Some((Some("skip-poison"), _)) => Some(OffsetsReset::SkipPoison),
+        Some((Some("earliest"), _)) => Some(OffsetsReset::Earliest),
+        Some((Some("latest"), _)) => Some(OffsetsReset::Latest),
+        Some((Some(s), at)) if s.starts_with("shift-by ") => match s["shift-by ".len()..].trim().parse::<i64>() {
+            Ok(v) if v != 0 => Some(OffsetsReset::ShiftBy(v)),
+            _ => {
+                cx.err(at, format!("{what}: reset: `shift-by N` needs a non-zero integer N"));
+                None
+            }
+        },
+        Some((Some(s), at)) if s.starts_with("rewind ") => match humantime::parse_duration(s["rewind ".len()..].trim()) {
+            Ok(d) if !d.is_zero() && d <= crate::limits::MAX_DURATION => Some(OffsetsReset::Rewind(d)),
+            _ => {
+                cx.err(at, format!("{what}: reset: `rewind D` needs a positive duration D (e.g. rewind 1h)"));
+                None
+            }
+        },
+        Some((_, at)) => {
+            cx.err(at, format!("{what}: reset must be skip-poison, earliest, latest, `shift-by N` or `rewind D`"));
+            None
+        }
+        None => {
+            cx.err(pos(n), format!("{what}: offsets needs a reset"));
+            None
+        }
+    };
+    let dlq = f.get("dlq").and_then(|d| str_of(d)).map(str::to_string);
+    if reset == Some(OffsetsReset::SkipPoison) && dlq.is_none() {
+        cx.err(pos(n), format!("{what}: reset: skip-poison needs a dlq topic (the poison record is copied there first)"));
+    }
+    let argv = |cx: &mut Ctx, key: &str| f.get(key).map(|c| cx.string_list(c, &format!("{what}: {key}")).into_iter().map(|(s, _)| s).collect::<Vec<String>>());
+    let pause = match f.get("pause").map(|p| (str_of(p), pos(p))) {
+        None | Some((Some("none"), _)) => Some(OffsetsPause::None),
+        Some((Some("connect"), _)) => Some(OffsetsPause::Connect),
+        Some((Some("command"), at)) => match (argv(cx, "pause_command"), argv(cx, "resume_command")) {
+            (Some(p), Some(r)) if !p.is_empty() && !r.is_empty() => Some(OffsetsPause::Command { pause: p, resume: r }),
+            _ => {
+                cx.err(at, format!("{what}: pause: command needs pause_command and resume_command (argv lists)"));
+                None
+            }
+        },
+        Some((_, at)) => {
+            cx.err(at, format!("{what}: pause must be none, connect or command"));
+            None
+        }
+    };
+    let count = |cx: &mut Ctx, key: &str, default: u64| match f.get(key) {
+        None => default,
+        Some(v) => match text_of(v).and_then(|t| t.trim().parse::<u64>().ok()) {
+            Some(v) if v <= 1_000_000_000_000 => v,
+            _ => {
+                cx.err(pos(v), format!("{what}: {key}: expected a non-negative integer"));
+                default
+            }
+        },
+    };
+    let max_partitions = count(cx, "max_partitions", 64) as usize;
+    let max_skipped = count(cx, "max_skipped", 1_000);
+    let max_replayed = count(cx, "max_replayed", 10_000_000);
+    let dur = |cx: &mut Ctx, key: &str, default: Duration| f.get(key).map_or(Some(default), |d| cx.positive_duration(d, &format!("{what}: {key}")));
+    let max_rewind_age = dur(cx, "max_rewind_age", Duration::from_secs(7 * 24 * 3600));
+    let empty_deadline = dur(cx, "empty_deadline", Duration::from_secs(60));
+    let verify_deadline = dur(cx, "verify_deadline", Duration::from_secs(120));
+    Some(OffsetsAction {
+        reset: reset?,
+        dlq,
+        pause: pause?,
+        max_partitions,
+        max_skipped,
+        max_replayed,
+        max_rewind_age: max_rewind_age?,
+        empty_deadline: empty_deadline?,
+        verify_deadline: verify_deadline?,
+    })
 }
