@@ -13,70 +13,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use streamguard::sample::kafka::client_config;
 use streamguard::sample::kafka_admin::{Admin, AdminError};
-
-struct PrivateBroker {
-    dir: tempfile::TempDir,
-    port: u16,
-    controller_port: u16,
-}
-
-impl PrivateBroker {
-    fn start() -> Self {
-        let b = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
-        let out = run(&mut b.stack("up"));
-        assert!(out.status.success(), "stack/up kafka failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        b
-    }
-
-    fn stack(&self, verb: &str) -> Command {
-        let mut c = Command::new(repo_root().join("stack").join(verb));
-        c.arg("kafka")
-            .env("STACK_DIR", self.dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string());
-        c
-    }
-
-    fn pid(&self) -> u32 {
-        let text = std::fs::read_to_string(self.dir.path().join("kafka/kafka.pid")).expect("private broker pid file");
-        text.trim().parse().expect("pid")
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        // A paused JVM ignores SIGTERM until continued: resume it first.
-        let _ = Command::new("kill").args(["-CONT", &self.pid().to_string()]).status();
-        let _ = self.stack("down").output();
-    }
-}
-
-/// SIGSTOPs a process for its lifetime; SIGCONT on drop, also on panic.
-struct Paused(u32);
-
-impl Paused {
-    fn new(pid: u32) -> Self {
-        let ok = Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success();
-        assert!(ok, "SIGSTOP {pid}");
-        Paused(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
-    }
-}
 
 fn is_timeout(e: &AdminError) -> bool {
     matches!(e, AdminError::Timeout { .. })

@@ -10,47 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-struct PrivateBroker {
-    dir: tempfile::TempDir,
-    port: u16,
-    controller_port: u16,
-    /// The private broker's SASL_SSL listener (stack/ adds one to every broker).
-    sasl_port: u16,
-}
-
-impl PrivateBroker {
-    fn stack(&self, verb: &str) {
-        let out = run(Command::new(repo_root().join("stack").join(verb))
-            .arg("kafka")
-            .env("STACK_DIR", self.dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string()));
-        assert!(
-            out.status.success(),
-            "stack/{verb} kafka failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = Command::new(repo_root().join("stack/down"))
-            .arg("kafka")
-            .env("STACK_DIR", self.dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string())
-            .output();
-    }
-}
-
 fn is_stale(m: &Metrics) -> bool {
     m.get("streamguard_source_up", &[("source", "local")]) == Some(0.0)
         && m.get("streamguard_source_quality", &[("source", "local"), ("quality", "stale")]) == Some(1.0)
@@ -58,9 +17,9 @@ fn is_stale(m: &Metrics) -> bool {
 
 #[test]
 fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_returns() {
-    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port(), sasl_port: free_port() };
+    let broker = PrivateBroker::new();
     assert!(Path::new(&repo_root().join("stack/up")).exists());
-    broker.stack("up");
+    broker.up();
     let b = broker.bootstrap();
     let topic = unique("outage-topic");
     let group = unique("outage-group");
@@ -74,7 +33,7 @@ fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_retu
     wait_until(Duration::from_secs(30), "first fresh sample", || agent.get("/readyz").0 == 200);
     assert_eq!(lag(&agent.metrics()), Some(6.0));
 
-    broker.stack("down");
+    broker.down();
     wait_until(Duration::from_secs(30), "series marked stale", || is_stale(&agent.metrics()));
     let m = agent.metrics();
     assert_eq!(lag(&m), None, "stale lag is withdrawn, never shown as a number");
@@ -92,7 +51,7 @@ fn a_stopped_broker_makes_data_stale_and_sampling_resumes_by_itself_when_it_retu
     assert!(body.contains("kafka local: stale"), "{body}");
     assert_eq!(agent.get("/healthz").0, 200, "the agent keeps serving");
 
-    broker.stack("up");
+    broker.up();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !(agent.get("/readyz").0 == 200 && lag(&agent.metrics()).is_some()) {
         if std::time::Instant::now() > deadline {
@@ -120,8 +79,8 @@ fn client_lines(log: &str) -> Vec<&str> {
 
 #[test]
 fn a_long_broker_outage_yields_a_bounded_number_of_client_log_lines_with_counts() {
-    let broker = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port(), sasl_port: free_port() };
-    broker.stack("up");
+    let broker = PrivateBroker::new();
+    broker.up();
     let b = broker.bootstrap();
     let topic = unique("storm-topic");
     let group = unique("storm-group");
@@ -133,9 +92,9 @@ fn a_long_broker_outage_yields_a_bounded_number_of_client_log_lines_with_counts(
     wait_until(Duration::from_secs(30), "first fresh sample", || agent.get("/readyz").0 == 200);
     let before = client_lines(&agent.log()).len();
 
-    broker.stack("down");
+    broker.down();
     std::thread::sleep(Duration::from_secs(45));
-    broker.stack("up");
+    broker.up();
     wait_until(Duration::from_secs(60), "fresh again", || agent.get("/readyz").0 == 200);
     std::thread::sleep(Duration::from_secs(3));
 

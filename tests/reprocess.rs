@@ -528,40 +528,8 @@ fn a_connect_sink_connector_is_rewound_through_the_connect_offsets_api_and_its_f
     drop(c);
 }
 
-/// (g) runs against a private broker (same `stack/` scripts, its own directory and
-/// ports), so SIGSTOPping it disturbs no other test.
-struct PrivateBroker {
-    dir: tempfile::TempDir,
-    port: u16,
-    controller_port: u16,
-}
-
-impl PrivateBroker {
-    fn start() -> Self {
-        let b = PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_port(), controller_port: free_port() };
-        let out = run(&mut b.stack("up"));
-        assert!(out.status.success(), "stack/up kafka failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        b
-    }
-    fn stack(&self, verb: &str) -> Command {
-        let mut c = Command::new(repo_root().join("stack").join(verb));
-        c.arg("kafka").env("STACK_DIR", self.dir.path()).env("KAFKA_PORT", self.port.to_string()).env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string());
-        c
-    }
-    fn pid(&self) -> u32 {
-        std::fs::read_to_string(self.dir.path().join("kafka/kafka.pid")).expect("pid file").trim().parse().expect("pid")
-    }
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.pid().to_string()]).status();
-        let _ = self.stack("down").output();
-    }
-}
+// (g) runs against a private broker (`common::PrivateBroker`: its own directory and
+// ports), so SIGSTOPping it disturbs no other test.
 
 /// Sends SIGCONT to the broker when dropped, also on panic: whatever the procedure's
 /// commands did, the broker is never left stopped.

@@ -16,6 +16,12 @@ use common::*;
 const GRACE: Duration = Duration::from_secs(10);
 
 fn config(port: u16, bootstrap: &str) -> String {
+    config_on(port, bootstrap, "auto")
+}
+
+/// `sampler`: which Kafka client samples (the direct client fails at once on a refused
+/// connection; librdkafka keeps retrying it until the sample's timeout).
+fn config_on(port: u16, bootstrap: &str, sampler: &str) -> String {
     format!(
         r#"listen = "127.0.0.1:{port}"
 sample_interval = "60s"
@@ -24,6 +30,7 @@ sample_timeout = "30s"
 [[clusters]]
 name = "unreachable"
 bootstrap_servers = "{bootstrap}"
+sampler = "{sampler}"
 "#
     )
 }
@@ -53,11 +60,21 @@ fn stop_during_a_blocked_sample(agent: &mut Agent) -> Duration {
 fn sigterm_during_a_sample_of_a_port_with_nothing_listening_exits_within_the_grace() {
     let dead = free_port();
     let port = free_port();
-    let mut agent = Agent::start_with(port, &config(port, &format!("127.0.0.1:{dead}")));
+    // librdkafka retries a refused connection until the sample's timeout: the sample
+    // is still blocked at SIGTERM.
+    let mut agent = Agent::start_with(port, &config_on(port, &format!("127.0.0.1:{dead}"), "librdkafka"));
     let took = stop_during_a_blocked_sample(&mut agent);
     let log = agent.log();
     assert!(took < GRACE, "exit took {took:?} (grace {GRACE:?}):\n{log}");
     assert!(log.contains("cut short") && log.contains("sample kafka unreachable"), "the log names what was cut short:\n{log}");
+    // The direct client fails such a sample at once (connection refused): nothing to cut
+    // short, and the exit is as quick.
+    let port = free_port();
+    let mut agent = Agent::start_with(port, &config_on(port, &format!("127.0.0.1:{dead}"), "direct"));
+    let took = stop_during_a_blocked_sample(&mut agent);
+    let log = agent.log();
+    assert!(took < GRACE, "exit took {took:?} (grace {GRACE:?}):\n{log}");
+    assert!(log.contains("Connection refused"), "the direct sample failed on the refused connection:\n{log}");
 }
 
 /// Resumes (then ends and reaps) a stopped process, whatever happens to the test.

@@ -3,6 +3,10 @@
 //! a missing stack fails the tests, it never skips them.
 #![allow(dead_code)]
 
+mod private_broker;
+#[allow(unused_imports)]
+pub use private_broker::{free_service_port, Paused, PrivateBroker};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
