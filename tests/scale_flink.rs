@@ -1,4 +1,4 @@
-//! The Flink job actions (`streamguard::scale::flink_job`) against the real Flink of
+//! The Flink job actions (`streamguard::actions_flink`) against the real Flink of
 //! `stack/up flink` (`$FLINK_URL`). Nothing is mocked: each test runs the stack's
 //! checkpointing job (`stack/flink-job/CheckpointingJob.java`), acts on it over the REST
 //! API and checks the result in Flink itself. The tests of this file run one at a time
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use streamguard::scale::flink_job::{FlinkJobs, JobSpec};
+use streamguard::actions_flink::{FlinkJobs, JobSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

@@ -148,6 +148,8 @@ pub struct Remediation {
     plan_lock: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     connect: BTreeMap<String, String>,
+    /// The `[[scale]]` targets (set once by the agent, which supervises their pools).
+    scale: std::sync::OnceLock<Arc<crate::scale::runtime::ScaleRuntime>>,
     token: Option<String>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -227,6 +229,7 @@ impl Remediation {
             plan_lock: tokio::sync::Mutex::new(()),
             client,
             connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
+            scale: std::sync::OnceLock::new(),
             token,
             tracker,
             cancel,
@@ -239,6 +242,13 @@ impl Remediation {
     }
 
     /// The API token, if one is configured.
+    /// Gives the `scale` action its targets (once, at start).
+    pub fn set_scale(&self, scale: Arc<crate::scale::runtime::ScaleRuntime>) {
+        if self.scale.set(scale).is_err() {
+            tracing::warn!("scale targets set twice; keeping the first");
+        }
+    }
+
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
@@ -623,7 +633,7 @@ impl Remediation {
         let (result, attempts) = match &step.kind {
             StepKind::Wait(w) => (self.wait_for(target, w).await.map(|observed| actions::ActionOutcome { request: "wait".into(), status: 0, response: String::new(), observed }), 1),
             StepKind::Act(action) => {
-                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout };
+                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout, scale: self.scale.get().map(|s| s.as_ref()), store: &self.store };
                 let retries = if step.idempotent() { step.retries } else { 0 };
                 let mut attempt = 0;
                 loop {
@@ -820,6 +830,8 @@ fn connect_deadline(a: &crate::rules::file::runbook::Action) -> Duration {
     match a {
         crate::rules::file::runbook::Action::Connect(c) => c.deadline,
         crate::rules::file::runbook::Action::Notify(_) => Duration::ZERO,
+        // The step's `timeout` must cover the target's verification window.
+        crate::rules::file::runbook::Action::Scale(_) => Duration::ZERO,
     }
 }
 

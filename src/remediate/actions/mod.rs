@@ -7,6 +7,7 @@
 
 pub mod connect;
 pub mod notify;
+pub mod scale;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct Context<'a> {
     pub connect: &'a BTreeMap<String, String>,
     /// Budget of each request.
     pub timeout: Duration,
+    /// The `[[scale]]` targets, if any.
+    pub scale: Option<&'a crate::scale::runtime::ScaleRuntime>,
+    /// The samples, for actions that decide on fresh data (`scale`).
+    pub store: &'a crate::store::Store,
 }
 
 /// A successful attempt.
@@ -88,6 +93,7 @@ pub async fn perform(action: &Action, cx: &Context<'_>) -> Result<ActionOutcome,
     match action {
         Action::Connect(a) => connect::perform(a, cx).await,
         Action::Notify(a) => notify::perform(a, cx).await,
+        Action::Scale(a) => scale::perform(a, cx).await,
     }
 }
 

@@ -146,6 +146,27 @@ pub struct NotifyAction {
 pub enum Action {
     Connect(ConnectAction),
     Notify(NotifyAction),
+    Scale(ScaleAction),
+}
+
+/// What a `scale` step sets the count to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTo {
+    /// The scale target's policy decides (`to: policy`, the default).
+    Policy,
+    /// The count before the target's last change (`to: previous`, for rollbacks).
+    Previous,
+    /// A fixed count (`to: 3`).
+    Count(u32),
+}
+
+/// Parameters of a `scale` step (executed by `crate::remediate::actions::scale`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScaleAction {
+    /// A `[[scale]]` target name; absent: the target whose group is the run's `group`.
+    pub target: Option<String>,
+    pub to: ScaleTo,
 }
 
 impl Action {
@@ -154,6 +175,7 @@ impl Action {
         match self {
             Action::Connect(_) => "connect",
             Action::Notify(_) => "notify",
+            Action::Scale(_) => "scale",
         }
     }
 
@@ -167,6 +189,8 @@ impl Action {
             // A second message is a duplicate, not a second effect; losing an escalation
             // is worse.
             Action::Notify(_) => true,
+            // Sets a count: the same request twice is the same count.
+            Action::Scale(_) => true,
         }
     }
 }
@@ -212,6 +236,15 @@ impl Step {
                 NotifyFormat::Webhook => "webhook",
                 NotifyFormat::Alertmanager => "alertmanager",
             }),
+            StepKind::Act(Action::Scale(a)) => format!(
+                "scale {} to {}",
+                a.target.as_deref().unwrap_or("the group's target"),
+                match a.to {
+                    ScaleTo::Policy => "the policy's count".to_string(),
+                    ScaleTo::Previous => "the previous count".to_string(),
+                    ScaleTo::Count(n) => n.to_string(),
+                }
+            ),
             StepKind::Wait(w) => format!("wait until {} (deadline {})", w.condition.text, humantime::format_duration(w.deadline)),
         }
     }
@@ -268,7 +301,8 @@ const DEADLINE_FIELDS: [&str; 2] = ["condition", "deadline"];
 const CONNECT_FIELDS: [&str; 5] = ["action", "operation", "deadline", "timeout", "retries"];
 const NOTIFY_FIELDS: [&str; 6] = ["action", "url", "format", "message", "timeout", "retries"];
 const WAIT_FIELDS: [&str; 1] = ["wait"];
-const ACTIONS: [&str; 2] = ["connect", "notify"];
+const SCALE_FIELDS: [&str; 5] = ["action", "target", "to", "timeout", "retries"];
+const ACTIONS: [&str; 3] = ["connect", "notify", "scale"];
 
 /// Parses a runbook's `spec` (absent: a runbook with no steps).
 pub(super) fn parse(cx: &mut Ctx, spec: Option<&Node>, what: &str, name: &str, labels: BTreeMap<String, String>) -> Option<Runbook> {
@@ -387,7 +421,7 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
         return Some(Step { kind: StepKind::Wait(d), timeout: DEFAULT_STEP_TIMEOUT, retries: 0, line });
     }
     let Some(a) = get(n, "action") else {
-        cx.err(pos(n), format!("{what}: expected `action: connect|notify` or `wait:`"));
+        cx.err(pos(n), format!("{what}: expected `action: connect|notify|scale` or `wait:`"));
         return None;
     };
     let action = str_of(a).unwrap_or_default();
@@ -443,6 +477,29 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
                 _ => None,
             };
             (f, kind)
+        }
+        "scale" => {
+            let f = cx.fields(n, what, &SCALE_FIELDS);
+            let target = f.get("target").and_then(|t| text_of(t));
+            let to = match f.get("to").map(|t| (text_of(t), pos(t))) {
+                None => Some(ScaleTo::Policy),
+                Some((Some(t), at)) => match t.trim() {
+                    "policy" => Some(ScaleTo::Policy),
+                    "previous" => Some(ScaleTo::Previous),
+                    n => match n.parse::<u32>() {
+                        Ok(n) => Some(ScaleTo::Count(n)),
+                        Err(_) => {
+                            cx.err(at, format!("{what}: to must be policy, previous or a replica count"));
+                            None
+                        }
+                    },
+                },
+                Some((None, at)) => {
+                    cx.err(at, format!("{what}: to must be policy, previous or a replica count"));
+                    None
+                }
+            };
+            (f, to.map(|to| Action::Scale(ScaleAction { target, to })))
         }
         other => {
             let hint = crate::suggest::nearest(other, ACTIONS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
