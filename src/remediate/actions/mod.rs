@@ -63,6 +63,11 @@ pub enum ActionError {
     Status { request: String, status: u16, body: String },
     #[error("{request}: expected {expected} within {deadline:?}, last seen: {observed}")]
     NotReached { request: String, expected: String, observed: String, deadline: Duration },
+    /// The action decided not to act, or undid what it did (a `scale` step on stale
+    /// data, or an ineffective scale-out rolled back): another attempt would only repeat
+    /// the same decision.
+    #[error("{request}: {why}")]
+    Refused { request: String, why: String },
 }
 
 impl ActionError {
@@ -74,6 +79,7 @@ impl ActionError {
             ActionError::Unreachable { .. } => "unreachable",
             ActionError::Status { .. } => "http_status",
             ActionError::NotReached { .. } => "not_reached",
+            ActionError::Refused { .. } => "refused",
         }
     }
 
@@ -81,7 +87,7 @@ impl ActionError {
     /// not a 4xx other than 409 (Connect answers 409 during a rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            ActionError::Config(_) => false,
+            ActionError::Config(_) | ActionError::Refused { .. } => false,
             ActionError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             _ => true,
         }

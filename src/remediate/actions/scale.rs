@@ -60,6 +60,25 @@ pub fn readings(store: &Store, t: &ScaleTarget, now: SystemTime) -> GroupReading
         .unwrap_or_default()
 }
 
+/// The numbers of a decision, small enough for the audit's response field.
+fn compact(r: &crate::scale::runtime::ScaleReport) -> serde_json::Value {
+    use crate::scale::policy::Decision;
+    let num = |x: f64| if x.is_finite() { serde_json::json!((x * 1000.0).round() / 1000.0) } else { serde_json::Value::Null };
+    let mut v = match &r.decision {
+        Decision::Scale { from, to, raw, .. } => serde_json::json!({"decision": "scale", "from": from, "to": to, "raw": raw}),
+        Decision::Hold { replicas, raw, reason, .. } => serde_json::json!({"decision": "hold", "replicas": replicas, "raw": raw, "reason": reason.as_str()}),
+    };
+    if let Some(i) = &r.inputs {
+        v["produce_rate"] = num(i.produce_rate.value);
+        v["consume_rate"] = num(i.consume_rate.value);
+        v["lag"] = num(i.lag.value);
+    }
+    if let Some(f) = &r.finding {
+        v["finding"] = f.kind().into();
+    }
+    v
+}
+
 pub async fn perform(a: &ScaleAction, cx: &Context<'_>) -> Result<ActionOutcome, ActionError> {
     let Some(rt) = cx.scale else { return Err(ActionError::Config("no [[scale]] targets are configured".into())) };
     let group = cx.target.get("group").map(String::as_str);
@@ -81,11 +100,26 @@ pub async fn perform(a: &ScaleAction, cx: &Context<'_>) -> Result<ActionOutcome,
     match rt.scale(&name, to, &read, false).await {
         Ok(report) => {
             let observed = report.why();
-            Ok(ActionOutcome { request, status: 0, response: cut(serde_json::to_string(&report).unwrap_or_default()), observed })
+            Ok(ActionOutcome { request, status: 0, response: cut(compact(&report).to_string()), observed })
         }
-        Err(ScaleError::Held { why, report, .. }) => Err(ActionError::NotReached { request, expected: "a replica change".into(), observed: format!("{why} [{}]", cut(serde_json::to_string(&report.decision).unwrap_or_default())), deadline: std::time::Duration::ZERO }),
-        Err(ScaleError::Ineffective { why, .. }) => Err(ActionError::NotReached { request, expected: "the consume rate to rise".into(), observed: why, deadline: std::time::Duration::ZERO }),
+        Err(ScaleError::Held { why, report, .. }) => Err(ActionError::Refused { request, why: format!("{why} {}", compact(&report)) }),
+        Err(ScaleError::Ineffective { why, .. }) => Err(ActionError::Refused { request, why }),
         Err(ScaleError::Actuator(e)) if matches!(e.kind(), "timeout" | "unreachable" | "conflict") => Err(ActionError::Unreachable { request, message: e.to_string() }),
         Err(e) => Err(ActionError::Config(format!("{request}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A held or rolled-back scale is a decision, not a transient failure: retrying the
+    /// step would only repeat it (and hide the first attempt's reason).
+    #[test]
+    fn a_refused_scale_is_not_retried() {
+        let e = ActionError::Refused { request: "scale orders".into(), why: "holding at 1: input is stale".into() };
+        assert!(!e.retryable());
+        assert_eq!(e.kind(), "refused");
+        assert_eq!(e.to_string(), "scale orders: holding at 1: input is stale");
     }
 }
