@@ -276,3 +276,79 @@ impl ScaleRuntime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scale::config::{RawScaleTarget, validate};
+
+    /// A target whose `command` actuator appends every request to `log` (a real program).
+    fn runtime(log: &std::path::Path, policy: serde_json::Value) -> ScaleRuntime {
+        let raw: RawScaleTarget = serde_json::from_value(serde_json::json!({
+            "name": "t", "group": "g", "topic": "x", "min_replicas": 1, "max_replicas": 8, "min_interval": "0s",
+            "max_data_age": "30s", "policy": policy,
+            "effectiveness": {"min_rise": 0.2, "verify_within": "1s", "cooldown": "1h"},
+            "actuator": {"type": "command", "command": ["sh", "-c", format!("cat >> {}; echo >> {}", log.display(), log.display())], "current_command": ["sh", "-c", "echo 2"]}
+        }))
+        .unwrap();
+        let t = validate(&raw, "test", "scale[0]").unwrap();
+        let mut rt = ScaleRuntime::new(&[t], &PoolMetrics::default()).unwrap();
+        rt.verify_poll = Duration::from_millis(100);
+        rt
+    }
+
+    fn readings(q: Quality, produce: f64, consume: f64, lag: f64) -> GroupReadings {
+        let at = SystemTime::now();
+        GroupReadings {
+            produce_rate: Some(Reading { value: produce, quality: q, at }),
+            consume_rate: Some(Reading { value: consume, quality: q, at }),
+            lag: Some(Reading { value: lag, quality: q, at }),
+            group_state: Some(GroupState::Stable),
+            partitions: Vec::new(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn stale_or_missing_readings_never_reach_the_actuator() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests");
+        let rt = runtime(&log, serde_json::json!({"type": "throughput", "catch_up_within": "1m"}));
+        for r in [readings(Quality::Stale, 100.0, 10.0, 5000.0), readings(Quality::Missing, 100.0, 10.0, 5000.0), GroupReadings { group_state: Some(GroupState::Stable), ..GroupReadings::default() }] {
+            let read = move |_: &ScaleTarget, _: SystemTime| r.clone();
+            let e = block_on(rt.scale("t", ScaleTo::Policy, &read, false)).unwrap_err();
+            let ScaleError::Held { reason, why, .. } = e else { panic!("{e:?}") };
+            assert_eq!(reason, HoldReason::StaleData, "{why}");
+            assert!(why.contains("stale data never scales"), "{why}");
+        }
+        assert!(!log.exists(), "the actuator was never called");
+    }
+
+    #[test]
+    fn a_fresh_decision_reaches_the_command_with_its_why_and_an_ineffective_one_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests");
+        let rt = runtime(&log, serde_json::json!({"type": "throughput", "catch_up_within": "1m"}));
+        // 2 replicas at 10/s each; 60/s produced + 1200/60 s = 80/s → 8.
+        let read = |_: &ScaleTarget, _: SystemTime| readings(Quality::Fresh, 60.0, 20.0, 1200.0);
+        let e = block_on(rt.scale("t", ScaleTo::Policy, &read, false)).unwrap_err();
+        // The rate never rose: rolled back to 2 and blocked.
+        let ScaleError::Ineffective { why, report } = e else { panic!("{e:?}") };
+        assert!(why.starts_with("scale-out ineffective: 2 → 6"), "max_step 4 from 2: {why}");
+        assert_eq!(report.decision.target(), Some(6));
+        let sent = std::fs::read_to_string(&log).unwrap();
+        let reqs: Vec<serde_json::Value> = sent.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(reqs.len(), 2, "{sent}");
+        assert_eq!((reqs[0]["to"].as_u64(), reqs[0]["policy"].as_str()), (Some(6), Some("throughput")));
+        assert!(reqs[0]["why"].as_str().unwrap().contains("ceil((produce 60.0/s + lag 1200 / 1m) / per-consumer 10.0/s) = 8"), "{}", reqs[0]);
+        assert_eq!((reqs[1]["to"].as_u64(), reqs[1]["policy"].as_str()), (Some(2), Some("rollback")));
+        assert!(rt.blocked_until("t", SystemTime::now()).is_some());
+        // Blocked now: the next policy decision holds and sends nothing.
+        let e = block_on(rt.scale("t", ScaleTo::Policy, &read, false)).unwrap_err();
+        assert!(matches!(e, ScaleError::Held { reason: HoldReason::ScaleOutBlocked, .. }), "{e:?}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), sent);
+    }
+}
