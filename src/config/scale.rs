@@ -27,16 +27,17 @@ impl Validator<'_> {
                 }
             };
             let origin = self.origin(Some(item));
+            // Checked whatever else is wrong with the target, so all errors show at once.
+            match &raw.cluster {
+                Some(c) if !clusters.iter().any(|k| &k.name == c) => self.error(Some(item), &format!("{key}.cluster"), format!("no [[clusters]] named {c:?}")),
+                None if clusters.len() > 1 => self.error(Some(item), &format!("{key}.cluster"), "required when more than one cluster is configured"),
+                _ => {}
+            }
+            if out.iter().any(|o| o.name == raw.name) {
+                self.error(Some(item), &format!("{key}.name"), format!("duplicate scale target {:?}", raw.name));
+            }
             match validate(&raw, &origin, &key) {
                 Ok(mut t) => {
-                    if out.iter().any(|o| o.name == t.name) {
-                        self.error(Some(item), &format!("{key}.name"), format!("duplicate scale target {:?}", t.name));
-                    }
-                    match &t.cluster {
-                        Some(c) if !clusters.iter().any(|k| &k.name == c) => self.error(Some(item), &format!("{key}.cluster"), format!("no [[clusters]] named {c:?}")),
-                        None if clusters.len() > 1 => self.error(Some(item), &format!("{key}.cluster"), "required when more than one cluster is configured"),
-                        _ => {}
-                    }
                     if t.cluster.is_none() {
                         t.cluster = clusters.first().map(|c| c.name.clone());
                     }

@@ -379,11 +379,16 @@ mod tests {
     #[test]
     fn the_readme_example_is_valid_toml_for_a_target() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let start = readme.find("```toml\nname = \"orders-consumers\"").expect("README example") + "```toml\n".len();
+        let start = readme.find("```toml\n[[scale]]\nname = \"orders-consumers\"").expect("README example") + "```toml\n".len();
         let body = &readme[start..start + readme[start..].find("```").unwrap()];
+        #[derive(Deserialize)]
+        struct File {
+            scale: Vec<RawScaleTarget>,
+        }
         use figment::providers::Format;
-        let raw: RawScaleTarget = figment::Figment::from(figment::providers::Toml::string(body)).extract().unwrap();
-        let t = validate(&raw, "README.md", "").unwrap();
+        let file: File = figment::Figment::from(figment::providers::Toml::string(body)).extract().unwrap();
+        let raw = &file.scale[0];
+        let t = validate(raw, "README.md", "").unwrap();
         assert_eq!((t.constraints.max_replicas, t.constraints.max_step), (8, 2));
         assert!(matches!(t.policy, PolicyConfig::Throughput(ref p) if p.headroom == 0.2));
     }
