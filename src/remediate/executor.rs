@@ -148,6 +148,8 @@ pub struct Remediation {
     plan_lock: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     connect: BTreeMap<String, String>,
+    /// Flink clusters by source name (`[[flink]]`): base URLs.
+    flink: BTreeMap<String, String>,
     /// The `[[scale]]` targets (set once by the agent, which supervises their pools).
     scale: std::sync::OnceLock<Arc<crate::scale::runtime::ScaleRuntime>>,
     token: Option<String>,
@@ -229,6 +231,7 @@ impl Remediation {
             plan_lock: tokio::sync::Mutex::new(()),
             client,
             connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
+            flink: config.flink.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
             scale: std::sync::OnceLock::new(),
             token,
             tracker,
@@ -633,7 +636,7 @@ impl Remediation {
         let (result, attempts) = match &step.kind {
             StepKind::Wait(w) => (self.wait_for(target, w).await.map(|observed| actions::ActionOutcome { request: "wait".into(), status: 0, response: String::new(), observed }), 1),
             StepKind::Act(action) => {
-                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout, scale: self.scale.get().map(|s| s.as_ref()), store: &self.store };
+                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout, scale: self.scale.get().map(|s| s.as_ref()), store: &self.store, flink: &self.flink };
                 let retries = if step.idempotent() { step.retries } else { 0 };
                 let mut attempt = 0;
                 loop {
@@ -832,6 +835,7 @@ fn connect_deadline(a: &crate::rules::file::runbook::Action) -> Duration {
         crate::rules::file::runbook::Action::Notify(_) => Duration::ZERO,
         // The step's `timeout` must cover the target's verification window.
         crate::rules::file::runbook::Action::Scale(_) => Duration::ZERO,
+        crate::rules::file::runbook::Action::Flink(f) => f.deadline,
     }
 }
 

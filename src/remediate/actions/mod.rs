@@ -6,6 +6,7 @@
 //! credentials), and responses are cut to [`MAX_RESPONSE`] bytes.
 
 pub mod connect;
+pub mod flink;
 pub mod notify;
 pub mod scale;
 
@@ -37,6 +38,8 @@ pub struct Context<'a> {
     pub scale: Option<&'a crate::scale::runtime::ScaleRuntime>,
     /// The samples, for actions that decide on fresh data (`scale`).
     pub store: &'a crate::store::Store,
+    /// Flink clusters by source name (`[[flink]]`): base URLs.
+    pub flink: &'a BTreeMap<String, String>,
 }
 
 /// A successful attempt.
@@ -100,6 +103,7 @@ pub async fn perform(action: &Action, cx: &Context<'_>) -> Result<ActionOutcome,
         Action::Connect(a) => connect::perform(a, cx).await,
         Action::Notify(a) => notify::perform(a, cx).await,
         Action::Scale(a) => scale::perform(a, cx).await,
+        Action::Flink(a) => flink::perform(a, cx).await,
     }
 }
 

@@ -147,6 +147,48 @@ pub enum Action {
     Connect(ConnectAction),
     Notify(NotifyAction),
     Scale(ScaleAction),
+    Flink(FlinkAction),
+}
+
+/// What a `flink` step does to the run's job (`crate::actions_flink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlinkOp {
+    /// A savepoint; the job keeps running.
+    Savepoint,
+    /// Stop with a savepoint and resubmit from it; if the savepoint fails, cancel and
+    /// resubmit from the last completed checkpoint (the stalled-checkpoint remedy).
+    SavepointAndRestart,
+    /// Stop with a savepoint and resubmit from it at `parallelism`.
+    Rescale,
+}
+
+impl FlinkOp {
+    pub const ALL: [FlinkOp; 3] = [FlinkOp::Savepoint, FlinkOp::SavepointAndRestart, FlinkOp::Rescale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlinkOp::Savepoint => "savepoint",
+            FlinkOp::SavepointAndRestart => "savepoint-and-restart",
+            FlinkOp::Rescale => "rescale",
+        }
+    }
+}
+
+/// Parameters of a `flink` step. A resubmission needs the program, which Flink does not
+/// keep: the uploaded jar (a substring of its file name), the entry class, the arguments.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FlinkAction {
+    pub operation: FlinkOp,
+    pub jar: Option<String>,
+    pub entry_class: Option<String>,
+    pub args: Vec<String>,
+    pub parallelism: Option<u32>,
+    #[serde(with = "secs")]
+    pub savepoint_timeout: Duration,
+    /// The whole operation, verification included (RUNNING and a new checkpoint).
+    #[serde(with = "secs")]
+    pub deadline: Duration,
 }
 
 /// What a `scale` step sets the count to.
@@ -176,6 +218,7 @@ impl Action {
             Action::Connect(_) => "connect",
             Action::Notify(_) => "notify",
             Action::Scale(_) => "scale",
+            Action::Flink(_) => "flink",
         }
     }
 
@@ -191,6 +234,8 @@ impl Action {
             Action::Notify(_) => true,
             // Sets a count: the same request twice is the same count.
             Action::Scale(_) => true,
+            // A second savepoint is harmless; a second restart restarts again.
+            Action::Flink(f) => f.operation == FlinkOp::Savepoint,
         }
     }
 }
@@ -245,6 +290,7 @@ impl Step {
                     ScaleTo::Count(n) => n.to_string(),
                 }
             ),
+            StepKind::Act(Action::Flink(f)) => format!("flink {}", f.operation.as_str()),
             StepKind::Wait(w) => format!("wait until {} (deadline {})", w.condition.text, humantime::format_duration(w.deadline)),
         }
     }
@@ -302,7 +348,8 @@ const CONNECT_FIELDS: [&str; 5] = ["action", "operation", "deadline", "timeout",
 const NOTIFY_FIELDS: [&str; 6] = ["action", "url", "format", "message", "timeout", "retries"];
 const WAIT_FIELDS: [&str; 1] = ["wait"];
 const SCALE_FIELDS: [&str; 5] = ["action", "target", "to", "timeout", "retries"];
-const ACTIONS: [&str; 3] = ["connect", "notify", "scale"];
+const FLINK_FIELDS: [&str; 10] = ["action", "operation", "jar", "entry_class", "args", "parallelism", "savepoint_timeout", "deadline", "timeout", "retries"];
+const ACTIONS: [&str; 4] = ["connect", "notify", "scale", "flink"];
 
 /// Parses a runbook's `spec` (absent: a runbook with no steps).
 pub(super) fn parse(cx: &mut Ctx, spec: Option<&Node>, what: &str, name: &str, labels: BTreeMap<String, String>) -> Option<Runbook> {
@@ -421,7 +468,7 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
         return Some(Step { kind: StepKind::Wait(d), timeout: DEFAULT_STEP_TIMEOUT, retries: 0, line });
     }
     let Some(a) = get(n, "action") else {
-        cx.err(pos(n), format!("{what}: expected `action: connect|notify|scale` or `wait:`"));
+        cx.err(pos(n), format!("{what}: expected `action: connect|notify|scale|flink` or `wait:`"));
         return None;
     };
     let action = str_of(a).unwrap_or_default();
@@ -500,6 +547,65 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
                 }
             };
             (f, to.map(|to| Action::Scale(ScaleAction { target, to })))
+        }
+        "flink" => {
+            let f = cx.fields(n, what, &FLINK_FIELDS);
+            let operation = match f.get("operation") {
+                Some(o) => {
+                    let op = str_of(o).and_then(|s| FlinkOp::ALL.into_iter().find(|c| c.as_str() == s));
+                    if op.is_none() {
+                        let names: Vec<&str> = FlinkOp::ALL.iter().map(|c| c.as_str()).collect();
+                        cx.err(pos(o), format!("{what}: operation must be one of {}", names.join(", ")));
+                    }
+                    op
+                }
+                None => {
+                    cx.err(pos(n), format!("{what}: flink needs an operation"));
+                    None
+                }
+            };
+            let args = match f.get("args").map(|a| &a.data) {
+                None => Some(Vec::new()),
+                Some(YamlDataOwned::Sequence(items)) => items.iter().map(text_of).collect::<Option<Vec<_>>>(),
+                Some(_) => None,
+            };
+            if args.is_none() {
+                cx.err(f.get("args").map_or(pos(n), |a| pos(a)), format!("{what}: args must be a list of strings"));
+            }
+            let parallelism = match f.get("parallelism") {
+                None => None,
+                Some(p) => match text_of(p).and_then(|t| t.trim().parse::<u32>().ok()).filter(|p| *p > 0) {
+                    Some(v) => Some(v),
+                    None => {
+                        cx.err(pos(p), format!("{what}: parallelism must be a positive integer"));
+                        None
+                    }
+                },
+            };
+            let jar = f.get("jar").and_then(|j| text_of(j));
+            if operation.is_some_and(|o| o != FlinkOp::Savepoint) {
+                if jar.is_none() {
+                    cx.err(pos(n), format!("{what}: {} needs `jar` (the uploaded jar to resubmit)", operation.map_or("", |o| o.as_str())));
+                }
+                if operation == Some(FlinkOp::Rescale) && parallelism.is_none() {
+                    cx.err(pos(n), format!("{what}: rescale needs `parallelism`"));
+                }
+            }
+            let savepoint_timeout = f.get("savepoint_timeout").map_or(Some(Duration::from_secs(60)), |d| cx.positive_duration(d, &format!("{what}: savepoint_timeout")));
+            let deadline = f.get("deadline").map_or(Some(Duration::from_secs(180)), |d| cx.positive_duration(d, &format!("{what}: deadline")));
+            let kind = match (operation, args, savepoint_timeout, deadline) {
+                (Some(operation), Some(args), Some(savepoint_timeout), Some(deadline)) => Some(Action::Flink(FlinkAction {
+                    operation,
+                    jar,
+                    entry_class: f.get("entry_class").and_then(|e| text_of(e)),
+                    args,
+                    parallelism,
+                    savepoint_timeout,
+                    deadline,
+                })),
+                _ => None,
+            };
+            (f, kind)
         }
         other => {
             let hint = crate::suggest::nearest(other, ACTIONS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
