@@ -14,6 +14,9 @@
 //!   task is rebuilt from its configuration and restarted with backoff.
 //! - With `[[alertmanagers]]` configured, firing and resolved alerts are sent to each
 //!   (see [`crate::notify`]); an unreachable Alertmanager never delays evaluation.
+//! - With `[remediation]` configured, verdicts are queued from the first evaluation on
+//!   and runbooks run under the same supervisor and tracker (see [`crate::remediate`]);
+//!   runs left unfinished by the previous process are resumed from the journal first.
 //!
 //! # Errors
 //! Only startup fails the agent (bad client configuration, port in use). Sampling errors
@@ -283,6 +286,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let mut signals = crate::rules::file::SignalNames::builtin();
     signals.extend(config.prometheus.iter().flat_map(|p| p.queries.iter().map(|q| q.signal.clone())));
     let rules = Arc::new(Rules::load(config.rules.clone(), signals).map_err(AgentError::Rules)?);
+    // The verdict queue exists before the first evaluation, so no transition is missed
+    // while remediation starts; it waits in the bounded queue.
+    let verdicts = config.remediation.as_ref().map(|rc| {
+        let (tx, rx) = tokio::sync::mpsc::channel(rc.queue_capacity);
+        rules.set_verdict_sink(tx);
+        rx
+    });
     let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
     let specs = config
         .clusters
@@ -312,6 +322,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
 
     let tracker = TaskTracker::new();
     let supervisor = Supervisor::new(tracker.clone(), metrics.clone(), Policy::default());
+    // Opened before anything runs: a bad journal or audit path, or an unreadable token,
+    // fails the start.
+    let remediation = match &config.remediation {
+        Some(rc) => Some(crate::remediate::executor::Remediation::new(&config, rc, rules.clone(), store.clone(), metrics.clone(), tracker.clone(), cancel.child_token())?),
+        None => None,
+    };
     for (source, spec) in loops {
         let (store, metrics, token) = (store.clone(), metrics.clone(), cancel.child_token());
         let id = format!("sample {} {}", spec.kind().as_str(), spec.name());
@@ -360,9 +376,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     }
     // Scaling targets: their actuators now (a bad kubeconfig fails the start), each
     // process pool supervised and brought to its min_replicas.
-    let scale = if config.scale.is_empty() {
-        None
-    } else {
+    if !config.scale.is_empty() {
         let rt = Arc::new(crate::scale::runtime::ScaleRuntime::new(&config.scale, &metrics.scale_pools).map_err(|(t, e)| AgentError::Scale(t, e))?);
         for (pool, target) in rt.pools().into_iter().zip(config.scale.iter().filter(|t| matches!(t.actuator, crate::scale::config::ActuatorConfig::Process(_)))) {
             let p = pool.clone();
@@ -374,25 +388,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
                 tracing::error!(target_name = %target.name, error = %e, "cannot start the scaled consumer pool");
             }
         }
-        tracing::info!(targets = config.scale.len(), "scale targets on");
-        Some(rt)
-    };
-    let remediation = match &config.remediation {
-        None => None,
-        Some(rc) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(rc.queue_capacity);
-            let r = crate::remediate::executor::Remediation::new(&config, rc, rules.clone(), store.clone(), metrics.clone(), tracker.clone(), cancel.child_token())?;
-            rules.set_verdict_sink(tx);
-            if let Some(s) = &scale {
-                r.set_scale(s.clone());
-            }
-            r.recover().await;
-            let (rem, rx, token) = (r.clone(), Arc::new(tokio::sync::Mutex::new(rx)), cancel.child_token());
-            supervisor.spawn("remediate", "remediate".to_string(), token, move || Some(rem.clone().run(rx.clone())));
-            tracing::info!(journal = %rc.journal.display(), audit = %rc.audit.display(), default_mode = %rc.default_mode, "remediation on");
-            Some(r)
+        if let Some(r) = &remediation {
+            r.set_scale(rt);
         }
-    };
+        tracing::info!(targets = config.scale.len(), "scale targets on");
+    }
+    if let (Some(r), Some(rc), Some(rx)) = (&remediation, &config.remediation, verdicts) {
+        r.recover().await;
+        let (rem, rx, token) = (r.clone(), Arc::new(tokio::sync::Mutex::new(rx)), cancel.child_token());
+        supervisor.spawn("remediate", "remediate".to_string(), token, move || Some(rem.clone().run(rx.clone())));
+        tracing::info!(journal = %rc.journal.display(), audit = %rc.audit.display(), default_mode = %rc.default_mode, "remediation on");
+    }
     let app = router(AppState { store, metrics, rules, tasks: supervisor.health(), remediation });
     let server_cancel = cancel.child_token();
     let server = tracker.spawn(async move {

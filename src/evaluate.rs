@@ -38,7 +38,7 @@ use crate::rules::eval::{AlertState, Engine, EngineOptions, RuleStatus};
 use crate::rules::expr::{Dataset, EvalOptions, SeriesData};
 use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloStatus};
-use crate::rules::verdict::{self, Verdict, VerdictKind};
+use crate::rules::verdict::{self, Verdict};
 use crate::signal::Quality;
 use crate::store::Store;
 use crate::supervise::Supervisor;
@@ -100,7 +100,7 @@ pub struct Rules {
     /// Verdicts dropped because the sink was full or closed.
     pub verdicts_dropped: prometheus_client::metrics::counter::Counter,
     /// Burn alerts firing at the previous evaluation, by (SLO, severity, long window).
-    burn_firing: Mutex<HashMap<(String, String, String), bool>>,
+    burn_firing: Mutex<verdict::BurnFiring>,
 }
 
 /// The state file's content.
@@ -329,45 +329,8 @@ impl Rules {
 
     /// Verdicts of the burn alerts whose firing changed since the previous evaluation.
     fn burn_verdicts(&self, slos: &[crate::rules::slo::SloSpec], statuses: &[SloStatus], data: &Dataset, now: SystemTime) -> Vec<Verdict> {
-        let mut out = Vec::new();
         let mut before = self.burn_firing.lock().unwrap_or_else(|p| p.into_inner());
-        for (spec, status) in slos.iter().zip(statuses) {
-            for a in &status.alerts {
-                let key = (spec.name.clone(), a.severity.clone(), a.long.clone());
-                let was = before.insert(key, a.firing).unwrap_or(false);
-                if was == a.firing {
-                    continue;
-                }
-                let evidence: Vec<_> = match &spec.sli {
-                    crate::rules::slo::Sli::TimeSlice { cond, .. } => verdict::evidence(cond, &Default::default(), data, now),
-                    crate::rules::slo::Sli::Ratio { .. } => Vec::new(),
-                };
-                // A ratio SLI's evidence is its burn rates; a time-slice SLI's, its series.
-                let fresh = match &spec.sli {
-                    crate::rules::slo::Sli::TimeSlice { .. } => !evidence.is_empty() && evidence.iter().all(|e| e.quality == "fresh"),
-                    crate::rules::slo::Sli::Ratio { .. } => a.long_burn.is_some() && a.short_burn.is_some(),
-                };
-                let mut labels = spec.labels.clone();
-                labels.insert("slo".into(), spec.name.clone());
-                labels.insert("severity".into(), a.severity.clone());
-                labels.insert("long".into(), a.long.clone());
-                labels.insert("short".into(), a.short.clone());
-                out.push(Verdict {
-                    kind: VerdictKind::BurnAlert,
-                    rule: spec.name.clone(),
-                    labels,
-                    from: if was { AlertState::Firing } else { AlertState::Inactive },
-                    to: if a.firing { AlertState::Firing } else { AlertState::Resolved },
-                    truth: if a.firing { crate::rules::expr::Truth::True } else { crate::rules::expr::Truth::False },
-                    value: a.long_burn,
-                    fresh,
-                    evidence,
-                    runbooks: spec.runbooks.clone(),
-                    at: now,
-                });
-            }
-        }
-        out
+        verdict::burn_verdicts(slos, statuses, &mut before, data, now)
     }
 
     pub fn rule_statuses(&self) -> Vec<RuleStatus> {
@@ -746,6 +709,45 @@ spec:
         let text = scrape();
         assert!(text.contains("# TYPE streamguard_alerts gauge"), "{text}");
         assert!(text.contains("streamguard_alerts{alertname=\"lag-high-a.yaml\",alertstate=\"firing\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn every_alert_transition_is_sent_as_a_verdict_with_its_evidence_and_a_full_queue_drops_and_counts() {
+        use crate::signal::{Observation, SourceSample};
+        use crate::store::SourceKind;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_in(dir.path(), &["a.yaml"]);
+        let store = Arc::new(Store::default());
+        store.register(SourceKind::Kafka, "local", Duration::from_secs(3600));
+        let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
+        let sample = SourceSample { observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()], targets: Vec::new(), dlq_links: Vec::new() };
+        store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        rules.set_verdict_sink(tx);
+        rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
+        let v = rx.try_recv().expect("a verdict");
+        assert_eq!((v.rule.as_str(), v.to, v.truth), ("lag-high-a.yaml", AlertState::Firing, crate::rules::expr::Truth::True));
+        assert!(v.fresh && v.triggers(), "{v:?}");
+        assert_eq!(v.evidence[0].signal, "lag_seconds");
+        assert_eq!((v.evidence[0].quality, v.evidence[0].value), ("fresh", Some(100.0)));
+        // The alert stays firing: no alert verdict. The SLO's time slices are all bad
+        // (lag 100 s against < 30 s), so its page burn alert starts firing: one verdict.
+        std::thread::sleep(Duration::from_millis(20));
+        rules.eval_group(&dir.path().join("a.yaml"), &store, SystemTime::now());
+        let burn = rx.try_recv().expect("a burn-alert verdict");
+        assert_eq!((burn.kind, burn.rule.as_str(), burn.to), (crate::rules::verdict::VerdictKind::BurnAlert, "fresh-a.yaml", AlertState::Firing), "{burn:?}");
+        assert_eq!(burn.labels["severity"], "page");
+        assert!(burn.fresh && burn.evidence[0].signal == "lag_seconds", "{burn:?}");
+        assert!(rx.try_recv().is_err(), "nothing else changed");
+        assert_eq!(rules.verdicts_dropped.get(), 0);
+        // The data goes stale: the firing alert keeps firing (no transition); a second
+        // rule file firing while nobody reads the queue fills it, then drops and counts.
+        let second = rules_in(dir.path(), &["b.yaml"]);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        second.set_verdict_sink(tx.clone());
+        tx.try_send(v).unwrap();
+        second.eval_group(&dir.path().join("b.yaml"), &store, SystemTime::now());
+        assert_eq!(second.verdicts_dropped.get(), 1);
     }
 
     #[test]

@@ -340,7 +340,11 @@ fn check_rules(paths: &[PathBuf], signals: &std::collections::BTreeSet<String>) 
     }
     for r in &reports {
         if r.errors.is_empty() {
-            println!("SUCCESS: {}: {} alert(s), {} SLO(s)", r.file.display(), r.alerts, r.slos);
+            if r.runbooks > 0 {
+                println!("SUCCESS: {}: {} alert(s), {} SLO(s), {} runbook(s)", r.file.display(), r.alerts, r.slos, r.runbooks);
+            } else {
+                println!("SUCCESS: {}: {} alert(s), {} SLO(s)", r.file.display(), r.alerts, r.slos);
+            }
         } else {
             println!("FAILED: {}: {} error(s)", r.file.display(), r.errors.len());
             for e in &r.errors {

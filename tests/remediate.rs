@@ -8,7 +8,9 @@
 //! (d) Connect unreachable (its data stale) or missing: no action, audited;
 //! (e) SIGKILL of the agent at 21 step boundaries of a multi-step runbook: no completed
 //!     step runs twice, no step is lost, an interrupted non-idempotent step aborts;
-//! (f) approve mode waits for `streamguard approve ID`; a wrong token is refused.
+//! (f) approve mode waits for `streamguard approve ID`; a wrong token is refused; a run
+//!     waiting for approval survives a SIGKILL, blocks its target, and expires;
+//! and a restart that does not help fails, rolls back, and escalates to Alertmanager.
 //!
 //! The only stand-ins are on the test's side: a loopback webhook receiver (it counts the
 //! agent's notifications) and, in (d), a loopback TCP relay in front of the real worker
@@ -105,8 +107,8 @@ backoff_max = "2s"
 [[connect]]
 name = "local"
 url = "{connect}"
-sample_interval = "1s"
-sample_timeout = "1s"
+sample_interval = "2s"
+sample_timeout = "2s"
 {extra}
 [rules]
 paths = ["{d}/rules.yaml"]
@@ -184,7 +186,12 @@ fn wait_for_run(agent: &Agent, runbook: &str, state: &str, timeout: Duration) ->
     let mut found = None;
     let deadline = Instant::now() + timeout;
     while found.is_none() {
-        found = actions(agent).into_iter().find(|a| a["runbook"] == runbook && a["state"] == state);
+        let all = actions(agent);
+        // A run that ended otherwise will not get there: say so now, with its story.
+        if let Some(other) = all.iter().find(|a| a["runbook"] == runbook && a["state"] != state && ["failed", "aborted", "expired"].contains(&a["state"].as_str().unwrap_or(""))) {
+            panic!("a {runbook} run ended {} while waiting for {state}: {other:#}\n{}", other["state"], agent.log());
+        }
+        found = all.into_iter().find(|a| a["runbook"] == runbook && a["state"] == state);
         if found.is_none() {
             assert!(Instant::now() < deadline, "no {runbook} run {state} within {timeout:?}: {:#?}\n{}", actions(agent), agent.log());
             std::thread::sleep(Duration::from_millis(250));
@@ -223,6 +230,7 @@ const RESTART: &str = r#"  target: [connect, connector]
     - action: connect
       operation: restart-failed-tasks
       deadline: 45s
+      max_tasks: 1
   verify:
     condition: "max by (connect, connector) (connector_failed_tasks) == 0"
     deadline: 1m
@@ -271,6 +279,8 @@ fn a_failed_task_is_restarted_once_its_directory_exists_verified_and_audited_and
     assert_eq!(m.get("streamguard_remediation_runs_total", &[("runbook", "restart"), ("outcome", "succeeded")]), Some(1.0));
     assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "connect"), ("outcome", "ok")]), Some(1.0));
     assert_eq!(m.get("streamguard_remediation_runs_in_progress", &[]), Some(0.0));
+    assert_eq!(m.count("streamguard_remediation_step_duration_seconds_count", &[("action", "connect")]), 1);
+    promtool_check_metrics(&m.text);
 
     // (b) It fails again inside the cooldown: not acted on, and the audit says why.
     std::fs::remove_dir_all(work.path().join("out")).unwrap();
@@ -387,8 +397,8 @@ fn with_connect_unreachable_or_unknown_nothing_is_sent_and_the_refusal_is_audite
 [[connect]]
 name = "relayed"
 url = "http://127.0.0.1:{}"
-sample_interval = "1s"
-sample_timeout = "1s"
+sample_interval = "2s"
+sample_timeout = "2s"
 
 [[connect]]
 name = "dead"
@@ -475,6 +485,40 @@ fn approve_mode_waits_for_streamguard_approve_and_a_wrong_or_missing_token_is_re
     assert_eq!(status, 409);
     let log = agent.log();
     assert!(!log.contains(TOKEN) && !log.contains(WRONG), "the token never reaches the log");
+}
+
+#[test]
+fn a_run_waiting_for_approval_survives_a_sigkill_blocks_its_target_and_expires_unapproved() {
+    wait_for_worker();
+    let work = tempfile::tempdir().unwrap();
+    let c = failed_sink("sg-rem-expire", work.path());
+    std::fs::create_dir_all(work.path().join("out")).unwrap();
+    let files = Files::new(&rules(&c.name, &format!("  mode: approve\n{RESTART}")));
+    let config = |port| files.config(port, "", &format!("api_token_file = \"{}\"\napproval_timeout = \"12s\"", files.path("token").display()));
+    let mut agent = start(&config(free_port()), &[]);
+    let waiting = wait_for_run(&agent, "restart", "awaiting_approval", Duration::from_secs(60));
+    let id = waiting["id"].as_str().unwrap().to_string();
+    agent.child.kill().unwrap(); // SIGKILL
+    agent.child.wait().unwrap();
+    drop(agent);
+
+    let agent = start(&config(free_port()), &[]);
+    // Recovered from the journal, still waiting; the alert fires again in the new process
+    // and its run is blocked: one run per target.
+    let (status, run) = api(&agent, reqwest::Method::GET, &format!("/api/v1/actions/{id}"), None, None);
+    assert_eq!((status, run["state"].as_str()), (200, Some("awaiting_approval")), "{run}");
+    let blocked = wait_for_run(&agent, "restart", "blocked", Duration::from_secs(60));
+    let busy = blocked["guards"].as_array().unwrap().iter().find(|g| g["guard"] == "target_busy").unwrap();
+    assert_eq!(busy["passed"], false, "{blocked}");
+    assert!(busy["reason"].as_str().unwrap().starts_with("target busy: a run of runbook restart is in progress or awaiting approval"), "{blocked}");
+    let expired = wait_for_run(&agent, "restart", "expired", Duration::from_secs(60));
+    assert_eq!(expired["id"], id.as_str());
+    assert!(expired["reason"].as_str().unwrap().starts_with("not approved within 12s"), "{expired}");
+    assert_eq!(task_state(&c).as_deref(), Some("FAILED"), "nothing was sent");
+    let (status, _) = api(&agent, reqwest::Method::POST, &format!("/api/v1/actions/{id}/approve"), Some(TOKEN), None);
+    assert_eq!(status, 409, "too late to approve");
+    assert!(files.audit().iter().any(|r| r["kind"] == "run" && r["run_id"] == id.as_str() && r["end"] == "expired"));
+    assert_eq!(agent.metrics().get("streamguard_remediation_runs_total", &[("runbook", "restart"), ("outcome", "expired")]), Some(1.0));
 }
 
 /// A loopback webhook receiver: every JSON body it got.
@@ -683,4 +727,51 @@ fn sigkill_at_every_step_boundary_never_repeats_a_completed_step_never_loses_one
     // Leave the connector running for the next test (the aborted run left it RUNNING
     // after its resume; check).
     assert_eq!(connector_state(&c).as_deref(), Some("RUNNING"));
+}
+
+fn alertmanager_url() -> String {
+    std::env::var("ALERTMANAGER_URL").unwrap_or_else(|_| "http://127.0.0.1:9094".to_string()).trim_end_matches('/').to_string()
+}
+
+#[test]
+fn a_restart_that_does_not_bring_the_task_back_fails_rolls_back_by_stopping_the_connector_and_escalates_to_alertmanager() {
+    wait_for_worker();
+    let work = tempfile::tempdir().unwrap();
+    // The directory stays missing: the restarted task fails again.
+    let c = failed_sink("sg-rem-escalate", work.path());
+    let spec = format!(
+        r#"  mode: act
+  target: [connect, connector]
+  steps:
+    - {{ action: connect, operation: restart-failed-tasks, deadline: 5s, retries: 1 }}
+  rollback:
+    - {{ action: connect, operation: stop, deadline: 45s }}
+  escalate:
+    - {{ action: notify, format: alertmanager, url: "{am}", message: "restart did not help; connector stopped" }}
+"#,
+        am = alertmanager_url()
+    );
+    let files = Files::new(&rules(&c.name, &spec));
+    let agent = start(&files.config(free_port(), "", ""), &[]);
+    let run = wait_for_run(&agent, "restart", "failed", Duration::from_secs(120));
+    let steps = run["steps"].as_array().unwrap();
+    let step = |phase: &str| steps.iter().find(|s| s["phase"] == phase).unwrap().clone();
+    let restart = step("steps");
+    assert_eq!((restart["state"].as_str(), restart["attempts"].as_u64()), (Some("failed"), Some(2)), "idempotent: retried once: {run}");
+    assert!(restart["error"].as_str().unwrap().contains("expected connector and every task RUNNING within 5s"), "{restart}");
+    assert!(run["reason"].as_str().unwrap().starts_with("step 0 (connect) failed"), "{run}");
+    assert_eq!(step("rollback")["state"], "ok", "{run}");
+    assert_eq!(step("escalate")["state"], "ok", "{run}");
+    assert_eq!(connector_state(&c).as_deref(), Some("STOPPED"), "the rollback really stopped it");
+    // The real Alertmanager has the escalation.
+    let url = format!("{}/api/v2/alerts?filter=alertname%3D%22StreamguardRemediation%22", alertmanager_url());
+    let alerts: Value = block_on(async { reqwest::get(&url).await.unwrap().json().await.unwrap() });
+    let mine = alerts.as_array().unwrap().iter().find(|a| a["labels"]["connector"] == c.name.as_str()).unwrap_or_else(|| panic!("{alerts:#}"));
+    assert_eq!(mine["labels"]["runbook"], "restart");
+    assert_eq!(mine["annotations"]["summary"], "restart did not help; connector stopped");
+    assert_eq!(mine["annotations"]["run_id"], run["id"]);
+    let m = agent.metrics();
+    assert_eq!(m.get("streamguard_remediation_runs_total", &[("runbook", "restart"), ("outcome", "failed")]), Some(1.0));
+    assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "connect"), ("outcome", "error")]), Some(1.0));
+    assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "notify"), ("outcome", "ok")]), Some(1.0));
 }

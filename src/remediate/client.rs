@@ -75,9 +75,12 @@ pub fn render_actions(v: &serde_json::Value) -> String {
         .map(|a| {
             a.iter()
                 .map(|r| {
-                    let created = r["created_at"].as_f64().map_or("-".into(), |t| {
-                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))).to_string()
-                    });
+                    // Any number may come back: out of range is shown as unknown, never a panic.
+                    let created = r["created_at"]
+                        .as_f64()
+                        .filter(|t| (0.0..1e11).contains(t))
+                        .and_then(|t| Duration::try_from_secs_f64(t).ok())
+                        .map_or("-".into(), |d| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + d).to_string());
                     vec![
                         r["id"].as_str().unwrap_or("-").to_string(),
                         created,
@@ -139,6 +142,8 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2, "{t}");
         assert!(lines[1].starts_with("r1-0  1970-01-01T00:00:00Z  restart  connect=local,connector=s  act   blocked  blocked: cooldown"), "{t}");
+        let odd = json!({"actions": [{"id": "x", "created_at": 1e300}, {"id": "y", "created_at": -5.0}, {"id": "z", "created_at": "soon"}]});
+        assert_eq!(render_actions(&odd).lines().filter(|l| l.contains("  -  ")).count(), 3, "unknown, not a panic");
     }
 
     #[test]

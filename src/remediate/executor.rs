@@ -2,8 +2,7 @@
 //! allows, journaling every step before and after, verifying, rolling back and
 //! escalating, and writing every decision to the audit log.
 //!
-//! Longer than most files on purpose: one run's life (plan → journal → steps → verify →
-//! rollback/escalate → end) and its recovery read best in one place.
+//! A run's steps, verification, rollback and escalation are in [`run`] (a child module).
 //!
 //! # Guarantees
 //! - Dry-run (the default mode) plans, guards and audits exactly as `act` and sends
@@ -29,21 +28,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actions::{self, ActionError};
+mod run;
+
 use super::audit::Audit;
 use super::guard::{self, GuardOutcome, GuardState, PastRun};
 use super::journal::{self, Journal, Move, Phase, Record, RunEnd};
 use super::plan::{self, Decision, Plan, Trigger};
 use crate::config::{Config, RemediationConfig};
 use crate::evaluate::Rules;
-use crate::rules::expr::{EvalOptions, Truth};
-use crate::rules::file::runbook::{Deadline, Mode, Runbook, Step, StepKind};
+pub use super::view::{RunView, StepView};
+use super::view::{phase_of, step_view, view_of_journal};
+use crate::rules::expr::EvalOptions;
+use crate::rules::file::runbook::{Mode, Runbook, Step};
 use crate::rules::verdict::Verdict;
 use crate::signal::{unix_secs, Labels};
 use crate::store::Store;
@@ -82,46 +83,6 @@ pub enum RequestError {
     NotAwaiting(String),
     #[error("no runbook {0:?}")]
     NoRunbook(String),
-}
-
-/// One step of a run, as the API and the audit show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepView {
-    pub phase: &'static str,
-    pub index: usize,
-    pub action: &'static str,
-    pub description: String,
-    pub idempotent: bool,
-    /// `pending`, `ok`, `failed`, `skipped`.
-    pub state: &'static str,
-    pub attempts: u32,
-    pub request: Option<String>,
-    pub status: Option<u16>,
-    pub response: Option<String>,
-    pub observed: Option<String>,
-    pub error: Option<String>,
-    pub duration_seconds: Option<f64>,
-}
-
-/// One run (or one blocked or dry-run decision), as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunView {
-    pub id: String,
-    pub runbook: String,
-    pub target: Option<Labels>,
-    pub mode: &'static str,
-    /// Whether anything is (or was) sent: false for dry-run and blocked decisions.
-    pub executed: bool,
-    /// `blocked`, `dry_run`, `awaiting_approval`, `running`, `succeeded`, `failed`,
-    /// `aborted`, `expired`.
-    pub state: &'static str,
-    pub reason: String,
-    /// The verdict that triggered it (`None`: run by an operator).
-    pub trigger: Option<Verdict>,
-    pub guards: Vec<GuardOutcome>,
-    pub steps: Vec<StepView>,
-    pub created_at: f64,
-    pub finished_at: Option<f64>,
 }
 
 /// Where a run pauses for the test hook.
@@ -244,7 +205,6 @@ impl Remediation {
         Ok(me)
     }
 
-    /// The API token, if one is configured.
     /// Gives the `scale` action its targets (once, at start).
     pub fn set_scale(&self, scale: Arc<crate::scale::runtime::ScaleRuntime>) {
         if self.scale.set(scale).is_err() {
@@ -252,6 +212,7 @@ impl Remediation {
         }
     }
 
+    /// The API token, if one is configured.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
@@ -361,7 +322,7 @@ impl Remediation {
                     let Some(rb) = set.runbook_specs.get(name) else { continue };
                     let pre = guard::target(rb, labels).map(|t| self.preconditions(rb, &t, now)).unwrap_or_default();
                     let mut p = plan::plan(Trigger::Manual(labels), rb, &state, &pre, rb.mode.unwrap_or(self.default_mode), now);
-                    p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {:?})", status.name, inst.value) });
+                    p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {})", status.name, inst.value.map_or_else(|| "unknown".to_string(), |v| v.to_string())) });
                     out.push((status.name.clone(), labels.clone(), p));
                 }
             }
@@ -403,21 +364,6 @@ impl Remediation {
         let mut out = vec![guard::fresh_data(target, &data)];
         out.extend(guard::preconditions(rb, target, &data, now, &self.eval_options()));
         out
-    }
-
-    /// [`Self::preconditions`] right before a step. While they block only for want of
-    /// fresh data (after a restart the store is empty until the first sample), they are
-    /// re-read every second for at most [`FRESH_WAIT`]; a false precondition is final.
-    async fn fresh_preconditions(&self, rb: &Runbook, target: &Labels) -> Vec<GuardOutcome> {
-        let until = Instant::now() + FRESH_WAIT;
-        loop {
-            let pre = self.preconditions(rb, target, SystemTime::now());
-            let waiting = pre.iter().any(guard::is_unknown) && pre.iter().all(|g| g.passed || guard::is_unknown(g));
-            if !waiting || Instant::now() + POLL > until {
-                return pre;
-            }
-            tokio::time::sleep(POLL).await;
-        }
     }
 
     fn eval_options(&self) -> EvalOptions {
@@ -491,7 +437,18 @@ impl Remediation {
             self.metrics.remediation.run(&rb.name, "failed");
             return self.get(&id).unwrap_or(view);
         }
-        lock(&self.past).push(PastRun { runbook: rb.name.clone(), target: target.clone(), started: now, active: true });
+        {
+            let mut past = lock(&self.past);
+            past.push(PastRun { runbook: rb.name.clone(), target: target.clone(), started: now, active: true });
+            // Bounded: finished runs beyond the journal's own bound are forgotten, oldest
+            // first (runs in progress never are).
+            let mut excess = past.iter().filter(|r| !r.active).count().saturating_sub(journal::KEEP_FINISHED);
+            past.retain(|r| {
+                let drop = excess > 0 && !r.active;
+                excess -= usize::from(drop);
+                !drop
+            });
+        }
         self.refresh_in_progress();
         tracing::warn!(runbook = %rb.name, run_id = %id, mode = p.mode.as_str(), "runbook run started");
         let me = self.clone();
@@ -537,208 +494,6 @@ impl Remediation {
         self.execute(id, rb, target, Phase::Steps, 0, None).await;
     }
 
-    /// Runs `rb` for `target` from (`phase`, `from`); `failed` set: a step or the
-    /// verification already failed, only rollback and escalation remain.
-    async fn execute(self: Arc<Self>, id: String, rb: Runbook, target: Labels, phase: Phase, from: usize, mut failed: Option<String>) {
-        let cancel = self.cancel.clone();
-        tokio::select! {
-            _ = cancel.cancelled() => {
-                tracing::warn!(run_id = %id, "shutdown during a run; it resumes from the journal at the next start");
-            }
-            _ = self.execute_inner(&id, &rb, &target, phase, from, &mut failed) => {}
-        }
-    }
-
-    async fn execute_inner(&self, id: &str, rb: &Runbook, target: &Labels, phase: Phase, from: usize, failed: &mut Option<String>) {
-        self.update(id, |v| v.state = "running");
-        if failed.is_none() && phase == Phase::Steps {
-            for (i, step) in rb.steps.iter().enumerate().skip(from) {
-                self.pause_at(&format!("steps:{i}:before")).await;
-                let pre = self.fresh_preconditions(rb, target).await;
-                if let Some(g) = pre.iter().find(|g| !g.passed) {
-                    let why = g.reason.clone();
-                    let _ = self.journal(Record::Outcome { id: id.into(), phase: Phase::Steps, step: i, ok: false, summary: why.clone(), at: SystemTime::now() }).await;
-                    self.set_step(id, "steps", i, |s| {
-                        s.state = "failed";
-                        s.error = Some(why.clone());
-                    });
-                    self.audit(serde_json::json!({"kind": "step", "run_id": id, "runbook": rb.name, "target": target, "phase": "steps", "step": i, "executed": false, "guards": pre})).await;
-                    *failed = Some(why);
-                    break;
-                }
-                if let Err(e) = self.step(id, rb, target, Phase::Steps, i, step).await {
-                    *failed = Some(format!("step {i} ({}) failed: {e}", step.name()));
-                    break;
-                }
-            }
-        }
-        let verify_from = if phase == Phase::Verify { from } else { 0 };
-        if failed.is_none() && phase <= Phase::Verify && verify_from == 0 {
-            if let Some(v) = &rb.verify {
-                if let Err(e) = self.verify(id, rb, target, v).await {
-                    *failed = Some(format!("verification failed: {e}"));
-                }
-            }
-        }
-        match failed.clone() {
-            None => self.finish(id, &rb.name, RunEnd::Succeeded, "every step ran and the verification passed".into()).await,
-            Some(why) => {
-                let rb_from = match phase {
-                    Phase::Rollback => from,
-                    Phase::Escalate => rb.rollback.len(),
-                    _ => 0,
-                };
-                for (i, step) in rb.rollback.iter().enumerate().skip(rb_from) {
-                    // A failed rollback step is recorded; the others still run.
-                    let _ = self.step(id, rb, target, Phase::Rollback, i, step).await;
-                }
-                let esc_from = if phase == Phase::Escalate { from } else { 0 };
-                for (i, step) in rb.escalate.iter().enumerate().skip(esc_from) {
-                    let _ = self.step(id, rb, target, Phase::Escalate, i, step).await;
-                }
-                self.finish(id, &rb.name, RunEnd::Failed, why).await;
-            }
-        }
-    }
-
-    /// An interrupted non-idempotent step: record it as failed (not repeated), escalate,
-    /// end the run as aborted.
-    async fn abort(self: Arc<Self>, id: String, rb: Runbook, target: Labels, phase: Phase, step: usize, why: String) {
-        let _ = self.journal(Record::Outcome { id: id.clone(), phase, step, ok: false, summary: why.clone(), at: SystemTime::now() }).await;
-        self.set_step(&id, phase.as_str(), step, |s| {
-            s.state = "failed";
-            s.error = Some(why.clone());
-        });
-        let cancel = self.cancel.clone();
-        let escalate = async {
-            for (i, s) in rb.escalate.iter().enumerate() {
-                if phase == Phase::Escalate && i <= step {
-                    continue;
-                }
-                let _ = self.step(&id, &rb, &target, Phase::Escalate, i, s).await;
-            }
-            self.finish(&id, &rb.name, RunEnd::Aborted, why.clone()).await;
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = escalate => {}
-        }
-    }
-
-    /// One step: intent, attempts, outcome.
-    async fn step(&self, id: &str, rb: &Runbook, target: &Labels, phase: Phase, i: usize, step: &Step) -> Result<(), String> {
-        let p = phase.as_str();
-        if let Err(e) = self.journal(Record::Intent { id: id.into(), phase, step: i, at: SystemTime::now() }).await {
-            return Err(format!("cannot write the journal, step not run: {e}"));
-        }
-        self.pause_at(&format!("{p}:{i}:intent")).await;
-        let started = Instant::now();
-        let (result, attempts) = match &step.kind {
-            StepKind::Wait(w) => (self.wait_for(target, w).await.map(|observed| actions::ActionOutcome { request: "wait".into(), status: 0, response: String::new(), observed }), 1),
-            StepKind::Act(action) => {
-                let cx = actions::Context { run_id: id, runbook: &rb.name, target, phase: p, step: i, client: &self.client, connect: &self.connect, timeout: step.timeout, scale: self.scale.get().map(|s| s.as_ref()), store: &self.store, flink: &self.flink };
-                let retries = if step.idempotent() { step.retries } else { 0 };
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let hard = step.timeout + connect_deadline(action);
-                    let r = match tokio::time::timeout(hard, actions::perform(action, &cx)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(ActionError::Timeout { request: step.describe() }),
-                    };
-                    match r {
-                        Err(e) if e.retryable() && attempt <= retries => {
-                            tracing::warn!(run_id = %id, step = i, attempt, error = %e, "step failed; retrying");
-                            tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(5))).await;
-                        }
-                        r => break (r.map_err(|e| e.to_string()), attempt),
-                    }
-                }
-            }
-        };
-        let took = started.elapsed().as_secs_f64();
-        let ok = result.is_ok();
-        let summary = match &result {
-            Ok(o) => format!("{} → {}", o.request, o.observed),
-            Err(e) => e.clone(),
-        };
-        if let Err(e) = self.journal(Record::Outcome { id: id.into(), phase, step: i, ok, summary, at: SystemTime::now() }).await {
-            tracing::error!(run_id = %id, error = %e, "cannot journal a step outcome");
-        }
-        self.pause_at(&format!("{p}:{i}:outcome")).await;
-        self.metrics.remediation.step(step.name(), if ok { "ok" } else { "error" }, took);
-        self.set_step(id, p, i, |s| {
-            s.state = if ok { "ok" } else { "failed" };
-            s.attempts = attempts;
-            s.duration_seconds = Some(took);
-            match &result {
-                Ok(o) => {
-                    s.request = Some(o.request.clone());
-                    s.status = (o.status != 0).then_some(o.status);
-                    s.response = Some(o.response.clone());
-                    s.observed = Some(o.observed.clone());
-                }
-                Err(e) => s.error = Some(e.clone()),
-            }
-        });
-        let record = serde_json::json!({
-            "kind": "step", "run_id": id, "runbook": rb.name, "target": target, "executed": true,
-            "phase": p, "step": i, "action": step.name(), "description": step.describe(), "attempts": attempts,
-            "ok": ok, "duration_seconds": took,
-            "request": result.as_ref().ok().map(|o| o.request.clone()),
-            "status": result.as_ref().ok().map(|o| o.status),
-            "response": result.as_ref().ok().map(|o| o.response.clone()),
-            "observed": result.as_ref().ok().map(|o| o.observed.clone()),
-            "error": result.as_ref().err(),
-        });
-        self.audit(record).await;
-        result.map(|_| ())
-    }
-
-    async fn verify(&self, id: &str, rb: &Runbook, target: &Labels, v: &Deadline) -> Result<(), String> {
-        if let Err(e) = self.journal(Record::Intent { id: id.into(), phase: Phase::Verify, step: 0, at: SystemTime::now() }).await {
-            return Err(format!("cannot write the journal: {e}"));
-        }
-        self.pause_at("verify:0:intent").await;
-        let started = Instant::now();
-        let result = self.wait_for(target, v).await;
-        let took = started.elapsed().as_secs_f64();
-        let ok = result.is_ok();
-        let summary = result.clone().unwrap_or_else(|e| e);
-        let _ = self.journal(Record::Outcome { id: id.into(), phase: Phase::Verify, step: 0, ok, summary: summary.clone(), at: SystemTime::now() }).await;
-        self.pause_at("verify:0:outcome").await;
-        self.set_step(id, "verify", 0, |s| {
-            s.state = if ok { "ok" } else { "failed" };
-            s.attempts = 1;
-            s.duration_seconds = Some(took);
-            if ok {
-                s.observed = Some(summary.clone());
-            } else {
-                s.error = Some(summary.clone());
-            }
-        });
-        self.audit(serde_json::json!({"kind": "verification", "run_id": id, "runbook": rb.name, "target": target, "condition": v.condition.text, "ok": ok, "detail": summary, "duration_seconds": took})).await;
-        result.map(|_| ())
-    }
-
-    /// Polls `d.condition` for `target` on fresh data until it is true or the deadline
-    /// passes.
-    async fn wait_for(&self, target: &Labels, d: &Deadline) -> Result<String, String> {
-        let deadline = Instant::now() + d.deadline;
-        loop {
-            let now = SystemTime::now();
-            let data = crate::evaluate::dataset(&self.store, &self.rules.set(), now);
-            let (truth, value) = guard::truth_for(&d.condition.cond, target, &data, now, &self.eval_options());
-            if truth == Truth::True {
-                return Ok(format!("{} is true (value {})", d.condition.text, value.map_or("unknown".into(), |v| v.to_string())));
-            }
-            if Instant::now() + POLL > deadline {
-                return Err(format!("{} still {truth} after {}", d.condition.text, humantime::format_duration(d.deadline)));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
     async fn finish(&self, id: &str, runbook: &str, end: RunEnd, reason: String) {
         if let Err(e) = self.journal(Record::Finished { id: id.into(), end, reason: reason.clone(), at: SystemTime::now() }).await {
             tracing::error!(run_id = %id, error = %e, "cannot journal the end of a run");
@@ -776,6 +531,7 @@ impl Remediation {
         match tokio::task::spawn_blocking(move || lock(&j).append(&r)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
+                self.metrics.remediation.write_error("journal");
                 tracing::error!(error = %e, "cannot write the remediation journal");
                 Err(e.to_string())
             }
@@ -787,7 +543,10 @@ impl Remediation {
         let a = self.audit.clone();
         match tokio::task::spawn_blocking(move || lock(&a).write(record)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the audit log"),
+            Ok(Err(e)) => {
+                self.metrics.remediation.write_error("audit");
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
             Err(e) => tracing::error!(error = %e, "audit write did not run"),
         }
     }
@@ -829,82 +588,12 @@ impl Remediation {
     }
 }
 
-fn connect_deadline(a: &crate::rules::file::runbook::Action) -> Duration {
-    match a {
-        crate::rules::file::runbook::Action::Connect(c) => c.deadline,
-        crate::rules::file::runbook::Action::Notify(_) => Duration::ZERO,
-        // The step's `timeout` must cover the target's verification window.
-        crate::rules::file::runbook::Action::Scale(_) => Duration::ZERO,
-        crate::rules::file::runbook::Action::Flink(f) => f.deadline,
-    }
-}
-
-fn phase_of(name: &str) -> Phase {
-    match name {
-        "verify" => Phase::Verify,
-        "rollback" => Phase::Rollback,
-        "escalate" => Phase::Escalate,
-        _ => Phase::Steps,
-    }
-}
-
 fn step_of(rb: &Runbook, phase: Phase, i: usize) -> Option<&Step> {
     match phase {
         Phase::Steps => rb.steps.get(i),
         Phase::Rollback => rb.rollback.get(i),
         Phase::Escalate => rb.escalate.get(i),
         Phase::Verify => None,
-    }
-}
-
-fn step_view(phase: &'static str, index: usize, action: &'static str, description: String, idempotent: bool) -> StepView {
-    StepView {
-        phase,
-        index,
-        action,
-        description,
-        idempotent,
-        state: "pending",
-        attempts: 0,
-        request: None,
-        status: None,
-        response: None,
-        observed: None,
-        error: None,
-        duration_seconds: None,
-    }
-}
-
-/// A run read back from the journal (its steps as the journal knows them).
-fn view_of_journal(r: &journal::RunState) -> RunView {
-    let steps = r
-        .done
-        .iter()
-        .map(|((p, i), ok)| {
-            let mut s = step_view(p.as_str(), *i, "?", String::new(), false);
-            s.state = if *ok { "ok" } else { "failed" };
-            s.attempts = r.intents.get(&(*p, *i)).copied().unwrap_or(0);
-            s
-        })
-        .collect();
-    let (state, reason) = match &r.finished {
-        Some((end, why)) => (end.as_str(), why.clone()),
-        None if r.mode == Mode::Approve && !r.approved => ("awaiting_approval", "waiting for approval".into()),
-        None => ("running", "resumed from the journal".into()),
-    };
-    RunView {
-        id: r.id.clone(),
-        runbook: r.runbook.clone(),
-        target: Some(r.target.clone()),
-        mode: r.mode.as_str(),
-        executed: true,
-        state,
-        reason,
-        trigger: None,
-        guards: Vec::new(),
-        steps,
-        created_at: unix_secs(r.started),
-        finished_at: None,
     }
 }
 

@@ -123,7 +123,7 @@ pub fn concurrency(state: &GuardState) -> GuardOutcome {
 pub fn one_per_target(target: &Labels, state: &GuardState) -> GuardOutcome {
     const G: &str = "target_busy";
     match state.runs.iter().find(|r| r.active && (&r.target == target || compatible(&r.target, target) && compatible(target, &r.target))) {
-        Some(r) => GuardOutcome::block(G, format!("target busy: runbook {} is already running for it", r.runbook)),
+        Some(r) => GuardOutcome::block(G, format!("target busy: a run of runbook {} is in progress or awaiting approval for it", r.runbook)),
         None => GuardOutcome::pass(G, "no other run for this target"),
     }
 }

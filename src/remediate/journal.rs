@@ -400,6 +400,42 @@ mod tests {
         assert_eq!(recover(&recs)[0].open, Some((Phase::Steps, 0)));
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a naive model: a run of steps (each idempotent or not) journaled as
+        /// Started, Intent 0, Outcome 0, Intent 1, … and cut after any record (a crash).
+        /// Recovery resumes right after the last outcome; an open intent is retried when
+        /// idempotent and aborts the run when not; a step with an outcome never runs again.
+        #[test]
+        fn recovery_after_a_crash_at_any_record_agrees_with_a_naive_model(
+            idempotent in proptest::collection::vec(any::<bool>(), 1..8),
+            cut in 1usize..20,
+        ) {
+            let mut recs = vec![started("r", Mode::Act)];
+            for i in 0..idempotent.len() {
+                recs.push(intent("r", i));
+                recs.push(outcome("r", i));
+            }
+            let cut = cut.min(recs.len());
+            let kept = &recs[..cut];
+            let runs = recover(kept);
+            let got = next_move(&runs[0], |_, i| idempotent[i]);
+            // The model: records after Started alternate intent/outcome.
+            let after = cut - 1;
+            let completed = after / 2;
+            let expected = if after % 2 == 1 {
+                if idempotent[completed] { Move::ResumeAt(Phase::Steps, completed) } else { Move::Abort { phase: Phase::Steps, step: completed } }
+            } else {
+                Move::ResumeAt(Phase::Steps, completed)
+            };
+            prop_assert_eq!(&got, &expected);
+            if let Move::ResumeAt(_, at) = got {
+                prop_assert!(runs[0].done.keys().all(|(_, i)| *i < at), "a completed step is never resumed");
+            }
+        }
+    }
+
     #[test]
     fn compaction_keeps_unfinished_runs_and_the_latest_finished_ones() {
         let mut recs = vec![started("open", Mode::Act)];

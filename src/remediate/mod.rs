@@ -7,6 +7,7 @@
 //! - [`actions`]: one file per action (`connect`, `notify`), each with a timeout and a
 //!   typed outcome.
 //! - [`client`]: the CLI side of the remediation API.
+//! - [`view`]: runs as the API shows them.
 //! - [`executor`]: consumes verdicts, plans, runs, verifies, rolls back, escalates, and
 //!   recovers runs from the journal after a restart.
 //!
@@ -21,3 +22,4 @@ pub mod executor;
 pub mod guard;
 pub mod journal;
 pub mod plan;
+pub mod view;

@@ -696,6 +696,7 @@ pub struct FileReport {
     pub errors: Vec<RuleError>,
     pub alerts: usize,
     pub slos: usize,
+    pub runbooks: usize,
 }
 
 /// Loads and validates every rule file under `paths`. The set is valid only if every
@@ -712,12 +713,13 @@ pub fn load(paths: &[PathBuf], signals: &BTreeSet<String>) -> (Result<RuleSet, R
         }
     };
     for file in &files {
-        let (a0, s0) = (set.alerts.len(), set.slos.len());
+        let (a0, s0, r0) = (set.alerts.len(), set.slos.len(), set.runbook_specs.len());
         let errors = match std::fs::read_to_string(file) {
             Ok(text) => parse_file(file, &text, signals, &mut set, &mut refs),
             Err(e) => vec![RuleError { file: file.clone(), line: 0, col: 0, message: format!("cannot read: {e}") }],
         };
-        reports.push(FileReport { file: file.clone(), errors, alerts: set.alerts.len() - a0, slos: set.slos.len() - s0 });
+        let runbooks = set.runbook_specs.len() - r0;
+        reports.push(FileReport { file: file.clone(), errors, alerts: set.alerts.len() - a0, slos: set.slos.len() - s0, runbooks });
     }
     for (name, file, at) in refs {
         if !set.runbooks.contains(&name) {

@@ -1,5 +1,5 @@
 //! The seam between evaluation and remediation: a [`Verdict`] is emitted for every alert
-//! transition and every SLO burn-alert transition, with the evidence that decided it
+//! transition and every SLO burn-alert transition ([`burn_verdicts`]), with the evidence that decided it
 //! (the series the condition read for that instance, each with its quality, last value
 //! and time).
 //!
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::eval::{AlertState, Transition};
 use super::expr::{Cond, Dataset, Truth};
+use super::slo::{Sli, SloSpec, SloStatus};
 use crate::signal::Labels;
 
 /// What kind of rule produced a verdict.
@@ -116,6 +117,53 @@ pub fn alert_verdict(t: &Transition, cond: &Cond, truth: Truth, runbooks: &[Stri
         runbooks: runbooks.to_vec(),
         at: now,
     }
+}
+
+/// Burn alerts firing at the previous evaluation, by (SLO, severity, long window).
+pub type BurnFiring = std::collections::HashMap<(String, String, String), bool>;
+
+/// The verdicts of the burn alerts of `statuses` (one per SLO of `slos`, in order) whose
+/// firing changed since `before`, which is updated. A time-slice SLI's evidence is the
+/// series its condition reads; a ratio SLI's is its burn rates (the verdict's value), known
+/// on both windows or not fresh.
+pub fn burn_verdicts(slos: &[SloSpec], statuses: &[SloStatus], before: &mut BurnFiring, data: &Dataset, now: SystemTime) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for (spec, status) in slos.iter().zip(statuses) {
+        for a in &status.alerts {
+            let key = (spec.name.clone(), a.severity.clone(), a.long.clone());
+            let was = before.insert(key, a.firing).unwrap_or(false);
+            if was == a.firing {
+                continue;
+            }
+            let (evidence, fresh) = match &spec.sli {
+                Sli::TimeSlice { cond, .. } => {
+                    let e = evidence(cond, &Labels::new(), data, now);
+                    let fresh = !e.is_empty() && e.iter().all(|e| e.quality == "fresh");
+                    (e, fresh)
+                }
+                Sli::Ratio { .. } => (Vec::new(), a.long_burn.is_some() && a.short_burn.is_some()),
+            };
+            let mut labels = spec.labels.clone();
+            labels.insert("slo".into(), spec.name.clone());
+            labels.insert("severity".into(), a.severity.clone());
+            labels.insert("long".into(), a.long.clone());
+            labels.insert("short".into(), a.short.clone());
+            out.push(Verdict {
+                kind: VerdictKind::BurnAlert,
+                rule: spec.name.clone(),
+                labels,
+                from: if was { AlertState::Firing } else { AlertState::Inactive },
+                to: if a.firing { AlertState::Firing } else { AlertState::Resolved },
+                truth: if a.firing { Truth::True } else { Truth::False },
+                value: a.long_burn,
+                fresh,
+                evidence,
+                runbooks: spec.runbooks.clone(),
+                at: now,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub struct RemediationMetrics {
     step_duration: Family<Labels, Histogram>,
     in_progress: Gauge,
     guard_blocks: Family<Labels, Counter>,
+    write_errors: Family<Labels, Counter>,
 }
 
 impl RemediationMetrics {
@@ -29,7 +30,11 @@ impl RemediationMetrics {
             step_duration: Family::new_with_constructor(|| Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])),
             in_progress: Gauge::default(),
             guard_blocks: Family::default(),
+            write_errors: Family::default(),
         };
+        for file in ["journal", "audit"] {
+            m.write_errors.get_or_create(&vec![("file", file.to_string())]).inc_by(0);
+        }
         registry.register(
             "remediation_runs",
             "Runbook runs by runbook and outcome (succeeded, failed, aborted, expired, dry_run, blocked)",
@@ -42,6 +47,11 @@ impl RemediationMetrics {
             "remediation_guard_blocks",
             "Planned runs a guard blocked, by runbook and guard (trigger, target, cooldown, target_busy, rate, concurrency, precondition)",
             m.guard_blocks.clone(),
+        );
+        registry.register(
+            "remediation_write_errors",
+            "Failed writes of the remediation journal (the step is not run) or audit log, by file (journal, audit)",
+            m.write_errors.clone(),
         );
         registry.register(
             "remediation_verdicts_dropped",
@@ -62,6 +72,10 @@ impl RemediationMetrics {
 
     pub fn set_in_progress(&self, n: usize) {
         self.in_progress.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn write_error(&self, file: &'static str) {
+        self.write_errors.get_or_create(&vec![("file", file.to_string())]).inc();
     }
 
     pub fn guard_block(&self, runbook: &str, guard: &'static str) {

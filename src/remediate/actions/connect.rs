@@ -31,6 +31,17 @@ pub async fn perform(a: &ConnectAction, cx: &Context<'_>) -> Result<ActionOutcom
         ConnectOp::Stop => (Method::PUT, format!("/connectors/{c}/stop")),
     };
     let request = format!("{method} {path}");
+    let status_path = format!("{base}/connectors/{c}/status");
+    if let Some(max) = a.max_tasks {
+        let current: serde_json::Value = match cx.client.get(&status_path).timeout(cx.timeout).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+            Ok(r) => return Err(ActionError::Status { request: format!("GET /connectors/{c}/status"), status: r.status().as_u16(), body: String::new() }),
+            Err(e) => return Err(ActionError::Unreachable { request: format!("GET /connectors/{c}/status"), message: error_text(&e) }),
+        };
+        if let Some(why) = over_bound(&current, a.operation, max) {
+            return Err(ActionError::Bound { request, why });
+        }
+    }
     let resp = cx
         .client
         .request(method, format!("{base}{path}"))
@@ -45,7 +56,6 @@ pub async fn perform(a: &ConnectAction, cx: &Context<'_>) -> Result<ActionOutcom
     }
     let expected = expected(a.operation);
     let deadline = Instant::now() + a.deadline;
-    let status_path = format!("{base}/connectors/{c}/status");
     let mut observed = String::from("nothing read yet");
     loop {
         if let Ok(r) = cx.client.get(&status_path).timeout(cx.timeout).send().await {
@@ -62,6 +72,17 @@ pub async fn perform(a: &ConnectAction, cx: &Context<'_>) -> Result<ActionOutcom
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Why restarting would exceed `max` tasks, if it would. Pure.
+pub fn over_bound(status: &serde_json::Value, op: ConnectOp, max: u32) -> Option<String> {
+    let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+    let n = match op {
+        ConnectOp::Restart => tasks.len(),
+        ConnectOp::RestartFailedTasks => tasks.iter().filter(|t| t["state"] == "FAILED").count(),
+        ConnectOp::Pause | ConnectOp::Resume | ConnectOp::Stop => return None,
+    };
+    (n > max as usize).then(|| format!("{n} tasks to restart, max_tasks {max}"))
 }
 
 fn expected(op: ConnectOp) -> &'static str {
@@ -102,5 +123,14 @@ mod tests {
         assert!(!check(&json!({"connector": {"state": "RUNNING"}, "tasks": []}), ConnectOp::Resume).0);
         assert!(check(&json!({"connector": {"state": "PAUSED"}, "tasks": []}), ConnectOp::Pause).0);
         assert!(check(&json!({"connector": {"state": "STOPPED"}}), ConnectOp::Stop).0);
+    }
+
+    #[test]
+    fn max_tasks_bounds_how_many_tasks_a_restart_may_restart() {
+        let s = json!({"connector": {"state": "RUNNING"}, "tasks": [{"state": "FAILED"}, {"state": "FAILED"}, {"state": "RUNNING"}]});
+        assert_eq!(over_bound(&s, ConnectOp::RestartFailedTasks, 1).as_deref(), Some("2 tasks to restart, max_tasks 1"));
+        assert_eq!(over_bound(&s, ConnectOp::RestartFailedTasks, 2), None);
+        assert_eq!(over_bound(&s, ConnectOp::Restart, 2).as_deref(), Some("3 tasks to restart, max_tasks 2"));
+        assert_eq!(over_bound(&s, ConnectOp::Pause, 1), None);
     }
 }

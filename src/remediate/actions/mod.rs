@@ -64,6 +64,9 @@ pub enum ActionError {
     Unreachable { request: String, message: String },
     #[error("{request}: HTTP {status}: {body}")]
     Status { request: String, status: u16, body: String },
+    /// A bound of the action refused it; nothing was sent.
+    #[error("{request}: refused by its bound: {why}")]
+    Bound { request: String, why: String },
     #[error("{request}: expected {expected} within {deadline:?}, last seen: {observed}")]
     NotReached { request: String, expected: String, observed: String, deadline: Duration },
     /// The action decided not to act, or undid what it did (a `scale` step on stale
@@ -83,6 +86,7 @@ impl ActionError {
             ActionError::Status { .. } => "http_status",
             ActionError::NotReached { .. } => "not_reached",
             ActionError::Refused { .. } => "refused",
+            ActionError::Bound { .. } => "bound",
         }
     }
 
@@ -90,7 +94,7 @@ impl ActionError {
     /// not a 4xx other than 409 (Connect answers 409 during a rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            ActionError::Config(_) | ActionError::Refused { .. } => false,
+            ActionError::Config(_) | ActionError::Refused { .. } | ActionError::Bound { .. } => false,
             ActionError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             _ => true,
         }

@@ -119,6 +119,9 @@ pub struct ConnectAction {
     /// The worker must report the expected state within this time after the request.
     #[serde(with = "secs")]
     pub deadline: Duration,
+    /// Bound: refuse a restart that would restart more tasks than this (read from the
+    /// worker right before the request). `None`: no bound.
+    pub max_tasks: Option<u32>,
 }
 
 /// How `notify` delivers.
@@ -219,6 +222,18 @@ impl Action {
             Action::Notify(_) => "notify",
             Action::Scale(_) => "scale",
             Action::Flink(_) => "flink",
+        }
+    }
+
+    /// How long after its request the action may spend checking that it took effect
+    /// (the executor's hard limit of one attempt is the step's timeout plus this).
+    pub fn verify_deadline(&self) -> Duration {
+        match self {
+            Action::Connect(c) => c.deadline,
+            Action::Notify(_) => Duration::ZERO,
+            // The step's `timeout` must cover the target's verification window.
+            Action::Scale(_) => Duration::ZERO,
+            Action::Flink(f) => f.deadline,
         }
     }
 
@@ -344,7 +359,7 @@ pub const MAX_STEPS: usize = 50;
 const SPEC_FIELDS: [&str; 7] = ["mode", "target", "guards", "steps", "verify", "rollback", "escalate"];
 const GUARD_FIELDS: [&str; 4] = ["cooldown", "max_runs", "window", "preconditions"];
 const DEADLINE_FIELDS: [&str; 2] = ["condition", "deadline"];
-const CONNECT_FIELDS: [&str; 5] = ["action", "operation", "deadline", "timeout", "retries"];
+const CONNECT_FIELDS: [&str; 6] = ["action", "operation", "deadline", "timeout", "retries", "max_tasks"];
 const NOTIFY_FIELDS: [&str; 6] = ["action", "url", "format", "message", "timeout", "retries"];
 const WAIT_FIELDS: [&str; 1] = ["wait"];
 const SCALE_FIELDS: [&str; 5] = ["action", "target", "to", "timeout", "retries"];
@@ -491,8 +506,15 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
                 }
             };
             let deadline = f.get("deadline").map_or(Some(DEFAULT_CONNECT_DEADLINE), |d| cx.positive_duration(d, &format!("{what}: deadline")));
+            let max_tasks = f.get("max_tasks").and_then(|m| match text_of(m).and_then(|t| t.trim().parse::<u32>().ok()) {
+                Some(v) if v > 0 => Some(v),
+                _ => {
+                    cx.err(pos(m), format!("{what}: max_tasks must be a positive integer"));
+                    None
+                }
+            });
             let kind = match (operation, deadline) {
-                (Some(operation), Some(deadline)) => Some(Action::Connect(ConnectAction { operation, deadline })),
+                (Some(operation), Some(deadline)) => Some(Action::Connect(ConnectAction { operation, deadline, max_tasks })),
                 _ => None,
             };
             (f, kind)
