@@ -228,6 +228,15 @@ fn a_slow_pool_is_scaled_out_under_the_throughput_policy_the_lag_falls_and_the_a
     assert!(audit.iter().any(|r| r["run_id"] == run["id"] && r["kind"] == "verification" && r["ok"] == true), "{audit:#?}");
     let m = agent.metrics();
     assert_eq!(m.get("streamguard_remediation_steps_total", &[("action", "scale"), ("outcome", "ok")]), Some(1.0));
+
+    // An agent killed without a chance to clean up leaves no consumer running.
+    let mut agent = agent;
+    let out = common::run(Command::new("pgrep").args(["-P", &agent.child.id().to_string()]));
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!(pids.len(), to as usize, "one process per replica: {pids:?}");
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    wait_until(Duration::from_secs(30), "the replicas gone with the agent", || pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()));
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //!   (for the target's detail) and [`PoolMetrics`] (`streamguard_scale_process_exits_total{target,reason}`,
 //!   `streamguard_scale_process_replicas{target,state}`), not only a log line.
 //! - Exits kept in the status are bounded ([`MAX_EXITS_KEPT`]); children are
-//!   `kill_on_drop`, and on cancellation the supervisor stops them all.
+//!   `kill_on_drop`, on cancellation the supervisor stops them all, and on Linux each
+//!   child gets SIGTERM from the kernel when the agent dies without cleaning up
+//!   (`PR_SET_PDEATHSIG`), so a killed agent leaves no consumer behind.
 //!
 //! # Assumptions
 //! One pool per scaling target, owned by this agent; processes it did not start are not
@@ -195,6 +197,19 @@ impl ProcessPool {
             .env("STREAMGUARD_REPLICA_INDEX", index.to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // If the agent itself dies (SIGKILL, OOM), `kill_on_drop` never runs: ask the
+        // kernel to send the replica SIGTERM when its parent goes, so no consumer is
+        // left running (and holding partitions) without a supervisor.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         match &cfg.log_dir {
             Some(dir) => {
                 let open = || std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("replica-{index}.log")));
