@@ -121,6 +121,8 @@ pub enum AgentError {
     Notify(#[from] crate::notify::alertmanager::ClientError),
     #[error("remediation: {0}")]
     Remediation(#[from] crate::remediate::executor::StartError),
+    #[error("scale target {0}: {1}")]
+    Scale(String, crate::scale::actuators::ActuatorError),
 }
 
 /// Delay before the next attempt. Pure.
@@ -432,6 +434,25 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
             Some(crate::notify::alertmanager::dispatcher(r.clone(), outboxes.clone(), timing, generator_url.clone(), m.clone(), t.clone()))
         });
         tracing::info!(alertmanagers = config.notify.alertmanagers.len(), "sending alerts to Alertmanager");
+    }
+    // Scaling targets: their actuators now (a bad kubeconfig fails the start), each
+    // process pool supervised and brought to its min_replicas.
+    if !config.scale.is_empty() {
+        let rt = Arc::new(crate::scale::runtime::ScaleRuntime::new(&config.scale, &metrics.scale_pools).map_err(|(t, e)| AgentError::Scale(t, e))?);
+        for (pool, target) in rt.pools().into_iter().zip(config.scale.iter().filter(|t| matches!(t.actuator, crate::scale::config::ActuatorConfig::Process(_)))) {
+            let p = pool.clone();
+            let tok = cancel.child_token();
+            supervisor.spawn("scale_pool", format!("scale_pool {}", target.name), tok.clone(), move || Some(p.clone().supervise(tok.clone())));
+            let req = crate::scale::actuators::ScaleRequest { target: target.name.clone(), from: None, to: target.constraints.min_replicas, policy: "start".into(), why: "min_replicas at start".into(), dry_run: false };
+            if let Err(e) = crate::scale::actuators::Actuator::scale_to(&pool, &req).await {
+                // Visible in the pool status and its exit metric; the supervisor retries.
+                tracing::error!(target_name = %target.name, error = %e, "cannot start the scaled consumer pool");
+            }
+        }
+        if let Some(r) = &remediation {
+            r.set_scale(rt);
+        }
+        tracing::info!(targets = config.scale.len(), "scale targets on");
     }
     if let (Some(r), Some(rc), Some(rx)) = (&remediation, &config.remediation, verdicts) {
         r.recover().await;

@@ -3,6 +3,7 @@
 //! Data flows one way: `config` → `sample` (one module per source) → `store` →
 //! `serve` (`/metrics`, health). See `DESIGN.md` in the shared docs and the README.
 
+pub mod actions_flink;
 pub mod agent;
 pub mod catalog;
 pub mod config;

@@ -121,3 +121,24 @@ fn config_durations_too_large_to_compute_with_are_named_errors() {
         assert!(err.contains(&want), "{key}: expected {want:?} in:\n{err}");
     }
 }
+
+/// `[[scale]]` targets: `check` reports every problem with its file and key, as `run` would refuse them.
+#[test]
+fn bad_scale_targets_are_reported_with_their_keys_and_a_good_one_passes() {
+    let good = format!("{GOOD}[[scale]]\nname = \"orders\"\ngroup = \"g\"\ntopic = \"t\"\npolicy = {{ type = \"lag\", lag_threshold = 100 }}\nactuator = {{ type = \"command\", command = [\"/usr/local/bin/scale-orders\"] }}\n");
+    let (code, out, err, _, _d) = check(&good);
+    assert_eq!(code, 0, "{out}{err}");
+    let bad = format!("{GOOD}[[scale]]\nname = \"orders\"\ncluster = \"nope\"\ngroup = \"g\"\ntopic = \"t\"\nmax_step = 0\npolicy = {{ type = \"throughput\", catch_up_within = \"soon\" }}\nactuator = {{ type = \"process\", command = [] }}\n[[scale]]\nname = \"x\"\ngroup = \"g\"\ntopic = \"t\"\npolicy = {{ type = \"lag\", lagThreshold = 5 }}\nactuator = {{ type = \"command\", command = [\"x\"] }}\n");
+    let (code, out, err, path, _d) = check(&bad);
+    assert_eq!(code, 1, "{out}{err}");
+    let all = format!("{out}{err}");
+    for want in [
+        "scale[0].max_step: must be ≥ 1",
+        "scale[0].policy.catch_up_within: invalid duration \"soon\"",
+        "scale[0].actuator.command: must name a program",
+        "scale[0].cluster: no [[clusters]] named \"nope\"",
+        "scale[1]: unknown field: found `lagThreshold`",
+    ] {
+        assert!(all.contains(&format!("{}: {want}", path.display())), "missing {want:?} in:\n{all}");
+    }
+}

@@ -1,4 +1,4 @@
-//! The Flink job actions (`streamguard::scale::flink_job`) against the real Flink of
+//! The Flink job actions (`streamguard::actions_flink`) against the real Flink of
 //! `stack/up flink` (`$FLINK_URL`). Nothing is mocked: each test runs the stack's
 //! checkpointing job (`stack/flink-job/CheckpointingJob.java`), acts on it over the REST
 //! API and checks the result in Flink itself. The tests of this file run one at a time
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use streamguard::scale::flink_job::{FlinkJobs, JobSpec};
+use streamguard::actions_flink::{FlinkJobs, JobSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -153,4 +153,95 @@ fn actions_on_an_unknown_job_fail_with_the_step_and_the_status() {
     let e = block_on(j.job_state("00000000000000000000000000000000")).unwrap_err();
     assert!(e.to_string().starts_with("job detail: HTTP 404"), "{e}");
     assert_eq!(block_on(j.find_jar("no-such-jar-xyz")).unwrap_err().kind(), "no_jar");
+}
+
+/// Test (f): a stalled checkpoint (the stack job's stall marker) fires an alert on the
+/// job's checkpoint age; the real agent's runbook runs the `flink savepoint-and-restart`
+/// step (the savepoint cannot complete while checkpoints stall, so it restarts from the
+/// last completed checkpoint); checkpoints complete again and the verification (the age
+/// falls) passes. The resubmission's arguments name a marker that does not exist.
+#[test]
+fn a_stalled_checkpoint_fires_the_runbook_which_restarts_the_job_and_checkpoints_complete_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let j = jobs();
+    let boot = submit_with_script(&["--job-name", &unique("sg-boot")]);
+    drop(Cleanup(vec![boot]));
+    let jar = block_on(j.find_jar("checkpointing-job")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stall = dir.path().join("stall");
+    let name = unique("sg-rb-stall");
+    let args = |marker: &Path| -> Vec<String> {
+        ["--interval-ms", "1000", "--checkpoint-timeout-ms", "4000", "--job-name", name.as_str(), "--stall-marker"].iter().map(|s| s.to_string()).chain([marker.display().to_string()]).collect()
+    };
+    let mut first = spec(jar, args(&stall));
+    first.flink_configuration.insert("execution.checkpointing.externalized-checkpoint-retention".into(), "RETAIN_ON_CANCELLATION".into());
+    let run = block_on(j.submit(&first, None, None, Duration::from_secs(120))).unwrap();
+    let mut cleanup = Cleanup(vec![run.jid.clone()]);
+
+    let quoted: Vec<String> = args(&dir.path().join("no-such-marker")).iter().map(|a| format!("\"{a}\"")).collect();
+    let rules = format!(
+        r#"apiVersion: streamguard/v1
+kind: Alert
+metadata: {{ name: checkpoint-stalled }}
+spec:
+  condition: 'max by (flink, flink_job) (checkpoint_age_seconds{{flink_job="{name}"}}) > 12'
+  runbooks: [restart-stalled-job]
+---
+apiVersion: streamguard/v1
+kind: Runbook
+metadata: {{ name: restart-stalled-job }}
+spec:
+  mode: act
+  target: [flink, flink_job]
+  steps:
+    - action: flink
+      operation: savepoint-and-restart
+      jar: checkpointing-job
+      entry_class: CheckpointingJob
+      args: [{args}]
+      savepoint_timeout: 20s
+      deadline: 3m
+      timeout: 4m
+  verify:
+    condition: 'max by (flink, flink_job) (checkpoint_age_seconds{{flink_job="{name}"}}) < 8'
+    deadline: 2m
+"#,
+        args = quoted.join(", ")
+    );
+    let files = tempfile::tempdir().unwrap();
+    let d = files.path().display();
+    std::fs::write(files.path().join("rules.yaml"), rules).unwrap();
+    let port = free_port();
+    let cfg = agent_config_with(
+        port,
+        &bootstrap(),
+        "^no-group-here$",
+        &format!(
+            "\n[[flink]]\nname = \"local\"\nurl = \"{}\"\nsample_interval = \"1s\"\nsample_timeout = \"1s\"\n\n[rules]\npaths = [\"{d}/rules.yaml\"]\nevaluation_interval = \"1s\"\nstate_file = \"{d}/state.json\"\n\n[remediation]\njournal = \"{d}/journal.jsonl\"\naudit = \"{d}/audit.jsonl\"\n",
+            flink_url()
+        ),
+    );
+    let agent = Agent::start_with(port, &cfg);
+
+    std::fs::write(&stall, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let (_, body) = agent.get("/api/v1/actions");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let runs = v["actions"].as_array().cloned().unwrap_or_default();
+        if let Some(r) = runs.iter().find(|r| r["runbook"] == "restart-stalled-job" && (r["state"] == "succeeded" || r["state"] == "failed")) {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no finished run: {runs:#?}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let observed = done["steps"][0]["observed"].as_str().unwrap_or_default().to_string();
+    if let Some(new) = observed.split("job ").nth(2).and_then(|s| s.split_whitespace().next()) {
+        cleanup.0.push(new.to_string());
+    }
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{}", agent.log());
+    assert!(observed.contains("restarted from checkpoint") && observed.contains("savepoint failed"), "{observed}");
+    assert_eq!(block_on(j.job_state(&run.jid)).unwrap().0, "CANCELED");
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(files.path().join("audit.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(audit.iter().any(|r| r["run_id"] == done["id"] && r["kind"] == "verification" && r["ok"] == true), "{audit:#?}");
 }

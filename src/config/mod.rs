@@ -27,6 +27,7 @@ use regex::Regex;
 mod remediation;
 pub mod secrets;
 pub mod kafka_wire;
+mod scale;
 mod validate;
 use validate::Validator;
 
@@ -96,6 +97,8 @@ pub struct Config {
     /// Runbooks, the journal, the audit log, the API token (`[remediation]`); `None`:
     /// remediation is off (no runbook runs, not even in dry-run).
     pub remediation: Option<RemediationConfig>,
+    /// Scaling targets (`[[scale]]`): what runbook `scale` steps change, and how.
+    pub scale: Vec<crate::scale::config::ScaleTarget>,
     /// The file it was loaded from.
     pub path: PathBuf,
 }
@@ -384,8 +387,9 @@ pub fn default_probe_timeout(sample_timeout: Duration) -> Duration {
     (sample_timeout / 2).min(MAX_DEFAULT_PROBE_TIMEOUT)
 }
 
-const TOP_KEYS: [&str; 17] = [
+const TOP_KEYS: [&str; 18] = [
     "remediation",
+    "scale",
     "record",
     "rules",
     "alertmanagers",

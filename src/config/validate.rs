@@ -24,7 +24,7 @@ struct Inherited {
 }
 
 impl Validator<'_> {
-    fn origin(&self, value: Option<&Value>) -> String {
+    pub(super) fn origin(&self, value: Option<&Value>) -> String {
         let Some(meta) = value.and_then(|v| self.figment.get_metadata(v.tag())) else {
             return self.default_origin.clone();
         };
@@ -91,7 +91,8 @@ impl Validator<'_> {
         let record = self.record(dict, &base);
         let notify = self.notify(dict, listen);
         let remediation = self.remediation(dict, &base);
-        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, notify, remediation, path: path.to_path_buf() }
+        let scale = self.scale(dict, &base, &clusters);
+        Config { listen, clusters, connect, flink, prometheus, dlq, history, rules, record, notify, remediation, scale, path: path.to_path_buf() }
     }
 
     /// Validates an array of tables under `key` with `each`; bad entries are reported

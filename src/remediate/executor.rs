@@ -112,6 +112,10 @@ pub struct Remediation {
     kafka: BTreeMap<String, rdkafka::ClientConfig>,
     /// The `offsets` procedure's journal and audit log (next to the executor's).
     offsets_files: (std::path::PathBuf, std::path::PathBuf),
+    /// Flink clusters by source name (`[[flink]]`): base URLs.
+    flink: BTreeMap<String, String>,
+    /// The `[[scale]]` targets (set once by the agent, which supervises their pools).
+    scale: std::sync::OnceLock<Arc<crate::scale::runtime::ScaleRuntime>>,
     token: Option<String>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -193,6 +197,8 @@ impl Remediation {
             connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
             kafka: config.clusters.iter().map(|c| (c.name.clone(), crate::sample::kafka::client_config(&c.bootstrap_servers, &c.properties))).collect(),
             offsets_files: (cfg.journal.with_extension("offsets.journal"), cfg.audit.with_extension("offsets.jsonl")),
+            flink: config.flink.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
+            scale: std::sync::OnceLock::new(),
             token,
             tracker,
             cancel,
@@ -202,6 +208,13 @@ impl Remediation {
         });
         me.refresh_in_progress();
         Ok(me)
+    }
+
+    /// Gives the `scale` action its targets (once, at start).
+    pub fn set_scale(&self, scale: Arc<crate::scale::runtime::ScaleRuntime>) {
+        if self.scale.set(scale).is_err() {
+            tracing::warn!("scale targets set twice; keeping the first");
+        }
     }
 
     /// The API token, if one is configured.

@@ -2,11 +2,10 @@
 //! ineffective-scale detector and the actuator. Two layers (STYLE.md 6): `Raw*` serde
 //! structs with `deny_unknown_fields`, turned by [`validate`] into the typed values the
 //! policies and actuators take, with every problem reported at once and located
-//! (`origin: key: message`, the same [`ConfigError`] as the agent's config).
+//! (`origin: key: message`, as the agent's config reports; `crate::config` turns these
+//! into its own errors, so this module does not depend on it).
 //!
-//! Not wired into the agent's `Config` yet: the remediation runbooks (issue 9) will
-//! reference these targets; until then a caller (tests, the glue) deserializes a
-//! [`RawScaleTarget`] from any serde source and validates it here.
+//! The agent reads them from `[[scale]]` tables; runbook `scale` steps name them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +20,24 @@ use super::effectiveness::Effectiveness;
 use super::lag_policy::{LagPolicy, OffsetResetPolicy};
 use super::policy::Constraints;
 use super::throughput_policy::ThroughputPolicy;
-use crate::config::ConfigError;
+
+/// One problem, located like the agent's config errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
 
 /// Upper bound of `max_replicas` (a typo like 10000 is an error, not a fork bomb).
 pub const MAX_REPLICAS: u32 = 1000;
@@ -32,6 +48,8 @@ pub const MAX_REPLICAS: u32 = 1000;
 pub struct RawScaleTarget {
     /// Unique name (used in the audit and as a bounded metric label).
     pub name: String,
+    /// The Kafka cluster (`[[clusters]]` name) of the group; default: the only one.
+    pub cluster: Option<String>,
     /// The consumer group whose signals drive the policy.
     pub group: String,
     /// The consumed topic.
@@ -125,6 +143,7 @@ pub enum ActuatorConfig {
 #[derive(Debug, Clone)]
 pub struct ScaleTarget {
     pub name: String,
+    pub cluster: Option<String>,
     pub group: String,
     pub topic: String,
     pub policy: PolicyConfig,
@@ -307,7 +326,7 @@ pub fn validate(raw: &RawScaleTarget, origin: &str, prefix: &str) -> Result<Scal
     if !e.list.is_empty() {
         return Err(e.list);
     }
-    Ok(ScaleTarget { name: raw.name.clone(), group: raw.group.clone(), topic: raw.topic.clone(), policy, constraints, effectiveness, actuator })
+    Ok(ScaleTarget { name: raw.name.clone(), cluster: raw.cluster.clone(), group: raw.group.clone(), topic: raw.topic.clone(), policy, constraints, effectiveness, actuator })
 }
 
 #[cfg(test)]
@@ -360,11 +379,16 @@ mod tests {
     #[test]
     fn the_readme_example_is_valid_toml_for_a_target() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let start = readme.find("```toml\nname = \"orders-consumers\"").expect("README example") + "```toml\n".len();
+        let start = readme.find("```toml\n[[scale]]\nname = \"orders-consumers\"").expect("README example") + "```toml\n".len();
         let body = &readme[start..start + readme[start..].find("```").unwrap()];
+        #[derive(Deserialize)]
+        struct File {
+            scale: Vec<RawScaleTarget>,
+        }
         use figment::providers::Format;
-        let raw: RawScaleTarget = figment::Figment::from(figment::providers::Toml::string(body)).extract().unwrap();
-        let t = validate(&raw, "README.md", "").unwrap();
+        let file: File = figment::Figment::from(figment::providers::Toml::string(body)).extract().unwrap();
+        let raw = &file.scale[0];
+        let t = validate(raw, "README.md", "").unwrap();
         assert_eq!((t.constraints.max_replicas, t.constraints.max_step), (8, 2));
         assert!(matches!(t.policy, PolicyConfig::Throughput(ref p) if p.headroom == 0.2));
     }

@@ -68,6 +68,8 @@ pub struct Metrics {
     task_restarts: Family<SourceLabels, Counter>,
     /// Runbook runs, steps, guard blocks (see [`super::remediation`]).
     pub remediation: super::remediation::RemediationMetrics,
+    /// The `process` scaling actuator's pools (exits, replicas), shared by every pool.
+    pub scale_pools: crate::scale::actuators::process::PoolMetrics,
 }
 
 fn am_labels(url: &str) -> SourceLabels {
@@ -159,11 +161,14 @@ impl Metrics {
             rules.eval_duration.clone(),
         );
         let remediation = super::remediation::RemediationMetrics::register(&mut registry, rules.verdicts_dropped.clone());
+        let scale_pools = crate::scale::actuators::process::PoolMetrics::default();
+        scale_pools.register(&mut registry);
         let mut trailer = Registry::with_prefix("streamguard");
         trailer.register_collector(Box::new(TrailerCollector { store: store.clone() }));
         trailer.register_collector(Box::new(RulesCollector { rules }));
         Metrics {
             remediation,
+            scale_pools,
             registry,
             trailer,
             store,

@@ -6,8 +6,10 @@
 //! credentials), and responses are cut to [`MAX_RESPONSE`] bytes.
 
 pub mod connect;
+pub mod flink;
 pub mod notify;
 pub mod offsets;
+pub mod scale;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +39,12 @@ pub struct Context<'a> {
     pub kafka: &'a BTreeMap<String, rdkafka::ClientConfig>,
     /// The `offsets` procedure's own journal and audit log.
     pub offsets_files: (&'a std::path::Path, &'a std::path::Path),
+    /// The `[[scale]]` targets, if any.
+    pub scale: Option<&'a crate::scale::runtime::ScaleRuntime>,
+    /// The samples, for actions that decide on fresh data (`scale`).
+    pub store: &'a crate::store::Store,
+    /// Flink clusters by source name (`[[flink]]`): base URLs.
+    pub flink: &'a BTreeMap<String, String>,
 }
 
 /// A successful attempt.
@@ -69,6 +77,11 @@ pub enum ActionError {
     /// A procedure that ran and ended other than succeeded (refused, aborted, failed).
     #[error("{request}: {end}: {reason}")]
     Ended { request: String, end: String, reason: String },
+    /// The action decided not to act, or undid what it did (a `scale` step on stale
+    /// data, or an ineffective scale-out rolled back): another attempt would only repeat
+    /// the same decision.
+    #[error("{request}: {why}")]
+    Refused { request: String, why: String },
 }
 
 impl ActionError {
@@ -81,6 +94,7 @@ impl ActionError {
             ActionError::Status { .. } => "http_status",
             ActionError::NotReached { .. } => "not_reached",
             ActionError::Ended { .. } => "ended",
+            ActionError::Refused { .. } => "refused",
             ActionError::Bound { .. } => "bound",
         }
     }
@@ -89,7 +103,7 @@ impl ActionError {
     /// not a 4xx other than 409 (Connect answers 409 during a rebalance).
     pub fn retryable(&self) -> bool {
         match self {
-            ActionError::Config(_) | ActionError::Ended { .. } | ActionError::Bound { .. } => false,
+            ActionError::Config(_) | ActionError::Ended { .. } | ActionError::Refused { .. } | ActionError::Bound { .. } => false,
             ActionError::Status { status, .. } => *status >= 500 || *status == 409 || *status == 429,
             _ => true,
         }
@@ -102,6 +116,8 @@ pub async fn perform(action: &Action, cx: &Context<'_>) -> Result<ActionOutcome,
         Action::Connect(a) => connect::perform(a, cx).await,
         Action::Notify(a) => notify::perform(a, cx).await,
         Action::Offsets(a) => offsets::perform(a, cx).await,
+        Action::Scale(a) => scale::perform(a, cx).await,
+        Action::Flink(a) => flink::perform(a, cx).await,
     }
 }
 

@@ -115,8 +115,9 @@ mod tests {
         let client = reqwest::Client::new();
         let connect: BTreeMap<String, String> = [("w".to_string(), "http://127.0.0.1:8083".to_string())].into();
         let kafka = BTreeMap::new();
+        let (store, flink) = (crate::store::Store::default(), BTreeMap::new());
         let (j, a) = (std::path::PathBuf::from("j"), std::path::PathBuf::from("a"));
-        let cx = Context { run_id: "r1", runbook: "skip", target: &target, phase: "steps", step: 2, client: &client, connect: &connect, timeout: Duration::from_secs(1), kafka: &kafka, offsets_files: (&j, &a) };
+        let cx = Context { run_id: "r1", runbook: "skip", target: &target, phase: "steps", step: 2, client: &client, connect: &connect, timeout: Duration::from_secs(1), kafka: &kafka, offsets_files: (&j, &a), scale: None, store: &store, flink: &flink };
         let r = request(&action(OffsetsReset::SkipPoison, OffsetsPause::Connect), &cx, SystemTime::UNIX_EPOCH + Duration::from_secs(10_000)).unwrap();
         assert_eq!(r.group, "orders");
         assert_eq!(r.mode, ResetMode::SkipPoison { partitions: vec!["in:3".into()] });

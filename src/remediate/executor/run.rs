@@ -139,6 +139,9 @@ impl Remediation {
                     timeout: step.timeout,
                     kafka: &self.kafka,
                     offsets_files: (&self.offsets_files.0, &self.offsets_files.1),
+                    scale: self.scale.get().map(|s| s.as_ref()),
+                    store: &self.store,
+                    flink: &self.flink,
                 };
                 let retries = if step.idempotent() { step.retries } else { 0 };
                 let mut attempt = 0;

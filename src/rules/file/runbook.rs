@@ -14,6 +14,10 @@
 //!
 //! It is a child of `rules::file` because it reads through the same positioned YAML
 //! context ([`super::Ctx`]) and error sink.
+//!
+//! Over ~600 lines on purpose: one closed [`Action`] enum and its one step parser, with
+//! a branch per action (connect, notify, scale, flink) sharing the field checks and
+//! positions; split per action, each file would re-import the whole parsing context.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -196,6 +200,69 @@ pub enum Action {
     Connect(ConnectAction),
     Notify(NotifyAction),
     Offsets(OffsetsAction),
+    Scale(ScaleAction),
+    Flink(FlinkAction),
+}
+
+/// What a `flink` step does to the run's job (`crate::actions_flink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlinkOp {
+    /// A savepoint; the job keeps running.
+    Savepoint,
+    /// Stop with a savepoint and resubmit from it; if the savepoint fails, cancel and
+    /// resubmit from the last completed checkpoint (the stalled-checkpoint remedy).
+    SavepointAndRestart,
+    /// Stop with a savepoint and resubmit from it at `parallelism`.
+    Rescale,
+}
+
+impl FlinkOp {
+    pub const ALL: [FlinkOp; 3] = [FlinkOp::Savepoint, FlinkOp::SavepointAndRestart, FlinkOp::Rescale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlinkOp::Savepoint => "savepoint",
+            FlinkOp::SavepointAndRestart => "savepoint-and-restart",
+            FlinkOp::Rescale => "rescale",
+        }
+    }
+}
+
+/// Parameters of a `flink` step. A resubmission needs the program, which Flink does not
+/// keep: the uploaded jar (a substring of its file name), the entry class, the arguments.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FlinkAction {
+    pub operation: FlinkOp,
+    pub jar: Option<String>,
+    pub entry_class: Option<String>,
+    pub args: Vec<String>,
+    pub parallelism: Option<u32>,
+    #[serde(with = "secs")]
+    pub savepoint_timeout: Duration,
+    /// The whole operation, verification included (RUNNING and a new checkpoint).
+    #[serde(with = "secs")]
+    pub deadline: Duration,
+}
+
+/// What a `scale` step sets the count to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTo {
+    /// The scale target's policy decides (`to: policy`, the default).
+    Policy,
+    /// The count before the target's last change (`to: previous`, for rollbacks).
+    Previous,
+    /// A fixed count (`to: 3`).
+    Count(u32),
+}
+
+/// Parameters of a `scale` step (executed by `crate::remediate::actions::scale`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScaleAction {
+    /// A `[[scale]]` target name; absent: the target whose group is the run's `group`.
+    pub target: Option<String>,
+    pub to: ScaleTo,
 }
 
 impl Action {
@@ -205,6 +272,8 @@ impl Action {
             Action::Connect(_) => "connect",
             Action::Notify(_) => "notify",
             Action::Offsets(_) => "offsets",
+            Action::Scale(_) => "scale",
+            Action::Flink(_) => "flink",
         }
     }
 
@@ -216,6 +285,9 @@ impl Action {
             Action::Notify(_) => Duration::ZERO,
             // The whole procedure: the wait for Empty, then the verification.
             Action::Offsets(o) => o.empty_deadline + o.verify_deadline,
+            // The step's `timeout` must cover the target's verification window.
+            Action::Scale(_) => Duration::ZERO,
+            Action::Flink(f) => f.deadline,
         }
     }
 
@@ -232,6 +304,10 @@ impl Action {
             // The procedure journals its own steps and, run again for the same step of
             // the same run, finishes or reports that procedure instead of starting anew.
             Action::Offsets(_) => true,
+            // Sets a count: the same request twice is the same count.
+            Action::Scale(_) => true,
+            // A second savepoint is harmless; a second restart restarts again.
+            Action::Flink(f) => f.operation == FlinkOp::Savepoint,
         }
     }
 }
@@ -288,6 +364,16 @@ impl Step {
                 OffsetsPause::Connect => "stop the connector".to_string(),
                 OffsetsPause::Command { pause, .. } => format!("pause with {}", pause.first().map_or("?", String::as_str)),
             }),
+            StepKind::Act(Action::Scale(a)) => format!(
+                "scale {} to {}",
+                a.target.as_deref().unwrap_or("the group's target"),
+                match a.to {
+                    ScaleTo::Policy => "the policy's count".to_string(),
+                    ScaleTo::Previous => "the previous count".to_string(),
+                    ScaleTo::Count(n) => n.to_string(),
+                }
+            ),
+            StepKind::Act(Action::Flink(f)) => format!("flink {}", f.operation.as_str()),
             StepKind::Wait(w) => format!("wait until {} (deadline {})", w.condition.text, humantime::format_duration(w.deadline)),
         }
     }
@@ -347,7 +433,9 @@ const OFFSETS_FIELDS: [&str; 14] = [
     "action", "reset", "dlq", "pause", "pause_command", "resume_command", "max_partitions", "max_skipped", "max_replayed", "max_rewind_age", "empty_deadline", "verify_deadline", "timeout", "retries",
 ];
 const WAIT_FIELDS: [&str; 1] = ["wait"];
-const ACTIONS: [&str; 3] = ["connect", "notify", "offsets"];
+const SCALE_FIELDS: [&str; 5] = ["action", "target", "to", "timeout", "retries"];
+const FLINK_FIELDS: [&str; 10] = ["action", "operation", "jar", "entry_class", "args", "parallelism", "savepoint_timeout", "deadline", "timeout", "retries"];
+const ACTIONS: [&str; 5] = ["connect", "notify", "offsets", "scale", "flink"];
 pub const DEFAULT_OFFSETS_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Parses a runbook's `spec` (absent: a runbook with no steps).
@@ -467,7 +555,7 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
         return Some(Step { kind: StepKind::Wait(d), timeout: DEFAULT_STEP_TIMEOUT, retries: 0, line });
     }
     let Some(a) = get(n, "action") else {
-        cx.err(pos(n), format!("{what}: expected `action: connect|notify|offsets` or `wait:`"));
+        cx.err(pos(n), format!("{what}: expected `action: connect|notify|offsets|scale|flink` or `wait:`"));
         return None;
     };
     let action = str_of(a).unwrap_or_default();
@@ -534,6 +622,88 @@ fn step(cx: &mut Ctx, n: &Node, what: &str) -> Option<Step> {
         "offsets" => {
             let f = cx.fields(n, what, &OFFSETS_FIELDS);
             let kind = offsets(cx, n, &f, what).map(Action::Offsets);
+            (f, kind)
+        }
+        "scale" => {
+            let f = cx.fields(n, what, &SCALE_FIELDS);
+            let target = f.get("target").and_then(|t| text_of(t));
+            let to = match f.get("to").map(|t| (text_of(t), pos(t))) {
+                None => Some(ScaleTo::Policy),
+                Some((Some(t), at)) => match t.trim() {
+                    "policy" => Some(ScaleTo::Policy),
+                    "previous" => Some(ScaleTo::Previous),
+                    n => match n.parse::<u32>() {
+                        Ok(n) => Some(ScaleTo::Count(n)),
+                        Err(_) => {
+                            cx.err(at, format!("{what}: to must be policy, previous or a replica count"));
+                            None
+                        }
+                    },
+                },
+                Some((None, at)) => {
+                    cx.err(at, format!("{what}: to must be policy, previous or a replica count"));
+                    None
+                }
+            };
+            (f, to.map(|to| Action::Scale(ScaleAction { target, to })))
+        }
+        "flink" => {
+            let f = cx.fields(n, what, &FLINK_FIELDS);
+            let operation = match f.get("operation") {
+                Some(o) => {
+                    let op = str_of(o).and_then(|s| FlinkOp::ALL.into_iter().find(|c| c.as_str() == s));
+                    if op.is_none() {
+                        let names: Vec<&str> = FlinkOp::ALL.iter().map(|c| c.as_str()).collect();
+                        cx.err(pos(o), format!("{what}: operation must be one of {}", names.join(", ")));
+                    }
+                    op
+                }
+                None => {
+                    cx.err(pos(n), format!("{what}: flink needs an operation"));
+                    None
+                }
+            };
+            let args = match f.get("args").map(|a| &a.data) {
+                None => Some(Vec::new()),
+                Some(YamlDataOwned::Sequence(items)) => items.iter().map(text_of).collect::<Option<Vec<_>>>(),
+                Some(_) => None,
+            };
+            if args.is_none() {
+                cx.err(f.get("args").map_or(pos(n), |a| pos(a)), format!("{what}: args must be a list of strings"));
+            }
+            let parallelism = match f.get("parallelism") {
+                None => None,
+                Some(p) => match text_of(p).and_then(|t| t.trim().parse::<u32>().ok()).filter(|p| *p > 0) {
+                    Some(v) => Some(v),
+                    None => {
+                        cx.err(pos(p), format!("{what}: parallelism must be a positive integer"));
+                        None
+                    }
+                },
+            };
+            let jar = f.get("jar").and_then(|j| text_of(j));
+            if operation.is_some_and(|o| o != FlinkOp::Savepoint) {
+                if jar.is_none() {
+                    cx.err(pos(n), format!("{what}: {} needs `jar` (the uploaded jar to resubmit)", operation.map_or("", |o| o.as_str())));
+                }
+                if operation == Some(FlinkOp::Rescale) && parallelism.is_none() {
+                    cx.err(pos(n), format!("{what}: rescale needs `parallelism`"));
+                }
+            }
+            let savepoint_timeout = f.get("savepoint_timeout").map_or(Some(Duration::from_secs(60)), |d| cx.positive_duration(d, &format!("{what}: savepoint_timeout")));
+            let deadline = f.get("deadline").map_or(Some(Duration::from_secs(180)), |d| cx.positive_duration(d, &format!("{what}: deadline")));
+            let kind = match (operation, args, savepoint_timeout, deadline) {
+                (Some(operation), Some(args), Some(savepoint_timeout), Some(deadline)) => Some(Action::Flink(FlinkAction {
+                    operation,
+                    jar,
+                    entry_class: f.get("entry_class").and_then(|e| text_of(e)),
+                    args,
+                    parallelism,
+                    savepoint_timeout,
+                    deadline,
+                })),
+                _ => None,
+            };
             (f, kind)
         }
         other => {

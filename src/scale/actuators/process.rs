@@ -15,7 +15,9 @@
 //!   (for the target's detail) and [`PoolMetrics`] (`streamguard_scale_process_exits_total{target,reason}`,
 //!   `streamguard_scale_process_replicas{target,state}`), not only a log line.
 //! - Exits kept in the status are bounded ([`MAX_EXITS_KEPT`]); children are
-//!   `kill_on_drop`, and on cancellation the supervisor stops them all.
+//!   `kill_on_drop`, on cancellation the supervisor stops them all, and on Linux each
+//!   child gets SIGTERM from the kernel when the agent dies without cleaning up
+//!   (`PR_SET_PDEATHSIG`), so a killed agent leaves no consumer behind.
 //!
 //! # Assumptions
 //! One pool per scaling target, owned by this agent; processes it did not start are not
@@ -195,6 +197,19 @@ impl ProcessPool {
             .env("STREAMGUARD_REPLICA_INDEX", index.to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // If the agent itself dies (SIGKILL, OOM), `kill_on_drop` never runs: ask the
+        // kernel to send the replica SIGTERM when its parent goes, so no consumer is
+        // left running (and holding partitions) without a supervisor.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         match &cfg.log_dir {
             Some(dir) => {
                 let open = || std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("replica-{index}.log")));
@@ -246,27 +261,36 @@ impl ProcessPool {
         self.inner.cfg.restart_backoff.saturating_mul(2u32.saturating_pow(restarts.saturating_sub(1).min(16))).min(MAX_BACKOFF)
     }
 
-    /// Stops one slot's process: SIGTERM, then SIGKILL after the grace period.
-    async fn stop(&self, st: &mut State, index: usize) {
-        let Some(mut child) = st.slots[index].child.take() else { return };
-        let pid = child.id();
-        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill(2) with a pid this pool spawned and has not reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
+    /// Stops the processes of `indexes` together: SIGTERM to all, then each gets until
+    /// one shared grace deadline before SIGKILL (so stopping many replicas takes one
+    /// grace period, not one per replica). Records the exits in the order given.
+    async fn stop(&self, st: &mut State, indexes: &[usize]) {
+        let mut stopping = Vec::new();
+        for &index in indexes {
+            let Some(child) = st.slots[index].child.take() else { continue };
+            let pid = child.id();
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) with a pid this pool spawned and has not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
             }
+            stopping.push((index, pid, child));
         }
-        let status = match tokio::time::timeout(self.inner.cfg.stop_grace, child.wait()).await {
-            Ok(s) => s.ok(),
-            Err(_) => {
-                child.start_kill().ok();
-                child.wait().await.ok()
-            }
-        };
-        let detail = status.map(|s| describe(&s).2).unwrap_or_else(|| "unknown".to_string());
-        let uptime = st.slots[index].started.map(|(i, _)| i.elapsed().as_secs_f64()).unwrap_or(0.0);
-        let rec = ExitRecord { index: index as u32, pid, reason: ExitReason::Stopped, detail, at_unix: crate::signal::unix_secs(SystemTime::now()), uptime_seconds: uptime };
-        self.record(st, rec);
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.stop_grace;
+        for (index, pid, mut child) in stopping {
+            let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+                Ok(s) => s.ok(),
+                Err(_) => {
+                    child.start_kill().ok();
+                    child.wait().await.ok()
+                }
+            };
+            let detail = status.map(|s| describe(&s).2).unwrap_or_else(|| "unknown".to_string());
+            let uptime = st.slots[index].started.map(|(i, _)| i.elapsed().as_secs_f64()).unwrap_or(0.0);
+            let rec = ExitRecord { index: index as u32, pid, reason: ExitReason::Stopped, detail, at_unix: crate::signal::unix_secs(SystemTime::now()), uptime_seconds: uptime };
+            self.record(st, rec);
+        }
     }
 
     /// Reaps exited children and restarts the replicas that are due. Returns after one pass.
@@ -338,9 +362,8 @@ impl ProcessPool {
             }
         }
         let mut st = self.inner.state.lock().await;
-        for i in (0..st.slots.len()).rev() {
-            self.stop(&mut st, i).await;
-        }
+        let all: Vec<usize> = (0..st.slots.len()).rev().collect();
+        self.stop(&mut st, &all).await;
         st.slots.clear();
         self.publish(&st);
     }
@@ -359,10 +382,10 @@ impl ProcessPool {
                 first_error.get_or_insert(e);
             }
         }
-        while (st.slots.len() as u32) > n {
-            let i = st.slots.len() - 1;
-            self.stop(&mut st, i).await;
-            st.slots.pop();
+        if (st.slots.len() as u32) > n {
+            let extra: Vec<usize> = (n as usize..st.slots.len()).rev().collect();
+            self.stop(&mut st, &extra).await;
+            st.slots.truncate(n as usize);
         }
         self.publish(&st);
         match first_error {
