@@ -18,6 +18,7 @@
 pub mod actions;
 pub mod audit;
 pub mod client;
+pub mod connect_api;
 pub mod executor;
 pub mod guard;
 pub mod journal;

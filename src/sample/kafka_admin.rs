@@ -606,14 +606,7 @@ impl Admin {
             }
             let mut n = 0usize;
             let groups = rd::rd_kafka_AlterConsumerGroupOffsets_result_groups(res, &mut n);
-            let Some(g) = (0..n).map(|i| *groups.add(i)).next() else {
-                return Err(unexpected(OP));
-            };
-            let err = rd::rd_kafka_group_result_error(g);
-            if !err.is_null() {
-                return Err(error_from(OP, err));
-            }
-            Ok(tpl_entries(rd::rd_kafka_group_result_partitions(g))
+            Ok(tpl_entries(only_group_partitions(OP, groups, n)?)
                 .into_iter()
                 .map(|(tp, _, err)| {
                     let r = if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR { Ok(()) } else { Err(code_error(OP, err)) };
@@ -646,14 +639,7 @@ unsafe fn read_group_offsets(ev: &Event) -> Result<Vec<Committed>, AdminError> {
     }
     let mut n = 0usize;
     let groups = rd::rd_kafka_ListConsumerGroupOffsets_result_groups(res, &mut n);
-    let Some(g) = (0..n).map(|i| *groups.add(i)).next() else {
-        return Err(unexpected(OP));
-    };
-    let err = rd::rd_kafka_group_result_error(g);
-    if !err.is_null() {
-        return Err(error_from(OP, err));
-    }
-    Ok(tpl_entries(rd::rd_kafka_group_result_partitions(g))
+    Ok(tpl_entries(only_group_partitions(OP, groups, n)?)
         .into_iter()
         .map(|(tp, offset, err)| {
             // librdkafka reports "no commit" as RD_KAFKA_OFFSET_INVALID (-1001).
@@ -661,6 +647,27 @@ unsafe fn read_group_offsets(ev: &Event) -> Result<Vec<Committed>, AdminError> {
             (tp, ok.then_some(offset))
         })
         .collect())
+}
+
+/// The partitions of the one group result of a group-offsets call (one group per
+/// request), or that group's error.
+///
+/// SAFETY: `groups` must point at `n` group results owned by a live result event; the
+/// list returned lives as long as that event.
+unsafe fn only_group_partitions(
+    op: &'static str,
+    groups: *mut *const rd::rd_kafka_group_result_t,
+    n: usize,
+) -> Result<*const rd::rd_kafka_topic_partition_list_t, AdminError> {
+    if n == 0 || groups.is_null() {
+        return Err(unexpected(op));
+    }
+    let g = *groups;
+    let err = rd::rd_kafka_group_result_error(g);
+    if !err.is_null() {
+        return Err(error_from(op, err));
+    }
+    Ok(rd::rd_kafka_group_result_partitions(g))
 }
 
 /// SAFETY: `list` is null or a valid topic partition list.

@@ -93,21 +93,7 @@ fn expected(op: ConnectOp) -> &'static str {
     }
 }
 
-/// Whether a `GET /connectors/{c}/status` answer shows the state `op` should lead to,
-/// and what it shows. Pure.
-pub fn check(status: &serde_json::Value, op: ConnectOp) -> (bool, String) {
-    let connector = status["connector"]["state"].as_str().unwrap_or("?");
-    let tasks: Vec<&str> = status["tasks"].as_array().map(|t| t.iter().map(|t| t["state"].as_str().unwrap_or("?")).collect()).unwrap_or_default();
-    let seen = format!("connector {connector}, tasks [{}]", tasks.join(", "));
-    let reached = match op {
-        ConnectOp::Restart | ConnectOp::RestartFailedTasks | ConnectOp::Resume => {
-            connector == "RUNNING" && !tasks.is_empty() && tasks.iter().all(|t| *t == "RUNNING")
-        }
-        ConnectOp::Pause => connector == "PAUSED",
-        ConnectOp::Stop => connector == "STOPPED",
-    };
-    (reached, seen)
-}
+pub use crate::remediate::connect_api::check;
 
 #[cfg(test)]
 mod tests {

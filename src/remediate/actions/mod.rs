@@ -151,26 +151,8 @@ impl WithoutUrl for reqwest::Error {
 }
 
 /// `s` cut to [`MAX_RESPONSE`] bytes at a character boundary.
-pub fn cut(mut s: String) -> String {
-    if s.len() > MAX_RESPONSE {
-        let mut at = MAX_RESPONSE;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
-    }
-    s
+pub fn cut(s: String) -> String {
+    super::connect_api::cut_at(s, MAX_RESPONSE)
 }
 
-/// Percent-encodes a path segment (connector names may hold any character).
-pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use super::connect_api::segment;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::remediate::connect_api::{check, segment};
 use crate::rules::file::runbook::ConnectOp;
 use crate::scale::actuators::{Actuator, ScaleRequest};
 
@@ -127,33 +128,9 @@ pub async fn connect_commit(client: &reqwest::Client, url: &str, connector: &str
     }
 }
 
-// The three helpers below mirror `remediate::actions` (`segment`, `cut`, the status check
-// of `actions::connect`): that package depends on this one (its `offsets` action), so
-// this one must not depend back on it (tests/module_graph.rs).
-
-/// Percent-encodes a path segment.
-fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `s` cut to 512 bytes at a character boundary.
-fn cut(mut s: String) -> String {
-    if s.len() > 512 {
-        let mut at = 512;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
-    }
-    s
+fn cut(s: String) -> String {
+    crate::remediate::connect_api::cut_at(s, 512)
 }
 
 /// A request error without its URL (which may hold credentials).
@@ -165,18 +142,6 @@ fn error_text(e: &reqwest::Error) -> &'static str {
     } else {
         "request failed"
     }
-}
-
-/// Whether a `GET /connectors/{c}/status` answer shows the state `op` leads to.
-fn check(status: &serde_json::Value, op: ConnectOp) -> (bool, String) {
-    let connector = status["connector"]["state"].as_str().unwrap_or("?");
-    let tasks: Vec<&str> = status["tasks"].as_array().map(|t| t.iter().map(|t| t["state"].as_str().unwrap_or("?")).collect()).unwrap_or_default();
-    let seen = format!("connector {connector}, tasks [{}]", tasks.join(", "));
-    let reached = match op {
-        ConnectOp::Stop => connector == "STOPPED",
-        _ => connector == "RUNNING" && !tasks.is_empty() && tasks.iter().all(|t| *t == "RUNNING"),
-    };
-    (reached, seen)
 }
 
 #[cfg(test)]
