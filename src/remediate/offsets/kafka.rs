@@ -161,11 +161,15 @@ pub fn read_record(base: &ClientConfig, tp: &TopicPartition, offset: i64, timeou
     tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset)).map_err(|e| client_err("assign", e))?;
     c.assign(&tpl).map_err(|e| client_err("assign", e))?;
     let deadline = Instant::now() + timeout;
+    // librdkafka reports passing trouble (a connection closed, "all brokers down" for a
+    // moment) as errors on the poll; they are retried until the deadline, and the last
+    // one is named if it comes.
+    let mut last: Option<String> = None;
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Err(KafkaError::NoRecord { tp: tp_name(tp), offset }),
-            Some(Err(e)) => return Err(client_err("read", e)),
+            Some(Err(e)) => last = Some(e.to_string()),
             Some(Ok(m)) if m.offset() == offset => {
                 let headers = m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default();
                 return Ok(Record { key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers, timestamp: m.timestamp().to_millis() });
@@ -173,7 +177,11 @@ pub fn read_record(base: &ClientConfig, tp: &TopicPartition, offset: i64, timeou
             Some(Ok(_)) => return Err(KafkaError::NoRecord { tp: tp_name(tp), offset }),
         }
     }
-    Err(KafkaError::Timeout { what: format!("reading {} offset {offset}", tp_name(tp)), timeout })
+    let what = match last {
+        Some(e) => format!("reading {} offset {offset} (last error: {e})", tp_name(tp)),
+        None => format!("reading {} offset {offset}", tp_name(tp)),
+    };
+    Err(KafkaError::Timeout { what, timeout })
 }
 
 fn header<'a>(h: &'a [(String, Option<Vec<u8>>)], k: &str) -> Option<&'a [u8]> {

@@ -190,13 +190,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The time of the oldest record a move would replay: for a rewind by time, that time;
 /// otherwise read from the log (the record at each rewinding partition's new offset).
-async fn oldest_replayed(env: &Env, mode: &ResetMode, moves: &[Move], timeout: Duration) -> Option<SystemTime> {
+/// An error says why the time could not be read (the refusal names it).
+async fn oldest_replayed(env: &Env, mode: &ResetMode, moves: &[Move], timeout: Duration) -> Result<Option<SystemTime>, KafkaError> {
     let rewinding: Vec<(TopicPartition, i64)> = moves.iter().filter(|m| m.replayed() > 0).map(|m| (m.tp(), m.new)).collect();
     if rewinding.is_empty() {
-        return None;
+        return Ok(None);
     }
     if let ResetMode::ToTimestamp { ms } = mode {
-        return Some(SystemTime::UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64));
+        return Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64)));
     }
     let r = env
         .blocking(move |_, cfg| {
@@ -208,7 +209,7 @@ async fn oldest_replayed(env: &Env, mode: &ResetMode, moves: &[Move], timeout: D
             Ok(oldest)
         })
         .await;
-    r.ok().flatten().map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    Ok(r?.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)))
 }
 
 /// The preview of `req` now: reads the group and the log, changes nothing.
@@ -221,7 +222,13 @@ pub async fn preview(env: &Env, req: &Request) -> Result<Preview, ProcedureError
     let parts = env.blocking(move |admin, _| k::partition_states(admin, &group, &topics, at, timeout)).await?;
     let moves = compute::compute(&req.mode, &parts).map_err(ProcedureError::Compute)?;
     let oldest = oldest_replayed(env, &req.mode, &moves, req.timeout).await;
-    let breaches = limits::check(&moves, &req.limits, oldest, SystemTime::now());
+    let mut breaches = limits::check(&moves, &req.limits, oldest.as_ref().ok().copied().flatten(), SystemTime::now());
+    if let Err(why) = &oldest {
+        // "Unknown" says why: the refusal is never a mystery.
+        for b in breaches.iter_mut().filter(|b| b.limit == "max_rewind_age") {
+            b.reason = format!("{}: {why}", b.reason);
+        }
+    }
     if matches!(req.mode, ResetMode::SkipPoison { .. }) && req.dlq.is_none() {
         return Err(ProcedureError::Config("skipping a poison record needs a dead-letter topic (--dlq)".into()));
     }
