@@ -437,8 +437,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     }
     // Scaling targets: their actuators now (a bad kubeconfig fails the start), each
     // process pool supervised and brought to its min_replicas.
+    let mut scale = None;
     if !config.scale.is_empty() {
-        let rt = Arc::new(crate::scale::runtime::ScaleRuntime::new(&config.scale, &metrics.scale_pools).map_err(|(t, e)| AgentError::Scale(t, e))?);
+        let rt = Arc::new(crate::scale::runtime::ScaleRuntime::new(&config.scale, &metrics.scale_pools).map_err(|(t, e)| AgentError::Scale(t, e))?.with_metrics(metrics.scale.clone()));
         for (pool, target) in rt.pools().into_iter().zip(config.scale.iter().filter(|t| matches!(t.actuator, crate::scale::config::ActuatorConfig::Process(_)))) {
             let p = pool.clone();
             let tok = cancel.child_token();
@@ -449,9 +450,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
                 tracing::error!(target_name = %target.name, error = %e, "cannot start the scaled consumer pool");
             }
         }
-        if let Some(r) = &remediation {
-            r.set_scale(rt);
+        {
+            // Ends expired scale-out blocks (and their metric) even when no run asks.
+            let (rt, tok) = (rt.clone(), cancel.child_token());
+            supervisor.spawn("scale_tick", "scale_tick".to_string(), tok.clone(), move || Some(scale_tick(rt.clone(), tok.clone())));
         }
+        if let Some(r) = &remediation {
+            r.set_scale(rt.clone());
+        }
+        scale = Some(rt);
         tracing::info!(targets = config.scale.len(), "scale targets on");
     }
     if let (Some(r), Some(rc), Some(rx)) = (&remediation, &config.remediation, verdicts) {
@@ -460,7 +467,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         supervisor.spawn("remediate", "remediate".to_string(), token, move || Some(rem.clone().run(rx.clone())));
         tracing::info!(journal = %rc.journal.display(), audit = %rc.audit.display(), default_mode = %rc.default_mode, "remediation on");
     }
-    let app = router(AppState { store, metrics, rules, tasks: supervisor.health(), remediation });
+    let app = router(AppState { store, metrics, rules, tasks: supervisor.health(), remediation, scale });
     let server_cancel = cancel.child_token();
     let server = tracker.spawn(async move {
         axum::serve(listener, app)
@@ -562,5 +569,15 @@ mod tests {
         assert_eq!(next_delay(S(10), Duration::ZERO, 3, S(1)), S(10));
         // Huge failure counts do not overflow.
         assert_eq!(next_delay(S(10), Duration::ZERO, u32::MAX, S(60)), S(60));
+    }
+}
+
+/// Steps the scale targets' clocks every second (see `ScaleRuntime::tick`).
+async fn scale_tick(rt: Arc<crate::scale::runtime::ScaleRuntime>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => rt.tick(std::time::SystemTime::now()),
+        }
     }
 }

@@ -392,6 +392,16 @@ impl Remediation {
             (Decision::Run, Mode::Approve) => ("awaiting_approval", "waiting for approval".to_string()),
             (Decision::Run, Mode::Act) => ("running", "every guard passed".to_string()),
         };
+        let mut steps: Vec<StepView> = p.steps.iter().map(|s| step_view(s.phase, s.index, s.action, s.description.clone(), s.idempotent)).collect();
+        // A dry run of a `scale` step computes the count the policy would choose now.
+        let previews = match (&p.target, state) {
+            (Some(target), "dry_run") => self.scale_previews(&rb, target, &mut steps).await,
+            _ => Vec::new(),
+        };
+        let reason = match previews.iter().filter_map(|v| v["decision"].as_str()).next() {
+            Some(why) => format!("{reason}; {why}"),
+            None => reason,
+        };
         let view = RunView {
             id: id.clone(),
             runbook: rb.name.clone(),
@@ -402,18 +412,21 @@ impl Remediation {
             reason: reason.clone(),
             trigger: trigger.clone(),
             guards: p.guards.clone(),
-            steps: p.steps.iter().map(|s| step_view(s.phase, s.index, s.action, s.description.clone(), s.idempotent)).collect(),
+            steps,
             created_at: unix_secs(now),
             finished_at: (!executed).then(|| unix_secs(now)),
         };
         self.remember(view.clone());
-        self.audit(serde_json::json!({
+        let mut record = serde_json::json!({
             "kind": "decision", "run_id": id, "runbook": rb.name, "target": p.target, "mode": p.mode.as_str(),
             "executed": executed, "decision": state, "reason": reason,
             "trigger": trigger.as_ref().map_or_else(|| serde_json::json!("manual"), |v| serde_json::to_value(v).unwrap_or_default()),
             "guards": p.guards, "steps": p.steps,
-        }))
-        .await;
+        });
+        if !previews.is_empty() {
+            record["scale_previews"] = previews.into();
+        }
+        self.audit(record).await;
         match state {
             "blocked" => {
                 if let Some(g) = p.blocked_by() {

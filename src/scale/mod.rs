@@ -20,5 +20,7 @@ pub mod config;
 pub mod effectiveness;
 pub mod lag_policy;
 pub mod policy;
+pub mod rebalance;
 pub mod runtime;
+pub mod status;
 pub mod throughput_policy;

@@ -8,14 +8,22 @@
 //! - Decisions come only from [`super::policy::decide`]: stale or missing signals, a
 //!   rebalancing group, the min interval, the stabilization window and an active
 //!   scale-out block all hold, with their reason, and nothing is sent.
-//! - A dry run decides and reports exactly as a real run, records the recommendation
-//!   (for the stabilization window) but not a change, and sends nothing.
+//! - A dry run decides and reports exactly as a real run (the count the policy would
+//!   choose, with its inputs), records the recommendation (for the stabilization window)
+//!   but not a change, and never calls the actuator's `scale_to`.
+//! - After every change the group's rebalance is watched ([`super::rebalance`]) until the
+//!   group is seen stable with the new member count, or the verification window ends;
+//!   the measured duration goes in the report, the metric and the target's status, and
+//!   feeds the next decision's min interval (`rebalance_cost_factor ×` it).
 //! - One scale at a time per target (a per-target async lock), so two runs never race
 //!   on the same count.
 //!
+//! - Every decision, rebalance and scale-out block is visible: [`ScaleRuntime::status`]
+//!   (the API) and [`super::status::ScaleMetrics`] (set with [`ScaleRuntime::with_metrics`]);
+//!   [`ScaleRuntime::tick`] (the agent calls it every second) ends expired blocks.
+//!
 //! # Not done here
-//! Journaling, auditing and escalation (the remediation executor's job); the measured
-//! rebalance duration (no signal carries it yet: the min interval applies alone).
+//! Journaling, auditing and escalation (the remediation executor's job).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -30,8 +38,10 @@ use super::config::{ActuatorConfig, PolicyConfig, ScaleTarget};
 use super::effectiveness::{self, Change, Finding};
 use super::lag_policy::{self, PartitionOffsets};
 use super::policy::{decide, Context, Decision, Estimate, GroupState, History, HoldReason, Reading};
+use super::rebalance::{self, GroupSample, Settle, Watch};
+use super::status::{LastDecision, ScaleMetrics, TargetStatus};
 use super::throughput_policy::{self, ThroughputInputs};
-use crate::signal::Quality;
+use crate::signal::{unix_secs, Quality};
 
 /// What a `scale` step asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,16 +63,25 @@ pub struct ScaleReport {
     pub inputs: Option<ThroughputInputs>,
     pub outcome: Option<ScaleOutcome>,
     pub finding: Option<Finding>,
+    /// The rebalance after the change (none for a hold or a dry run).
+    pub rebalance: Option<Settle>,
     pub dry_run: bool,
 }
 
 impl ScaleReport {
-    /// The one-line why, with the detector's finding.
+    /// The one-line why, with the detector's finding and the measured rebalance.
     pub fn why(&self) -> String {
-        match &self.finding {
+        let mut why = match &self.finding {
             Some(Finding::Effective { why, .. } | Finding::Inconclusive { why, .. }) => format!("{}; {why}", self.decision.why()),
             _ => self.decision.why().to_string(),
+        };
+        if self.dry_run {
+            why = format!("dry-run, nothing sent: {why}");
         }
+        if let Some(r) = &self.rebalance {
+            why = format!("{why}; {}", r.why());
+        }
+        why
     }
 }
 
@@ -82,6 +101,9 @@ pub enum ScaleError {
     Ineffective { why: String, report: Box<ScaleReport> },
     #[error("{target}: no previous replica count to return to")]
     NoPrevious { target: String },
+    /// Only for a dry run: a change of the target is in progress.
+    #[error("{target}: a scale of this target is in progress")]
+    Busy { target: String },
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +112,15 @@ struct TargetState {
     effect: Option<effectiveness::State>,
     /// The last change made: (from, to).
     last_change: Option<(u32, u32)>,
+    /// The count last read from the actuator.
+    current: Option<u32>,
+    desired: Option<u32>,
+    last_decision: Option<LastDecision>,
+    /// The rebalance after the last change, and the last one measured.
+    rebalance: Option<Settle>,
+    last_rebalance: Option<Duration>,
+    /// The detector's why, while scale-outs are blocked.
+    ineffective_why: Option<String>,
 }
 
 struct Target {
@@ -103,8 +134,10 @@ struct Target {
 /// Every configured scaling target.
 pub struct ScaleRuntime {
     targets: Vec<Target>,
-    /// How often the detector looks at the consume rate while verifying.
+    /// How often the detector looks at the consume rate (and the group's rebalance)
+    /// after a change.
     pub verify_poll: Duration,
+    metrics: ScaleMetrics,
 }
 
 impl std::fmt::Debug for ScaleRuntime {
@@ -124,7 +157,17 @@ pub struct GroupReadings {
     pub consume_rate: Option<Reading>,
     pub lag: Option<Reading>,
     pub group_state: Option<GroupState>,
+    /// The group's member count (its time is the group sample's).
+    pub members: Option<Reading>,
     pub partitions: Vec<PartitionOffsets>,
+}
+
+impl GroupReadings {
+    /// The group as a fresh sample saw it, for the rebalance watcher.
+    fn group_sample(&self) -> Option<GroupSample> {
+        let m = self.members.filter(|m| m.quality == Quality::Fresh && m.value.is_finite() && m.value >= 0.0)?;
+        Some(GroupSample { state: self.group_state?, members: Some(m.value as u32), at: m.at })
+    }
 }
 
 fn missing(now: SystemTime) -> Reading {
@@ -147,7 +190,58 @@ impl ScaleRuntime {
             };
             out.push(Target { cfg: t.clone(), actuator, pool, state: Mutex::default(), busy: tokio::sync::Mutex::new(()) });
         }
-        Ok(ScaleRuntime { targets: out, verify_poll: Duration::from_secs(2) })
+        Ok(ScaleRuntime { targets: out, verify_poll: Duration::from_secs(2), metrics: ScaleMetrics::default() })
+    }
+
+    /// Reports decisions, rebalances and blocks in `metrics` (the agent's registry).
+    pub fn with_metrics(mut self, metrics: ScaleMetrics) -> ScaleRuntime {
+        for t in &self.targets {
+            metrics.blocked(&t.cfg.name, None);
+        }
+        self.metrics = metrics;
+        self
+    }
+
+    /// Ends expired scale-out blocks (with their metrics). Cheap; call it every second.
+    pub fn tick(&self, now: SystemTime) {
+        for t in &self.targets {
+            let mut st = lock(&t.state);
+            let Some(e @ effectiveness::State::Blocked { .. }) = st.effect.clone() else { continue };
+            let (next, finding) = effectiveness::step(&e, Change::None, None, None, &t.cfg.effectiveness, now);
+            if let Some(Finding::Unblocked { why }) = finding {
+                tracing::info!(target_name = %t.cfg.name, why = %why, "scale-out block ended");
+                st.ineffective_why = None;
+                self.metrics.blocked(&t.cfg.name, None);
+            }
+            st.effect = Some(next);
+        }
+    }
+
+    /// Every target's status, for the API.
+    pub fn status(&self, now: SystemTime) -> Vec<TargetStatus> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let st = lock(&t.state);
+                let until = st.effect.as_ref().and_then(|e| effectiveness::scale_out_blocked_until(e, now));
+                TargetStatus {
+                    name: t.cfg.name.clone(),
+                    cluster: t.cfg.cluster.clone(),
+                    group: t.cfg.group.clone(),
+                    topic: t.cfg.topic.clone(),
+                    actuator: t.actuator.kind(),
+                    policy: policy_name(&t.cfg.policy),
+                    current_replicas: st.current,
+                    desired_replicas: st.desired,
+                    last_decision: st.last_decision.clone(),
+                    scale_out_ineffective: until.is_some(),
+                    scale_out_blocked_until: until.map(unix_secs),
+                    ineffective_why: until.and(st.ineffective_why.clone()),
+                    last_rebalance: st.rebalance.clone(),
+                    pool: t.pool.as_ref().map(|p| p.status()),
+                }
+            })
+            .collect()
     }
 
     /// The process pools, to supervise.
@@ -184,10 +278,17 @@ impl ScaleRuntime {
     /// `read(now)` returns the target's group readings (the caller reads its store).
     pub async fn scale(&self, name: &str, to: ScaleTo, read: &(dyn Fn(&ScaleTarget, SystemTime) -> GroupReadings + Sync), dry_run: bool) -> Result<ScaleReport, ScaleError> {
         let t = self.target(name)?;
-        let _busy = t.busy.lock().await;
+        // A dry run never waits behind a real change (the executor previews while it
+        // plans, and a scale-out's verification can take minutes).
+        let _busy = match dry_run {
+            true => t.busy.try_lock().map_err(|_| ScaleError::Busy { target: name.to_string() })?,
+            false => t.busy.lock().await,
+        };
         let cfg = &t.cfg;
         let now = SystemTime::now();
-        let current = t.actuator.current().await?.ok_or_else(|| ScaleError::UnknownCurrent { target: name.to_string() })?;
+        let current = t.actuator.current().await?;
+        lock(&t.state).current = current;
+        let current = current.ok_or_else(|| ScaleError::UnknownCurrent { target: name.to_string() })?;
         let r = read(cfg, now);
         let inputs = ThroughputInputs {
             produce_rate: r.produce_rate.unwrap_or_else(|| missing(now)),
@@ -203,11 +304,11 @@ impl ScaleRuntime {
                 (Estimate::Replicas { raw: prev, formula: format!("back to the previous count {prev}") }, vec![])
             }
         };
-        let (blocked, history) = {
+        let (blocked, history, last_rebalance) = {
             let st = lock(&t.state);
-            (st.effect.as_ref().and_then(|e| effectiveness::scale_out_blocked_until(e, now)), st.history.clone())
+            (st.effect.as_ref().and_then(|e| effectiveness::scale_out_blocked_until(e, now)), st.history.clone(), st.last_rebalance)
         };
-        let ctx = Context { current, partitions: (!r.partitions.is_empty()).then_some(r.partitions.len() as u32), group_state: r.group_state.unwrap_or(GroupState::Unknown), last_rebalance: None, scale_out_blocked_until: blocked };
+        let ctx = Context { current, partitions: (!r.partitions.is_empty()).then_some(r.partitions.len() as u32), group_state: r.group_state.unwrap_or(GroupState::Unknown), last_rebalance, scale_out_blocked_until: blocked };
         // A rollback or a fixed count is the runbook's explicit order: only bounds, the
         // step limit and the data guards apply, not the interval or the stabilization.
         let mut constraints = cfg.constraints.clone();
@@ -220,8 +321,13 @@ impl ScaleRuntime {
         if dry_run {
             next.last_change = history.last_change;
         }
-        lock(&t.state).history = next;
-        let mut report = ScaleReport { target: name.to_string(), decision: decision.clone(), inputs: Some(inputs), outcome: None, finding: None, dry_run };
+        let policy = match to {
+            ScaleTo::Policy => policy_name(&cfg.policy),
+            ScaleTo::Previous => "rollback",
+            ScaleTo::Count(_) => "fixed",
+        };
+        self.record_decision(t, &decision, dry_run, policy, next, now);
+        let mut report = ScaleReport { target: name.to_string(), decision: decision.clone(), inputs: Some(inputs), outcome: None, finding: None, rebalance: None, dry_run };
         let Decision::Scale { from, to: n, .. } = decision else {
             let Decision::Hold { reason, why, .. } = decision else { unreachable!() };
             return match reason {
@@ -229,51 +335,109 @@ impl ScaleRuntime {
                 _ => Err(ScaleError::Held { reason, why, report: Box::new(report) }),
             };
         };
-        let policy = match to {
-            ScaleTo::Policy => match cfg.policy {
-                PolicyConfig::Lag(_) => "lag",
-                PolicyConfig::Throughput(_) => "throughput",
-            },
-            ScaleTo::Previous => "rollback",
-            ScaleTo::Count(_) => "fixed",
-        };
-        let req = ScaleRequest { target: name.to_string(), from: Some(from), to: n, policy: policy.to_string(), why: decision.why().to_string(), dry_run };
-        report.outcome = Some(t.actuator.scale_to(&req).await?);
         if dry_run {
             return Ok(report);
         }
-        lock(&t.state).last_change = Some((from, n));
-        let change = Change::Scaled { from, to: n };
-        let state = lock(&t.state).effect.take().unwrap_or(effectiveness::State::Idle);
-        let (mut state, finding) = effectiveness::step(&state, change, inputs.consume_rate.quality.eq(&Quality::Fresh).then_some(&inputs.consume_rate), None, &cfg.effectiveness, now);
-        if finding.is_some() || n <= from {
-            report.finding = finding;
-            lock(&t.state).effect = Some(state);
-            return Ok(report);
+        let req = ScaleRequest { target: name.to_string(), from: Some(from), to: n, policy: policy.to_string(), why: decision.why().to_string(), dry_run };
+        report.outcome = Some(t.actuator.scale_to(&req).await?);
+        let changed = SystemTime::now();
+        {
+            let mut st = lock(&t.state);
+            st.last_change = Some((from, n));
+            st.current = Some(n);
+            st.rebalance = Some(Settle::Pending);
         }
-        // Verify the scale-out: watch the consume rate until the detector decides.
+        let watch = Watch { from, to: n, since: changed };
+        let prior = lock(&t.state).effect.take().unwrap_or(effectiveness::State::Idle);
+        let (mut state, finding) = effectiveness::step(&prior, Change::Scaled { from, to: n }, inputs.consume_rate.quality.eq(&Quality::Fresh).then_some(&inputs.consume_rate), None, &cfg.effectiveness, changed);
+        report.finding = finding;
+        // Watch the rebalance (every change) and, after a scale-out, the consume rate,
+        // until both are decided.
+        let mut settle = Settle::Pending;
+        let mut verifying = matches!(state, effectiveness::State::Verifying { .. });
         loop {
+            if settle == Settle::Pending {
+                let now = SystemTime::now();
+                settle = rebalance::observe(&watch, read(cfg, now).group_sample().as_ref(), now, cfg.effectiveness.verify_within);
+                if settle != Settle::Pending {
+                    self.record_rebalance(t, &settle);
+                    report.rebalance = Some(settle.clone());
+                }
+            }
+            if !verifying && settle != Settle::Pending {
+                lock(&t.state).effect = Some(state);
+                return Ok(report);
+            }
             tokio::time::sleep(self.verify_poll).await;
+            if !verifying {
+                continue;
+            }
             let now = SystemTime::now();
             let rate = read(cfg, now).consume_rate;
             let (s, f) = effectiveness::step(&state, Change::None, None, rate.as_ref(), &cfg.effectiveness, now);
             state = s;
             let Some(f) = f else { continue };
+            verifying = false;
             report.finding = Some(f.clone());
             if let Finding::Ineffective { why, .. } = &f {
-                lock(&t.state).effect = Some(state);
+                if settle == Settle::Pending {
+                    settle = rebalance::observe(&watch, None, now, Duration::ZERO);
+                    self.record_rebalance(t, &settle);
+                    report.rebalance = Some(settle);
+                }
+                let until = effectiveness::scale_out_blocked_until(&state, now);
+                {
+                    let mut st = lock(&t.state);
+                    st.effect = Some(state);
+                    st.ineffective_why = Some(why.clone());
+                }
+                self.metrics.blocked(name, until.map(unix_secs));
                 let back = ScaleRequest { target: name.to_string(), from: Some(n), to: from, policy: "rollback".into(), why: why.clone(), dry_run: false };
                 let rolled = t.actuator.scale_to(&back).await;
-                lock(&t.state).last_change = Some((n, from));
+                self.metrics.decision(name, "scale", "rollback");
+                {
+                    let mut st = lock(&t.state);
+                    st.last_change = Some((n, from));
+                    if rolled.is_ok() {
+                        st.current = Some(from);
+                    }
+                }
                 let why = match rolled {
                     Ok(_) => why.clone(),
                     Err(e) => format!("{why}; the rollback failed: {e}"),
                 };
                 return Err(ScaleError::Ineffective { why, report: Box::new(report) });
             }
-            lock(&t.state).effect = Some(state);
-            return Ok(report);
         }
+    }
+
+    fn record_decision(&self, t: &Target, d: &Decision, dry_run: bool, policy: &'static str, next: History, now: SystemTime) {
+        let c = &t.cfg.constraints;
+        let (label, reason, desired) = match d {
+            Decision::Scale { to, .. } => (if dry_run { "dry_run" } else { "scale" }, policy, Some(*to)),
+            Decision::Hold { reason, raw, .. } => ("hold", reason.as_str(), raw.map(|r| r.clamp(c.min_replicas, c.max_replicas))),
+        };
+        self.metrics.decision(&t.cfg.name, label, reason);
+        let mut st = lock(&t.state);
+        st.history = next;
+        st.desired = desired;
+        st.last_decision = Some(LastDecision { decision: d.clone(), dry_run, at: unix_secs(now) });
+    }
+
+    fn record_rebalance(&self, t: &Target, s: &Settle) {
+        self.metrics.rebalance(&t.cfg.name, s);
+        let mut st = lock(&t.state);
+        if let Settle::Settled { seconds, .. } = s {
+            st.last_rebalance = Some(Duration::from_secs_f64(*seconds));
+        }
+        st.rebalance = Some(s.clone());
+    }
+}
+
+fn policy_name(p: &PolicyConfig) -> &'static str {
+    match p {
+        PolicyConfig::Lag(_) => "lag",
+        PolicyConfig::Throughput(_) => "throughput",
     }
 }
 
@@ -304,6 +468,7 @@ mod tests {
             consume_rate: Some(Reading { value: consume, quality: q, at }),
             lag: Some(Reading { value: lag, quality: q, at }),
             group_state: Some(GroupState::Stable),
+            members: None,
             partitions: Vec::new(),
         }
     }
@@ -346,9 +511,93 @@ mod tests {
         assert!(reqs[0]["why"].as_str().unwrap().contains("ceil((produce 60.0/s + lag 1200 / 1m) / per-consumer 10.0/s) = 8"), "{}", reqs[0]);
         assert_eq!((reqs[1]["to"].as_u64(), reqs[1]["policy"].as_str()), (Some(2), Some("rollback")));
         assert!(rt.blocked_until("t", SystemTime::now()).is_some());
+        // "Scale-out ineffective" is its own signal: the metric, the block's end, the status.
+        assert_eq!(rt.metrics.ineffective.get_or_create(&ScaleMetrics::target("t")).get(), 1);
+        assert!(rt.metrics.blocked_until.get_or_create(&ScaleMetrics::target("t")).get() > unix_secs(SystemTime::now()));
+        let st = &rt.status(SystemTime::now())[0];
+        assert!(st.scale_out_ineffective && st.scale_out_blocked_until.is_some(), "{st:?}");
+        assert!(st.ineffective_why.as_deref().is_some_and(|w| w.starts_with("scale-out ineffective: 2 → 6")), "{st:?}");
+        assert_eq!(st.current_replicas, Some(2), "rolled back");
+        // The block ends after the cooldown (here: by stepping the clock past it).
+        rt.tick(SystemTime::now() + Duration::from_secs(3601));
+        assert_eq!(rt.metrics.ineffective.get_or_create(&ScaleMetrics::target("t")).get(), 0);
+        assert!(!rt.status(SystemTime::now())[0].scale_out_ineffective);
+        // Block again for the rest of the test.
+        lock(&rt.target("t").unwrap().state).effect = Some(effectiveness::State::Blocked { from: 2, to: 6, until: SystemTime::now() + Duration::from_secs(3600) });
         // Blocked now: the next policy decision holds and sends nothing.
         let e = block_on(rt.scale("t", ScaleTo::Policy, &read, false)).unwrap_err();
         assert!(matches!(e, ScaleError::Held { reason: HoldReason::ScaleOutBlocked, .. }), "{e:?}");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), sent);
+    }
+
+    #[test]
+    fn a_dry_run_computes_the_count_with_its_inputs_and_never_calls_the_actuator() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests");
+        let rt = runtime(&log, serde_json::json!({"type": "throughput", "catch_up_within": "1m"}));
+        let read = |_: &ScaleTarget, _: SystemTime| readings(Quality::Fresh, 60.0, 20.0, 1200.0);
+        let report = block_on(rt.scale("t", ScaleTo::Policy, &read, true)).unwrap();
+        assert_eq!(report.decision.target(), Some(6));
+        assert!(report.dry_run && report.outcome.is_none(), "{report:?}");
+        let why = report.why();
+        assert!(why.starts_with("dry-run, nothing sent: 2 → 6: ceil((produce 60.0/s + lag 1200 / 1m) / per-consumer 10.0/s) = 8"), "{why}");
+        assert_eq!(report.inputs.unwrap().produce_rate.value, 60.0);
+        assert!(!log.exists(), "a dry run never runs the actuator's program");
+        let st = &rt.status(SystemTime::now())[0];
+        assert_eq!((st.current_replicas, st.desired_replicas), (Some(2), Some(6)));
+        assert!(st.last_decision.as_ref().is_some_and(|d| d.dry_run));
+        assert_eq!(rt.metrics.decisions.get_or_create(&vec![("target", "t".into()), ("decision", "dry_run".into()), ("reason", "throughput".into())]).get(), 1);
+    }
+
+    #[test]
+    fn the_rebalance_after_a_change_is_measured_shown_and_spaces_the_next_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests");
+        let rt = runtime(&log, serde_json::json!({"type": "throughput", "catch_up_within": "1m"})).with_metrics(ScaleMetrics::default());
+        // The group is seen stable with the new 4 members 0.3 s after the change
+        // (the command's `current` says 2, the order is a fixed count of 4).
+        let changed = std::sync::Mutex::new(None::<SystemTime>);
+        let read = |_: &ScaleTarget, now: SystemTime| {
+            let mut r = readings(Quality::Fresh, 60.0, 20.0, 1200.0);
+            // The first read is the decision's (a stable group of 2), the next ones the
+            // rebalance's.
+            let mut first = changed.lock().unwrap();
+            let since = *first.get_or_insert(now);
+            let (state, members) = match now.duration_since(since).unwrap_or_default() {
+                d if d.is_zero() => (GroupState::Stable, 2.0),
+                d if d < Duration::from_millis(300) => (GroupState::Rebalancing, 3.0),
+                _ => (GroupState::Stable, 4.0),
+            };
+            r.group_state = Some(state);
+            r.members = Some(Reading::fresh(members, now));
+            // The 4 consumers consume twice as much: the scale-out helped.
+            r.consume_rate = Some(Reading::fresh(members * 10.0, now));
+            r
+        };
+        let report = block_on(rt.scale("t", ScaleTo::Count(4), &read, false)).unwrap();
+        let Some(Settle::Settled { from: 2, to: 4, seconds }) = report.rebalance else { panic!("{report:?}") };
+        assert!((0.2..5.0).contains(&seconds), "{seconds}");
+        assert!(report.why().contains("rebalance after 2 → 4 took"), "{}", report.why());
+        let g = rt.metrics.rebalance_seconds.get_or_create(&ScaleMetrics::target("t")).get();
+        assert_eq!(g, seconds);
+        assert!(matches!(rt.status(SystemTime::now())[0].last_rebalance, Some(Settle::Settled { .. })));
+        // The measured rebalance is fed into the next decision: min_interval is 0 s, but
+        // rebalance_cost_factor (3) × the rebalance holds the next policy change.
+        let e = block_on(rt.scale("t", ScaleTo::Policy, &|_: &ScaleTarget, now: SystemTime| { let mut r = readings(Quality::Fresh, 60.0, 20.0, 1200.0); r.members = Some(Reading::fresh(4.0, now)); r }, false)).unwrap_err();
+        let ScaleError::Held { reason, why, .. } = e else { panic!("{e:?}") };
+        assert_eq!(reason, HoldReason::MinInterval, "{why}");
+        assert!(why.contains("last rebalance took"), "{why}");
+    }
+
+    #[test]
+    fn a_rebalance_never_seen_settled_is_unknown_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests");
+        let rt = runtime(&log, serde_json::json!({"type": "throughput", "catch_up_within": "1m"})).with_metrics(ScaleMetrics::default());
+        let read = |_: &ScaleTarget, _: SystemTime| readings(Quality::Fresh, 60.0, 20.0, 1200.0);
+        let report = block_on(rt.scale("t", ScaleTo::Count(1), &read, false)).unwrap();
+        assert!(matches!(report.rebalance, Some(Settle::Unsettled { .. })), "{report:?}");
+        assert_eq!(rt.metrics.rebalance_unsettled.get_or_create(&ScaleMetrics::target("t")).get(), 1);
+        assert_eq!(rt.metrics.rebalance_seconds.get_or_create(&ScaleMetrics::target("t")).get(), 0.0, "never set (the series is created only by this read)");
     }
 }

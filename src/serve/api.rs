@@ -1,4 +1,4 @@
-//! The JSON API: `GET /api/v1/targets` and `GET /api/v1/signals`.
+//! The JSON API: `GET /api/v1/targets`, `GET /api/v1/signals` and `GET /api/v1/scale`.
 //!
 //! Read-only views of the store. Every value carries its quality; a value that is not
 //! fresh is `null` (with the last known value and its time beside it), never 0.
@@ -60,7 +60,17 @@ pub async fn targets(State(s): State<AppState>, q: Result<Query<TargetsQuery>, Q
             })
             .collect()
     });
-    Ok(Json(serde_json::json!({ "sources": sources })))
+    // The scaling targets' state (replicas, last decision, block, rebalance, pool exits).
+    let scale = s.scale.as_ref().map(|rt| rt.status(now)).unwrap_or_default();
+    Ok(Json(serde_json::json!({ "sources": sources, "scale": scale })))
+}
+
+/// Every `[[scale]]` target: current and desired replicas, the last decision and its why,
+/// the scale-out block (ineffective scale-out), the last rebalance, and for a `process`
+/// pool its replicas and recent exits.
+pub async fn scale(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let targets = s.scale.as_ref().map(|rt| rt.status(SystemTime::now())).unwrap_or_default();
+    Json(serde_json::json!({ "targets": targets }))
 }
 
 /// Query of `/api/v1/signals`.

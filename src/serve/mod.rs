@@ -32,6 +32,8 @@ pub struct AppState {
     pub tasks: Arc<crate::supervise::TaskHealth>,
     /// The remediation engine (`None`: no `[remediation]` configured).
     pub remediation: Option<Arc<crate::remediate::executor::Remediation>>,
+    /// The `[[scale]]` targets (`None`: none configured).
+    pub scale: Option<Arc<crate::scale::runtime::ScaleRuntime>>,
 }
 
 /// One error type for every handler; every error is answered as JSON
@@ -128,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/signals", get(api::signals))
+        .route("/api/v1/scale", get(api::scale))
         .route("/api/v1/rules", get(api::rules))
         .route("/api/v1/slos", get(api::slos))
         .route("/api/v1/actions", get(actions::list))
@@ -187,7 +190,7 @@ mod tests {
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
         let metrics = Arc::new(Metrics::new(store.clone(), rules.clone()));
-        router(AppState { store, metrics, rules, tasks: Default::default(), remediation: None })
+        router(AppState { store, metrics, rules, tasks: Default::default(), remediation: None, scale: None })
     }
 
     async fn get(uri: &str) -> (StatusCode, serde_json::Value) {

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub remediation: super::remediation::RemediationMetrics,
     /// The `process` scaling actuator's pools (exits, replicas), shared by every pool.
     pub scale_pools: crate::scale::actuators::process::PoolMetrics,
+    /// Scaling decisions, rebalances and scale-out blocks (see `crate::scale::status`).
+    pub scale: crate::scale::status::ScaleMetrics,
 }
 
 fn am_labels(url: &str) -> SourceLabels {
@@ -163,12 +165,15 @@ impl Metrics {
         let remediation = super::remediation::RemediationMetrics::register(&mut registry, rules.verdicts_dropped.clone());
         let scale_pools = crate::scale::actuators::process::PoolMetrics::default();
         scale_pools.register(&mut registry);
+        let scale = crate::scale::status::ScaleMetrics::default();
+        scale.register(&mut registry);
         let mut trailer = Registry::with_prefix("streamguard");
         trailer.register_collector(Box::new(TrailerCollector { store: store.clone() }));
         trailer.register_collector(Box::new(RulesCollector { rules }));
         Metrics {
             remediation,
             scale_pools,
+            scale,
             registry,
             trailer,
             store,

@@ -16,8 +16,8 @@ use crate::rules::file::runbook::{ScaleAction, ScaleTo};
 use crate::scale::config::ScaleTarget;
 use crate::scale::lag_policy::PartitionOffsets;
 use crate::scale::policy::{GroupState, Reading};
-use crate::scale::runtime::{GroupReadings, ScaleError, ScaleTo as RtTo};
-use crate::signal::{Quality, SourceKind};
+use crate::scale::runtime::{GroupReadings, ScaleError, ScaleRuntime, ScaleTo as RtTo};
+use crate::signal::{Labels, Quality, SourceKind};
 use crate::store::Store;
 
 /// What the policies need for the target's group and topic, from the Kafka source's
@@ -38,6 +38,7 @@ pub fn readings(store: &Store, t: &ScaleTarget, now: SystemTime) -> GroupReading
                     "topic_produce_rate" if is("topic", topic) => r.produce_rate = Some(Reading { value: v, quality: q(), at }),
                     "group_topic_consume_rate" if is("group", group) && is("topic", topic) => r.consume_rate = Some(Reading { value: v, quality: q(), at }),
                     "group_topic_lag_offsets" if is("group", group) && is("topic", topic) => r.lag = Some(Reading { value: v, quality: q(), at }),
+                    "group_members" if is("group", group) => r.members = Some(Reading { value: v, quality: q(), at }),
                     "group_state" if is("group", group) && v == 1.0 && q() == Quality::Fresh => {
                         r.group_state = Some(match k.label("state").unwrap_or("") {
                             "Stable" | "Empty" => GroupState::Stable,
@@ -76,24 +77,57 @@ fn compact(r: &crate::scale::runtime::ScaleReport) -> serde_json::Value {
     if let Some(f) = &r.finding {
         v["finding"] = f.kind().into();
     }
+    match &r.rebalance {
+        Some(crate::scale::rebalance::Settle::Settled { seconds, .. }) => v["rebalance_seconds"] = num(*seconds),
+        Some(crate::scale::rebalance::Settle::Unsettled { .. }) => v["rebalance"] = "unsettled".into(),
+        _ => {}
+    }
+    if r.dry_run {
+        v["dry_run"] = true.into();
+    }
     v
+}
+
+/// The `[[scale]]` target a step names, or the one watching the run's group.
+fn resolve(a: &ScaleAction, rt: &ScaleRuntime, target: &Labels) -> Result<String, ActionError> {
+    let group = target.get("group").map(String::as_str);
+    let cluster = target.get("cluster").map(String::as_str);
+    rt.resolve(a.target.as_deref(), cluster, group).map(str::to_string).ok_or_else(|| {
+        ActionError::Config(match &a.target {
+            Some(t) => format!("no [[scale]] target named {t:?}"),
+            None => format!("no [[scale]] target for group {:?}", group.unwrap_or("")),
+        })
+    })
+}
+
+fn runtime_to(to: ScaleTo) -> RtTo {
+    match to {
+        ScaleTo::Policy => RtTo::Policy,
+        ScaleTo::Previous => RtTo::Previous,
+        ScaleTo::Count(n) => RtTo::Count(n),
+    }
+}
+
+/// What a dry run of the step shows: the count the policy would choose now, its one-line
+/// why and its inputs (as in an executed step's audit record). Nothing is sent: the
+/// actuator is only asked for its current count.
+pub async fn preview(a: &ScaleAction, rt: &ScaleRuntime, store: &Store, target: &Labels) -> serde_json::Value {
+    let name = match resolve(a, rt, target) {
+        Ok(n) => n,
+        Err(e) => return serde_json::json!({"error": e.to_string()}),
+    };
+    let read = move |t: &ScaleTarget, now: SystemTime| readings(store, t, now);
+    match rt.scale(&name, runtime_to(a.to), &read, true).await {
+        Ok(report) => serde_json::json!({"target": name, "why": report.why(), "decision": format!("scale {name}: {}", report.decision.why()), "plan": compact(&report)}),
+        Err(ScaleError::Held { why, report, .. }) => serde_json::json!({"target": name, "why": format!("dry-run, nothing sent: {why}"), "decision": format!("scale {name}: {why}"), "plan": compact(&report)}),
+        Err(e) => serde_json::json!({"target": name, "error": e.to_string()}),
+    }
 }
 
 pub async fn perform(a: &ScaleAction, cx: &Context<'_>) -> Result<ActionOutcome, ActionError> {
     let Some(rt) = cx.scale else { return Err(ActionError::Config("no [[scale]] targets are configured".into())) };
-    let group = cx.target.get("group").map(String::as_str);
-    let cluster = cx.target.get("cluster").map(String::as_str);
-    let Some(name) = rt.resolve(a.target.as_deref(), cluster, group).map(str::to_string) else {
-        return Err(ActionError::Config(match &a.target {
-            Some(t) => format!("no [[scale]] target named {t:?}"),
-            None => format!("no [[scale]] target for group {:?}", group.unwrap_or("")),
-        }));
-    };
-    let to = match a.to {
-        ScaleTo::Policy => RtTo::Policy,
-        ScaleTo::Previous => RtTo::Previous,
-        ScaleTo::Count(n) => RtTo::Count(n),
-    };
+    let name = resolve(a, rt, cx.target)?;
+    let to = runtime_to(a.to);
     let request = format!("scale {name}");
     let store = cx.store;
     let read = move |t: &ScaleTarget, now: SystemTime| readings(store, t, now);

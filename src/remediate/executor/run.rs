@@ -14,6 +14,23 @@ use crate::rules::file::runbook::{Deadline, Runbook, Step, StepKind};
 use crate::signal::Labels;
 
 impl Remediation {
+    /// Each `scale` step's dry-run plan (see `actions::scale::preview`), also written into
+    /// its step view (`observed`: the why, `response`: the numbers).
+    pub(super) async fn scale_previews(&self, rb: &Runbook, target: &Labels, steps: &mut [super::StepView]) -> Vec<serde_json::Value> {
+        let Some(rt) = self.scale.get() else { return Vec::new() };
+        let mut out = Vec::new();
+        for (i, step) in rb.steps.iter().enumerate() {
+            let StepKind::Act(crate::rules::file::runbook::Action::Scale(a)) = &step.kind else { continue };
+            let v = actions::scale::preview(a, rt, &self.store, target).await;
+            if let Some(sv) = steps.iter_mut().find(|s| s.phase == "steps" && s.index == i) {
+                sv.observed = v["why"].as_str().or(v["error"].as_str()).map(str::to_string);
+                sv.response = v.get("plan").map(|p| p.to_string());
+            }
+            out.push(v);
+        }
+        out
+    }
+
     /// [`Self::preconditions`] right before a step. While they block only for want of
     /// fresh data (after a restart the store is empty until the first sample), they are
     /// re-read every second for at most [`FRESH_WAIT`]; a false precondition is final.
