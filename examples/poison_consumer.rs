@@ -14,53 +14,21 @@
 //! the record in hand, leaves the group and exits 0.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+mod common;
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("poison_consumer: {name} is not set");
-        std::process::exit(2)
-    })
+    common::env("poison_consumer", name)
 }
 
 fn main() {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-    }
+    common::on_stop_signals();
     let (bootstrap, group, topic, out) = (env("KAFKA_BOOTSTRAP"), env("STREAMGUARD_GROUP"), env("STREAMGUARD_TOPIC"), env("POISON_CONSUMER_OUT"));
-    let consumer: BaseConsumer = match ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
-        .set("client.id", "poison-consumer")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .create()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("poison_consumer: {e}");
-            std::process::exit(1)
-        }
-    };
-    if let Err(e) = consumer.subscribe(&[&topic]) {
-        eprintln!("poison_consumer: subscribe: {e}");
-        std::process::exit(1)
-    }
+    let consumer = common::subscribed("poison_consumer", &bootstrap, &group, &topic, "poison-consumer");
     let mut file = match std::fs::OpenOptions::new().create(true).append(true).open(&out) {
         Ok(f) => f,
         Err(e) => {
@@ -68,7 +36,7 @@ fn main() {
             std::process::exit(1)
         }
     };
-    while !STOP.load(Ordering::SeqCst) {
+    while !common::stopping() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 if m.payload().is_some_and(|p| p.starts_with(b"POISON")) {

@@ -549,6 +549,16 @@ async fn source_loop(
     tracing::debug!(kind = kind.as_str(), source = %name, "sampling loop stopped");
 }
 
+/// Steps the scale targets' clocks every second (see `ScaleRuntime::tick`).
+async fn scale_tick(rt: Arc<crate::scale::runtime::ScaleRuntime>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => rt.tick(std::time::SystemTime::now()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,12 +582,3 @@ mod tests {
     }
 }
 
-/// Steps the scale targets' clocks every second (see `ScaleRuntime::tick`).
-async fn scale_tick(rt: Arc<crate::scale::runtime::ScaleRuntime>, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => rt.tick(std::time::SystemTime::now()),
-        }
-    }
-}

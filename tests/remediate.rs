@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,6 @@ impl Files {
     /// An agent config: the real worker as `[[connect]] local`, `extra` sources, the
     /// rules, and `[remediation]` with `remediation` lines.
     fn config(&self, port: u16, extra: &str, remediation: &str) -> String {
-        let d = self.dir.path().display();
         format!(
             r#"listen = "127.0.0.1:{port}"
 backoff_max = "2s"
@@ -109,18 +108,10 @@ name = "local"
 url = "{connect}"
 sample_interval = "2s"
 sample_timeout = "2s"
-{extra}
-[rules]
-paths = ["{d}/rules.yaml"]
-evaluation_interval = "1s"
-state_file = "{d}/state.json"
-
-[remediation]
-journal = "{d}/journal.jsonl"
-audit = "{d}/audit.jsonl"
-{remediation}
+{extra}{tables}{remediation}
 "#,
             connect = connect_url().trim_end_matches('/'),
+            tables = rules_and_remediation(self.dir.path()),
         )
     }
 
@@ -140,23 +131,7 @@ fn lines(path: &Path) -> Vec<Value> {
 /// The real agent with extra environment variables.
 fn start(config: &str, env: &[(&str, &str)]) -> Agent {
     let port: u16 = config.split("127.0.0.1:").nth(1).and_then(|r| r.split('"').next()).and_then(|p| p.parse().ok()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), config);
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.args(["run", "--config"]).arg(&cfg).env("STREAMGUARD_LOG", "info").stdout(Stdio::null()).stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawn streamguard");
-    let mut agent = Agent { child, port, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.get("/healthz").0 != 200 {
-        let exited = agent.child.try_wait().ok().flatten();
-        assert!(exited.is_none() && Instant::now() < deadline, "agent not healthy ({exited:?}):\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    agent
+    Agent::start_with_env(port, config, env)
 }
 
 /// A request to the agent's API: (status, JSON body or the text as a string).

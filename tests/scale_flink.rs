@@ -61,6 +61,40 @@ fn spec(jar_id: String, args: Vec<String>) -> JobSpec {
     JobSpec { jar_id, entry_class: Some("CheckpointingJob".into()), program_args: args, parallelism: None, flink_configuration: BTreeMap::new(), allow_non_restored_state: false }
 }
 
+/// A run of the stack's checkpointing job whose checkpoints (and savepoints) block past
+/// the checkpoint timeout once `stall` exists, retaining its checkpoints on cancellation.
+struct Stalling {
+    jar: String,
+    dir: tempfile::TempDir,
+    stall: std::path::PathBuf,
+    name: String,
+    first: JobSpec,
+    run: streamguard::actions_flink::Running,
+    cleanup: Cleanup,
+}
+
+impl Stalling {
+    fn start(j: &FlinkJobs, prefix: &str) -> Stalling {
+        // The jar: uploaded by the script (a short run that is cancelled at once).
+        let boot = submit_with_script(&["--job-name", &unique("sg-boot")]);
+        drop(Cleanup(vec![boot]));
+        let jar = block_on(j.find_jar("checkpointing-job")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stall = dir.path().join("stall");
+        let name = unique(prefix);
+        let mut first = spec(jar.clone(), stall_args(&name, &stall));
+        first.flink_configuration.insert("execution.checkpointing.externalized-checkpoint-retention".into(), "RETAIN_ON_CANCELLATION".into());
+        let run = block_on(j.submit(&first, None, None, Duration::from_secs(120))).unwrap();
+        let cleanup = Cleanup(vec![run.jid.clone()]);
+        Stalling { jar, dir, stall, name, first, run, cleanup }
+    }
+}
+
+/// The job's arguments with the stall marker at `marker`.
+fn stall_args(name: &str, marker: &Path) -> Vec<String> {
+    ["--interval-ms", "1000", "--checkpoint-timeout-ms", "4000", "--job-name", name, "--stall-marker"].iter().map(|s| s.to_string()).chain([marker.display().to_string()]).collect()
+}
+
 fn local_path(uri: &str) -> &Path {
     Path::new(uri.strip_prefix("file:").unwrap_or(uri))
 }
@@ -104,21 +138,8 @@ fn a_savepoint_then_a_rescale_through_stop_with_savepoint_runs_the_job_again_at_
 fn a_stalled_checkpoint_falls_back_from_a_failed_savepoint_to_a_restart_from_the_last_checkpoint() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let j = jobs();
-    // The jar: uploaded by the script (a short run that is cancelled at once).
-    let boot = submit_with_script(&["--job-name", &unique("sg-boot")]);
-    drop(Cleanup(vec![boot]));
-    let jar = block_on(j.find_jar("checkpointing-job")).unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let stall = dir.path().join("stall");
-    let name = unique("sg-stall");
-    let base = |marker: &Path| -> Vec<String> {
-        ["--interval-ms", "1000", "--checkpoint-timeout-ms", "4000", "--job-name", name.as_str(), "--stall-marker"].iter().map(|s| s.to_string()).chain([marker.display().to_string()]).collect()
-    };
-    let mut first = spec(jar.clone(), base(&stall));
-    first.flink_configuration.insert("execution.checkpointing.externalized-checkpoint-retention".into(), "RETAIN_ON_CANCELLATION".into());
-    let run = block_on(j.submit(&first, None, None, Duration::from_secs(120))).unwrap();
-    let mut cleanup = Cleanup(vec![run.jid.clone()]);
+    let Stalling { jar, dir, stall, name, first, run, mut cleanup } = Stalling::start(&j, "sg-stall");
+    let base = |marker: &Path| stall_args(&name, marker);
 
     // Stall: checkpoints stop completing.
     std::fs::write(&stall, b"").unwrap();
@@ -164,20 +185,8 @@ fn actions_on_an_unknown_job_fail_with_the_step_and_the_status() {
 fn a_stalled_checkpoint_fires_the_runbook_which_restarts_the_job_and_checkpoints_complete_again() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let j = jobs();
-    let boot = submit_with_script(&["--job-name", &unique("sg-boot")]);
-    drop(Cleanup(vec![boot]));
-    let jar = block_on(j.find_jar("checkpointing-job")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let stall = dir.path().join("stall");
-    let name = unique("sg-rb-stall");
-    let args = |marker: &Path| -> Vec<String> {
-        ["--interval-ms", "1000", "--checkpoint-timeout-ms", "4000", "--job-name", name.as_str(), "--stall-marker"].iter().map(|s| s.to_string()).chain([marker.display().to_string()]).collect()
-    };
-    let mut first = spec(jar, args(&stall));
-    first.flink_configuration.insert("execution.checkpointing.externalized-checkpoint-retention".into(), "RETAIN_ON_CANCELLATION".into());
-    let run = block_on(j.submit(&first, None, None, Duration::from_secs(120))).unwrap();
-    let mut cleanup = Cleanup(vec![run.jid.clone()]);
-
+    let Stalling { dir, stall, name, run, mut cleanup, .. } = Stalling::start(&j, "sg-rb-stall");
+    let args = |marker: &Path| stall_args(&name, marker);
     let quoted: Vec<String> = args(&dir.path().join("no-such-marker")).iter().map(|a| format!("\"{a}\"")).collect();
     let rules = format!(
         r#"apiVersion: streamguard/v1
@@ -209,17 +218,13 @@ spec:
         args = quoted.join(", ")
     );
     let files = tempfile::tempdir().unwrap();
-    let d = files.path().display();
     std::fs::write(files.path().join("rules.yaml"), rules).unwrap();
     let port = free_port();
     let cfg = agent_config_with(
         port,
         &bootstrap(),
         "^no-group-here$",
-        &format!(
-            "\n[[flink]]\nname = \"local\"\nurl = \"{}\"\nsample_interval = \"1s\"\nsample_timeout = \"1s\"\n\n[rules]\npaths = [\"{d}/rules.yaml\"]\nevaluation_interval = \"1s\"\nstate_file = \"{d}/state.json\"\n\n[remediation]\njournal = \"{d}/journal.jsonl\"\naudit = \"{d}/audit.jsonl\"\n",
-            flink_url()
-        ),
+        &format!("\n[[flink]]\nname = \"local\"\nurl = \"{}\"\nsample_interval = \"1s\"\nsample_timeout = \"1s\"\n{}", flink_url(), rules_and_remediation(files.path())),
     );
     let agent = Agent::start_with(port, &cfg);
 

@@ -8,7 +8,13 @@
 //!     `throughput` policy; the consume rate rises; the lag falls; verification passes;
 //!     the audit shows the rates and the computed count;
 //! (b) a scale-out that cannot help (a single-partition topic: more consumers sit idle)
-//!     is detected, rolled back, and further scale-outs are blocked for the cooldown.
+//!     is detected, rolled back, and further scale-outs are blocked for the cooldown;
+//! (c) under the `lag` policy, once the backlog is gone the scale-down waits for the
+//!     stabilization window (the held decisions' why is in the audit), then happens; the
+//!     rebalance of each change is measured and shown;
+//! (g) with the broker SIGSTOPped (a private one) the Kafka data goes stale: runs asked
+//!     for then never change the pool, and the block is audited with a bounded reason;
+//!     a dry run asked for before computes the count the policy would choose.
 
 mod common;
 
@@ -89,6 +95,11 @@ impl Setup {
 
     /// Starts the agent with the rules and one `[[scale]]` target.
     fn agent(&self, group: &str, rules: &str, scale: &str) -> Agent {
+        self.agent_on(&bootstrap(), group, rules, scale)
+    }
+
+    /// The agent, sampling the broker at `bootstrap`.
+    fn agent_on(&self, bootstrap: &str, group: &str, rules: &str, scale: &str) -> Agent {
         std::fs::write(self.path("rules.yaml"), rules).unwrap();
         std::fs::write(self.path("token"), TOKEN).unwrap();
         let d = self.dir.path().display();
@@ -98,21 +109,13 @@ impl Setup {
 [history]
 rate_window = "8s"
 status_window = "8s"
-
-[rules]
-paths = ["{d}/rules.yaml"]
-evaluation_interval = "1s"
-state_file = "{d}/state.json"
-
-[remediation]
-journal = "{d}/journal.jsonl"
-audit = "{d}/audit.jsonl"
-api_token_file = "{d}/token"
+{tables}api_token_file = "{d}/token"
 
 {scale}
-"#
+"#,
+            tables = rules_and_remediation(self.dir.path()),
         );
-        let cfg = agent_config_with(port, &bootstrap(), &format!("^{group}$"), &extra);
+        let cfg = agent_config_with(port, bootstrap, &format!("^{group}$"), &extra);
         let path = write_config(self.dir.path(), &cfg);
         // `check` accepts exactly what `run` runs.
         let out = run(Command::new(bin()).args(["check", "--config"]).arg(&path).env_remove("STREAMGUARD_CONFIG"));
@@ -129,7 +132,14 @@ api_token_file = "{d}/token"
     }
 }
 
+const THROUGHPUT: &str = r#"{ type = "throughput", catch_up_within = "1m" }"#;
+
 fn scale_table(name: &str, group: &str, topic: &str, exe: &Path, delay_ms: u32, extra: &str) -> String {
+    scale_table_on(&bootstrap(), name, group, topic, exe, delay_ms, THROUGHPUT, extra)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scale_table_on(bootstrap: &str, name: &str, group: &str, topic: &str, exe: &Path, delay_ms: u32, policy: &str, extra: &str) -> String {
     format!(
         r#"[[scale]]
 name = "{name}"
@@ -140,12 +150,11 @@ max_replicas = 4
 max_step = 4
 min_interval = "0s"
 max_data_age = "20s"
-policy = {{ type = "throughput", catch_up_within = "1m" }}
+policy = {policy}
 effectiveness = {{ min_rise = 0.3, verify_within = "35s", cooldown = "10m" }}
 actuator = {{ type = "process", command = ["{exe}"], env = {{ KAFKA_BOOTSTRAP = "{bootstrap}", SCALE_CONSUMER_DELAY_MS = "{delay_ms}" }}, stop_grace = "10s" }}
 {extra}"#,
         exe = exe.display(),
-        bootstrap = bootstrap(),
     )
 }
 
@@ -297,4 +306,214 @@ fn an_ineffective_scale_out_is_detected_rolled_back_and_further_scale_outs_are_b
     assert_eq!(running(&agent, "ledger"), Some(1.0));
     let audit = setup.audit();
     assert!(audit.iter().any(|r| r["kind"] == "step" && r["ok"] == false && r["summary"].as_str().or(r["error"].as_str()).is_some_and(|e| e.contains("blocked for"))), "the block is audited: {audit:#?}");
+}
+
+/// A runbook run by hand (POST …/run): one `scale` step to the policy's count.
+fn manual_rules(group: &str) -> String {
+    format!(
+        r#"apiVersion: streamguard/v1
+kind: Runbook
+metadata: {{ name: rescale }}
+spec:
+  mode: act
+  target: [cluster, group]
+  guards:
+    cooldown: 1s
+    max_runs: 1000
+    window: 1h
+    preconditions: ['max by (cluster, group) (group_lag_offsets{{group="{group}"}}) >= 0']
+  steps:
+    - action: scale
+      timeout: 2m
+"#
+    )
+}
+
+/// Asks for a run of `rescale` for the group (act, or dry-run); returns the run.
+fn ask(agent: &Agent, group: &str, dry_run: bool) -> Value {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).no_proxy().build().unwrap();
+    let resp = client
+        .post(format!("http://127.0.0.1:{}/api/v1/runbooks/rescale/run", agent.port))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"target": {"cluster": "local", "group": group}, "dry_run": dry_run}))
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text());
+    resp.json().unwrap()
+}
+
+fn lag(agent: &Agent, group: &str) -> Option<f64> {
+    agent.metrics().get("streamguard_kafka_group_lag_offsets", &[("group", group)])
+}
+
+/// The step's decision numbers (`response`: `{"decision":"hold","raw":1,"reason":"stabilizing",…}`).
+fn decision(run: &Value) -> Value {
+    run["steps"][0]["response"].as_str().and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null)
+}
+
+#[test]
+fn under_the_lag_policy_a_scale_down_waits_for_the_stabilization_window_and_the_audit_shows_the_held_decisions_why() {
+    const WINDOW: f64 = 20.0;
+    let exe = consumer_binary();
+    let topic = unique("scale-c");
+    let group = unique("scale-c-g");
+    create_topic(&bootstrap(), &topic, 4);
+    // 150 records/s against one replica doing at most 50/s (20 ms per record): the lag grows.
+    let _producer = Traffic::start(&bootstrap(), &topic, 150);
+    let setup = Setup::new();
+    let policy = r#"{ type = "lag", lag_threshold = 200 }"#;
+    let table = scale_table_on(&bootstrap(), "fleet", &group, &topic, &exe, 20, policy, &format!("scale_down_stabilization = \"{WINDOW}s\"\n"));
+    let agent = setup.agent(&group, &manual_rules(&group), &table);
+    wait_until(Duration::from_secs(60), "the pool at its min_replicas", || running(&agent, "fleet") == Some(1.0));
+    wait_until(Duration::from_secs(90), "a lag of 900 records", || lag(&agent, &group).is_some_and(|l| l > 900.0));
+
+    // Scale out: ceil(lag / 200) ≥ 5, bounded to 4.
+    let out = ask(&agent, &group, false);
+    let id = out["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let scaled_out = loop {
+        let a = actions(&agent);
+        let r = a.iter().find(|r| r["id"] == id.as_str()).cloned().unwrap_or(Value::Null);
+        if r["state"] == "succeeded" {
+            break r;
+        }
+        assert!(!matches!(r["state"].as_str(), Some("failed" | "blocked" | "aborted")), "the scale-out run did not succeed: {r:#}\n{}", setup.log());
+        assert!(Instant::now() < deadline, "the scale-out run did not end: {r:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let observed = scaled_out["steps"][0]["observed"].as_str().unwrap().to_string();
+    assert!(observed.starts_with("1 → 4: ceil(lag ") && observed.contains(" / threshold 200) = "), "{observed}");
+    assert_eq!(running(&agent, "fleet"), Some(4.0), "{observed}");
+    // The change's rebalance was measured from the group's samples and is shown.
+    assert!(observed.contains("rebalance after 1 → 4 took "), "{observed}");
+    let rb = agent.metrics().get("streamguard_scale_rebalance_seconds", &[("target", "fleet")]).expect("the rebalance metric");
+    assert!((0.0..35.0).contains(&rb), "{rb}");
+    let (status, body) = agent.get("/api/v1/scale");
+    assert_eq!(status, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let t = &st["targets"][0];
+    assert_eq!((t["name"].as_str(), t["current_replicas"].as_u64(), t["policy"].as_str()), (Some("fleet"), Some(4), Some("lag")), "{t:#}");
+    assert_eq!(t["last_rebalance"]["rebalance"], "settled", "{t:#}");
+    assert_eq!(t["pool"]["running"], 4, "{t:#}");
+    assert_eq!(t["scale_out_ineffective"], false, "{t:#}");
+
+    // Now ask every 2 s while the backlog drains: the policy soon wants fewer, but nothing
+    // is removed until the window has passed since it last wanted 4.
+    let mut runs: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let down = loop {
+        let r = ask(&agent, &group, false);
+        let id = r["id"].as_str().unwrap().to_string();
+        let done = loop {
+            let r = actions(&agent).into_iter().find(|r| r["id"] == id.as_str()).unwrap_or(Value::Null);
+            if !matches!(r["state"].as_str(), Some("running") | None) {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "a run did not end: {r:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let d = decision(&done);
+        if done["state"] == "succeeded" && d["decision"] == "scale" {
+            break done;
+        }
+        if done["state"] == "succeeded" {
+            assert_eq!(running(&agent, "fleet"), Some(4.0), "nothing changes while held: {done:#}");
+            runs.push(done);
+        }
+        assert!(Instant::now() < deadline, "no scale-down within 240 s: {runs:#?}\n{}", setup.log());
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    // Down to the highest recommendation left in the window (HPA semantics), below 4.
+    let d = decision(&down);
+    let to = d["to"].as_u64().unwrap();
+    assert_eq!(d["from"].as_u64(), Some(4), "{down:#}");
+    assert!(to < 4, "{down:#}");
+    assert_eq!(running(&agent, "fleet"), Some(to as f64));
+    assert!(down["steps"][0]["observed"].as_str().unwrap().contains("rebalance after 4 → "), "the scale-down's rebalance measured: {down:#}");
+
+    // The window: the scale-down was decided at least WINDOW after the last decision that
+    // recommended 4 (the scale-out, or a hold while the lag was still high).
+    let recommended = |r: &Value| decision(r)["raw"].as_u64().map(|raw| raw.clamp(1, 4));
+    let last_high = runs.iter().filter(|r| recommended(r) == Some(4)).map(|r| r["created_at"].as_f64().unwrap()).fold(scaled_out["created_at"].as_f64().unwrap(), f64::max);
+    let held: Vec<&Value> = runs.iter().filter(|r| decision(r)["reason"] == "stabilizing").collect();
+    assert!(!held.is_empty(), "some decisions wanted fewer replicas and were held: {runs:#?}");
+    let waited = down["created_at"].as_f64().unwrap() - last_high;
+    assert!(waited >= WINDOW - 1.0, "scaled down {waited:.1}s after the last recommendation of 4 (window {WINDOW}s): {runs:#?}");
+    // Held decisions came before, and their why (in the audit) names the window.
+    let audit = setup.audit();
+    let why: Vec<&str> = audit.iter().filter(|r| r["kind"] == "step" && held.iter().any(|h| h["id"] == r["run_id"])).filter_map(|r| r["observed"].as_str()).collect();
+    assert_eq!(why.len(), held.len(), "{audit:#?}");
+    assert!(why.iter().all(|w| w.starts_with("holding at 4: ") && w.contains(&format!("stabilized at the highest recommendation (4) of the last {WINDOW}s"))), "{why:#?}");
+    let m = agent.metrics();
+    assert!(m.get("streamguard_scale_decisions_total", &[("target", "fleet"), ("decision", "hold"), ("reason", "stabilizing")]).unwrap_or(0.0) >= held.len() as f64);
+}
+
+#[test]
+fn with_the_broker_paused_the_data_goes_stale_and_no_run_changes_the_pool_and_the_block_is_audited() {
+    let broker = PrivateBroker::start();
+    let exe = consumer_binary();
+    let topic = unique("scale-g");
+    let group = unique("scale-g-g");
+    create_topic(&broker.bootstrap(), &topic, 4);
+    // A backlog of 2,000 records and a consumer that does one per second: the lag policy
+    // wants ceil(lag / 100) ≥ 4 replicas for as long as this test runs (the lag of the
+    // partitions the consumer has not committed on yet is not known; each counts 1, as
+    // in KEDA with `offset_reset_policy: latest`).
+    produce(&broker.bootstrap(), &topic, &[500, 500, 500, 500], None);
+    let setup = Setup::new();
+    let policy = r#"{ type = "lag", lag_threshold = 100 }"#;
+    let agent = setup.agent_on(&broker.bootstrap(), &group, &manual_rules(&group), &scale_table_on(&broker.bootstrap(), "paused", &group, &topic, &exe, 1000, policy, ""));
+    wait_until(Duration::from_secs(60), "the pool at its min_replicas", || running(&agent, "paused") == Some(1.0));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !lag(&agent, &group).is_some_and(|l| l > 400.0) {
+        assert!(Instant::now() < deadline, "the group's lag never sampled over 400: {:?}\n{}", agent.get("/metrics").1.lines().filter(|l| l.contains(&group)).collect::<Vec<_>>(), setup.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A dry run computes the count the policy would choose, with its inputs, and sends nothing.
+    let dry = ask(&agent, &group, true);
+    assert_eq!(dry["state"], "dry_run", "{dry:#}");
+    let step = &dry["steps"][0];
+    let observed = step["observed"].as_str().unwrap_or_default();
+    assert!(observed.starts_with("dry-run, nothing sent: 1 → 4: "), "{dry:#}");
+    let d = decision(&dry);
+    assert_eq!((d["decision"].as_str(), d["to"].as_u64(), d["dry_run"].as_bool()), (Some("scale"), Some(4), Some(true)), "{dry:#}");
+    assert!(d["lag"].as_f64().is_some_and(|l| l > 400.0), "the inputs are shown: {d}");
+    assert!(dry["reason"].as_str().unwrap().contains("scale paused: 1 → 4: "), "{dry:#}");
+    assert!(setup.audit().iter().any(|r| r["run_id"] == dry["id"] && r["scale_previews"][0]["plan"]["to"] == 4), "the dry run's plan is audited");
+    assert_eq!(running(&agent, "paused"), Some(1.0), "a dry run changes nothing");
+
+    // Pause the broker: the agent's Kafka data goes stale.
+    let paused = Paused::new(broker.pid());
+    wait_until(Duration::from_secs(60), "the Kafka source not fresh", || {
+        let (_, body) = agent.get("/api/v1/targets?source_kind=kafka");
+        serde_json::from_str::<Value>(&body).ok().is_some_and(|v| v["sources"][0]["quality"].as_str().is_some_and(|q| q != "fresh"))
+    });
+    let mut asked = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        asked.push(ask(&agent, &group, false)["id"].as_str().unwrap().to_string());
+        for _ in 0..8 {
+            assert_eq!(running(&agent, "paused"), Some(1.0), "stale data never scales\n{}", setup.log());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // Every run asked for while stale was blocked (fresh_data guard) or held (stale_data),
+    // each with its bounded reason, in the API and in the audit.
+    let a = actions(&agent);
+    let audit = setup.audit();
+    for id in &asked {
+        let r = a.iter().find(|r| r["id"] == id.as_str()).unwrap_or_else(|| panic!("run {id} in the API: {a:#?}"));
+        let guard_blocked = r["state"] == "blocked" && r["guards"].as_array().unwrap().iter().any(|g| g["guard"] == "fresh_data" && g["passed"] == false);
+        let held = r["state"] == "failed" && r["steps"][0]["error"].as_str().is_some_and(|e| e.contains("stale data never scales"));
+        assert!(guard_blocked || held, "run {id} neither blocked by fresh_data nor held on stale data: {r:#}");
+        assert!(audit.iter().any(|x| x["run_id"] == id.as_str() && (x["decision"] == "blocked" || x["kind"] == "step" && x["ok"] == false)), "run {id} audited: {audit:#?}");
+    }
+    let m = agent.metrics();
+    let blocked = m.get("streamguard_remediation_guard_blocks_total", &[("runbook", "rescale"), ("guard", "fresh_data")]).unwrap_or(0.0);
+    let held = m.get("streamguard_scale_decisions_total", &[("target", "paused"), ("decision", "hold"), ("reason", "stale_data")]).unwrap_or(0.0);
+    assert_eq!(blocked + held, asked.len() as f64, "each block counted under its bounded reason");
+    assert_eq!(m.get("streamguard_scale_decisions_total", &[("target", "paused"), ("decision", "scale"), ("reason", "lag")]), None, "never scaled");
+    drop(paused);
+    assert_eq!(running(&agent, "paused"), Some(1.0));
 }

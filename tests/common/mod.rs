@@ -196,6 +196,24 @@ groups = {{ include = ["{group_regex}"] }}
     )
 }
 
+/// The `[rules]` (one file, `dir/rules.yaml`, evaluated every second) and `[remediation]`
+/// (journal and audit in `dir`) tables of a test agent's config.
+pub fn rules_and_remediation(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[rules]
+paths = ["{d}/rules.yaml"]
+evaluation_interval = "1s"
+state_file = "{d}/state.json"
+
+[remediation]
+journal = "{d}/journal.jsonl"
+audit = "{d}/audit.jsonl"
+"#
+    )
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_streamguard")
 }
@@ -218,6 +236,11 @@ impl Agent {
 
     /// Starts the agent with a whole config file body (which must listen on `port`).
     pub fn start_with(port: u16, config: &str) -> Agent {
+        Agent::start_with_env(port, config, &[])
+    }
+
+    /// [`Agent::start_with`], with extra environment variables.
+    pub fn start_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), config);
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
@@ -225,6 +248,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&cfg)
             .env("STREAMGUARD_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
