@@ -394,11 +394,11 @@ impl ScaleRuntime {
                 self.metrics.blocked(name, until.map(unix_secs));
                 let back = ScaleRequest { target: name.to_string(), from: Some(n), to: from, policy: "rollback".into(), why: why.clone(), dry_run: false };
                 let rolled = t.actuator.scale_to(&back).await;
-                self.metrics.decision(name, "scale", "rollback");
                 {
                     let mut st = lock(&t.state);
                     st.last_change = Some((n, from));
                     if rolled.is_ok() {
+                        self.metrics.decision(name, "scale", "rollback");
                         st.current = Some(from);
                     }
                 }
