@@ -3,6 +3,8 @@
 //! escalating, and writing every decision to the audit log.
 //!
 //! A run's steps, verification, rollback and escalation are in [`run`] (a child module).
+//! (Over 600 lines: the engine's state, its API and the start of a run share one struct;
+//! what a run does once started is in `run`.)
 //!
 //! # Guarantees
 //! - Dry-run (the default mode) plans, guards and audits exactly as `act` and sends
