@@ -430,6 +430,13 @@ fn under_the_lag_policy_a_scale_down_waits_for_the_stabilization_window_and_the_
     assert!(to < 4, "{down:#}");
     assert_eq!(running(&agent, "fleet"), Some(to as f64));
     assert!(down["steps"][0]["observed"].as_str().unwrap().contains("rebalance after 4 → "), "the scale-down's rebalance measured: {down:#}");
+    // The pool's status shows the change, its why and the replicas it stopped.
+    let st: Value = serde_json::from_str(&agent.get("/api/v1/scale").1).unwrap();
+    let t = &st["targets"][0];
+    assert_eq!((t["current_replicas"].as_u64(), t["last_decision"]["decision"].as_str(), t["last_decision"]["to"].as_u64()), (Some(to), Some("scale"), Some(to)), "{t:#}");
+    assert!(t["last_decision"]["why"].as_str().unwrap().starts_with(&format!("4 → {to}: ")), "{t:#}");
+    let stopped: Vec<u64> = t["pool"]["recent_exits"].as_array().unwrap().iter().filter(|e| e["reason"] == "stopped").map(|e| e["index"].as_u64().unwrap()).collect();
+    assert_eq!(stopped, (to..4).rev().collect::<Vec<u64>>(), "the highest replicas stopped: {t:#}");
 
     // The window: the scale-down was decided at least WINDOW after the last decision that
     // recommended 4 (the scale-out, or a hold while the lag was still high).
