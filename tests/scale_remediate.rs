@@ -273,6 +273,16 @@ fn an_ineffective_scale_out_is_detected_rolled_back_and_further_scale_outs_are_b
     let error = failed["steps"][0]["error"].as_str().unwrap();
     assert!(error.contains("rolling back to 1") && error.contains("scale-outs blocked for 10m"), "{error}");
     wait_until(Duration::from_secs(30), "the pool back at 1", || running(&agent, "ledger") == Some(1.0));
+    // "Scale-out ineffective" is its own signal: the metric, the block's end, the status.
+    let m = agent.metrics();
+    assert_eq!(m.get("streamguard_scale_ineffective", &[("target", "ledger")]), Some(1.0));
+    let until = m.get("streamguard_scale_out_blocked_until_seconds", &[("target", "ledger")]).expect("the block's end");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(until > now + 500.0 && until < now + 601.0, "blocked for the 10m cooldown: {until} vs {now}");
+    let st: Value = serde_json::from_str(&agent.get("/api/v1/scale").1).unwrap();
+    let t = &st["targets"][0];
+    assert_eq!((t["scale_out_ineffective"].as_bool(), t["current_replicas"].as_u64()), (Some(true), Some(1)), "{t:#}");
+    assert!(t["ineffective_why"].as_str().is_some_and(|w| w.starts_with("scale-out ineffective: 1 → ")), "{t:#}");
 
     // The alert still fires; a new run (asked for by hand: the alert already fired) is
     // held by the block, and nothing scales.
