@@ -26,7 +26,7 @@ fn env(name: &str) -> String {
 }
 
 fn main() {
-    common::on_stop_signals();
+    common::on_stop_signals("poison_consumer");
     let (bootstrap, group, topic, out) = (env("KAFKA_BOOTSTRAP"), env("STREAMGUARD_GROUP"), env("STREAMGUARD_TOPIC"), env("POISON_CONSUMER_OUT"));
     let consumer = common::subscribed("poison_consumer", &bootstrap, &group, &topic, "poison-consumer");
     let mut file = match std::fs::OpenOptions::new().create(true).append(true).open(&out) {

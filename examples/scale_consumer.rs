@@ -9,7 +9,8 @@
 //! `SCALE_CONSUMER_DELAY_MS` is the per-record "work" (default 10 ms), so one replica
 //! consumes at most ~1000/delay records/s and more replicas really consume faster (up
 //! to the partition count). It commits every 500 ms; on SIGTERM or SIGINT it commits,
-//! leaves the group (a short rebalance, not a session timeout) and exits 0.
+//! leaves the group (a short rebalance, not a session timeout) and exits 0; if that
+//! takes over 10 s (the broker is gone), it exits 1 anyway.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ fn env(name: &str) -> String {
 }
 
 fn main() {
-    common::on_stop_signals();
+    common::on_stop_signals("scale_consumer");
     let bootstrap = env("KAFKA_BOOTSTRAP");
     let group = env("STREAMGUARD_GROUP");
     let topic = env("STREAMGUARD_TOPIC");

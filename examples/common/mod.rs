@@ -14,13 +14,27 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// SIGTERM and SIGINT set the stop flag (read with [`stopping`]).
-pub fn on_stop_signals() {
+/// How long a stop (the last commit, leaving the group) may take before the process
+/// exits anyway: with the broker gone those calls can block for good, and a replica
+/// whose agent died (it gets SIGTERM from the kernel) has nobody left to SIGKILL it.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SIGTERM and SIGINT set the stop flag (read with [`stopping`]); a process still alive
+/// [`STOP_GRACE`] after the signal exits with status 1.
+pub fn on_stop_signals(program: &'static str) {
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
+    std::thread::spawn(move || {
+        while !stopping() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(STOP_GRACE);
+        eprintln!("{program}: not stopped {STOP_GRACE:?} after the signal (broker unreachable?): exiting");
+        std::process::exit(1)
+    });
 }
 
 pub fn stopping() -> bool {
