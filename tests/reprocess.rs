@@ -632,3 +632,71 @@ fn dump_at(bootstrap: &str, topic: &str) -> usize {
         }
     }
 }
+
+/// Cancels the listed Flink jobs when the test ends, however it ends.
+struct CancelFlinkJobs(Vec<String>);
+
+impl Drop for CancelFlinkJobs {
+    fn drop(&mut self) {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().unwrap();
+        for jid in &self.0 {
+            let _ = client.patch(format!("{}/jobs/{jid}?mode=cancel", flink_url())).send();
+        }
+    }
+}
+
+fn flink_url() -> String {
+    std::env::var("FLINK_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".to_string()).trim_end_matches('/').to_string()
+}
+
+/// (i) A Flink job as the pause (`stack/up flink`'s checkpointing job, which reads no
+/// Kafka topic: the group here is a plain one at the log end after the move, so there is
+/// nothing for the job to consume and the verification needs none). Without
+/// --flink-discard-state the move is refused before the job is touched, and says why;
+/// with it the job is stopped with a savepoint and resubmitted without it (a job restored
+/// from the savepoint would take its Kafka offsets from there, not from the group).
+#[test]
+fn a_flink_job_is_paused_by_stop_with_savepoint_and_resumed_without_it_and_refused_unless_its_state_may_go() {
+    let name = unique("rp-flink");
+    let out = run(Command::new(repo_root().join("stack/flink-submit-job")).args(["--interval-ms", "1000", "--job-name", &name]));
+    assert!(out.status.success(), "flink-submit-job: {}", String::from_utf8_lossy(&out.stderr));
+    let first = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
+    let mut cleanup = CancelFlinkJobs(vec![first.clone()]);
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().unwrap();
+    let get = |path: &str| -> Value { client.get(format!("{}{path}", flink_url())).send().unwrap().json().unwrap() };
+    wait_until(Duration::from_secs(120), "the job checkpoints", || get(&format!("/jobs/{first}/checkpoints"))["counts"]["completed"].as_u64().unwrap_or(0) >= 1);
+    let (topic, group) = (unique("rp-flink-in"), unique("rp-flink-g"));
+    create_topic(&bootstrap(), &topic, 1);
+    produce(&bootstrap(), &topic, &[10], None);
+    consume_and_commit(&bootstrap(), &group, &topic, &[4]);
+    let flink_url_s = flink_url();
+    let flink = |files: &Files, extra: &[&str]| {
+        let mut args = vec!["apply", "--group", &group, "--to-latest", "--flink-job", &name, "--flink-url", &flink_url_s, "--flink-jar", "checkpointing-job", "--flink-entry-class", "CheckpointingJob"];
+        args.extend(["--flink-arg", "--interval-ms", "--flink-arg", "1000", "--flink-arg", "--job-name", "--flink-arg", &name, "--verify-deadline", "10s"]);
+        args.extend(extra);
+        offsets(&args, files)
+    };
+    // 1. Refused: nothing paused, nothing committed, the reason names the savepoint trap.
+    let files = Files::new();
+    let (code, out, err) = flink(&files, &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("aborted: cannot plan: Flink job") && out.contains("takes its Kafka offsets from the savepoint, not from the group"), "{out}");
+    assert_eq!(get(&format!("/jobs/{first}"))["state"], "RUNNING", "the job was not touched");
+    assert_eq!(committed(&group, &topic, 1), [Some(4)]);
+    // 2. With the state discarded: stopped with a savepoint, resubmitted without it.
+    let files = Files::new();
+    let (code, out, err) = flink(&files, &["--flink-discard-state"]);
+    let running: Vec<String> = get("/jobs/overview")["jobs"].as_array().unwrap().iter().filter(|j| j["name"] == name.as_str() && j["state"] == "RUNNING").map(|j| j["jid"].as_str().unwrap().to_string()).collect();
+    cleanup.0.extend(running.clone());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(get(&format!("/jobs/{first}"))["state"], "FINISHED", "stop-with-savepoint ends the old run");
+    assert_eq!(running.len(), 1, "one new run: {running:?}");
+    assert_ne!(running[0], first);
+    let stats = get(&format!("/jobs/{}/checkpoints", running[0]));
+    assert_eq!(stats["counts"]["restored"], 0, "the new run did not restore the savepoint: {stats}");
+    assert_eq!(committed(&group, &topic, 1), [Some(10)]);
+    let audit = files.audit_records();
+    let detail = |a: &str| audit.iter().find(|r| r["kind"] == "step" && r["action"] == a).unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail("pause").contains("stopped with savepoint"), "{}", detail("pause"));
+    assert!(detail("resume").contains("resubmitted without the savepoint"), "{}", detail("resume"));
+}
