@@ -244,6 +244,60 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A runtime whose one `command` target appends every request to `log` and reports
+    /// `current` (`None`: no current_command, the count is unknown).
+    fn runtime(log: &std::path::Path, current: Option<&str>) -> ScaleRuntime {
+        let mut actuator = json!({"type": "command", "command": ["sh", "-c", format!("cat >> {}; echo >> {}", log.display(), log.display())]});
+        if let Some(c) = current {
+            actuator["current_command"] = json!(["sh", "-c", format!("echo {c}")]);
+        }
+        let raw: crate::scale::config::RawScaleTarget = serde_json::from_value(json!({
+            "name": "t", "group": "g", "topic": "x", "min_replicas": 1, "max_replicas": 8, "min_interval": "0s",
+            "policy": {"type": "throughput", "catch_up_within": "1m"}, "actuator": actuator
+        }))
+        .unwrap();
+        ScaleRuntime::new(&[crate::scale::config::validate(&raw, "test", "scale[0]").unwrap()], &Default::default()).unwrap()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn a_scale_pause_returns_to_the_count_read_at_the_plan_and_holds_the_policy_off_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests");
+        let rt = runtime(&log, Some("3"));
+        let mut p = Pause::Scale { target: "t".into(), replicas: None };
+        block_on(prepare(&mut p, Some(&rt))).unwrap();
+        assert_eq!(p, Pause::Scale { target: "t".into(), replicas: Some(3) }, "the count before the pause, journaled with the plan");
+        let client = reqwest::Client::new();
+        block_on(pause(&p, &client, Some(&rt), Duration::from_secs(5))).unwrap();
+        assert!(rt.is_paused("t"));
+        let read = |_: &crate::scale::config::ScaleTarget, _| crate::scale::runtime::GroupReadings::default();
+        let e = block_on(rt.scale("t", crate::scale::runtime::ScaleTo::Count(5), &read, false)).unwrap_err();
+        assert_eq!(e.to_string(), "t: paused for an offset move; not scaled until it is resumed");
+        block_on(resume(&p, &client, Some(&rt), Duration::from_secs(5))).unwrap();
+        assert!(!rt.is_paused("t"));
+        let sent: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let to: Vec<u64> = sent.iter().map(|r| r["to"].as_u64().unwrap()).collect();
+        assert_eq!(to, [0, 3], "paused to 0, resumed to 3; the held policy sent nothing: {sent:?}");
+    }
+
+    #[test]
+    fn a_scale_target_of_unknown_count_and_a_flink_job_whose_state_must_stay_are_refused_before_any_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(&dir.path().join("requests"), None);
+        let mut p = Pause::Scale { target: "t".into(), replicas: None };
+        let e = block_on(prepare(&mut p, Some(&rt))).unwrap_err();
+        assert_eq!(e, "the replica count of t is unknown, so a resume could not restore it");
+        assert!(block_on(prepare(&mut Pause::Scale { target: "t".into(), replicas: None }, None)).unwrap_err().contains("no [[scale]] targets"));
+        assert!(!dir.path().join("requests").exists(), "nothing was sent");
+        let f = FlinkPause { url: "http://127.0.0.1:1".into(), job: "j".into(), jar: "j.jar".into(), entry_class: None, args: vec![], parallelism: None, discard_state: false };
+        assert!(refusal(&Pause::Flink(f.clone())).unwrap().contains("takes its Kafka offsets from the savepoint, not from the group"));
+        assert_eq!(refusal(&Pause::Flink(FlinkPause { discard_state: true, ..f })), None);
+    }
+
     #[test]
     fn stop_is_reached_when_stopped_and_resume_only_when_every_task_runs() {
         assert!(check(&json!({"connector": {"state": "STOPPED"}, "tasks": []}), ConnectOp::Stop).0);
