@@ -314,6 +314,9 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
 
     let mut env = procedure::Env::open(streamguard::sample::kafka::client_config(&bootstrap(), &Default::default()), &files.journal(), &files.audit()).unwrap();
     env.scale = Some(scale.clone());
+    // Counted as the agent counts it (its registry, rendered as /metrics renders it).
+    let mut registry = prometheus_client::registry::Registry::with_prefix("streamguard");
+    env.metrics = streamguard::telemetry::remediation::OffsetsMetrics::register(&mut registry);
     let request = procedure::Request {
         group: group.clone(),
         topics: vec![topic.clone()],
@@ -330,6 +333,11 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     let o = rt.block_on(procedure::apply(&env, request)).unwrap();
     assert_eq!(o.end, "succeeded", "{o:?}");
     assert_eq!(pool.status().desired, 1, "back to the count before the pause");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in ["streamguard_offsets_procedures_total{outcome=\"succeeded\"} 1", "streamguard_offsets_dlq_copies_total 1", "streamguard_offsets_records_skipped_total 1", "streamguard_offsets_records_replayed_total 0"] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
     assert!(!scale.is_paused("poison-consumers"));
     wait_until(Duration::from_secs(60), "every other record processed", || lines().len() == 2 * per - 1);
     wait_until(Duration::from_secs(30), "the group committed the end", || committed(&group, &topic, partitions) == [Some(per as i64), Some(per as i64)]);

@@ -151,4 +151,24 @@ mod tests {
         let cx = Context { target: &t, ..cx };
         assert_eq!(request(&action(OffsetsReset::SkipPoison, OffsetsPause::None), &cx, SystemTime::UNIX_EPOCH).unwrap_err(), ActionError::Config("the target has no `partition` label".into()));
     }
+
+    #[test]
+    fn a_scale_pause_needs_scale_targets_and_a_flink_pause_takes_the_jobs_source_and_name() {
+        let target: crate::signal::Labels = [("cluster", "local"), ("group", "orders"), ("flink", "f"), ("flink_job", "enricher")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let client = reqwest::Client::new();
+        let (connect, kafka) = (BTreeMap::new(), BTreeMap::new());
+        let flink: BTreeMap<String, String> = [("f".to_string(), "http://127.0.0.1:8081".to_string())].into();
+        let store = crate::store::Store::default();
+        let (j, a) = (std::path::PathBuf::from("j"), std::path::PathBuf::from("a"));
+        let m = Default::default();
+        let cx = Context { run_id: "r1", runbook: "replay", target: &target, phase: "steps", step: 0, client: &client, connect: &connect, timeout: Duration::from_secs(1), kafka: &kafka, offsets_files: (&j, &a), scale: None, offsets_metrics: &m, store: &store, flink: &flink };
+        let e = request(&action(OffsetsReset::Latest, OffsetsPause::Scale { target: None }), &cx, SystemTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(e, ActionError::Config("pause: scale, but no [[scale]] targets are configured".into()));
+        let flink_pause = OffsetsPause::Flink { jar: "job.jar".into(), entry_class: Some("Main".into()), args: vec!["--x".into()], discard_state: true };
+        let r = request(&action(OffsetsReset::Latest, flink_pause), &cx, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            r.pause,
+            Pause::Flink(FlinkPause { url: "http://127.0.0.1:8081".into(), job: "enricher".into(), jar: "job.jar".into(), entry_class: Some("Main".into()), args: vec!["--x".into()], parallelism: None, discard_state: true })
+        );
+    }
 }
