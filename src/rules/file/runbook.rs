@@ -813,6 +813,22 @@ fn offsets(cx: &mut Ctx, n: &Node, f: &BTreeMap<String, &Node>, what: &str) -> O
             None
         }
     };
+    // A field of another kind of pause would be ignored by the run: refused here instead.
+    let only_for = |p: &OffsetsPause| -> &[&str] {
+        match p {
+            OffsetsPause::Command { .. } => &["pause_command", "resume_command"],
+            OffsetsPause::Scale { .. } => &["scale_target"],
+            OffsetsPause::Flink { .. } => &["flink_jar", "flink_entry_class", "flink_args", "flink_state"],
+            OffsetsPause::None | OffsetsPause::Connect => &[],
+        }
+    };
+    if let Some(p) = &pause {
+        for key in ["pause_command", "resume_command", "scale_target", "flink_jar", "flink_entry_class", "flink_args", "flink_state"] {
+            if let Some(v) = f.get(key).filter(|_| !only_for(p).contains(&key)) {
+                cx.err(pos(v), format!("{what}: {key} does not apply to this pause (pause: {})", f.get("pause").and_then(|p| str_of(p)).unwrap_or("none")));
+            }
+        }
+    }
     let count = |cx: &mut Ctx, key: &str, default: u64| match f.get(key) {
         None => default,
         Some(v) => match text_of(v).and_then(|t| t.trim().parse::<u64>().ok()) {
