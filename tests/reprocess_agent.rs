@@ -1,7 +1,8 @@
 //! The agent runs the reprocessing procedure (`action: offsets` in a runbook) against
 //! the real stack (`stack/up kafka`): with its guards, journal, audit and metrics, and
 //! with `pause: scale` on a real `process` pool (`[[scale]]`), across a SIGKILL of the
-//! agent between the pause and the resume. Nothing is mocked.
+//! agent between the pause and the resume; and the CLI's `--pause-scale` on a `command`
+//! target (real programs). Nothing is mocked.
 
 mod common;
 
@@ -186,4 +187,39 @@ fn a_scale_target_paused_for_an_offset_move_comes_back_to_its_count_across_a_sig
     assert_eq!(detail("commit").len(), 1, "{inner:?}");
     assert!(detail("resume")[0].contains("to: 2 }"), "{inner:?}");
     assert!(detail("verify")[0].contains("consuming again from the new offsets"), "{inner:?}");
+}
+
+/// The CLI's `--pause-scale` names a `[[scale]]` target of `--config`: a `command`
+/// actuator (real programs: its requests land in a file) is scaled to 0 and back to the
+/// count its `current_command` reported; a `process` pool is refused (it lives inside the
+/// agent), before anything is paused.
+#[test]
+fn the_cli_pauses_a_command_scale_target_and_returns_it_to_its_count_and_refuses_a_process_pool() {
+    let (topic, group) = (unique("rp-cli-scale"), unique("rp-cli-scale-g"));
+    create_topic(&bootstrap(), &topic, 1);
+    produce(&bootstrap(), &topic, &[10], None);
+    consume_and_commit(&bootstrap(), &group, &topic, &[6]);
+    let files = Files::new();
+    let log = files.marker("requests.jsonl");
+    let table = |name: &str, actuator: &str| format!("[[scale]]\nname = \"{name}\"\ngroup = \"{group}\"\ntopic = \"{topic}\"\npolicy = {{ type = \"throughput\", catch_up_within = \"1m\" }}\nactuator = {actuator}\n");
+    let command = format!("{{ type = \"command\", command = [\"sh\", \"-c\", \"cat >> {l}; echo >> {l}\"], current_command = [\"sh\", \"-c\", \"echo 3\"] }}", l = log.display());
+    let config = agent_config_with(free_port(), &bootstrap(), &format!("^{group}$"), &format!("{}\n{}", table("deploy", &command), table("pool", "{ type = \"process\", command = [\"true\"] }")));
+    let path = files.marker("streamguard.toml");
+    std::fs::write(&path, config).unwrap();
+    let cfg = path.display().to_string();
+    // The process pool: refused, nothing sent, nothing moved.
+    let (code, out, err) = offsets(&["apply", "--config", &cfg, "--group", &group, "--to-latest", "--pause-scale", "pool"], &files);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("[[scale]] pool: a process pool lives inside the agent that supervises it"), "{err}");
+    assert!(!log.exists());
+    assert_eq!(committed(&group, &topic, 1), [Some(6)]);
+    // The command target: 3 → 0 → 3 around the commit (to the log end: nothing to consume).
+    let (code, out, err) = offsets(&["apply", "--config", &cfg, "--group", &group, "--to-latest", "--pause-scale", "deploy", "--verify-deadline", "10s"], &files);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(committed(&group, &topic, 1), [Some(10)]);
+    let sent: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let to: Vec<(u64, &str)> = sent.iter().map(|r| (r["to"].as_u64().unwrap(), r["policy"].as_str().unwrap())).collect();
+    assert_eq!(to, [(0, "pause"), (3, "resume")], "{sent:?}");
+    let plan = files.audit_records().into_iter().find(|r| r["kind"] == "offsets_plan").unwrap();
+    assert_eq!(plan["pause"], "scale deploy to 0", "{plan}");
 }
