@@ -23,6 +23,11 @@
 //! The agent's runs of the procedure (runbooks, metrics, a `[[scale]]` pause across a
 //! SIGKILL) are in `tests/reprocess_agent.rs`; the helpers in `tests/common/reprocess.rs`.
 //!
+//! (i) a Flink job (the stack's) as the pause: refused unless its state may be discarded,
+//!     else stopped with a savepoint and resubmitted without it.
+//!
+//! Over 600 lines: one test per case of the issue, each with the fixtures only it needs.
+//!
 //! Pause and resume are real shell commands given to the CLI; where they only touch marker
 //! files (c, d) the test sees whether and when they ran. No stand-in is used.
 
