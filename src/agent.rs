@@ -440,10 +440,24 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     let mut scale = None;
     if !config.scale.is_empty() {
         let rt = Arc::new(crate::scale::runtime::ScaleRuntime::new(&config.scale, &metrics.scale_pools).map_err(|(t, e)| AgentError::Scale(t, e))?.with_metrics(metrics.scale.clone()));
+        // A target an unfinished offset move paused stays at 0 (its recovery resumes it
+        // to the journaled count): bringing it to its minimum would give the group
+        // members before the commit.
+        let held = match &config.remediation {
+            Some(rc) => crate::remediate::offsets::procedure::held_scale_targets(&crate::remediate::executor::offsets_files(rc).0),
+            None => Vec::new(),
+        };
+        for name in &held {
+            rt.hold_paused(name);
+            tracing::warn!(target_name = %name, "scale target held at 0: an unfinished offset move paused it");
+        }
         for (pool, target) in rt.pools().into_iter().zip(config.scale.iter().filter(|t| matches!(t.actuator, crate::scale::config::ActuatorConfig::Process(_)))) {
             let p = pool.clone();
             let tok = cancel.child_token();
             supervisor.spawn("scale_pool", format!("scale_pool {}", target.name), tok.clone(), move || Some(p.clone().supervise(tok.clone())));
+            if held.contains(&target.name) {
+                continue;
+            }
             let req = crate::scale::actuators::ScaleRequest { target: target.name.clone(), from: None, to: target.constraints.min_replicas, policy: "start".into(), why: "min_replicas at start".into(), dry_run: false };
             if let Err(e) = crate::scale::actuators::Actuator::scale_to(&pool, &req).await {
                 // Visible in the pool status and its exit metric; the supervisor retries.

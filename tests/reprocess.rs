@@ -3,8 +3,9 @@
 //! against the real broker and Connect worker, counted with real consumers, the audit log
 //! and the journal read back.
 //!
-//! (a) a consumer run by the `process` pool crash-loops on a poison record; the procedure
-//!     pauses the pool, copies the record to the DLQ with its origin headers, skips it and
+//! (a) a consumer run by the `process` pool (a `[[scale]]` target) crash-loops on a poison
+//!     record; the procedure pauses the pool through the scale runtime (0, then back to
+//!     its 1 replica, not its minimum of 0), copies the record to the DLQ with its origin headers, skips it and
 //!     resumes: every other record processed exactly once, the DLQ holds exactly it;
 //! (b) a rewind to a timestamp replays exactly the records produced since then;
 //! (c) a group with a live member (classic and KIP-848) is never committed to: the
@@ -16,69 +17,32 @@
 //!     completed step repeated, one DLQ copy and one commit per run;
 //! (g) a broker SIGSTOPped mid-procedure (a private broker, SIGCONT always sent by a Drop
 //!     guard): nothing committed, the consumers resumed, the reason says so.
+//! (h) the lag does not move as predicted (the consumers resume from elsewhere, or do not
+//!     consume): the verification fails and says why.
+//!
+//! The agent's runs of the procedure (runbooks, metrics, a `[[scale]]` pause across a
+//! SIGKILL) are in `tests/reprocess_agent.rs`; the helpers in `tests/common/reprocess.rs`.
+//!
+//! (i) a Flink job (the stack's) as the pause: refused unless its state may be discarded,
+//!     else stopped with a savepoint and resubmitted without it.
+//!
+//! Over 600 lines: one test per case of the issue, each with the fixtures only it needs.
 //!
 //! Pause and resume are real shell commands given to the CLI; where they only touch marker
 //! files (c, d) the test sees whether and when they ran. No stand-in is used.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::reprocess::*;
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
-
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new() -> Files {
-        Files { dir: tempfile::tempdir().unwrap() }
-    }
-    fn journal(&self) -> PathBuf {
-        self.dir.path().join("offsets.journal")
-    }
-    fn audit(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
-    }
-    fn marker(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn audit_records(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.audit()).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-}
-
-fn offsets(args: &[&str], files: &Files) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.arg("offsets").args(args).arg("--bootstrap-servers").arg(bootstrap());
-    if args[0] != "plan" {
-        cmd.arg("--journal").arg(files.journal()).arg("--audit").arg(files.audit());
-    }
-    let out = run(&mut cmd);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-/// The group's committed offsets, by partition, read as a non-member.
-fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(20)).unwrap();
-    (0..partitions)
-        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        })
-        .collect()
-}
 
 /// Reads everything from `from[p]` to the end of each partition: (partition, offset, timestamp).
 fn read_from(topic: &str, from: &[i64]) -> Vec<(i32, i64, i64)> {
@@ -172,12 +136,6 @@ fn a_group_with_a_live_member_is_never_committed_to_and_the_audit_says_why() {
     }
 }
 
-/// Members of `group` (DescribeConsumerGroups: sees classic and KIP-848 groups).
-fn members(group: &str) -> usize {
-    let admin = streamguard::sample::kafka_admin::Admin::for_cluster("test", &streamguard::sample::kafka::client_config(&bootstrap(), &Default::default())).unwrap();
-    admin.describe_groups(&[group.to_string()], Duration::from_secs(10)).ok().and_then(|d| d.into_iter().next()).map_or(0, |d| d.members.len())
-}
-
 #[test]
 fn a_rewind_to_a_timestamp_replays_exactly_the_records_produced_since_then() {
     let (topic, group) = (unique("rp-time"), unique("rp-time-g"));
@@ -215,6 +173,48 @@ fn a_rewind_to_a_timestamp_replays_exactly_the_records_produced_since_then() {
     let steps: Vec<&str> = audit.iter().filter(|r| r["kind"] == "step").map(|r| r["action"].as_str().unwrap()).collect();
     assert_eq!(steps, ["pause", "wait-empty", "dlq-copy", "commit", "resume", "verify"], "{audit:?}");
     assert_eq!(audit.iter().find(|r| r["kind"] == "run").unwrap()["end"], "succeeded");
+    // The verification compares the lag with the preview's prediction, per partition.
+    let verify = audit.iter().find(|r| r["kind"] == "step" && r["action"] == "verify").unwrap()["detail"].as_str().unwrap().to_string();
+    for (p, lag) in [(0, 5), (1, 0), (2, 8)] {
+        assert!(verify.contains(&format!("{topic}:{p}: lag after the commit {lag} as predicted (+0 produced since), now {lag}, 0 consumed")), "{verify}");
+    }
+}
+
+/// (h) The verification fails when the lag does not move as the preview predicted: the
+/// "consumers" resume from somewhere else (the resume command commits an older offset,
+/// as a consumer that kept its own position would), or do not consume at all.
+#[test]
+fn a_group_whose_lag_does_not_move_as_predicted_fails_the_verification_and_the_audit_says_why() {
+    let (topic, group) = (unique("rp-verify"), unique("rp-verify-g"));
+    create_topic(&bootstrap(), &topic, 1);
+    produce(&bootstrap(), &topic, &[20], None);
+    consume_and_commit(&bootstrap(), &group, &topic, &[20]);
+    // 1. Resumed from elsewhere: the resume commits offset 3 behind the procedure's back
+    //    (a nested `offsets apply`, the group being Empty), below the new offset 15.
+    let files = Files::new();
+    let elsewhere = format!(
+        "{} offsets apply --bootstrap-servers {} --group {group} --to-offset {topic}:0=3 --journal {} --audit {} --verify-deadline 5s",
+        bin(),
+        bootstrap(),
+        files.marker("other.journal").display(),
+        files.marker("other-audit.jsonl").display()
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err) = offsets(&["apply", "--group", &group, "--shift-by", "-5", "--pause-cmd", "true", "--resume-cmd", &elsewhere, "--verify-deadline", "120s"], &files);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "a prediction that cannot hold fails at once, not at the deadline: {:?}", started.elapsed());
+    assert!(out.contains(&format!("failed: verify failed: the lag did not move as predicted: {topic}:0: committed 3, below the new offset 15: the consumers resumed from elsewhere")), "{out}");
+    let audit = files.audit_records();
+    let v = audit.iter().find(|r| r["kind"] == "step" && r["action"] == "verify").expect("verify audited");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(audit.iter().find(|r| r["kind"] == "run").unwrap()["end"], "failed");
+    assert_eq!(committed(&group, &topic, 1), [Some(3)]);
+    // 2. Resumed, but nothing consumes: the lag stays at the prediction until the deadline.
+    let files = Files::new();
+    let (code, out, err) = offsets(&["apply", "--group", &group, "--to-offset", &format!("{topic}:0=15"), "--pause-cmd", "true", "--resume-cmd", "true", "--verify-deadline", "3s"], &files);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains(&format!("verify failed: the lag did not move as predicted within 3s: {topic}:0: lag 5 (predicted 5 + 0 produced since), nothing consumed from 15 yet")), "{out}");
+    assert_eq!(files.audit_records().iter().find(|r| r["kind"] == "run").unwrap()["end"], "failed");
 }
 
 /// Produces `per` records to each of `partitions` partitions, key `p{p}-{i}`; the record
@@ -265,15 +265,6 @@ fn dump(topic: &str, partitions: i32) -> Vec<Dumped> {
     out
 }
 
-fn consumer_binary(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let out = run(Command::new(cargo).current_dir(repo_root()).args(["build", "--locked", "--example", name]));
-    assert!(out.status.success(), "building the {name} example failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let exe = PathBuf::from(bin()).parent().unwrap().join("examples").join(name);
-    assert!(exe.exists(), "{exe:?} missing after the build");
-    exe
-}
-
 fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
     h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
@@ -281,8 +272,8 @@ fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
 #[test]
 fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_processed_exactly_once() {
     use streamguard::remediate::offsets::{compute::ResetMode, limits::Limits, pause::Pause, procedure};
-    use streamguard::scale::actuators::process::{PoolMetrics, ProcessConfig, ProcessPool};
-    use streamguard::scale::actuators::{Actuator, ScaleRequest};
+    use streamguard::scale::actuators::process::PoolMetrics;
+    use streamguard::scale::runtime::{ScaleRuntime, ScaleTo};
     let exe = consumer_binary("poison_consumer");
     let (topic, group, dlq) = (unique("rp-poison"), unique("rp-poison-g"), unique("rp-poison-dlq"));
     let (partitions, per, poison) = (2, 60usize, (1, 25usize));
@@ -294,17 +285,24 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     let files = Files::new();
     let processed = files.marker("processed.txt");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut cfg = ProcessConfig::new(vec![exe.display().to_string()], &group, &topic);
-    cfg.env.insert("KAFKA_BOOTSTRAP".into(), bootstrap());
-    cfg.env.insert("POISON_CONSUMER_OUT".into(), processed.display().to_string());
-    cfg.restart_backoff = Duration::from_millis(300);
-    cfg.stop_grace = Duration::from_secs(15);
-    cfg.log_dir = Some(files.dir.path().to_path_buf());
-    let pool = ProcessPool::new("poison-consumers", cfg, PoolMetrics::default()).unwrap();
+    // The consumers are a `[[scale]]` target with a `process` actuator, as the agent
+    // builds it from its configuration; the procedure pauses it through the scale runtime.
+    let raw: streamguard::scale::config::RawScaleTarget = serde_json::from_value(serde_json::json!({
+        "name": "poison-consumers", "group": group, "topic": topic, "min_replicas": 0, "max_replicas": 4, "min_interval": "0s",
+        "policy": {"type": "throughput", "catch_up_within": "1m"},
+        "actuator": {"type": "process", "command": [exe.display().to_string()], "restart_backoff": "300ms", "stop_grace": "15s", "log_dir": files.dir.path(),
+            "env": {"KAFKA_BOOTSTRAP": bootstrap(), "POISON_CONSUMER_OUT": processed.display().to_string()}}
+    }))
+    .unwrap();
+    let target = streamguard::scale::config::validate(&raw, "test", "scale[0]").unwrap();
+    let scale = std::sync::Arc::new(ScaleRuntime::new(&[target], &PoolMetrics::default()).unwrap());
+    let pool = scale.pools().pop().unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let supervisor = rt.spawn(pool.clone().supervise(cancel.clone()));
-    let req = ScaleRequest { target: "poison-consumers".into(), from: None, to: 1, policy: "manual".into(), why: "test".into(), dry_run: false };
-    rt.block_on(pool.scale_to(&req)).unwrap();
+    // One replica (the example's replicas would share its output file): the count the
+    // resume must restore, not the target's minimum of 0.
+    let fixed = |_: &streamguard::scale::config::ScaleTarget, _| streamguard::scale::runtime::GroupReadings { group_state: Some(streamguard::scale::policy::GroupState::Stable), ..Default::default() };
+    rt.block_on(scale.scale("poison-consumers", ScaleTo::Count(1), &fixed, false)).unwrap();
     let lines = || std::fs::read_to_string(&processed).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
     // The consumer is stuck: everything before the poison record is processed, then it
     // crashes on it again and again.
@@ -320,13 +318,16 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     }
 
     let mut env = procedure::Env::open(streamguard::sample::kafka::client_config(&bootstrap(), &Default::default()), &files.journal(), &files.audit()).unwrap();
-    env.actuators.insert("poison-consumers".into(), std::sync::Arc::new(pool.clone()));
+    env.scale = Some(scale.clone());
+    // Counted as the agent counts it (its registry, rendered as /metrics renders it).
+    let mut registry = prometheus_client::registry::Registry::with_prefix("streamguard");
+    env.metrics = streamguard::telemetry::remediation::OffsetsMetrics::register(&mut registry);
     let request = procedure::Request {
         group: group.clone(),
         topics: vec![topic.clone()],
         mode: ResetMode::SkipPoison { partitions: vec![format!("{topic}:{}", poison.0)] },
         limits: Limits { max_skipped: 1, ..Limits::default() },
-        pause: Pause::Actuator { name: "poison-consumers".into(), replicas: 1 },
+        pause: Pause::Scale { target: "poison-consumers".into(), replicas: None },
         dlq: Some(dlq.clone()),
         reason: "cannot parse".into(),
         empty_deadline: Duration::from_secs(60),
@@ -336,6 +337,13 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     };
     let o = rt.block_on(procedure::apply(&env, request)).unwrap();
     assert_eq!(o.end, "succeeded", "{o:?}");
+    assert_eq!(pool.status().desired, 1, "back to the count before the pause");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in ["streamguard_offsets_procedures_total{outcome=\"succeeded\"} 1", "streamguard_offsets_dlq_copies_total 1", "streamguard_offsets_records_skipped_total 1", "streamguard_offsets_records_replayed_total 0"] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    assert!(!scale.is_paused("poison-consumers"));
     wait_until(Duration::from_secs(60), "every other record processed", || lines().len() == 2 * per - 1);
     wait_until(Duration::from_secs(30), "the group committed the end", || committed(&group, &topic, partitions) == [Some(per as i64), Some(per as i64)]);
     std::thread::sleep(Duration::from_secs(2));
@@ -360,6 +368,12 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     let audit = files.audit_records();
     let steps: Vec<(&str, bool)> = audit.iter().filter(|r| r["kind"] == "step").map(|r| (r["action"].as_str().unwrap(), r["ok"].as_bool().unwrap())).collect();
     assert_eq!(steps, [("pause", true), ("wait-empty", true), ("dlq-copy", true), ("commit", true), ("resume", true), ("verify", true)], "{audit:?}");
+    let detail = |a: &str| audit.iter().find(|r| r["kind"] == "step" && r["action"] == a).unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail("pause").contains("Scaled { from: Some(1), to: 0 }"), "{}", detail("pause"));
+    assert!(detail("resume").contains("Scaled { from: Some(0), to: 1 }"), "{}", detail("resume"));
+    // The lag moved as predicted: 60 − 26 right after the commit, then consumed from 26.
+    let v = detail("verify");
+    assert!(v.contains(&format!("{topic}:1: lag after the commit 34 as predicted (+0 produced since)")) && !v.contains(" 0 consumed"), "{v}");
     cancel.cancel();
     let _ = rt.block_on(supervisor);
 }
@@ -582,7 +596,8 @@ fn a_broker_that_stops_mid_procedure_leaves_nothing_half_committed_and_the_consu
     let started = std::time::Instant::now();
     let out = offsets_on(&bs, &["apply", "--group", group, "--to-earliest", "--timeout-seconds", "2", "--empty-deadline", "6s", "--pause-cmd", &stop, "--resume-cmd", &cont], &files, None).wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // (The status is printed: once, under a loaded full run, the CLI died of a signal here.)
+    assert_eq!(out.status.code(), Some(1), "{}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(60), "bounded: {:?}", started.elapsed());
     assert!(stdout.contains("aborted: wait-empty failed: not Empty within 6s: membership unknown"), "{stdout}");
     assert!(stdout.contains("consumers resumed; the old offsets are unchanged"), "{stdout}");
@@ -632,69 +647,70 @@ fn dump_at(bootstrap: &str, topic: &str) -> usize {
     }
 }
 
+/// Cancels the listed Flink jobs when the test ends, however it ends.
+struct CancelFlinkJobs(Vec<String>);
+
+impl Drop for CancelFlinkJobs {
+    fn drop(&mut self) {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().unwrap();
+        for jid in &self.0 {
+            let _ = client.patch(format!("{}/jobs/{jid}?mode=cancel", flink_url())).send();
+        }
+    }
+}
+
+fn flink_url() -> String {
+    std::env::var("FLINK_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".to_string()).trim_end_matches('/').to_string()
+}
+
+/// (i) A Flink job as the pause (`stack/up flink`'s checkpointing job, which reads no
+/// Kafka topic: the group here is a plain one at the log end after the move, so there is
+/// nothing for the job to consume and the verification needs none). Without
+/// --flink-discard-state the move is refused before the job is touched, and says why;
+/// with it the job is stopped with a savepoint and resubmitted without it (a job restored
+/// from the savepoint would take its Kafka offsets from there, not from the group).
 #[test]
-fn the_agent_runs_the_offsets_action_of_a_runbook_with_its_guards_journal_and_audit() {
-    let (topic, group) = (unique("rp-agent"), unique("rp-agent-g"));
-    create_topic(&bootstrap(), &topic, 2);
-    produce(&bootstrap(), &topic, &[10, 10], None);
-    consume_and_commit(&bootstrap(), &group, &topic, &[10, 8]);
+fn a_flink_job_is_paused_by_stop_with_savepoint_and_resumed_without_it_and_refused_unless_its_state_may_go() {
+    let name = unique("rp-flink");
+    let out = run(Command::new(repo_root().join("stack/flink-submit-job")).args(["--interval-ms", "1000", "--job-name", &name]));
+    assert!(out.status.success(), "flink-submit-job: {}", String::from_utf8_lossy(&out.stderr));
+    let first = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
+    let mut cleanup = CancelFlinkJobs(vec![first.clone()]);
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().unwrap();
+    let get = |path: &str| -> Value { client.get(format!("{}{path}", flink_url())).send().unwrap().json().unwrap() };
+    wait_until(Duration::from_secs(120), "the job checkpoints", || get(&format!("/jobs/{first}/checkpoints"))["counts"]["completed"].as_u64().unwrap_or(0) >= 1);
+    let (topic, group) = (unique("rp-flink-in"), unique("rp-flink-g"));
+    create_topic(&bootstrap(), &topic, 1);
+    produce(&bootstrap(), &topic, &[10], None);
+    consume_and_commit(&bootstrap(), &group, &topic, &[4]);
+    let flink_url_s = flink_url();
+    let flink = |files: &Files, extra: &[&str]| {
+        let mut args = vec!["apply", "--group", &group, "--to-latest", "--flink-job", &name, "--flink-url", &flink_url_s, "--flink-jar", "checkpointing-job", "--flink-entry-class", "CheckpointingJob"];
+        args.extend(["--flink-arg", "--interval-ms", "--flink-arg", "1000", "--flink-arg", "--job-name", "--flink-arg", &name, "--verify-deadline", "10s"]);
+        args.extend(extra);
+        offsets(&args, files)
+    };
+    // 1. Refused: nothing paused, nothing committed, the reason names the savepoint trap.
     let files = Files::new();
-    let d = files.dir.path().display();
-    let token = "reprocess-test-token-5e9a1c77";
-    std::fs::write(files.marker("token"), token).unwrap();
-    std::fs::write(
-        files.marker("rules.yaml"),
-        "apiVersion: streamguard/v1\nkind: Runbook\nmetadata: { name: replay-three }\nspec:\n  mode: act\n  target: [cluster, group]\n  guards:\n    preconditions: [\"max by (cluster, group) (group_lag_offsets) >= 0\"]\n  steps:\n    - action: offsets\n      reset: shift-by -3\n      max_replayed: 6\n      empty_deadline: 10s\n      verify_deadline: 10s\n      timeout: 1m\n---\napiVersion: streamguard/v1\nkind: Runbook\nmetadata: { name: replay-too-much }\nspec:\n  mode: act\n  target: [cluster, group]\n  guards:\n    preconditions: [\"max by (cluster, group) (group_lag_offsets) >= 0\"]\n  steps:\n    - action: offsets\n      reset: earliest\n      max_replayed: 5\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let extra = format!("[rules]\npaths = [\"{d}/rules.yaml\"]\nevaluation_interval = \"1s\"\n\n[remediation]\njournal = \"{d}/journal.jsonl\"\naudit = \"{d}/audit.jsonl\"\napi_token_file = \"{d}/token\"\n");
-    let agent = Agent::start_with(port, &agent_config_with(port, &bootstrap(), &group, &extra));
-    let run = |runbook: &str| -> Value {
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).no_proxy().build().unwrap();
-        let body = serde_json::json!({"target": {"cluster": "local", "group": group}, "dry_run": false});
-        // The target's data must be fresh first (the executor's guard): retry until sampled.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let r = client.post(format!("http://127.0.0.1:{port}/api/v1/runbooks/{runbook}/run")).bearer_auth(token).json(&body).send().unwrap();
-            let v: Value = r.json().unwrap();
-            if v["state"] != "blocked" {
-                return v;
-            }
-            assert!(std::time::Instant::now() < deadline, "still blocked: {v:#}\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    };
-    let finished = |id: &str| -> Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let (_, body) = agent.get("/api/v1/actions");
-            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let last = v["actions"].as_array().into_iter().flatten().find(|a| a["id"] == id).cloned().unwrap_or(Value::Null);
-            if matches!(last["state"].as_str(), Some("succeeded" | "failed" | "aborted")) {
-                return last;
-            }
-            assert!(std::time::Instant::now() < deadline, "not finished: {last:#}\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    };
-    // Beyond its limit: the step fails with the refusal, nothing moves.
-    let v = run("replay-too-much");
-    let r = finished(v["id"].as_str().unwrap_or_else(|| panic!("{v}\n{}", agent.log())));
-    assert_eq!(r["state"], "failed", "{r:#}");
-    let err = r["steps"][0]["error"].as_str().unwrap_or_default();
-    assert!(err.contains("aborted: refused before anything was paused: 18 records would be replayed, the limit is 5"), "{r:#}");
-    assert_eq!(committed(&group, &topic, 2), [Some(10), Some(8)]);
-    // Within it: three records back on each partition, through the executor.
-    let v = run("replay-three");
-    let r = finished(v["id"].as_str().unwrap());
-    assert_eq!(r["state"], "succeeded", "{r:#}\n{}", agent.log());
-    assert_eq!(committed(&group, &topic, 2), [Some(7), Some(5)]);
-    // The executor's journal and audit have the step; the procedure's own have its steps.
-    let audit: Vec<Value> = std::fs::read_to_string(files.marker("audit.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(audit.iter().any(|a| a["kind"] == "step" && a["action"] == "offsets" && a["ok"] == true), "{audit:?}");
-    let inner: Vec<Value> = std::fs::read_to_string(files.marker("audit.offsets.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let commits = inner.iter().filter(|a| a["action"] == "commit" && a["ok"] == true).count();
-    assert_eq!(commits, 1, "{inner:?}");
-    assert!(files.marker("journal.offsets.journal").exists());
+    let (code, out, err) = flink(&files, &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("aborted: cannot plan: Flink job") && out.contains("takes its Kafka offsets from the savepoint, not from the group"), "{out}");
+    assert_eq!(get(&format!("/jobs/{first}"))["state"], "RUNNING", "the job was not touched");
+    assert_eq!(committed(&group, &topic, 1), [Some(4)]);
+    // 2. With the state discarded: stopped with a savepoint, resubmitted without it.
+    let files = Files::new();
+    let (code, out, err) = flink(&files, &["--flink-discard-state"]);
+    let running: Vec<String> = get("/jobs/overview")["jobs"].as_array().unwrap().iter().filter(|j| j["name"] == name.as_str() && j["state"] == "RUNNING").map(|j| j["jid"].as_str().unwrap().to_string()).collect();
+    cleanup.0.extend(running.clone());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(get(&format!("/jobs/{first}"))["state"], "FINISHED", "stop-with-savepoint ends the old run");
+    assert_eq!(running.len(), 1, "one new run: {running:?}");
+    assert_ne!(running[0], first);
+    let stats = get(&format!("/jobs/{}/checkpoints", running[0]));
+    assert_eq!(stats["counts"]["restored"], 0, "the new run did not restore the savepoint: {stats}");
+    assert_eq!(committed(&group, &topic, 1), [Some(10)]);
+    let audit = files.audit_records();
+    let detail = |a: &str| audit.iter().find(|r| r["kind"] == "step" && r["action"] == a).unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail("pause").contains("stopped with savepoint"), "{}", detail("pause"));
+    assert!(detail("resume").contains("resubmitted without the savepoint"), "{}", detail("resume"));
 }

@@ -135,6 +135,11 @@ fn mode_of(s: &str) -> Mode {
     }
 }
 
+/// The `offsets` procedure's own journal and audit log, next to the executor's.
+pub fn offsets_files(cfg: &RemediationConfig) -> (std::path::PathBuf, std::path::PathBuf) {
+    (cfg.journal.with_extension("offsets.journal"), cfg.audit.with_extension("offsets.jsonl"))
+}
+
 /// Reads the API token from its file or variable. `Ok(None)`: none configured.
 pub fn load_token(cfg: &RemediationConfig) -> Result<Option<String>, String> {
     let token = match (&cfg.api_token_file, &cfg.api_token_env) {
@@ -198,7 +203,7 @@ impl Remediation {
             client,
             connect: config.connect.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
             kafka: config.clusters.iter().map(|c| (c.name.clone(), crate::sample::kafka::client_config(&c.bootstrap_servers, &c.properties))).collect(),
-            offsets_files: (cfg.journal.with_extension("offsets.journal"), cfg.audit.with_extension("offsets.jsonl")),
+            offsets_files: offsets_files(cfg),
             flink: config.flink.iter().map(|c| (c.name.clone(), c.url.clone())).collect(),
             scale: std::sync::OnceLock::new(),
             token,

@@ -106,6 +106,10 @@ pub enum ScaleError {
     /// Only for a dry run: a change of the target is in progress.
     #[error("{target}: a scale of this target is in progress")]
     Busy { target: String },
+    /// Paused for an offset move ([`ScaleRuntime::pause`]): the policy does not scale it
+    /// until the move's resume.
+    #[error("{target}: paused for an offset move; not scaled until it is resumed")]
+    Paused { target: String },
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +127,8 @@ struct TargetState {
     last_rebalance: Option<Duration>,
     /// The detector's why, while scale-outs are blocked.
     ineffective_why: Option<String>,
+    /// Paused for an offset move (see [`ScaleRuntime::pause`]).
+    paused: bool,
 }
 
 struct Target {
@@ -241,6 +247,7 @@ impl ScaleRuntime {
                     ineffective_why: until.and(st.ineffective_why.clone()),
                     last_rebalance: st.rebalance.clone(),
                     pool: t.pool.as_ref().map(|p| p.status()),
+                    paused_for_offset_move: st.paused,
                 }
             })
             .collect()
@@ -276,6 +283,44 @@ impl ScaleRuntime {
         st.effect.as_ref().and_then(|e| effectiveness::scale_out_blocked_until(e, now))
     }
 
+    /// The target's current replica count (`None`: the actuator cannot tell).
+    pub async fn current(&self, name: &str) -> Result<Option<u32>, ScaleError> {
+        Ok(self.target(name)?.actuator.current().await?)
+    }
+
+    /// Marks `name` paused without acting (at start, for a target an unfinished offset
+    /// move left at 0: it is not brought to its minimum, and the policy leaves it alone
+    /// until the move's resume).
+    pub fn hold_paused(&self, name: &str) -> bool {
+        self.target(name).map(|t| lock(&t.state).paused = true).is_ok()
+    }
+
+    /// Whether `name` is paused for an offset move.
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.target(name).is_ok_and(|t| lock(&t.state).paused)
+    }
+
+    /// Pause for an offset move: scale to 0 through the actuator (idempotent) and hold
+    /// the policy off until [`ScaleRuntime::resume`]. The caller keeps the count to
+    /// return to (it reads [`ScaleRuntime::current`] first and journals it).
+    pub async fn pause(&self, name: &str, why: &str) -> Result<ScaleOutcome, ScaleError> {
+        let t = self.target(name)?;
+        let _busy = t.busy.lock().await;
+        lock(&t.state).paused = true;
+        let req = ScaleRequest { target: name.to_string(), from: None, to: 0, policy: "pause".into(), why: why.to_string(), dry_run: false };
+        Ok(t.actuator.scale_to(&req).await?)
+    }
+
+    /// Resume after an offset move: back to `replicas` (idempotent), the policy free again.
+    pub async fn resume(&self, name: &str, replicas: u32, why: &str) -> Result<ScaleOutcome, ScaleError> {
+        let t = self.target(name)?;
+        let _busy = t.busy.lock().await;
+        let req = ScaleRequest { target: name.to_string(), from: None, to: replicas, policy: "resume".into(), why: why.to_string(), dry_run: false };
+        let out = t.actuator.scale_to(&req).await?;
+        lock(&t.state).paused = false;
+        Ok(out)
+    }
+
     /// Decides and (unless `dry_run`) acts; see the module doc.
     /// `read(now)` returns the target's group readings (the caller reads its store).
     pub async fn scale(&self, name: &str, to: ScaleTo, read: &(dyn Fn(&ScaleTarget, SystemTime) -> GroupReadings + Sync), dry_run: bool) -> Result<ScaleReport, ScaleError> {
@@ -286,6 +331,9 @@ impl ScaleRuntime {
             true => t.busy.try_lock().map_err(|_| ScaleError::Busy { target: name.to_string() })?,
             false => t.busy.lock().await,
         };
+        if lock(&t.state).paused {
+            return Err(ScaleError::Paused { target: name.to_string() });
+        }
         let cfg = &t.cfg;
         let now = SystemTime::now();
         let current = t.actuator.current().await?;

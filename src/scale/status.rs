@@ -123,4 +123,7 @@ pub struct TargetStatus {
     pub last_rebalance: Option<Settle>,
     /// A `process` pool's replicas, restarts and recent exits.
     pub pool: Option<PoolStatus>,
+    /// `true` while an offset move holds the target at 0 (its policy does not scale it
+    /// until the move resumes it).
+    pub paused_for_offset_move: bool,
 }

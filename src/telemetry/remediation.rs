@@ -19,6 +19,74 @@ pub struct RemediationMetrics {
     in_progress: Gauge,
     guard_blocks: Family<Labels, Counter>,
     write_errors: Family<Labels, Counter>,
+    /// The reprocessing procedure's own counters (`offsets` steps run inside the agent).
+    pub offsets: OffsetsMetrics,
+}
+
+/// The reprocessing procedure (`crate::remediate::offsets`): procedures by outcome,
+/// records skipped and replayed by committed moves, dead-letter copies produced, and
+/// refusals by reason. Every label value comes from a closed set ([`OFFSETS_OUTCOMES`],
+/// [`OFFSETS_REFUSALS`]); an unregistered default (the CLI) counts into nothing.
+#[derive(Debug, Clone, Default)]
+pub struct OffsetsMetrics {
+    procedures: Family<Labels, Counter>,
+    skipped: Counter,
+    replayed: Counter,
+    dlq_copies: Counter,
+    refusals: Family<Labels, Counter>,
+}
+
+/// How a procedure ends, as counted (`verify_failed`: committed and resumed, but the
+/// group's lag did not move as the preview predicted).
+pub const OFFSETS_OUTCOMES: [&str; 6] = ["succeeded", "refused", "aborted", "failed", "verify_failed", "interrupted"];
+/// Why a procedure was refused: a blast-radius limit, a group that kept members, a plan
+/// that could not be computed, a pause that cannot be undone.
+pub const OFFSETS_REFUSALS: [&str; 7] = ["max_partitions", "max_skipped", "max_replayed", "max_rewind_age", "group_not_empty", "plan_error", "pause_unsupported"];
+
+impl OffsetsMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = OffsetsMetrics::default();
+        // Every outcome and reason exists from the start (at 0): a rate over a series
+        // that appears on its first increment misses that increment.
+        for o in OFFSETS_OUTCOMES {
+            m.procedures.get_or_create(&vec![("outcome", o.to_string())]).inc_by(0);
+        }
+        for r in OFFSETS_REFUSALS {
+            m.refusals.get_or_create(&vec![("reason", r.to_string())]).inc_by(0);
+        }
+        registry.register("offsets_procedures", "Reprocessing procedures (pause, offset move, resume, verify) by outcome (succeeded, refused, aborted, failed, verify_failed, interrupted)", m.procedures.clone());
+        registry.register("offsets_records_skipped", "Records skipped (never processed) by committed offset moves", m.skipped.clone());
+        registry.register("offsets_records_replayed", "Records to be processed again by committed offset moves (rewinds)", m.replayed.clone());
+        registry.register("offsets_dlq_copies", "Poison records copied to a dead-letter topic by the reprocessing procedure", m.dlq_copies.clone());
+        registry.register(
+            "offsets_refusals",
+            "Reprocessing procedures refused, by reason (max_partitions, max_skipped, max_replayed, max_rewind_age, group_not_empty, plan_error, pause_unsupported)",
+            m.refusals.clone(),
+        );
+        m
+    }
+
+    /// A procedure ended; `outcome` must be one of [`OFFSETS_OUTCOMES`].
+    pub fn procedure(&self, outcome: &'static str) {
+        debug_assert!(OFFSETS_OUTCOMES.contains(&outcome), "{outcome}");
+        self.procedures.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+    }
+
+    /// A refusal; `reason` must be one of [`OFFSETS_REFUSALS`].
+    pub fn refusal(&self, reason: &'static str) {
+        debug_assert!(OFFSETS_REFUSALS.contains(&reason), "{reason}");
+        self.refusals.get_or_create(&vec![("reason", reason.to_string())]).inc();
+    }
+
+    /// A move was committed.
+    pub fn committed(&self, skipped: u64, replayed: u64) {
+        self.skipped.inc_by(skipped);
+        self.replayed.inc_by(replayed);
+    }
+
+    pub fn dlq_copy(&self) {
+        self.dlq_copies.inc();
+    }
 }
 
 impl RemediationMetrics {
@@ -31,6 +99,7 @@ impl RemediationMetrics {
             in_progress: Gauge::default(),
             guard_blocks: Family::default(),
             write_errors: Family::default(),
+            offsets: OffsetsMetrics::register(registry),
         };
         for file in ["journal", "audit"] {
             m.write_errors.get_or_create(&vec![("file", file.to_string())]).inc_by(0);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod private_broker;
+pub mod reprocess;
 #[allow(unused_imports)]
 pub use private_broker::{free_service_port, Paused, PrivateBroker};
 

@@ -40,7 +40,9 @@ pub struct Context<'a> {
     /// The `offsets` procedure's own journal and audit log.
     pub offsets_files: (&'a std::path::Path, &'a std::path::Path),
     /// The `[[scale]]` targets, if any.
-    pub scale: Option<&'a crate::scale::runtime::ScaleRuntime>,
+    pub scale: Option<&'a std::sync::Arc<crate::scale::runtime::ScaleRuntime>>,
+    /// The `offsets` procedure's counters.
+    pub offsets_metrics: &'a crate::telemetry::remediation::OffsetsMetrics,
     /// The samples, for actions that decide on fresh data (`scale`).
     pub store: &'a crate::store::Store,
     /// Flink clusters by source name (`[[flink]]`): base URLs.

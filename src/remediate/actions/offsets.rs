@@ -3,7 +3,9 @@
 //!
 //! The target names the group: `group` (required), `cluster` (the `[[clusters]]` name;
 //! optional when there is one cluster), and for `reset: skip-poison` the stuck
-//! `topic` and `partition`; for `pause: connect` the `connect` and `connector` labels.
+//! `topic` and `partition`; for `pause: connect` the `connect` and `connector` labels;
+//! for `pause: flink` the `flink` (the `[[flink]]` source) and `flink_job` labels. `pause:
+//! scale` names a `[[scale]]` target (`scale_target`, else the one watching the group).
 //!
 //! The procedure journals its own steps in its own journal (`<journal>.offsets.journal`,
 //! audit `<audit>.offsets.jsonl`), tagged with this step (`run_id/phase/step`). Run again
@@ -15,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use super::{cut, ActionError, ActionOutcome, Context};
 use crate::remediate::offsets::compute::ResetMode;
 use crate::remediate::offsets::limits::Limits;
-use crate::remediate::offsets::pause::Pause;
+use crate::remediate::offsets::pause::{FlinkPause, Pause};
 use crate::remediate::offsets::procedure::{self, Env, Request};
 use crate::rules::file::runbook::{OffsetsAction, OffsetsPause, OffsetsReset};
 
@@ -43,6 +45,21 @@ pub fn request(a: &OffsetsAction, cx: &Context<'_>, now: SystemTime) -> Result<R
             let source = label("connect")?;
             let url = cx.connect.get(&source).ok_or_else(|| ActionError::Config(format!("no [[connect]] source named {source:?}")))?;
             Pause::Connect { url: url.clone(), connector: label("connector")? }
+        }
+        OffsetsPause::Scale { target } => {
+            let rt = cx.scale.ok_or_else(|| ActionError::Config("pause: scale, but no [[scale]] targets are configured".into()))?;
+            let name = rt.resolve(target.as_deref(), cx.target.get("cluster").map(String::as_str), Some(&group)).ok_or_else(|| {
+                ActionError::Config(match target {
+                    Some(t) => format!("no [[scale]] target named {t:?}"),
+                    None => format!("no [[scale]] target for group {group:?}"),
+                })
+            })?;
+            Pause::Scale { target: name.to_string(), replicas: None }
+        }
+        OffsetsPause::Flink { jar, entry_class, args, discard_state } => {
+            let source = label("flink")?;
+            let url = cx.flink.get(&source).ok_or_else(|| ActionError::Config(format!("no [[flink]] source named {source:?}")))?;
+            Pause::Flink(FlinkPause { url: url.clone(), job: label("flink_job")?, jar: jar.clone(), entry_class: entry_class.clone(), args: args.clone(), parallelism: None, discard_state: *discard_state })
         }
     };
     let topics = match &mode {
@@ -72,7 +89,9 @@ pub async fn perform(a: &OffsetsAction, cx: &Context<'_>) -> Result<ActionOutcom
     };
     let req = request(a, cx, SystemTime::now())?;
     let describe = format!("offsets {} group {}", req.mode.name(), req.group);
-    let env = Env::open(kafka.clone(), cx.offsets_files.0, cx.offsets_files.1).map_err(|e| ActionError::Config(e.to_string()))?;
+    let mut env = Env::open(kafka.clone(), cx.offsets_files.0, cx.offsets_files.1).map_err(|e| ActionError::Config(e.to_string()))?;
+    env.scale = cx.scale.cloned();
+    env.metrics = cx.offsets_metrics.clone();
     let tag = req.tag.clone().unwrap_or_default();
     let outcome = match procedure::by_tag(&env, &tag) {
         // This step already started a procedure (then the agent restarted).
@@ -117,7 +136,7 @@ mod tests {
         let kafka = BTreeMap::new();
         let (store, flink) = (crate::store::Store::default(), BTreeMap::new());
         let (j, a) = (std::path::PathBuf::from("j"), std::path::PathBuf::from("a"));
-        let cx = Context { run_id: "r1", runbook: "skip", target: &target, phase: "steps", step: 2, client: &client, connect: &connect, timeout: Duration::from_secs(1), kafka: &kafka, offsets_files: (&j, &a), scale: None, store: &store, flink: &flink };
+        let cx = Context { run_id: "r1", runbook: "skip", target: &target, phase: "steps", step: 2, client: &client, connect: &connect, timeout: Duration::from_secs(1), kafka: &kafka, offsets_files: (&j, &a), scale: None, offsets_metrics: &Default::default(), store: &store, flink: &flink };
         let r = request(&action(OffsetsReset::SkipPoison, OffsetsPause::Connect), &cx, SystemTime::UNIX_EPOCH + Duration::from_secs(10_000)).unwrap();
         assert_eq!(r.group, "orders");
         assert_eq!(r.mode, ResetMode::SkipPoison { partitions: vec!["in:3".into()] });
@@ -131,5 +150,25 @@ mod tests {
         t.remove("partition");
         let cx = Context { target: &t, ..cx };
         assert_eq!(request(&action(OffsetsReset::SkipPoison, OffsetsPause::None), &cx, SystemTime::UNIX_EPOCH).unwrap_err(), ActionError::Config("the target has no `partition` label".into()));
+    }
+
+    #[test]
+    fn a_scale_pause_needs_scale_targets_and_a_flink_pause_takes_the_jobs_source_and_name() {
+        let target: crate::signal::Labels = [("cluster", "local"), ("group", "orders"), ("flink", "f"), ("flink_job", "enricher")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let client = reqwest::Client::new();
+        let (connect, kafka) = (BTreeMap::new(), BTreeMap::new());
+        let flink: BTreeMap<String, String> = [("f".to_string(), "http://127.0.0.1:8081".to_string())].into();
+        let store = crate::store::Store::default();
+        let (j, a) = (std::path::PathBuf::from("j"), std::path::PathBuf::from("a"));
+        let m = Default::default();
+        let cx = Context { run_id: "r1", runbook: "replay", target: &target, phase: "steps", step: 0, client: &client, connect: &connect, timeout: Duration::from_secs(1), kafka: &kafka, offsets_files: (&j, &a), scale: None, offsets_metrics: &m, store: &store, flink: &flink };
+        let e = request(&action(OffsetsReset::Latest, OffsetsPause::Scale { target: None }), &cx, SystemTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(e, ActionError::Config("pause: scale, but no [[scale]] targets are configured".into()));
+        let flink_pause = OffsetsPause::Flink { jar: "job.jar".into(), entry_class: Some("Main".into()), args: vec!["--x".into()], discard_state: true };
+        let r = request(&action(OffsetsReset::Latest, flink_pause), &cx, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            r.pause,
+            Pause::Flink(FlinkPause { url: "http://127.0.0.1:8081".into(), job: "enricher".into(), jar: "job.jar".into(), entry_class: Some("Main".into()), args: vec!["--x".into()], parallelism: None, discard_state: true })
+        );
     }
 }

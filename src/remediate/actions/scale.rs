@@ -138,6 +138,7 @@ pub async fn perform(a: &ScaleAction, cx: &Context<'_>) -> Result<ActionOutcome,
         }
         Err(ScaleError::Held { why, report, .. }) => Err(ActionError::Refused { request, why: format!("{why} {}", compact(&report)) }),
         Err(ScaleError::Ineffective { why, .. }) => Err(ActionError::Refused { request, why }),
+        Err(e @ ScaleError::Paused { .. }) => Err(ActionError::Refused { request, why: e.to_string() }),
         Err(ScaleError::Actuator(e)) if matches!(e.kind(), "timeout" | "unreachable" | "conflict") => Err(ActionError::Unreachable { request, message: e.to_string() }),
         Err(e) => Err(ActionError::Config(format!("{request}: {e}"))),
     }

@@ -156,7 +156,8 @@ impl Remediation {
                     timeout: step.timeout,
                     kafka: &self.kafka,
                     offsets_files: (&self.offsets_files.0, &self.offsets_files.1),
-                    scale: self.scale.get().map(|s| s.as_ref()),
+                    scale: self.scale.get(),
+                    offsets_metrics: &self.metrics.remediation.offsets,
                     store: &self.store,
                     flink: &self.flink,
                 };

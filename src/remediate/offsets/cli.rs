@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use super::compute::ResetMode;
 use super::limits::Limits;
-use super::pause::Pause;
+use super::pause::{FlinkPause, Pause};
 use super::procedure::{self, Env, Outcome, ProcedureError, Request};
 
+// Parsed once per process: the size of the `apply` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 pub enum OffsetsCommand {
     /// Preview a move: per partition old → new offset, records to reprocess or skip, and
@@ -121,6 +123,30 @@ pub struct ApplyArgs {
     pub connector: Option<String>,
     #[arg(long)]
     pub connect_url: Option<String>,
+    /// Pause a `[[scale]]` target of the configuration (--config): scale it to 0, then
+    /// back to the count it had (journaled). Kubernetes and `command` targets only: a
+    /// `process` pool lives inside the agent that supervises it (use a runbook's `pause: scale`).
+    #[arg(long, conflicts_with_all = ["pause_cmd", "connector"])]
+    pub pause_scale: Option<String>,
+    /// Pause a Flink job (by name) on the JobManager at --flink-url: stop it with a
+    /// savepoint, resubmit --flink-jar WITHOUT the savepoint (see --flink-discard-state).
+    #[arg(long, conflicts_with_all = ["pause_cmd", "connector", "pause_scale"], requires_all = ["flink_url", "flink_jar"])]
+    pub flink_job: Option<String>,
+    #[arg(long)]
+    pub flink_url: Option<String>,
+    /// The uploaded jar (its name in `GET /jars`) the job is resubmitted from.
+    #[arg(long)]
+    pub flink_jar: Option<String>,
+    #[arg(long)]
+    pub flink_entry_class: Option<String>,
+    /// A program argument of the resubmitted job (repeat).
+    #[arg(long, allow_hyphen_values = true)]
+    pub flink_arg: Vec<String>,
+    /// Required with --flink-job: the job's Kafka source starts from the group's committed
+    /// offsets, and its other state may be discarded (a job restored from its savepoint
+    /// would take its offsets from the savepoint and undo the move).
+    #[arg(long)]
+    pub flink_discard_state: bool,
     /// Why (in the DLQ copy's `streamguard.reason` header and the audit).
     #[arg(long, default_value = "reprocessing by streamguard offsets apply")]
     pub reason: String,
@@ -130,6 +156,23 @@ pub struct ApplyArgs {
     pub verify_deadline: Duration,
     #[command(flatten)]
     pub files: FileArgs,
+}
+
+/// The `[[scale]]` targets `names` of the configuration, as a runtime of their own (a
+/// `process` pool is refused: it lives inside the agent that supervises it).
+fn scale_runtime(a: &KafkaArgs, names: &[String]) -> Result<std::sync::Arc<crate::scale::runtime::ScaleRuntime>, ProcedureError> {
+    let path = a.config.clone().unwrap_or_else(|| "streamguard.toml".into());
+    let cfg = crate::config::load(&path).map_err(|e| ProcedureError::Config(e.to_string()))?;
+    let mut targets = Vec::new();
+    for name in names {
+        let t = cfg.scale.iter().find(|t| &t.name == name).ok_or_else(|| ProcedureError::Config(format!("no [[scale]] target {name:?} in {}", path.display())))?;
+        if matches!(t.actuator, crate::scale::config::ActuatorConfig::Process(_)) {
+            return Err(ProcedureError::Config(format!("[[scale]] {name}: a process pool lives inside the agent that supervises it; pause it from a runbook (pause: scale) run by that agent")));
+        }
+        targets.push(t.clone());
+    }
+    let rt = crate::scale::runtime::ScaleRuntime::new(&targets, &Default::default()).map_err(|(t, e)| ProcedureError::Config(format!("[[scale]] {t}: {e}")))?;
+    Ok(std::sync::Arc::new(rt))
 }
 
 fn kafka_config(a: &KafkaArgs) -> Result<rdkafka::ClientConfig, ProcedureError> {
@@ -186,6 +229,16 @@ fn request(t: &TargetArgs, a: Option<&ApplyArgs>) -> Result<Request, ProcedureEr
             Pause::Command { pause: sh(p), resume: sh(r) }
         }
         Some(ApplyArgs { connector: Some(c), connect_url: Some(u), .. }) => Pause::Connect { url: u.trim_end_matches('/').to_string(), connector: c.clone() },
+        Some(ApplyArgs { pause_scale: Some(t), .. }) => Pause::Scale { target: t.clone(), replicas: None },
+        Some(a @ ApplyArgs { flink_job: Some(job), flink_url: Some(url), flink_jar: Some(jar), .. }) => Pause::Flink(FlinkPause {
+            url: url.trim_end_matches('/').to_string(),
+            job: job.clone(),
+            jar: jar.clone(),
+            entry_class: a.flink_entry_class.clone(),
+            args: a.flink_arg.clone(),
+            parallelism: None,
+            discard_state: a.flink_discard_state,
+        }),
         _ => Pause::None,
     };
     Ok(Request {
@@ -231,13 +284,21 @@ pub async fn run(cmd: OffsetsCommand) -> Result<bool, ProcedureError> {
         }
         OffsetsCommand::Apply { target, apply, json } => {
             let req = request(&target, Some(&apply))?;
-            let env = Env::open(kafka_config(&target.kafka)?, &apply.files.journal, &apply.files.audit)?;
+            let mut env = Env::open(kafka_config(&target.kafka)?, &apply.files.journal, &apply.files.audit)?;
+            if let Some(name) = &apply.pause_scale {
+                env.scale = Some(scale_runtime(&target.kafka, std::slice::from_ref(name))?);
+            }
             let o = procedure::apply(&env, req).await?;
             print_outcome(&o, json);
             Ok(o.end == "succeeded")
         }
         OffsetsCommand::Resume { kafka, files } => {
-            let env = Env::open(kafka_config(&kafka)?, &files.journal, &files.audit)?;
+            // Targets a run paused are resumed through the configuration's [[scale]] entries.
+            let held = procedure::held_scale_targets(&files.journal);
+            let mut env = Env::open(kafka_config(&kafka)?, &files.journal, &files.audit)?;
+            if !held.is_empty() {
+                env.scale = Some(scale_runtime(&kafka, &held)?);
+            }
             let all = procedure::recover(&env).await;
             if all.is_empty() {
                 println!("no unfinished run");

@@ -88,6 +88,22 @@ pub fn committed(admin: &Admin, group: &str, timeout: Duration) -> Result<BTreeM
     Ok(r?.into_iter().collect())
 }
 
+/// What the verification reads: the group's committed offset and the log range of each
+/// of `tps`. A partition whose range could not be read is left out (unknown, not zero).
+pub fn observe(admin: &Admin, group: &str, tps: &[TopicPartition], timeout: Duration) -> Result<BTreeMap<TopicPartition, super::verify::Observed>, KafkaError> {
+    let committed = committed(admin, group, timeout)?;
+    // Refreshes leader epochs before ListOffsets (see `Admin::topics`).
+    admin.topics(timeout)?;
+    let maps = admin.list_offsets(tps, &[OffsetSpec::Earliest, OffsetSpec::Latest], timeout)?;
+    Ok(tps
+        .iter()
+        .filter_map(|tp| match (maps[0].get(tp), maps[1].get(tp)) {
+            (Some(Ok(e)), Some(Ok(l))) => Some((tp.clone(), super::verify::Observed { committed: committed.get(tp).copied().flatten(), earliest: *e, latest: *l })),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The state of every partition of `topics` (or, when empty, of the topics the group has
 /// commits for), with the offset for `at_ms` when given.
 pub fn partition_states(admin: &Admin, group: &str, topics: &[String], at_ms: Option<i64>, timeout: Duration) -> Result<Vec<PartitionState>, KafkaError> {

@@ -2,8 +2,9 @@
 //! skip (poison records copied to a dead-letter topic first) → commit → resume → verify,
 //! journaled in the remediation journal and audited in its audit log.
 //!
-//! - [`compute`], [`limits`], [`preview`]: pure (new offsets per mode, blast-radius
-//!   limits that refuse rather than truncate, the preview table).
+//! - [`compute`], [`limits`], [`preview`], [`verify`]: pure (new offsets per mode,
+//!   blast-radius limits that refuse rather than truncate, the preview table, whether
+//!   the lag moved as predicted).
 //! - [`kafka`], [`pause`]: the edges (admin API, records, dead-letter copies; commands
 //!   and Kafka Connect).
 //! - [`procedure`]: the journaled steps and their recovery after a crash.
@@ -17,3 +18,4 @@ pub mod limits;
 pub mod pause;
 pub mod preview;
 pub mod procedure;
+pub mod verify;

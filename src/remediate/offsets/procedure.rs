@@ -18,6 +18,14 @@
 //!   does nothing when they already are the plan's, pause and resume are idempotent.
 //! - A failed DLQ copy or commit resumes the consumers (rollback) with the offsets the
 //!   group then has; the end reason says which ones (read back, or unknown).
+//! - The last step checks that the group's lag moved as the preview predicted
+//!   ([`super::verify`]): right after the commit it is the predicted lag plus what was
+//!   produced since, and resumed consumers consume from the new offsets. A prediction
+//!   that does not hold (the consumers resumed from elsewhere, or did not consume within
+//!   the deadline, or the log lost the records) ends the run `failed`, audited, counted
+//!   as `verify_failed`; a runbook's step then fails and its escalation runs.
+//! - Counted in `streamguard_offsets_*` (procedures by outcome, records skipped and
+//!   replayed, dead-letter copies, refusals by reason) when run by the agent.
 //!
 //! # Test hook
 //! `STREAMGUARD_TEST_PAUSE_AT` = `steps:N:intent|outcome` (or `rollback:0:…`, and inside
@@ -38,10 +46,13 @@ use super::kafka::{self as k, KafkaError};
 use super::limits::{self, Limits};
 use super::pause::{self, Pause};
 use super::preview::Preview;
+use super::verify::{self, Judgement};
 use crate::remediate::audit::Audit;
 use crate::remediate::journal::{self, Journal, Phase, Record, RunEnd};
 use crate::rules::file::runbook::Mode;
 use crate::sample::kafka_admin::{Admin, TopicPartition};
+use crate::scale::runtime::ScaleRuntime;
+use crate::telemetry::remediation::OffsetsMetrics;
 
 /// The journal's runbook name of these runs.
 pub const RUNBOOK: &str = "offsets";
@@ -131,8 +142,10 @@ pub struct Env {
     audit: Option<Arc<Mutex<Audit>>>,
     /// The records read when the journal was opened (for [`recover`]).
     pub records: Vec<Record>,
-    /// Actuators a [`Pause::Actuator`] may name.
-    pub actuators: pause::Actuators,
+    /// The `[[scale]]` targets a [`Pause::Scale`] may name.
+    pub scale: Option<Arc<ScaleRuntime>>,
+    /// Where the procedure is counted (the agent's registry; the CLI's counts go nowhere).
+    pub metrics: OffsetsMetrics,
     hook: Option<(String, PathBuf)>,
 }
 
@@ -143,14 +156,14 @@ impl Env {
         let a = Audit::open(audit, 64 << 20, 4).map_err(|e| ProcedureError::Config(format!("audit log {}: {e}", audit.display())))?;
         let http = reqwest::Client::builder().build().map_err(|e| ProcedureError::Config(e.to_string()))?;
         let hook = std::env::var("STREAMGUARD_TEST_PAUSE_AT").ok().map(|at| (at, std::env::var_os("STREAMGUARD_TEST_PAUSE_FILE").map_or_else(|| journal.with_extension("paused"), Into::into)));
-        Ok(Env { kafka, admin: Arc::new(admin), http, journal: Some(Arc::new(Mutex::new(j))), audit: Some(Arc::new(Mutex::new(a))), records, actuators: Default::default(), hook })
+        Ok(Env { kafka, admin: Arc::new(admin), http, journal: Some(Arc::new(Mutex::new(j))), audit: Some(Arc::new(Mutex::new(a))), records, scale: None, metrics: OffsetsMetrics::default(), hook })
     }
 
     /// An environment that can only read (for [`preview`]): no journal, no audit.
     pub fn reader(kafka: ClientConfig) -> Result<Env, ProcedureError> {
         let admin = Admin::for_cluster("offsets", &kafka).map_err(KafkaError::from)?;
         let http = reqwest::Client::builder().build().map_err(|e| ProcedureError::Config(e.to_string()))?;
-        Ok(Env { kafka, admin: Arc::new(admin), http, journal: None, audit: None, records: Vec::new(), actuators: Default::default(), hook: None })
+        Ok(Env { kafka, admin: Arc::new(admin), http, journal: None, audit: None, records: Vec::new(), scale: None, metrics: OffsetsMetrics::default(), hook: None })
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Admin, &ClientConfig) -> Result<T, KafkaError> + Send + 'static) -> Result<T, KafkaError> {
@@ -264,25 +277,59 @@ pub async fn apply(env: &Env, req: Request) -> Result<Outcome, ProcedureError> {
         .map_err(ProcedureError::Journal)?;
     env.journal(Record::Intent { id: id.clone(), phase: Phase::Steps, step: PLAN, at: SystemTime::now() }).await.map_err(ProcedureError::Journal)?;
     env.pause_at("steps:0:intent").await;
-    let p = match preview(env, &req).await {
+    let mut req = req;
+    let planning = match pause::refusal(&req.pause) {
+        Some(why) => Err(("pause_unsupported", why)),
+        None => match pause::prepare(&mut req.pause, env.scale.as_deref()).await {
+            Err(why) => Err(("pause_unsupported", why)),
+            Ok(()) => preview(env, &req).await.map_err(|e| ("plan_error", e.to_string())),
+        },
+    };
+    let p = match planning {
         Ok(p) => p,
-        Err(e) => {
+        Err((reason, e)) => {
             let why = format!("cannot plan: {e}");
+            env.metrics.refusal(reason);
             step_end(env, &id, &req.group, PLAN, Err(why.clone())).await;
-            return Ok(finish(env, &id, &req.group, RunEnd::Aborted, why, None).await);
+            return Ok(finish(env, &id, &req.group, RunEnd::Aborted, "refused", why, None).await);
         }
     };
-    env.audit(serde_json::json!({"kind": "offsets_plan", "run_id": id, "group": req.group, "preview": p, "refused": p.refused()})).await;
+    env.audit(serde_json::json!({"kind": "offsets_plan", "run_id": id, "group": req.group, "preview": p, "refused": p.refused(), "pause": req.pause.describe()})).await;
     if p.refused() {
+        for b in &p.breaches {
+            env.metrics.refusal(b.limit);
+        }
         let why = format!("refused before anything was paused: {}", p.breaches.iter().map(|b| b.reason.as_str()).collect::<Vec<_>>().join("; "));
         step_end(env, &id, &req.group, PLAN, Err(why.clone())).await;
-        return Ok(finish(env, &id, &req.group, RunEnd::Aborted, why, Some(p)).await);
+        return Ok(finish(env, &id, &req.group, RunEnd::Aborted, "refused", why, Some(p)).await);
     }
     let planned = Planned { request: req, moves: p.moves.clone() };
     let summary = serde_json::to_string(&planned).map_err(|e| ProcedureError::Journal(e.to_string()))?;
     env.journal(Record::Outcome { id: id.clone(), phase: Phase::Steps, step: PLAN, ok: true, summary, at: SystemTime::now() }).await.map_err(ProcedureError::Journal)?;
     env.pause_at("steps:0:outcome").await;
     Ok(execute(env, &id, &planned, PAUSE, Some(p)).await)
+}
+
+/// The `[[scale]]` targets that unfinished runs of the journal at `path` pause: at start
+/// the agent holds them (not brought to their minimum, not scaled by their policy) until
+/// the recovery resumes them to their journaled count. A missing journal holds none.
+pub fn held_scale_targets(path: &std::path::Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let records = journal::parse(&text);
+    let unfinished: Vec<String> = journal::recover(&records).into_iter().filter(|r| r.runbook == RUNBOOK && r.finished.is_none()).map(|r| r.id).collect();
+    let mut out: Vec<String> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Outcome { id, phase: Phase::Steps, step: PLAN, ok: true, summary, .. } if unfinished.contains(id) => match serde_json::from_str::<Planned>(summary).ok()?.request.pause {
+                Pause::Scale { target, .. } => Some(target),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Finishes every unfinished reprocessing run of the journal (after a crash).
@@ -296,7 +343,7 @@ pub async fn recover(env: &Env) -> Vec<Outcome> {
         });
         env.audit(serde_json::json!({"kind": "recovery", "run_id": run.id, "group": group, "done": run.done.iter().map(|((p, i), ok)| format!("{}:{i}:{ok}", p.as_str())).collect::<Vec<_>>()})).await;
         let Some(planned) = planned else {
-            out.push(finish(env, &run.id, &group, RunEnd::Aborted, "interrupted before its plan was journaled: nothing was changed".into(), None).await);
+            out.push(finish(env, &run.id, &group, RunEnd::Aborted, "interrupted", "interrupted before its plan was journaled: nothing was changed".into(), None).await);
             continue;
         };
         let failed = run.done.iter().any(|((p, _), ok)| *p == Phase::Steps && !ok);
@@ -327,7 +374,9 @@ async fn step_end(env: &Env, id: &str, group: &str, step: usize, r: Result<Strin
     env.pause_at(&format!("steps:{step}:outcome")).await;
 }
 
-async fn finish(env: &Env, id: &str, group: &str, end: RunEnd, reason: String, preview: Option<Preview>) -> Outcome {
+/// Ends the run; `counted` is its `streamguard_offsets_procedures_total` outcome.
+async fn finish(env: &Env, id: &str, group: &str, end: RunEnd, counted: &'static str, reason: String, preview: Option<Preview>) -> Outcome {
+    env.metrics.procedure(counted);
     if let Err(e) = env.journal(Record::Finished { id: id.into(), end, reason: reason.clone(), at: SystemTime::now() }).await {
         tracing::error!(run_id = %id, error = %e, "cannot journal the end of a run");
     }
@@ -341,15 +390,16 @@ async fn execute(env: &Env, id: &str, planned: &Planned, from: usize, preview: O
         if let Err(e) = env.journal(Record::Intent { id: id.into(), phase: Phase::Steps, step, at: SystemTime::now() }).await {
             // Nothing of this step ran; the consumers stay as they are and the run stays
             // unfinished in the journal for `offsets resume`.
+            env.metrics.procedure("interrupted");
             return Outcome { id: id.into(), end: "interrupted", reason: format!("cannot write the journal before {name}: {e}"), preview };
         }
         env.pause_at(&format!("steps:{step}:intent")).await;
         let r = match step {
-            PAUSE => pause::pause(&req.pause, &env.http, &env.actuators, req.timeout).await,
+            PAUSE => pause::pause(&req.pause, &env.http, env.scale.as_deref(), req.timeout).await,
             WAIT_EMPTY => wait_empty(env, req).await,
             DLQ => dlq_copy(env, id, planned).await,
             COMMIT => commit(env, planned).await,
-            RESUME => pause::resume(&req.pause, &env.http, &env.actuators, req.timeout).await,
+            RESUME => pause::resume(&req.pause, &env.http, env.scale.as_deref(), req.timeout).await,
             _ => verify(env, planned).await,
         };
         let failed = r.as_ref().err().cloned();
@@ -357,7 +407,8 @@ async fn execute(env: &Env, id: &str, planned: &Planned, from: usize, preview: O
         if let Some(why) = failed {
             let why = format!("{name} failed: {why}");
             if step == PAUSE || step == RESUME || step == VERIFY {
-                return finish(env, id, &req.group, RunEnd::Failed, why, preview).await;
+                let counted = if step == VERIFY { "verify_failed" } else { "failed" };
+                return finish(env, id, &req.group, RunEnd::Failed, counted, why, preview).await;
             }
             let mut o = rollback(env, id, planned, why).await;
             o.preview = preview;
@@ -365,7 +416,7 @@ async fn execute(env: &Env, id: &str, planned: &Planned, from: usize, preview: O
         }
     }
     let reason = format!("{} partitions moved; {} records to reprocess, {} skipped", planned.moves.len(), planned.moves.iter().map(Move::replayed).sum::<u64>(), planned.moves.iter().map(Move::skipped).sum::<u64>());
-    finish(env, id, &req.group, RunEnd::Succeeded, reason, preview).await
+    finish(env, id, &req.group, RunEnd::Succeeded, "succeeded", reason, preview).await
 }
 
 /// A step before the consumers were resumed failed: resume them with whatever offsets the
@@ -374,7 +425,7 @@ async fn rollback(env: &Env, id: &str, planned: &Planned, why: String) -> Outcom
     let req = &planned.request;
     let _ = env.journal(Record::Intent { id: id.into(), phase: Phase::Rollback, step: 0, at: SystemTime::now() }).await;
     env.pause_at("rollback:0:intent").await;
-    let r = pause::resume(&req.pause, &env.http, &env.actuators, req.timeout).await;
+    let r = pause::resume(&req.pause, &env.http, env.scale.as_deref(), req.timeout).await;
     let ok = r.is_ok();
     let detail = r.unwrap_or_else(|e| e);
     let _ = env.journal(Record::Outcome { id: id.into(), phase: Phase::Rollback, step: 0, ok, summary: detail.clone(), at: SystemTime::now() }).await;
@@ -388,9 +439,14 @@ async fn rollback(env: &Env, id: &str, planned: &Planned, why: String) -> Outcom
         Ok(c) if planned.moves.iter().all(|m| c.get(&m.tp()).copied().flatten() == m.old) => "the old offsets are unchanged".into(),
         Ok(_) => "the committed offsets are neither the old nor the new ones".into(),
     };
-    let end = if why.starts_with("wait-empty") { RunEnd::Aborted } else { RunEnd::Failed };
+    let (end, counted) = if why.starts_with("wait-empty") {
+        env.metrics.refusal("group_not_empty");
+        (RunEnd::Aborted, "aborted")
+    } else {
+        (RunEnd::Failed, "failed")
+    };
     let resumed = if ok { "consumers resumed" } else { "consumers NOT resumed" };
-    finish(env, id, &req.group, end, format!("{why}; {resumed}; {state}"), None).await
+    finish(env, id, &req.group, end, counted, format!("{why}; {resumed}; {state}"), None).await
 }
 
 async fn wait_empty(env: &Env, req: &Request) -> Result<String, String> {
@@ -430,6 +486,7 @@ async fn dlq_copy(env: &Env, id: &str, planned: &Planned) -> Result<String, Stri
         env.pause_at("steps:3:read").await;
         let reason = format!("{} (run {id})", req.reason);
         let (p, o) = k::produce_copy(&env.kafka, &dlq, &req.group, &tp, offset, &record, &reason, req.timeout).await.map_err(|e| e.to_string())?;
+        env.metrics.dlq_copy();
         // A crash here (produced, not journaled) is what the search above is for.
         env.pause_at("steps:3:produced").await;
         done.push(format!("{}@{offset} copied to {dlq} at {p}:{o}", tp_name(&tp)));
@@ -442,7 +499,10 @@ async fn commit(env: &Env, planned: &Planned) -> Result<String, String> {
     let offsets: Vec<(TopicPartition, i64)> = planned.moves.iter().map(|m| (m.tp(), m.new)).collect();
     let (g, t) = (req.group.clone(), req.timeout);
     let current = env.blocking(move |admin, _| k::committed(admin, &g, t)).await.map_err(|e| format!("cannot read the committed offsets: {e}"))?;
+    let (skipped, replayed) = (planned.moves.iter().map(Move::skipped).sum(), planned.moves.iter().map(Move::replayed).sum());
     if offsets.iter().all(|(tp, o)| current.get(tp).copied().flatten() == Some(*o)) {
+        // Sent before a crash (by this process or one that died): counted now.
+        env.metrics.committed(skipped, replayed);
         return Ok("already committed (nothing sent)".into());
     }
     // Never commit for a group with members: re-checked right before the commit.
@@ -453,7 +513,11 @@ async fn commit(env: &Env, planned: &Planned) -> Result<String, String> {
     }
     if let Pause::Connect { url, connector } = &req.pause {
         let o: Vec<(String, i32, i64)> = offsets.iter().map(|(tp, o)| (tp.topic.clone(), tp.partition, *o)).collect();
-        return pause::connect_commit(&env.http, url, connector, &o, req.timeout).await;
+        let r = pause::connect_commit(&env.http, url, connector, &o, req.timeout).await;
+        if r.is_ok() {
+            env.metrics.committed(skipped, replayed);
+        }
+        return r;
     }
     let (g, t, o) = (req.group.clone(), req.timeout, offsets.clone());
     env.blocking(move |admin, _| k::commit(admin, &g, &o, t)).await.map_err(|e| e.to_string())?;
@@ -463,38 +527,34 @@ async fn commit(env: &Env, planned: &Planned) -> Result<String, String> {
     let after = env.blocking(move |admin, _| k::committed(admin, &g, t)).await.map_err(|e| format!("committed, but cannot read it back: {e}"))?;
     let wrong: Vec<String> = offsets.iter().filter(|(tp, o)| after.get(tp).copied().flatten() != Some(*o)).map(|(tp, o)| format!("{} (wanted {o})", tp_name(tp))).collect();
     if wrong.is_empty() {
+        env.metrics.committed(skipped, replayed);
         Ok(format!("committed {} partitions with the admin API", offsets.len()))
     } else {
         Err(format!("read back differs: {}", wrong.join(", ")))
     }
 }
 
-/// After the resume: no partition is committed below its new offset (a lower one means
-/// the reset was overwritten), and when consumers were resumed, a partition with records
-/// past its new offset is consumed again within the deadline.
+/// After the resume: the group's lag moved as the preview predicted ([`verify::judge`]);
+/// when consumers were resumed, each partition with records past its new offset is
+/// consumed from it within the deadline.
 async fn verify(env: &Env, planned: &Planned) -> Result<String, String> {
     let req = &planned.request;
     let deadline = Instant::now() + req.verify_deadline;
-    let expect_progress = !matches!(req.pause, Pause::None) && planned.moves.iter().any(|m| m.new < m.latest);
+    let consuming = !matches!(req.pause, Pause::None);
+    let tps: Vec<TopicPartition> = planned.moves.iter().map(Move::tp).collect();
     let mut last;
     loop {
-        let (g, t) = (req.group.clone(), req.timeout);
-        match env.blocking(move |admin, _| k::committed(admin, &g, t)).await {
-            Ok(c) => {
-                let below: Vec<String> = planned.moves.iter().filter(|m| c.get(&m.tp()).copied().flatten().is_none_or(|o| o < m.new)).map(|m| tp_name(&m.tp())).collect();
-                if !below.is_empty() && !expect_progress {
-                    return Err(format!("committed below the new offset: {}", below.join(", ")));
-                }
-                let progressed = planned.moves.iter().any(|m| c.get(&m.tp()).copied().flatten().is_some_and(|o| o > m.new));
-                last = format!("{} of {} partitions at or past their new offset", planned.moves.len() - below.len(), planned.moves.len());
-                if below.is_empty() && (!expect_progress || progressed) {
-                    return Ok(if expect_progress { format!("consuming again from the new offsets ({last})") } else { format!("committed offsets are the new ones ({last})") });
-                }
-            }
-            Err(e) => last = format!("committed offsets unknown: {e}"),
+        let (g, t, tps) = (req.group.clone(), req.timeout, tps.clone());
+        match env.blocking(move |admin, _| k::observe(admin, &g, &tps, t)).await {
+            Ok(now) => match verify::judge(&planned.moves, &now, consuming) {
+                Judgement::Holds(s) => return Ok(if consuming { format!("consuming again from the new offsets: {s}") } else { s }),
+                Judgement::Fails(s) => return Err(format!("the lag did not move as predicted: {s}")),
+                Judgement::Pending(s) => last = s,
+            },
+            Err(e) => last = format!("committed offsets or log range unknown: {e}"),
         }
         if Instant::now() + Duration::from_millis(500) > deadline {
-            return Err(format!("not verified within {}: {last}", humantime::format_duration(req.verify_deadline)));
+            return Err(format!("the lag did not move as predicted within {}: {last}", humantime::format_duration(req.verify_deadline)));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -172,6 +172,13 @@ pub enum OffsetsPause {
     Connect,
     /// Programs (argv) that stop and start the consumers.
     Command { pause: Vec<String>, resume: Vec<String> },
+    /// Scale a `[[scale]]` target to 0 and back to its count before the pause
+    /// (`scale_target`, else the target watching the run's group).
+    Scale { target: Option<String> },
+    /// Stop the run's Flink job (`flink`/`flink_job` labels) with a savepoint and
+    /// resubmit `flink_jar` without it; `discard_state` is `flink_state: discard`
+    /// (without it the procedure refuses, see `remediate::offsets::pause`).
+    Flink { jar: String, entry_class: Option<String>, args: Vec<String>, discard_state: bool },
 }
 
 /// Parameters of an `offsets` step (the reprocessing procedure of
@@ -363,6 +370,8 @@ impl Step {
                 OffsetsPause::None => "nothing to pause".to_string(),
                 OffsetsPause::Connect => "stop the connector".to_string(),
                 OffsetsPause::Command { pause, .. } => format!("pause with {}", pause.first().map_or("?", String::as_str)),
+                OffsetsPause::Scale { target } => format!("scale {} to 0", target.as_deref().unwrap_or("the group's target")),
+                OffsetsPause::Flink { .. } => "stop the Flink job with a savepoint".to_string(),
             }),
             StepKind::Act(Action::Scale(a)) => format!(
                 "scale {} to {}",
@@ -429,8 +438,9 @@ const GUARD_FIELDS: [&str; 4] = ["cooldown", "max_runs", "window", "precondition
 const DEADLINE_FIELDS: [&str; 2] = ["condition", "deadline"];
 const CONNECT_FIELDS: [&str; 6] = ["action", "operation", "deadline", "timeout", "retries", "max_tasks"];
 const NOTIFY_FIELDS: [&str; 6] = ["action", "url", "format", "message", "timeout", "retries"];
-const OFFSETS_FIELDS: [&str; 14] = [
+const OFFSETS_FIELDS: [&str; 19] = [
     "action", "reset", "dlq", "pause", "pause_command", "resume_command", "max_partitions", "max_skipped", "max_replayed", "max_rewind_age", "empty_deadline", "verify_deadline", "timeout", "retries",
+    "scale_target", "flink_jar", "flink_entry_class", "flink_args", "flink_state",
 ];
 const WAIT_FIELDS: [&str; 1] = ["wait"];
 const SCALE_FIELDS: [&str; 5] = ["action", "target", "to", "timeout", "retries"];
@@ -773,11 +783,52 @@ fn offsets(cx: &mut Ctx, n: &Node, f: &BTreeMap<String, &Node>, what: &str) -> O
                 None
             }
         },
+        Some((Some("scale"), _)) => Some(OffsetsPause::Scale { target: f.get("scale_target").and_then(|t| str_of(t)).map(str::to_string) }),
+        Some((Some("flink"), at)) => {
+            let jar = f.get("flink_jar").and_then(|j| str_of(j)).map(str::to_string);
+            let args = argv(cx, "flink_args").unwrap_or_default();
+            // A job resumed from its savepoint restores its Kafka offsets from it and would
+            // undo the move: only a resubmission without it (state discarded) can run.
+            let discard_state = match f.get("flink_state").map(|s| (str_of(s), pos(s))) {
+                Some((Some("discard"), _)) => true,
+                Some((_, at)) => {
+                    cx.err(at, format!("{what}: flink_state must be discard: a Flink job resumed from its savepoint takes its Kafka offsets from the savepoint, not the group, and would undo the move"));
+                    false
+                }
+                None => {
+                    cx.err(at, format!("{what}: pause: flink needs flink_state: discard (the job is resubmitted without its savepoint so that its source reads the group's committed offsets; its other state is lost)"));
+                    false
+                }
+            };
+            match jar {
+                Some(jar) => Some(OffsetsPause::Flink { jar, entry_class: f.get("flink_entry_class").and_then(|c| str_of(c)).map(str::to_string), args, discard_state }),
+                None => {
+                    cx.err(at, format!("{what}: pause: flink needs flink_jar (the uploaded jar to resubmit)"));
+                    None
+                }
+            }
+        }
         Some((_, at)) => {
-            cx.err(at, format!("{what}: pause must be none, connect or command"));
+            cx.err(at, format!("{what}: pause must be none, connect, command, scale or flink"));
             None
         }
     };
+    // A field of another kind of pause would be ignored by the run: refused here instead.
+    let only_for = |p: &OffsetsPause| -> &[&str] {
+        match p {
+            OffsetsPause::Command { .. } => &["pause_command", "resume_command"],
+            OffsetsPause::Scale { .. } => &["scale_target"],
+            OffsetsPause::Flink { .. } => &["flink_jar", "flink_entry_class", "flink_args", "flink_state"],
+            OffsetsPause::None | OffsetsPause::Connect => &[],
+        }
+    };
+    if let Some(p) = &pause {
+        for key in ["pause_command", "resume_command", "scale_target", "flink_jar", "flink_entry_class", "flink_args", "flink_state"] {
+            if let Some(v) = f.get(key).filter(|_| !only_for(p).contains(&key)) {
+                cx.err(pos(v), format!("{what}: {key} does not apply to this pause (pause: {})", f.get("pause").and_then(|p| str_of(p)).unwrap_or("none")));
+            }
+        }
+    }
     let count = |cx: &mut Ctx, key: &str, default: u64| match f.get(key) {
         None => default,
         Some(v) => match text_of(v).and_then(|t| t.trim().parse::<u64>().ok()) {
