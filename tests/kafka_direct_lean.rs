@@ -2,8 +2,10 @@
 //! - no librdkafka client (no `rdk:*` threads in the agent process, the metric
 //!   `streamguard_kafka_librdkafka_clients` and the target's `librdkafka_clients` at 0)
 //!   while the direct client samples, and one as soon as librdkafka has to;
-//! - group descriptions are cached while the group's listing is unchanged, and a
-//!   membership change still reaches the next sample (members, state, assignment).
+//! - group descriptions (classic and KIP-848) are cached while the group stays Stable,
+//!   and a membership change still reaches the sampler: at the next sample when it saw
+//!   the group rebalance, within the refresh age when the rebalance fell between two
+//!   samples (members, state, assignment).
 
 mod common;
 
@@ -186,4 +188,50 @@ fn an_unchanged_group_is_not_described_again_and_a_membership_change_reaches_the
     assert!(!clients.is_empty(), "{g:?}");
     drop(bm);
     drop(a);
+}
+
+#[test]
+fn a_kip848_group_is_described_once_while_stable_and_a_new_member_shows_within_the_refresh_age() {
+    let b = bootstrap();
+    let prefix = unique("cache848");
+    let topic = format!("{prefix}-t");
+    let group = format!("{prefix}-g");
+    create_topic(&b, &topic, 4);
+    produce(&b, &topic, &[2, 2, 2, 2], None);
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[[clusters]]\nname = \"local\"\nbootstrap_servers = \"{b}\"\nsampler = \"direct\"\nprobe_budget = 0\nsample_timeout = \"10s\"\nsample_interval = \"10s\"\n[clusters.groups]\ninclude = [\"^{prefix}-\"]\n"
+    );
+    let c = streamguard::config::load(&write_config(dir.path(), &body)).unwrap().clusters.remove(0);
+    let dlq = (streamguard::config::DlqConfig { patterns: Vec::new(), topics: Vec::new() }, Vec::new());
+    // A sampler made for each look: no cache, the broker's current view.
+    let fresh = || KafkaSampler::new(&c).unwrap().sample(&dlq).unwrap();
+    // (The group is listed once its first member joined.)
+    let settled = |s: &KafkaSnapshot, members: u32| {
+        s.groups.iter().find(|x| x.group == group).is_some_and(|g| g.members == members && format!("{:?}", g.state) == "Stable" && assigned_partitions(g) == 4)
+    };
+
+    let _m1 = Member::join(&b, &group, &topic, "consumer");
+    wait_until(Duration::from_secs(60), "one KIP-848 member with all partitions", || settled(&fresh(), 1));
+    let s = KafkaSampler::new(&c).unwrap();
+    let cgd = |s: &KafkaSampler| s.direct_request_counts().get("ConsumerGroupDescribe").copied().unwrap_or(0);
+    let first = s.sample(&dlq).unwrap();
+    assert!(settled(&first, 1), "{:?}", group_of(&first, &group));
+    assert_eq!(cgd(&s), 1, "{:?}", s.direct_request_counts());
+    for _ in 0..3 {
+        let again = s.sample(&dlq).unwrap();
+        assert!(settled(&again, 1), "{:?}", group_of(&again, &group));
+    }
+    assert_eq!(cgd(&s), 1, "a Stable KIP-848 group is not described again: {:?}", s.direct_request_counts());
+
+    // A second member: the broker's view changes; the cached sampler follows within the
+    // refresh age (30 s) even if it never sees the group outside Stable.
+    let _m2 = Member::join(&b, &group, &topic, "consumer");
+    wait_until(Duration::from_secs(60), "two KIP-848 members sharing the partitions", || settled(&fresh(), 2));
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(40), "the cached sampler shows both members", || {
+        std::thread::sleep(Duration::from_millis(500));
+        settled(&s.sample(&dlq).unwrap(), 2)
+    });
+    assert!(t0.elapsed() <= streamguard::sample::kafka_direct::DESCRIBE_MAX_AGE + Duration::from_secs(5), "{:?}", t0.elapsed());
 }
