@@ -344,7 +344,6 @@ fn main() {
         setup_active(&rt, &setup_client, g, a.active, a.partitions);
         let mut rows: BTreeMap<&str, Vec<M>> = BTreeMap::new();
         let mut series = 0usize;
-        let mut committed = 0usize;
         for _ in 0..a.runs {
             let c = cluster(&bootstrap, "direct", g);
             let s = Arc::new(KafkaSampler::new(&c).expect("sampler"));
@@ -360,7 +359,7 @@ fn main() {
             assert_eq!(with_members, a.active, "the active groups have their member");
             assert!(snap.partial_errors.is_empty(), "{:?}", snap.partial_errors.first());
             series = snap.groups.iter().map(|x| x.partitions.len()).sum();
-            committed = snap.groups.iter().flat_map(|x| &x.partitions).filter(|p| p.committed_offset.is_some()).count();
+            let committed = snap.groups.iter().flat_map(|x| &x.partitions).filter(|p| p.committed_offset.is_some()).count();
             let mid = s.direct_request_counts();
             cold.requests = diff(&mid, &before);
             let (mut warm, _) = measure(&broker, || run(&s));

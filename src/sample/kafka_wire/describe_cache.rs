@@ -143,7 +143,7 @@ mod tests {
             listing("g", GroupState::Unknown, GroupType::Classic),
             listing("g", GroupState::Stable, GroupType::Consumer),
         ] {
-            assert_eq!(c.plan(&[l.clone()], t1, AGE).describe.len(), 1, "{l:?}");
+            assert_eq!(c.plan(std::slice::from_ref(&l), t1, AGE).describe.len(), 1, "{l:?}");
         }
         // Described mid-rebalance: not kept, so the settled group is described again.
         c.store(&[described("g", GroupState::PreparingRebalance, GroupType::Classic, 2)], t1);
