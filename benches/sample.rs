@@ -130,9 +130,12 @@ fn diff(after: &BTreeMap<&'static str, u64>, before: &BTreeMap<&'static str, u64
 }
 
 fn cluster(bootstrap: &str, sampler: &str, g: usize) -> ClusterConfig {
+    // This size's groups, and the groups with a member this process joined (not those
+    // an earlier run joined, which stay members until their session times out).
+    let pid = std::process::id();
     let dir = tempfile::tempdir().expect("tempdir");
     let body = format!(
-        "[[clusters]]\nname = \"bench\"\nbootstrap_servers = \"{bootstrap}\"\nsampler = \"{sampler}\"\nprobe_budget = 0\nsample_interval = \"60s\"\nsample_timeout = \"60s\"\n[clusters.groups]\ninclude = [\"^sg-bench-{g}-\"]\n"
+        "[[clusters]]\nname = \"bench\"\nbootstrap_servers = \"{bootstrap}\"\nsampler = \"{sampler}\"\nprobe_budget = 0\nsample_interval = \"60s\"\nsample_timeout = \"60s\"\n[clusters.groups]\ninclude = [\"^sg-bench-{g}-([0-9]{{5}}|active-{pid}-[0-9]+)$\"]\n"
     );
     let path = dir.path().join("streamguard.toml");
     std::fs::write(&path, body).expect("write config");
@@ -169,6 +172,28 @@ fn setup_topics(rt: &tokio::runtime::Runtime, bootstrap: &str, partitions: usize
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// Coordinators of `names`, asking again for a while those not available yet (a fresh
+/// broker creates `__consumer_offsets` on the first look-up).
+fn coordinators(rt: &tokio::runtime::Runtime, client: &Client, names: &[&str]) -> std::collections::HashMap<String, i32> {
+    let mut found = std::collections::HashMap::new();
+    for _ in 0..30 {
+        let todo: Vec<&str> = names.iter().copied().filter(|n| !found.contains_key(*n)).collect();
+        if todo.is_empty() {
+            break;
+        }
+        for (g, r) in rt.block_on(groups::coordinators(client, &todo, Instant::now() + Duration::from_secs(30))) {
+            if let Ok(node) = r {
+                found.insert(g, node);
+            }
+        }
+        if found.len() < names.len() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    assert_eq!(found.len(), names.len(), "coordinators not found");
+    found
+}
+
 /// Commits offsets for the groups of size `g` that do not exist yet (non-member commits).
 fn setup_groups(rt: &tokio::runtime::Runtime, client: &Client, g: usize, partitions: usize) {
     let deadline = || Instant::now() + Duration::from_secs(120);
@@ -181,11 +206,11 @@ fn setup_groups(rt: &tokio::runtime::Runtime, client: &Client, g: usize, partiti
     }
     eprintln!("bench: committing offsets for {} groups of G={g}", missing.len());
     let names: Vec<&str> = missing.iter().map(|(_, n)| n.as_str()).collect();
-    let coords = rt.block_on(groups::coordinators(client, &names, deadline()));
+    let coords = coordinators(rt, client, &names);
     rt.block_on(async {
         for chunk in missing.chunks(256) {
             let calls = chunk.iter().map(|(i, name)| {
-                let node = *coords.get(name).and_then(|r| r.as_ref().ok()).expect("coordinator");
+                let node = coords[name.as_str()];
                 let mut topic = OffsetCommitRequestTopic::default();
                 topic.name = TopicName(StrBytes::from_string(format!("sg-bench-t{}", i % TOPICS)));
                 topic.partitions = (0..partitions as i32)
@@ -228,7 +253,7 @@ fn setup_active(rt: &tokio::runtime::Runtime, client: &Client, g: usize, n: usiz
     let deadline = || Instant::now() + Duration::from_secs(60);
     let names: Vec<String> = (0..n).map(|i| format!("sg-bench-{g}-active-{}-{i:04}", std::process::id())).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let coords = rt.block_on(groups::coordinators(client, &refs, deadline()));
+    let coords = coordinators(rt, client, &refs);
     let versioned = |v: i16, f: &dyn Fn(&mut bytes::BytesMut)| {
         let mut buf = bytes::BytesMut::new();
         bytes::BufMut::put_i16(&mut buf, v);
@@ -237,7 +262,7 @@ fn setup_active(rt: &tokio::runtime::Runtime, client: &Client, g: usize, n: usiz
     };
     rt.block_on(async {
         let calls = names.iter().enumerate().map(|(i, name)| {
-            let node = *coords.get(name).and_then(|r| r.as_ref().ok()).expect("coordinator");
+            let node = coords[name.as_str()];
             let topic = format!("sg-bench-t{}", i % TOPICS);
             async move {
                 let mut sub = ConsumerProtocolSubscription::default();
