@@ -9,6 +9,7 @@
 //! cargo bench --bench sample                                  # G = 1000, 5000, 20000
 //! cargo bench --bench sample -- --groups 200,1000 --runs 3    # a quick run
 //! cargo bench --bench sample -- --librdkafka 5000             # also time librdkafka, G ≤ 5000
+//! cargo bench --bench sample -- --active 200                  # 200 groups with a member (default 100)
 //! ```
 //!
 //! Setup is idempotent and reused between runs: topics `sg-bench-t0..t9` (P partitions,
@@ -16,6 +17,12 @@
 //! of topic i % 10) are committed once from a non-member, as Empty groups. Groups of
 //! other sizes stay on the broker, so `ListGroups` returns all of them: the listed count
 //! is printed.
+//!
+//! Besides the G Empty groups, each size samples `--active` classic groups that have a
+//! member (`sg-bench-<G>-active-<pid>-<i>`, joined with JoinGroup/SyncGroup by this
+//! process, session timeout 5 min, so no heartbeat costs CPU while measuring): a cold
+//! sample describes them, a warm one reuses their cached descriptions (the
+//! `DescribeGroups` count per warm sample shows it).
 //!
 //! Each run samples twice with a new sampler: `cold` (connections, coordinators and
 //! metadata to find) and `warm` (an agent's steady cycle). The broker's pid is read from
@@ -50,16 +57,19 @@ struct Args {
     runs: usize,
     /// Also time the librdkafka path, for G up to this.
     librdkafka: usize,
+    /// Classic groups with a member, sampled with each size.
+    active: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { groups: vec![1000, 5000, 20000], partitions: 10, runs: 3, librdkafka: 0 };
+    let mut a = Args { groups: vec![1000, 5000, 20000], partitions: 10, runs: 3, librdkafka: 0, active: 100 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
             "--groups" => a.groups = it.next().unwrap_or_default().split(',').filter_map(|g| g.trim().parse().ok()).collect(),
             "--partitions" => a.partitions = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.partitions),
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.runs).max(1),
+            "--active" => a.active = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.active),
             "--librdkafka" => a.librdkafka = it.next().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX),
             _ => {} // cargo bench passes --bench
         }
@@ -120,9 +130,12 @@ fn diff(after: &BTreeMap<&'static str, u64>, before: &BTreeMap<&'static str, u64
 }
 
 fn cluster(bootstrap: &str, sampler: &str, g: usize) -> ClusterConfig {
+    // This size's groups, and the groups with a member this process joined (not those
+    // an earlier run joined, which stay members until their session times out).
+    let pid = std::process::id();
     let dir = tempfile::tempdir().expect("tempdir");
     let body = format!(
-        "[[clusters]]\nname = \"bench\"\nbootstrap_servers = \"{bootstrap}\"\nsampler = \"{sampler}\"\nprobe_budget = 0\nsample_interval = \"60s\"\nsample_timeout = \"60s\"\n[clusters.groups]\ninclude = [\"^sg-bench-{g}-\"]\n"
+        "[[clusters]]\nname = \"bench\"\nbootstrap_servers = \"{bootstrap}\"\nsampler = \"{sampler}\"\nprobe_budget = 0\nsample_interval = \"60s\"\nsample_timeout = \"60s\"\n[clusters.groups]\ninclude = [\"^sg-bench-{g}-([0-9]{{5}}|active-{pid}-[0-9]+)$\"]\n"
     );
     let path = dir.path().join("streamguard.toml");
     std::fs::write(&path, body).expect("write config");
@@ -159,6 +172,28 @@ fn setup_topics(rt: &tokio::runtime::Runtime, bootstrap: &str, partitions: usize
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// Coordinators of `names`, asking again for a while those not available yet (a fresh
+/// broker creates `__consumer_offsets` on the first look-up).
+fn coordinators(rt: &tokio::runtime::Runtime, client: &Client, names: &[&str]) -> std::collections::HashMap<String, i32> {
+    let mut found = std::collections::HashMap::new();
+    for _ in 0..30 {
+        let todo: Vec<&str> = names.iter().copied().filter(|n| !found.contains_key(*n)).collect();
+        if todo.is_empty() {
+            break;
+        }
+        for (g, r) in rt.block_on(groups::coordinators(client, &todo, Instant::now() + Duration::from_secs(30))) {
+            if let Ok(node) = r {
+                found.insert(g, node);
+            }
+        }
+        if found.len() < names.len() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    assert_eq!(found.len(), names.len(), "coordinators not found");
+    found
+}
+
 /// Commits offsets for the groups of size `g` that do not exist yet (non-member commits).
 fn setup_groups(rt: &tokio::runtime::Runtime, client: &Client, g: usize, partitions: usize) {
     let deadline = || Instant::now() + Duration::from_secs(120);
@@ -171,11 +206,11 @@ fn setup_groups(rt: &tokio::runtime::Runtime, client: &Client, g: usize, partiti
     }
     eprintln!("bench: committing offsets for {} groups of G={g}", missing.len());
     let names: Vec<&str> = missing.iter().map(|(_, n)| n.as_str()).collect();
-    let coords = rt.block_on(groups::coordinators(client, &names, deadline()));
+    let coords = coordinators(rt, client, &names);
     rt.block_on(async {
         for chunk in missing.chunks(256) {
             let calls = chunk.iter().map(|(i, name)| {
-                let node = *coords.get(name).and_then(|r| r.as_ref().ok()).expect("coordinator");
+                let node = coords[name.as_str()];
                 let mut topic = OffsetCommitRequestTopic::default();
                 topic.name = TopicName(StrBytes::from_string(format!("sg-bench-t{}", i % TOPICS)));
                 topic.partitions = (0..partitions as i32)
@@ -201,6 +236,73 @@ fn setup_groups(rt: &tokio::runtime::Runtime, client: &Client, g: usize, partiti
                 }
             }
         }
+    });
+}
+
+/// Joins `n` fresh classic groups as their only member (JoinGroup, then SyncGroup as the
+/// leader with every partition of one bench topic), with a 5-minute session: they stay
+/// Stable with one member for the size's runs without a heartbeat.
+fn setup_active(rt: &tokio::runtime::Runtime, client: &Client, g: usize, n: usize, partitions: usize) {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{consumer_protocol_assignment, ConsumerProtocolAssignment, ConsumerProtocolSubscription, JoinGroupRequest, SyncGroupRequest};
+    use kafka_protocol::protocol::Encodable;
+    if n == 0 {
+        return;
+    }
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    let names: Vec<String> = (0..n).map(|i| format!("sg-bench-{g}-active-{}-{i:04}", std::process::id())).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let coords = coordinators(rt, client, &refs);
+    let versioned = |v: i16, f: &dyn Fn(&mut bytes::BytesMut)| {
+        let mut buf = bytes::BytesMut::new();
+        bytes::BufMut::put_i16(&mut buf, v);
+        f(&mut buf);
+        buf.freeze()
+    };
+    rt.block_on(async {
+        let calls = names.iter().enumerate().map(|(i, name)| {
+            let node = coords[name.as_str()];
+            let topic = format!("sg-bench-t{}", i % TOPICS);
+            async move {
+                let mut sub = ConsumerProtocolSubscription::default();
+                sub.topics = vec![StrBytes::from_string(topic.clone())];
+                let mut proto = JoinGroupRequestProtocol::default();
+                proto.name = StrBytes::from_static_str("range");
+                proto.metadata = versioned(0, &|b| sub.encode(b, 0).expect("subscription"));
+                let mut join = JoinGroupRequest::default();
+                join.group_id = GroupId(StrBytes::from_string(name.clone()));
+                join.session_timeout_ms = 300_000;
+                join.rebalance_timeout_ms = 60_000;
+                join.protocol_type = StrBytes::from_static_str("consumer");
+                join.protocols = vec![proto];
+                // v4+: the first join only hands out a member id (MEMBER_ID_REQUIRED).
+                let mut resp = client.call(node, &join, 5, 9, deadline()).await.expect("JoinGroup");
+                if resp.error_code == 79 {
+                    join.member_id = resp.member_id.clone();
+                    resp = client.call(node, &join, 5, 9, deadline()).await.expect("JoinGroup");
+                }
+                assert_eq!(resp.error_code, 0, "JoinGroup {name}: error {}", resp.error_code);
+                let mut tp = consumer_protocol_assignment::TopicPartition::default();
+                tp.topic = TopicName(StrBytes::from_string(topic));
+                tp.partitions = (0..partitions as i32).collect();
+                let mut asg = ConsumerProtocolAssignment::default();
+                asg.assigned_partitions = vec![tp];
+                let mut a = SyncGroupRequestAssignment::default();
+                a.member_id = resp.member_id.clone();
+                a.assignment = versioned(0, &|b| asg.encode(b, 0).expect("assignment"));
+                let mut sync = SyncGroupRequest::default();
+                sync.group_id = GroupId(StrBytes::from_string(name.clone()));
+                sync.generation_id = resp.generation_id;
+                sync.member_id = resp.member_id.clone();
+                sync.protocol_type = Some(StrBytes::from_static_str("consumer"));
+                sync.protocol_name = Some(StrBytes::from_static_str("range"));
+                sync.assignments = vec![a];
+                let r = client.call(node, &sync, 3, 5, deadline()).await.expect("SyncGroup");
+                assert_eq!(r.error_code, 0, "SyncGroup {name}: error {}", r.error_code);
+            }
+        });
+        groups::futures_join(calls).await;
     });
 }
 
@@ -256,11 +358,15 @@ fn main() {
     let listed = rt.block_on(groups::list_groups(&setup_client, Instant::now() + Duration::from_secs(60))).map(|l| l.len()).unwrap_or(0);
     let dlq = (DlqConfig { patterns: Vec::new(), topics: Vec::new() }, Vec::new());
 
-    println!("\nstreamguard sample benchmark: P = {} partitions per group, {} runs per size, broker lists {listed} groups", a.partitions, a.runs);
+    println!(
+        "\nstreamguard sample benchmark: P = {} partitions per group, {} runs per size, {} groups with a member per size, broker lists {listed} groups",
+        a.partitions, a.runs, a.active
+    );
     println!("{:>6} {:>8} {:<16} {:>15} {:>15} {:>15} {:>15}  requests per sample", "groups", "series", "path", "wall s min/med", "cpu s min/med", "broker s min/med", "rss MB min/med");
     let mut slope_points: Vec<(usize, f64, f64, f64)> = Vec::new();
     for g in &a.groups {
         let g = *g;
+        setup_active(&rt, &setup_client, g, a.active, a.partitions);
         let mut rows: BTreeMap<&str, Vec<M>> = BTreeMap::new();
         let mut series = 0usize;
         for _ in 0..a.runs {
@@ -273,9 +379,12 @@ fn main() {
             };
             let before = s.direct_request_counts();
             let (mut cold, snap) = measure(&broker, || run(&s));
-            assert_eq!(snap.groups.len(), g, "every group sampled");
+            assert_eq!(snap.groups.len(), g + a.active, "every group sampled");
+            let with_members = snap.groups.iter().filter(|x| x.members == 1).count();
+            assert_eq!(with_members, a.active, "the active groups have their member");
             assert!(snap.partial_errors.is_empty(), "{:?}", snap.partial_errors.first());
             series = snap.groups.iter().map(|x| x.partitions.len()).sum();
+            let committed = snap.groups.iter().flat_map(|x| &x.partitions).filter(|p| p.committed_offset.is_some()).count();
             let mid = s.direct_request_counts();
             cold.requests = diff(&mid, &before);
             let (mut warm, _) = measure(&broker, || run(&s));
@@ -289,7 +398,7 @@ fn main() {
             floor(&rt, &fc, g); // connections, coordinators, metadata: as warm as the sampler's
             let before = fc.request_counts();
             let (mut fm, n) = measure(&broker, || floor(&rt, &fc, g));
-            assert_eq!(n, series, "the floor reads every committed partition");
+            assert_eq!(n, committed, "the floor reads every committed partition");
             fm.requests = diff(&fc.request_counts(), &before);
             rows.entry("floor").or_default().push(fm);
 
@@ -298,7 +407,7 @@ fn main() {
                 let s = Arc::new(KafkaSampler::new(&c).expect("sampler"));
                 let (s2, dlq2) = (s.clone(), dlq.clone());
                 let (lm, snap) = measure(&broker, || rt.block_on(rt.spawn_blocking(move || s2.sample(&dlq2))).expect("join").expect("sample"));
-                assert_eq!(snap.groups.len(), g);
+                assert_eq!(snap.groups.len(), g + a.active);
                 rows.entry("librdkafka").or_default().push(lm);
             }
         }

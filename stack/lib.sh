@@ -37,14 +37,15 @@ die() {
 # Ports. Precedence: the environment, then $STACK_DIR/ports.env (written by `up`, so that
 # status/env/down of a stack started with overrides see the same ports), then defaults.
 # ---------------------------------------------------------------------------------------
-STACK_PORT_VARS=(KAFKA_PORT KAFKA_SASL_SSL_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT PROMETHEUS_SCRAPE_TARGETS
+STACK_PORT_VARS=(KAFKA_PORT KAFKA_SASL_SSL_PORT KAFKA_MTLS_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT PROMETHEUS_SCRAPE_TARGETS
   ALERTMANAGER_PORT ALERTMANAGER_WEBHOOK_URL)
 # Alertmanager: 9093 (its usual port) is the Kafka controller's here, so 9094; its
 # webhook receiver posts to ALERTMANAGER_WEBHOOK_URL, which tests (or you) listen on.
 # KAFKA_SASL_SSL_PORT (the broker's SASL/SCRAM + TLS listener) defaults to KAFKA_PORT + 4
-# (9096 by default), so stacks started with their own KAFKA_PORT do not collide on it.
+# (9096 by default), so stacks started with their own KAFKA_PORT do not collide on it;
+# KAFKA_MTLS_PORT (TLS with a required client certificate) likewise defaults to KAFKA_PORT + 5.
 declare -A STACK_PORT_DEFAULTS=(
-  [KAFKA_PORT]=9092 [KAFKA_SASL_SSL_PORT]=+4 [KAFKA_CONTROLLER_PORT]=9093 [CONNECT_PORT]=8083 [FLINK_PORT]=8081
+  [KAFKA_PORT]=9092 [KAFKA_SASL_SSL_PORT]=+4 [KAFKA_MTLS_PORT]=+5 [KAFKA_CONTROLLER_PORT]=9093 [CONNECT_PORT]=8083 [FLINK_PORT]=8081
   [FLINK_RPC_PORT]=6123 [PROMETHEUS_PORT]=9090 [PROMETHEUS_SCRAPE_TARGETS]=127.0.0.1:9898
   [ALERTMANAGER_PORT]=9094 [ALERTMANAGER_WEBHOOK_URL]=http://127.0.0.1:9095/webhook
 )
@@ -61,15 +62,17 @@ load_ports() {
     if [[ -z ${!k:-} ]]; then
       v=${saved[$k]:-${STACK_PORT_DEFAULTS[$k]}}
       [[ $k == KAFKA_SASL_SSL_PORT && $v == +4 ]] && v=$((KAFKA_PORT + 4))
+      [[ $k == KAFKA_MTLS_PORT && $v == +5 ]] && v=$((KAFKA_PORT + 5))
       printf -v "$k" '%s' "$v"
     fi
     export "${k?}"
   done
-  for k in KAFKA_PORT KAFKA_SASL_SSL_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT ALERTMANAGER_PORT; do
+  for k in KAFKA_PORT KAFKA_SASL_SSL_PORT KAFKA_MTLS_PORT KAFKA_CONTROLLER_PORT CONNECT_PORT FLINK_PORT FLINK_RPC_PORT PROMETHEUS_PORT ALERTMANAGER_PORT; do
     [[ ${!k} =~ ^[0-9]+$ ]] || die "$k must be a port number, got '${!k}'"
   done
   KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
   KAFKA_SASL_SSL_BOOTSTRAP="127.0.0.1:$KAFKA_SASL_SSL_PORT"
+  KAFKA_MTLS_BOOTSTRAP="127.0.0.1:$KAFKA_MTLS_PORT"
   CONNECT_URL="http://127.0.0.1:$CONNECT_PORT"
   FLINK_URL="http://127.0.0.1:$FLINK_PORT"
   PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
@@ -484,16 +487,29 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
-# SASL/SCRAM over TLS for clients (users: see kafka_scram_users); the certificate is
-# signed by the stack's own CA ($KAFKA_DIR/tls/ca.crt)
-sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL
+# SASL over TLS for clients: SCRAM (users: see kafka_scram_users), PLAIN (the same user
+# and password) and OAUTHBEARER with Kafka's unsecured-JWS validator (its default when no
+# server callback handler is set: any unsigned token with a sub and an unexpired exp);
+# the certificate is signed by the stack's own CA ($KAFKA_DIR/tls/ca.crt)
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN,OAUTHBEARER
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USERNAME="$(kafka_sasl_password)";
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+# TLS with a required client certificate (mutual TLS): the client's certificate
+# ($KAFKA_DIR/tls/client.crt) is signed by the same CA, which the broker trusts
+listener.name.mtls.ssl.keystore.type=PKCS12
+listener.name.mtls.ssl.keystore.location=$KAFKA_TLS_DIR/broker.p12
+listener.name.mtls.ssl.keystore.password=$(cat "$KAFKA_TLS_DIR/keystore-password")
+listener.name.mtls.ssl.key.password=$(cat "$KAFKA_TLS_DIR/keystore-password")
+listener.name.mtls.ssl.truststore.type=PEM
+listener.name.mtls.ssl.truststore.location=$KAFKA_TLS_DIR/ca.crt
+listener.name.mtls.ssl.client.auth=required
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_TLS_DIR/broker.p12
 listener.name.sasl_ssl.ssl.keystore.password=$(cat "$KAFKA_TLS_DIR/keystore-password")
@@ -523,7 +539,7 @@ EOF
 kafka_logs() { echo "$KAFKA_LOG"; }
 
 kafka_ready() {
-  port_listening "$KAFKA_PORT" && port_listening "$KAFKA_SASL_SSL_PORT" && grep -qF "$KAFKA_READY_LINE" "$KAFKA_LOG" 2>/dev/null
+  port_listening "$KAFKA_PORT" && port_listening "$KAFKA_SASL_SSL_PORT" && port_listening "$KAFKA_MTLS_PORT" && grep -qF "$KAFKA_READY_LINE" "$KAFKA_LOG" 2>/dev/null
 }
 
 # ---- SASL/SCRAM + TLS listener ---------------------------------------------------------
@@ -573,6 +589,26 @@ ensure_kafka_tls() {
   fi
   rm -rf "$d"
   mv -f "$d.tmp" "$d"
+}
+
+# A client certificate (CN=streamguard, clientAuth) signed by the stack's CA, for the
+# MTLS listener; made once, also in a TLS directory made before that listener existed.
+ensure_kafka_client_cert() {
+  local d=$KAFKA_TLS_DIR log
+  [[ -s $d/client.crt && -s $d/client.key ]] && return 0
+  log="$d/openssl-client.log"
+  say "kafka: making a client certificate for the mutual-TLS listener in $d"
+  if ! (
+    cd "$d" &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$KAFKA_SASL_USERNAME" -keyout client.key.tmp -out client.csr &&
+      printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
+      openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile client.ext -out client.crt.tmp &&
+      chmod 600 client.key.tmp && mv -f client.key.tmp client.key && mv -f client.crt.tmp client.crt
+  ) >"$log" 2>&1; then
+    show_log_tail "$log"
+    die "kafka: making the client certificate failed"
+  fi
 }
 
 # the --add-scram arguments of kafka-storage format, one credential per mechanism
@@ -644,18 +680,22 @@ format_kafka_storage() {
 start_kafka() {
   if service_running kafka; then
     check_running_port kafka "$KAFKA_PORT"
-    if grep -qF "SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" "$KAFKA_DIR/server.properties" 2>/dev/null; then
+    if grep -qF "SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" "$KAFKA_DIR/server.properties" 2>/dev/null &&
+      grep -qF "MTLS://127.0.0.1:$KAFKA_MTLS_PORT" "$KAFKA_DIR/server.properties" 2>/dev/null &&
+      grep -qF "OAUTHBEARER" "$KAFKA_DIR/server.properties" 2>/dev/null; then
       return 0
     fi
-    # started by a stack/ from before the SASL_SSL listener (or with another SASL port)
-    say "kafka: running without the SASL_SSL listener on $KAFKA_SASL_SSL_PORT; restarting it with that listener"
+    # started by a stack/ from before the SASL_SSL or MTLS listener (or with other ports)
+    say "kafka: running without the SASL_SSL listener on $KAFKA_SASL_SSL_PORT (PLAIN, OAUTHBEARER) or the MTLS listener on $KAFKA_MTLS_PORT; restarting it with those"
     stop_service kafka
   fi
   check_port_free kafka "$KAFKA_PORT"
   check_port_free kafka "$KAFKA_SASL_SSL_PORT"
+  check_port_free kafka "$KAFKA_MTLS_PORT"
   check_port_free kafka "$KAFKA_CONTROLLER_PORT"
   fetch_kafka
   ensure_kafka_tls
+  ensure_kafka_client_cert
   kafka_sasl_password >/dev/null
   write_kafka_config
   format_kafka_storage
@@ -674,7 +714,7 @@ start_kafka() {
 wait_kafka() {
   wait_ready kafka
   ensure_kafka_scram_users
-  say "kafka: up at $KAFKA_BOOTSTRAP (SASL_SSL with SCRAM at $KAFKA_SASL_SSL_BOOTSTRAP)"
+  say "kafka: up at $KAFKA_BOOTSTRAP (SASL_SSL with SCRAM, PLAIN and OAUTHBEARER at $KAFKA_SASL_SSL_BOOTSTRAP, mutual TLS at $KAFKA_MTLS_BOOTSTRAP)"
   # first run only: the CLI's class-data archive, trained against the running broker, in
   # the background (collected by finish_background)
   if [[ ! -s $(kafka_cli_archive) && ${STACK_CDS:-1} == 1 ]]; then

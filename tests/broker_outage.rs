@@ -88,7 +88,10 @@ fn a_long_broker_outage_yields_a_bounded_number_of_client_log_lines_with_counts(
     produce(&b, &topic, &[8], None);
     // Lag, so the time-lag probe's consumer is connected too.
     consume_and_commit(&b, &group, &topic, &[2]);
-    let agent = Agent::start(&b, &format!("^{group}$"));
+    // The librdkafka path: its admin client and the probe's consumer are the clients whose
+    // lines the limiter bounds (the direct path makes no admin client at all).
+    let port = free_port();
+    let agent = Agent::start_with(port, &agent_config_with(port, &b, &format!("^{group}$"), "sampler = \"librdkafka\"\n"));
     wait_until(Duration::from_secs(30), "first fresh sample", || agent.get("/readyz").0 == 200);
     let before = client_lines(&agent.log()).len();
 

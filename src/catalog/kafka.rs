@@ -35,6 +35,7 @@ pub const SIGNALS: &[SignalDef] = &[
     gauge("group_info", "kafka_group_info", &["cluster", "group", "type"], "Consumer group protocol type (classic or consumer, KIP-848); always 1"),
     gauge("groups", "kafka_groups", &["cluster"], "Consumer groups watched on the cluster (after include/exclude)"),
     gauge("sampler_info", "kafka_sampler_info", &["cluster", "path"], "Which client sampled the cluster: path direct (the protocol client) or librdkafka; always 1"),
+    gauge("librdkafka_clients", "kafka_librdkafka_clients", &["cluster"], "librdkafka clients the cluster's sampler holds: the admin client (made only when librdkafka samples the cluster) and the time-lag probe's consumer (made on its first read)"),
     gauge("lag_seconds", "kafka_partition_lag_seconds", &["cluster", "group", "topic", "partition", "method"], "Time lag: age of the next record the group will read (method probe) or time since the log end was at the committed offset (method interpolation)"),
     gauge("group_lag_seconds", "kafka_group_lag_seconds", &["cluster", "group", "method"], "Largest partition time lag of the group"),
     gauge("probe_age_seconds", "kafka_partition_probe_age_seconds", P, "Seconds since the probe read the record behind lag_seconds{method=\"probe\"} (the value is exact while the committed offset stays)"),

@@ -116,6 +116,14 @@ const PROBE_ONLY: [&str; 2] = ["isolation.level", "fetch.max.bytes"];
 impl WireConfig {
     /// Validates the properties for the direct client. Pure.
     pub fn from_properties(bootstrap: &str, properties: &BTreeMap<String, String>) -> Result<Self, Unsupported> {
+        // An unsupported SASL mechanism is the reason to name: its own properties
+        // (OAUTHBEARER's, GSSAPI's) would otherwise be reported as unknown ones.
+        let sasl_protocol = properties.get("security.protocol").is_some_and(|p| p.trim().to_ascii_lowercase().starts_with("sasl_"));
+        if let Some(m) = properties.get("sasl.mechanism").or_else(|| properties.get("sasl.mechanisms")).filter(|_| sasl_protocol) {
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.trim().to_ascii_uppercase().as_str()) {
+                return Err(Unsupported::Mechanism(m.trim().to_string()));
+            }
+        }
         for k in properties.keys() {
             if !READ.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()) && !PROBE_ONLY.contains(&k.as_str()) {
                 return Err(Unsupported::Property(k.clone()));
@@ -175,6 +183,15 @@ mod tests {
 
     fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_unsupported_mechanism_is_named_before_its_own_properties() {
+        let p = props(&[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "OAUTHBEARER"), ("enable.sasl.oauthbearer.unsecure.jwt", "true")]);
+        assert_eq!(WireConfig::from_properties("h:1", &p), Err(Unsupported::Mechanism("OAUTHBEARER".into())));
+        // Without SASL the mechanism is not used (librdkafka ignores it too).
+        let p = props(&[("sasl.mechanism", "GSSAPI")]);
+        assert!(WireConfig::from_properties("h:1", &p).is_ok());
     }
 
     #[test]

@@ -17,11 +17,19 @@
 //! partition with no committed offset has *no* lag (`None`), never 0, and a committed
 //! offset outside the log is flagged per partition, never hidden behind a lag of 0.
 //!
+//! The librdkafka admin client is made only when librdkafka samples the cluster (chosen,
+//! or fallen back to): on the direct path no idle admin client keeps connections, threads
+//! and buffers. What only librdkafka does stays on it, made on first use: the time-lag
+//! probe's consumer (it fetches records; the direct client has no `Fetch`), and the
+//! offsets procedure's and remediation's own clients (they commit and alter offsets). The
+//! live librdkafka clients of the sampler are counted in the snapshot
+//! (`streamguard_kafka_librdkafka_clients`, the target's `librdkafka_clients`).
+//!
 //! This module does not schedule or decide anything: the agent loop calls
 //! [`KafkaSampler::sample`] (blocking) on its interval and the store keeps the result.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -86,7 +94,11 @@ impl SampleError {
 #[derive(Debug)]
 pub struct KafkaSampler {
     cluster: String,
-    admin: Admin,
+    /// The librdkafka admin client: made when librdkafka samples the cluster (see
+    /// [`KafkaSampler::admin`]), never on the direct path.
+    admin: OnceLock<Admin>,
+    /// What the admin client is made from (validated by librdkafka in `new`).
+    client_config: ClientConfig,
     filter: GroupFilter,
     timeout: Duration,
     offset_fetch_concurrency: usize,
@@ -123,7 +135,9 @@ impl KafkaSampler {
     pub fn new(cluster: &ClusterConfig) -> Result<Self, AdminError> {
         let config = client_config(&cluster.bootstrap_servers, &cluster.properties);
         let events = ClientEvents::new(&cluster.name, &config);
-        let admin = Admin::new(&config, KafkaContext { events: events.clone() })?;
+        // librdkafka checks every property here, without making a client (no threads,
+        // no connections): a bad configuration fails now on either path.
+        config.create_native_config().map_err(|e| AdminError::Client(events.scrub(&e.to_string())))?;
         let (direct, fallback) = match cluster.sampler {
             SamplerChoice::Librdkafka => (None, Some("sampler = \"librdkafka\"".to_string())),
             // `check` refused properties the direct client cannot honour; what is left
@@ -135,11 +149,19 @@ impl KafkaSampler {
             },
         };
         let path = if fallback.is_none() { "direct" } else { "librdkafka" };
+        let admin = OnceLock::new();
+        if fallback.is_some() {
+            // librdkafka samples this cluster from the start: make its client now, so a
+            // client that cannot be made fails construction as it always did.
+            let made = Admin::new(&config, KafkaContext { events: events.clone() })?;
+            admin.get_or_init(|| made);
+        }
         // `run` logs the path at INFO (see agent.rs); `lag` keeps stderr for its errors.
         tracing::debug!(cluster = %cluster.name, path, sampler = cluster.sampler.as_str(), reason = fallback.as_deref().unwrap_or(""), "kafka sampler path");
         Ok(KafkaSampler {
             cluster: cluster.name.clone(),
             admin,
+            client_config: config.clone(),
             filter: cluster.groups.clone(),
             timeout: cluster.sample_timeout,
             offset_fetch_concurrency: cluster.offset_fetch_concurrency,
@@ -183,7 +205,7 @@ impl KafkaSampler {
     /// `dlq` is the configured DLQ matching and the links other sources discovered; the
     /// DLQ topics it resolves to are sampled too.
     pub fn sample(&self, dlq: &(DlqConfig, Vec<DlqLink>)) -> Result<KafkaSnapshot, SampleError> {
-        self.admin.drain_events();
+        self.drain_events();
         let started = Instant::now();
         let deadline = started + self.timeout;
         let raw = match self.direct_active() {
@@ -216,9 +238,34 @@ impl KafkaSampler {
             tracing::debug!(cluster = %self.cluster, error = %e, "time-lag probe incomplete");
             snapshot.add_partial_error(e.cause(), e.to_string());
         }
+        snapshot.librdkafka_clients = Some(self.librdkafka_clients());
         snapshot.duration_seconds = started.elapsed().as_secs_f64();
         self.events.clear_fault();
         Ok(snapshot)
+    }
+
+    /// The admin client, made on first use (librdkafka samples the cluster).
+    fn admin(&self) -> Result<&Admin, AdminError> {
+        if let Some(a) = self.admin.get() {
+            return Ok(a);
+        }
+        let made = Admin::new(&self.client_config, KafkaContext { events: self.events.clone() })?;
+        tracing::debug!(cluster = %self.cluster, "librdkafka admin client made");
+        Ok(self.admin.get_or_init(|| made))
+    }
+
+    /// librdkafka's pending log lines and errors, when its admin client exists.
+    fn drain_events(&self) {
+        if let Some(a) = self.admin.get() {
+            a.drain_events();
+        }
+    }
+
+    /// Live librdkafka clients of this sampler: the admin client and the probe's
+    /// consumer, each counted once it has been made (0 on the direct path with no
+    /// lagging partition to probe).
+    pub fn librdkafka_clients(&self) -> u32 {
+        u32::from(self.admin.get().is_some()) + u32::from(self.probe.has_consumer())
     }
 
     /// The direct client, unless librdkafka serves this cluster.
@@ -257,7 +304,7 @@ impl KafkaSampler {
                 return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
             }
         }
-        self.admin.drain_events();
+        self.drain_events();
         if let Some(fault) = self.events.fault() {
             return SampleError::Client { cluster: self.cluster.clone(), stage, fault };
         }
@@ -272,7 +319,8 @@ impl KafkaSampler {
     fn read_librdkafka(&self, dlq: &(DlqConfig, Vec<DlqLink>), deadline: Instant) -> Result<Raw, SampleError> {
         let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let fail = |stage, source| self.fail(stage, source);
-        let (listings, list_errors) = self.admin.list_groups(left()).map_err(|e| fail("list_groups", e))?;
+        let admin = self.admin().map_err(|e| fail("client", e))?;
+        let (listings, list_errors) = admin.list_groups(left()).map_err(|e| fail("list_groups", e))?;
         // librdkafka answers ListConsumerGroups with per-broker errors and whatever the
         // other brokers listed: with the cluster down that is "no groups", with one broker
         // down it is a list missing that broker's groups. Either way the group set is
@@ -283,9 +331,9 @@ impl KafkaSampler {
         let listings: Vec<GroupListing> = listings.into_iter().filter(|g| self.filter.matches(&g.group_id)).collect();
         let names: Vec<String> = listings.iter().map(|g| g.group_id.clone()).collect();
 
-        let descriptions = self.admin.describe_groups(&names, left()).map_err(|e| fail("describe_groups", e))?;
-        let committed = self.admin.list_group_offsets(&names, self.offset_fetch_concurrency, left());
-        let topics = self.admin.topics(left()).map_err(|e| fail("metadata", e))?;
+        let descriptions = admin.describe_groups(&names, left()).map_err(|e| fail("describe_groups", e))?;
+        let committed = admin.list_group_offsets(&names, self.offset_fetch_concurrency, left());
+        let topics = admin.topics(left()).map_err(|e| fail("metadata", e))?;
 
         let mut wanted = partitions_to_query(&descriptions, &committed);
         let consumed = consumed_topics(&descriptions, &committed);
@@ -296,13 +344,13 @@ impl KafkaSampler {
         wanted.dedup();
 
         let specs = [OffsetSpec::Earliest, OffsetSpec::Latest, OffsetSpec::LastStable];
-        let mut offsets = self.admin.list_offsets(&wanted, &specs, left()).map_err(|e| fail("list_offsets", e))?;
+        let mut offsets = admin.list_offsets(&wanted, &specs, left()).map_err(|e| fail("list_offsets", e))?;
         let failed = failed_partitions(&offsets);
         if !failed.is_empty() {
             // Stale leader metadata fails every affected partition until the cache is
             // refreshed (see Admin::topics): refresh once more, retry only those.
-            if self.admin.topics(left()).is_ok() {
-                if let Ok(retry) = self.admin.list_offsets(&failed, &specs, left()) {
+            if admin.topics(left()).is_ok() {
+                if let Ok(retry) = admin.list_offsets(&failed, &specs, left()) {
                     for (all, again) in offsets.iter_mut().zip(retry) {
                         all.extend(again);
                     }

@@ -3,20 +3,22 @@
 //! snapshot.
 //!
 //! Per sample, on a warm cache: one `ListGroups` per broker, one `OffsetFetch` per 200
-//! groups per coordinator, one describe per 100 groups that have members (an `Empty`
-//! group's listing already is its description), three `ListOffsets` per partition
+//! groups per coordinator, one describe per 100 groups that have members and no cached
+//! description (an `Empty` group's listing already is its description; a `Stable`
+//! group's description stands while it stays `Stable`, up to [`DESCRIBE_MAX_AGE`]), three `ListOffsets` per partition
 //! leader, and `Metadata` only for topics that are new or older than the refresh age.
 //!
 //! It does not decide the path: `kafka::KafkaSampler` does, and falls back to librdkafka
 //! on [`DirectError::Unsupported`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::kafka_admin::{AdminError, GroupState, GroupType, PartitionOffsetMap, TopicPartition};
+use super::kafka_admin::{AdminError, GroupType, PartitionOffsetMap, TopicPartition};
 use super::kafka_plan::{consumed_topics, dlq_candidates, dlq_partitions, partitions_to_query, resolve_dlq, Raw};
 use super::kafka_wire::client::Client;
+use super::kafka_wire::describe_cache::DescribeCache;
 use super::kafka_wire::{groups, offsets, to_admin, WireError};
 use crate::config::kafka_wire::WireConfig;
 use crate::config::{ClusterConfig, DlqConfig, GroupFilter};
@@ -26,6 +28,10 @@ use crate::signal::DlqLink;
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Topic metadata older than this is fetched again (and at once on a leader error).
 pub const METADATA_MAX_AGE: Duration = Duration::from_secs(60);
+/// A `Stable` group's cached description is refreshed after between half this and this
+/// (see [`super::kafka_wire::describe_cache`]): how late a rebalance that begins and
+/// ends between two samples can be seen.
+pub const DESCRIBE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Why a direct sample failed.
 #[derive(Debug)]
@@ -41,6 +47,8 @@ pub struct DirectSampler {
     cluster: String,
     client: Client,
     filter: GroupFilter,
+    /// Descriptions of settled groups from earlier samples.
+    describes: Mutex<DescribeCache>,
     /// Used only when the caller runs outside any tokio runtime (the benchmark's
     /// single-threaded mode, tools); the agent calls from its blocking pool.
     runtime: OnceLock<tokio::runtime::Runtime>,
@@ -57,7 +65,7 @@ impl DirectSampler {
     pub fn new(cluster: &ClusterConfig) -> Result<Self, String> {
         let cfg = WireConfig::from_properties(&cluster.bootstrap_servers, &cluster.properties).map_err(|e| e.to_string())?;
         let client = Client::new(cfg, MAX_IN_FLIGHT, METADATA_MAX_AGE).map_err(|e| e.to_string())?;
-        Ok(DirectSampler { cluster: cluster.name.clone(), client, filter: cluster.groups.clone(), runtime: OnceLock::new() })
+        Ok(DirectSampler { cluster: cluster.name.clone(), client, filter: cluster.groups.clone(), describes: Mutex::new(DescribeCache::default()), runtime: OnceLock::new() })
     }
 
     /// Requests sent since the sampler was created, by API name.
@@ -97,11 +105,19 @@ impl DirectSampler {
         self.client.retain_coordinators(&all.iter().map(|g| g.group_id.as_str()).collect());
         let listings: Vec<_> = all.into_iter().filter(|g| self.filter.matches(&g.group_id)).collect();
         let names: Vec<&str> = listings.iter().map(|g| g.group_id.as_str()).collect();
-        // An Empty group has no members to describe: its listing is its description.
-        let to_describe: Vec<(&str, GroupType)> =
-            listings.iter().filter(|g| g.state != GroupState::Empty).map(|g| (g.group_id.as_str(), g.kind)).collect();
-        let (descriptions, mut fetched) =
+        // An Empty group has no members to describe: its listing is its description. A
+        // settled group's description from an earlier sample stands (see DescribeCache).
+        let plan = {
+            let mut cache = self.describes.lock().unwrap_or_else(|e| e.into_inner());
+            cache.retain(&listings);
+            cache.plan(&listings, Instant::now(), DESCRIBE_MAX_AGE)
+        };
+        let to_describe: Vec<(&str, GroupType)> = plan.describe.iter().map(|(g, k)| (g.as_str(), *k)).collect();
+        let (fresh, mut fetched) =
             tokio::join!(groups::describe(&self.client, &to_describe, deadline), groups::offset_fetch(&self.client, &names, deadline));
+        self.describes.lock().unwrap_or_else(|e| e.into_inner()).store(&fresh, Instant::now());
+        let mut descriptions = plan.cached;
+        descriptions.extend(fresh);
         let mut committed = Vec::with_capacity(listings.len());
         for g in &names {
             let r = fetched.remove(*g).unwrap_or_else(|| Err(WireError::Protocol { op: "OffsetFetch", message: "group missing".into() }));

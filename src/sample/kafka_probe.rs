@@ -189,6 +189,12 @@ impl Probe {
         Probe { config, budget, timeout, consumer: Mutex::new(None), state: Mutex::new(State::default()), events }
     }
 
+    /// Whether the probe's librdkafka consumer exists (it is made on the first read a
+    /// lagging partition asks for; with budget 0 never).
+    pub fn has_consumer(&self) -> bool {
+        self.consumer.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Probes what the budget and the probe's own timeout allow (never past
     /// `sample_deadline`); returns every known value of a live (partition, offset).
     pub fn run(&self, groups: &[GroupLag], sample_deadline: Instant, now: SystemTime) -> ProbeOutcome {

@@ -131,6 +131,9 @@ pub struct KafkaSnapshot {
     pub sampler: &'static str,
     /// Why `librdkafka` serves a cluster whose `sampler` is `auto`; `None` otherwise.
     pub sampler_note: Option<String>,
+    /// librdkafka clients the sampler holds (admin client, probe consumer); `None` when
+    /// unknown (a snapshot not taken by `kafka::KafkaSampler`).
+    pub librdkafka_clients: Option<u32>,
 }
 
 /// How much of the lagging partitions the probe covers.
@@ -179,6 +182,9 @@ impl KafkaSnapshot {
         let mut out = Vec::new();
         out.extend(Observation::new("groups", &[("cluster", c)], self.groups.len() as f64));
         out.extend(Observation::new("sampler_info", &[("cluster", c), ("path", self.sampler)], 1.0));
+        if let Some(n) = self.librdkafka_clients {
+            out.extend(Observation::new("librdkafka_clients", &[("cluster", c)], f64::from(n)));
+        }
         for (tp, o) in &self.partitions {
             let p = tp.partition.to_string();
             let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
@@ -254,6 +260,7 @@ impl KafkaSnapshot {
                 "duration_seconds": self.duration_seconds,
                 "sampler": self.sampler,
                 "sampler_note": self.sampler_note,
+                "librdkafka_clients": self.librdkafka_clients,
             }),
         }];
         for g in &self.groups {
@@ -424,6 +431,7 @@ pub fn build_snapshot(
         record_times: HashMap::new(),
         sampler: "librdkafka",
         sampler_note: None,
+        librdkafka_clients: None,
     }
 }
 

@@ -111,7 +111,14 @@ pub fn consume_and_commit(bootstrap: &str, group: &str, topic: &str, counts: &[u
         tpl.add_partition_offset(topic, p as i32, Offset::Offset(*n as i64)).unwrap();
         committed.push(*n as i64);
     }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    // A broker just started may not have loaded the group's coordinator yet
+    // (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS): ask again for a while.
+    let mut tries = 0;
+    while let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        tries += 1;
+        assert!(tries < 20, "commit: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     committed
 }
 

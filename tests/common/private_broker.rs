@@ -1,8 +1,8 @@
 //! A private Kafka broker for tests that stop, pause or restart one: the same `stack/`
 //! scripts with a run directory and ports of its own, so nothing they do disturbs the
 //! shared stack or another test. Its ports are picked outside the kernel's ephemeral
-//! range (services never live there), including the SASL_SSL listener `stack/` gives
-//! every broker.
+//! range (services never live there), including the SASL_SSL and MTLS listeners `stack/`
+//! gives every broker.
 
 use std::process::Command;
 
@@ -29,12 +29,13 @@ pub struct PrivateBroker {
     pub port: u16,
     controller_port: u16,
     sasl_port: u16,
+    mtls_port: u16,
 }
 
 impl PrivateBroker {
     /// A broker not started yet (see [`PrivateBroker::up`]).
     pub fn new() -> Self {
-        PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_service_port(), controller_port: free_service_port(), sasl_port: free_service_port() }
+        PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_service_port(), controller_port: free_service_port(), sasl_port: free_service_port(), mtls_port: free_service_port() }
     }
 
     /// A started broker.
@@ -50,7 +51,8 @@ impl PrivateBroker {
             .env("STACK_DIR", self.dir.path())
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string());
+            .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string())
+            .env("KAFKA_MTLS_PORT", self.mtls_port.to_string());
         c
     }
 

@@ -53,8 +53,11 @@ calls! {
     DescribeGroupsRequest => DescribeGroupsResponse, DescribeGroups;
     ConsumerGroupDescribeRequest => ConsumerGroupDescribeResponse, ConsumerGroupDescribe;
     ListOffsetsRequest => ListOffsetsResponse, ListOffsets;
-    // Not used by sampling: the benchmark commits its groups' offsets with it.
+    // Not used by sampling: the benchmark commits its groups' offsets with it, and joins
+    // classic groups as a member (JoinGroup, SyncGroup) to measure the description cache.
     OffsetCommitRequest => OffsetCommitResponse, OffsetCommit;
+    JoinGroupRequest => JoinGroupResponse, JoinGroup;
+    SyncGroupRequest => SyncGroupResponse, SyncGroup;
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

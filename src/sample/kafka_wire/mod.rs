@@ -9,7 +9,9 @@
 //! - `FindCoordinator` v4+ with many keys per request, cached until a coordinator moves,
 //! - `OffsetFetch` v8+ with many groups per request, sharded by coordinator,
 //! - `DescribeGroups` / `ConsumerGroupDescribe` batched, only for groups that have members
-//!   (an `Empty` group's description is its listing),
+//!   (an `Empty` group's description is its listing) and whose description is not
+//!   cached (a `Stable` group's description stands while it stays `Stable`, up to a
+//!   refresh age: [`describe_cache`]),
 //! - `ListOffsets` grouped by partition leader (earliest, latest, read_committed latest),
 //! - `Metadata` only for the topics some group consumes (and DLQ candidates), cached and
 //!   refreshed on a slower clock or on a leader error.
@@ -30,6 +32,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod describe_cache;
 pub mod groups;
 pub mod offsets;
 pub mod sasl;
