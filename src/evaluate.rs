@@ -841,8 +841,7 @@ spec:
         let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
         let sample = SourceSample {
             observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()],
-            targets: Vec::new(),
-            dlq_links: Vec::new(),
+            ..SourceSample::default()
         };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let metrics = crate::telemetry::metrics::Metrics::new(store.clone(), rules.clone());
@@ -863,7 +862,7 @@ spec:
         let store = Arc::new(Store::default());
         store.register(SourceKind::Kafka, "local", Duration::from_secs(3600));
         let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
-        let sample = SourceSample { observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()], targets: Vec::new(), dlq_links: Vec::new() };
+        let sample = SourceSample { observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()], ..SourceSample::default() };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         rules.set_verdict_sink(tx);
