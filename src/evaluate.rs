@@ -598,9 +598,11 @@ pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Vec<HistoryNeed>> {
 }
 
 /// Builds the evaluator's view of the store: every series of every signal the rules
-/// name, with its quality and the history the longest window needs.
+/// name, with its quality and the history the longest window needs. Every series of
+/// those signals, whatever the selectors' matchers: the executor's `fresh_data` guard
+/// looks a runbook's target up in it.
 pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    dataset_for(store, &read_values(set), now)
+    dataset_of(store, &read_values(set), false, now)
 }
 
 /// What one rule file reads: its alerts' conditions and its SLOs' indicators (the
@@ -625,13 +627,19 @@ fn file_values<'a>(alerts: &'a [file::AlertRule], slos: &'a [SloSpec]) -> Vec<&'
 /// only leaves out series no selector could use: at 20,000 groups a rule about one
 /// group no longer copies the labels of a million series.
 pub fn dataset_for(store: &Store, values: &[&crate::rules::expr::ValueExpr], now: SystemTime) -> Dataset {
+    dataset_of(store, values, true, now)
+}
+
+/// The series of the signals `values` read; with `by_matchers`, only those some
+/// selector's matchers pick.
+fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_matchers: bool, now: SystemTime) -> Dataset {
     type Matchers<'v> = Option<Vec<&'v [crate::rules::expr::Matcher]>>;
     // Signal -> (longest window, matcher sets; None: every series).
     let mut wanted: HashMap<&str, (Duration, Matchers<'_>), foldhash::fast::RandomState> = HashMap::default();
     for v in values {
         let w = wanted.entry(v.selector.signal.as_str()).or_insert((Duration::ZERO, Some(Vec::new())));
         w.0 = w.0.max(v.window.unwrap_or_default());
-        match (&mut w.1, v.selector.matchers.is_empty()) {
+        match (&mut w.1, !by_matchers || v.selector.matchers.is_empty()) {
             (Some(sets), false) => sets.push(&v.selector.matchers),
             (sets, _) => *sets = None,
         }
@@ -881,7 +889,7 @@ spec:
         assert_eq!(of("one.yaml"), BTreeMap::from([("lag_seconds".to_string(), 1)]), "one group, one method, not the other file's signal");
         assert_eq!(of("other.yaml"), BTreeMap::from([("lost_records".to_string(), 50)]));
         let all = dataset(&store, &set, now);
-        assert_eq!(all.by_signal.get("lag_seconds").map(Vec::len), Some(1), "the whole set: still only what a selector picks");
+        assert_eq!(all.by_signal.get("lag_seconds").map(Vec::len), Some(100), "the whole set (the executor's guards): every series of the signals");
         // And the rule still fires on it.
         rules.eval_group(&dir.path().join("one.yaml"), &store, now);
         rules.eval_group(&dir.path().join("one.yaml"), &store, now + Duration::from_secs(1));
