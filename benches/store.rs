@@ -13,18 +13,70 @@
 //! millisecond fractions, as real ones do (the compressor's unfavourable case).
 //!
 //! Environment: `BENCH_GROUPS` (default 5000), `BENCH_CYCLES` (default 360 = 1 h at
-//! 10 s), `BENCH_RUNS` (default 5, for the render and evaluation timings).
+//! 10 s), `BENCH_RUNS` (default 5, for the render and evaluation timings),
+//! `BENCH_OBSERVATIONS=1` (hand the store owned `Observation`s, one label map each, as
+//! every source did before the compact [`Batch`]: shows what that costs).
+//!
+//! Where the memory goes: a counting global allocator gives the heap in use (live) and
+//! its peak within each cycle, next to the process' VmRSS / VmHWM, so the table shows
+//! what one sample costs while it is built and stored and what the store keeps.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use streamguard::config::{HistoryConfig, RulesConfig};
 use streamguard::evaluate::Rules;
 use streamguard::rules::file::SignalNames;
-use streamguard::signal::{Observation, SourceSample};
+use streamguard::signal::{Batch, Observation, SourceSample};
 use streamguard::store::{SourceKind, Store};
 use streamguard::telemetry::metrics::{Format, Metrics};
+
+/// Heap bytes in use, and the most in use since the last [`reset_peak`].
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters are
+// only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+fn reset_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 const PARTITIONS: usize = 10;
 const INTERVAL: Duration = Duration::from_secs(10);
@@ -77,14 +129,23 @@ struct Names {
     partitions: Vec<String>,
 }
 
-/// One cycle's observations.
-fn sample(n: &Names, cycle: u64, rng: &mut Rng) -> SourceSample {
+/// One cycle's observations: compact (as the Kafka source gives them) or owned
+/// (`owned`: one `Observation` and label map each, as before).
+fn sample(n: &Names, cycle: u64, rng: &mut Rng, owned: bool) -> SourceSample {
     let c = "prod-eu-west-1";
-    let mut o = Vec::with_capacity(n.groups.len() * PARTITIONS * 4 + n.topics.len() * PARTITIONS + n.groups.len() * 2);
+    let mut batch = Batch::new();
+    let mut o: Vec<Observation> = Vec::new();
+    let mut push = |signal: &str, labels: &[(&str, &str)], v: f64| {
+        if owned {
+            o.extend(Observation::new(signal, labels, v));
+        } else {
+            batch.push(signal, labels, v);
+        }
+    };
     for (ti, topic) in n.topics.iter().enumerate() {
         for (p, part) in n.partitions.iter().enumerate() {
             let end = (cycle * (150 + (ti * 7 + p * 13) as u64 % 400)) as f64;
-            o.extend(Observation::new("log_end_offset", &[("cluster", c), ("topic", topic), ("partition", part)], end));
+            push("log_end_offset", &[("cluster", c), ("topic", topic), ("partition", part)], end);
         }
     }
     for (gi, group) in n.groups.iter().enumerate() {
@@ -97,15 +158,15 @@ fn sample(n: &Names, cycle: u64, rng: &mut Rng) -> SourceSample {
             let probe = (rng.next() % 60_000) as f64 / 1000.0;
             let interp = (rng.next() % 90_000) as f64 / 1000.0;
             max_lag = max_lag.max(probe);
-            o.extend(Observation::new("committed_offset", &l, committed));
-            o.extend(Observation::new("lag_offsets", &l, lag));
-            o.extend(Observation::new("lag_seconds", &[l[0], l[1], l[2], l[3], ("method", "probe")], probe));
-            o.extend(Observation::new("lag_seconds", &[l[0], l[1], l[2], l[3], ("method", "interpolation")], interp));
+            push("committed_offset", &l, committed);
+            push("lag_offsets", &l, lag);
+            push("lag_seconds", &[l[0], l[1], l[2], l[3], ("method", "probe")], probe);
+            push("lag_seconds", &[l[0], l[1], l[2], l[3], ("method", "interpolation")], interp);
         }
-        o.extend(Observation::new("group_lag_seconds", &[("cluster", c), ("group", group), ("method", "probe")], max_lag));
-        o.extend(Observation::new("group_lag_seconds", &[("cluster", c), ("group", group), ("method", "interpolation")], max_lag * 1.5));
+        push("group_lag_seconds", &[("cluster", c), ("group", group), ("method", "probe")], max_lag);
+        push("group_lag_seconds", &[("cluster", c), ("group", group), ("method", "interpolation")], max_lag * 1.5);
     }
-    SourceSample { observations: o, ..SourceSample::default() }
+    SourceSample { observations: o, batch, ..SourceSample::default() }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -121,6 +182,7 @@ fn main() {
     let groups = env("BENCH_GROUPS", 5000);
     let cycles = env("BENCH_CYCLES", 360) as u64;
     let runs = env("BENCH_RUNS", 5).max(1);
+    let owned = std::env::var_os("BENCH_OBSERVATIONS").is_some();
     let names = Names {
         groups: (0..groups).map(|g| format!("payments-settlement-consumer-{g:05}")).collect(),
         topics: (0..groups.div_ceil(5)).map(|t| format!("payments.settlement.events.v2.{t:04}")).collect(),
@@ -135,20 +197,31 @@ fn main() {
     let metrics = Metrics::new(store.clone(), rules.clone());
 
     let (rss_before, _) = rss();
+    let live_before = LIVE.load(Ordering::Relaxed);
     let start = SystemTime::now() - INTERVAL * cycles as u32;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut inserts = Vec::with_capacity(cycles as usize);
     let mut insert_cpu = Vec::with_capacity(cycles as usize);
     let mut series = 0;
+    // The heaviest cycle: (store's heap before it, the sample's heap, peak heap within it).
+    let (mut sample_bytes, mut cycle_peak, mut store_before_peak) = (0, 0, 0);
     for cycle in 0..cycles {
-        let s = sample(&names, cycle, &mut rng);
-        series = s.observations.len();
+        reset_peak();
+        let live0 = LIVE.load(Ordering::Relaxed);
+        let s = sample(&names, cycle, &mut rng, owned);
+        let built = LIVE.load(Ordering::Relaxed).saturating_sub(live0);
+        series = s.observations.len() + s.batch.len();
         let at = start + INTERVAL * cycle as u32 + Duration::from_millis(rng.next() % 300);
         let (started, c0) = (Instant::now(), cpu());
         store.record_success(SourceKind::Kafka, "prod", at, s);
         inserts.push(started.elapsed());
         insert_cpu.push(cpu().saturating_sub(c0));
+        let peak = PEAK.load(Ordering::Relaxed);
+        if peak > cycle_peak {
+            (sample_bytes, cycle_peak, store_before_peak) = (built, peak, live0);
+        }
     }
+    let live_store = LIVE.load(Ordering::Relaxed).saturating_sub(live_before);
     let now = start + INTERVAL * cycles as u32;
     let (rss_after, hwm) = rss();
     // The allocator keeps the freed samples' memory; what the store itself holds shows
@@ -178,7 +251,15 @@ fn main() {
 
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     let samples = series as f64 * cycles as f64;
-    println!("store: {groups} groups x {PARTITIONS} partitions, {series} series, {cycles} cycles at 10 s ({samples:.0} samples)");
+    let input = if owned { "owned Observations" } else { "a compact Batch" };
+    println!("store: {groups} groups x {PARTITIONS} partitions, {series} series, {cycles} cycles at 10 s ({samples:.0} samples), each sample {input}");
+    let mbu = |b: usize| mb(b as u64);
+    println!("{:<44} {:>12}", "heap: one sample as built (MB)", format!("{:.1}", mbu(sample_bytes)));
+    println!("{:<44} {:>12}", "heap: in use before the peak cycle (MB)", format!("{:.1}", mbu(store_before_peak)));
+    println!("{:<44} {:>12}", "heap: peak within a cycle (MB)", format!("{:.1}", mbu(cycle_peak)));
+    println!("{:<44} {:>12}", "heap: the store after fill (MB)", format!("{:.1}", mbu(live_store)));
+    println!("{:<44} {:>12}", "heap slope: bytes per series", format!("{:.0}", live_store as f64 / series as f64));
+    println!("{:<44} {:>12}", "heap slope: bytes per sample", format!("{:.2}", live_store as f64 / samples));
     println!("{:<44} {:>12}", "RSS after fill (MB)", format!("{:.1}", mb(rss_after)));
     println!("{:<44} {:>12}", "peak RSS, VmHWM (MB)", format!("{:.1}", mb(hwm)));
     println!("{:<44} {:>12}", "RSS after fill, freed heap returned (MB)", format!("{:.1}", mb(rss_trimmed)));

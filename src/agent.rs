@@ -301,8 +301,8 @@ impl Source {
                 let at = snapshot.taken_at;
                 let history = store.history_config();
                 // Raw and derived series are published together, as one snapshot.
-                let n = store.record_success_with(kind, name, at, snapshot.to_sample(), |e| {
-                    derive::kafka::derive(e, &snapshot, at, &history, derive)
+                let n = store.record_success_with(kind, name, at, snapshot.to_sample(), &derive::kafka::READS, |view| {
+                    derive::kafka::derive(view, &snapshot, at, &history, derive)
                 });
                 let size = serde_json::to_value(derive.size()).unwrap_or_default();
                 store.annotate_target(kind, name, "kafka_cluster", "derive_state", size);
@@ -313,7 +313,7 @@ impl Source {
             Source::Flink(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
             Source::Prometheus(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,
         };
-        let n = sample.observations.len();
+        let n = sample.observations.len() + sample.batch.len();
         store.record_success(kind, name, SystemTime::now(), sample);
         Ok(Cycle::Sampled { series: n, partial: PartialErrors::default() })
     }

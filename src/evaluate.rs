@@ -385,7 +385,8 @@ impl Rules {
         let set = self.set();
         let alerts: Vec<_> = set.alerts.iter().filter(|r| r.file == file).cloned().collect();
         let slos: Vec<_> = set.slos.iter().filter(|s| s.file == file).cloned().collect();
-        let data = dataset(store, &set, now);
+        // Only what this file's rules read (each file evaluates on its own schedule).
+        let data = dataset_for(store, &file_values(&alerts, &slos), now);
         let opts = self.options();
         let (transitions, truths, statuses, slo_statuses, journal) = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -578,17 +579,6 @@ fn read_values(set: &RuleSet) -> Vec<&crate::rules::expr::ValueExpr> {
     out
 }
 
-/// The signals the rules read and the longest window each is read over (zero: the
-/// latest value only).
-fn read_windows(set: &RuleSet) -> HashMap<String, Duration, foldhash::fast::RandomState> {
-    let mut wanted: HashMap<String, Duration, foldhash::fast::RandomState> = HashMap::default();
-    for v in read_values(set) {
-        let w = wanted.entry(v.selector.signal.clone()).or_default();
-        *w = (*w).max(v.window.unwrap_or_default());
-    }
-    wanted
-}
-
 /// What the rules read over a window, per signal: the window and the series the
 /// selector picks. The store keeps history for those series only
 /// ([`Store::keep_history`]); a selector read without a window needs none.
@@ -608,9 +598,56 @@ pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Vec<HistoryNeed>> {
 }
 
 /// Builds the evaluator's view of the store: every series of every signal the rules
-/// name, with its quality and the history the longest window needs.
+/// name, with its quality and the history the longest window needs. Every series of
+/// those signals, whatever the selectors' matchers: the executor's `fresh_data` guard
+/// looks a runbook's target up in it.
 pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    let wanted = read_windows(set);
+    dataset_of(store, &read_values(set), false, now)
+}
+
+/// What one rule file reads: its alerts' conditions and its SLOs' indicators (the
+/// runbooks' preconditions are read by the executor, with [`dataset`]).
+fn file_values<'a>(alerts: &'a [file::AlertRule], slos: &'a [SloSpec]) -> Vec<&'a crate::rules::expr::ValueExpr> {
+    let mut out = Vec::new();
+    for r in alerts {
+        out.extend(r.condition.values().into_iter().map(|(v, _, _)| v));
+    }
+    for s in slos {
+        match &s.sli {
+            crate::rules::slo::Sli::TimeSlice { cond, .. } => out.extend(cond.values().into_iter().map(|(v, _, _)| v)),
+            crate::rules::slo::Sli::Ratio { bad, total, .. } => out.extend([bad, total]),
+        }
+    }
+    out
+}
+
+/// [`dataset`] for the series `values` select: per signal, the series some selector's
+/// matchers pick (a selector without matchers picks all), over the longest window any
+/// of them reads. Each selector applies its own matchers again when evaluated, so this
+/// only leaves out series no selector could use: at 20,000 groups a rule about one
+/// group no longer copies the labels of a million series.
+pub fn dataset_for(store: &Store, values: &[&crate::rules::expr::ValueExpr], now: SystemTime) -> Dataset {
+    dataset_of(store, values, true, now)
+}
+
+/// The series of the signals `values` read; with `by_matchers`, only those some
+/// selector's matchers pick.
+fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_matchers: bool, now: SystemTime) -> Dataset {
+    type Matchers<'v> = Option<Vec<&'v [crate::rules::expr::Matcher]>>;
+    // Signal -> (longest window, matcher sets; None: every series).
+    let mut wanted: HashMap<&str, (Duration, Matchers<'_>), foldhash::fast::RandomState> = HashMap::default();
+    for v in values {
+        let w = wanted.entry(v.selector.signal.as_str()).or_insert((Duration::ZERO, Some(Vec::new())));
+        w.0 = w.0.max(v.window.unwrap_or_default());
+        match (&mut w.1, !by_matchers || v.selector.matchers.is_empty()) {
+            (Some(sets), false) => sets.push(&v.selector.matchers),
+            (sets, _) => *sets = None,
+        }
+    }
+    let picks = |series: &crate::store::SeriesRef<'_>, sets: &Matchers<'_>| match sets {
+        None => true,
+        Some(sets) => sets.iter().any(|ms| ms.iter().all(|m| m.matches_value(series.label(&m.label).unwrap_or("")))),
+    };
     let mut data = Dataset::default();
     store.with_entries(|entries| {
         for e in entries {
@@ -620,7 +657,10 @@ pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
             let source_fresh = e.health.quality(now) == Quality::Fresh;
             let source = data.add_source(&source_name, source_fresh);
             for series in e.iter() {
-                let Some(window) = wanted.get(series.signal()) else { continue };
+                let Some((window, sets)) = wanted.get(series.signal()) else { continue };
+                if !picks(&series, sets) {
+                    continue;
+                }
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
                 let points: Vec<_> = if window.is_zero() {
                     series.last().into_iter().collect()
@@ -818,6 +858,46 @@ spec:
     }
 
     #[test]
+    fn a_file_evaluates_over_only_the_series_its_own_selectors_pick() {
+        use crate::signal::{Batch, SourceSample};
+        use crate::store::SourceKind;
+        let dir = tempfile::tempdir().unwrap();
+        let one = "apiVersion: streamguard/v1\nkind: Alert\nmetadata: { name: one }\nspec:\n  condition: max(lag_seconds{group=\"g1\", method=\"probe\"}) > 30s\n";
+        let other = "apiVersion: streamguard/v1\nkind: Alert\nmetadata: { name: other }\nspec:\n  condition: max by (cluster, group) (lost_records) > 0\n";
+        std::fs::write(dir.path().join("one.yaml"), one).unwrap();
+        std::fs::write(dir.path().join("other.yaml"), other).unwrap();
+        let config = RulesConfig { paths: vec![dir.path().join("one.yaml"), dir.path().join("other.yaml")], state_file: dir.path().join("s.json"), ..RulesConfig::for_tests() };
+        let rules = Rules::load(config, file::SignalNames::builtin()).unwrap();
+        let store = Store::default();
+        store.register(SourceKind::Kafka, "c", Duration::from_secs(3600));
+        let mut b = Batch::new();
+        for g in 0..50 {
+            let group = format!("g{g}");
+            for method in ["probe", "interpolation"] {
+                b.push("lag_seconds", &[("cluster", "c"), ("group", &group), ("topic", "t"), ("partition", "0"), ("method", method)], 40.0);
+            }
+            b.push("lost_records", &[("cluster", "c"), ("group", &group), ("topic", "t"), ("partition", "0")], 0.0);
+        }
+        let now = SystemTime::now();
+        store.record_success(SourceKind::Kafka, "c", now, SourceSample { batch: b, ..SourceSample::default() });
+        let set = rules.set();
+        let of = |name: &str| {
+            let alerts: Vec<_> = set.alerts.iter().filter(|r| r.file.ends_with(name)).cloned().collect();
+            let data = dataset_for(&store, &file_values(&alerts, &[]), now);
+            data.by_signal.iter().map(|(k, v)| (k.clone(), v.len())).collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(of("one.yaml"), BTreeMap::from([("lag_seconds".to_string(), 1)]), "one group, one method, not the other file's signal");
+        assert_eq!(of("other.yaml"), BTreeMap::from([("lost_records".to_string(), 50)]));
+        let all = dataset(&store, &set, now);
+        assert_eq!(all.by_signal.get("lag_seconds").map(Vec::len), Some(100), "the whole set (the executor's guards): every series of the signals");
+        // And the rule still fires on it.
+        rules.eval_group(&dir.path().join("one.yaml"), &store, now);
+        rules.eval_group(&dir.path().join("one.yaml"), &store, now + Duration::from_secs(1));
+        let firing = rules.engine.lock().unwrap().instances.values().filter(|i| i.state == AlertState::Firing).count();
+        assert_eq!(firing, 1);
+    }
+
+    #[test]
     fn the_state_file_is_replaced_whole_and_no_temp_file_is_left() {
         let dir = tempfile::tempdir().unwrap();
         let rules = rules_in(dir.path(), &["a.yaml"]);
@@ -841,8 +921,7 @@ spec:
         let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
         let sample = SourceSample {
             observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()],
-            targets: Vec::new(),
-            dlq_links: Vec::new(),
+            ..SourceSample::default()
         };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let metrics = crate::telemetry::metrics::Metrics::new(store.clone(), rules.clone());
@@ -863,7 +942,7 @@ spec:
         let store = Arc::new(Store::default());
         store.register(SourceKind::Kafka, "local", Duration::from_secs(3600));
         let labels = [("cluster", "local"), ("group", "billing"), ("topic", "t"), ("partition", "0"), ("method", "probe")];
-        let sample = SourceSample { observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()], targets: Vec::new(), dlq_links: Vec::new() };
+        let sample = SourceSample { observations: vec![Observation::new("lag_seconds", &labels, 100.0).unwrap()], ..SourceSample::default() };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         rules.set_verdict_sink(tx);

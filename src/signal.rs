@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+mod batch;
+pub use batch::{Batch, BatchIndex, BatchRow};
+
 /// Which kind of source a loop samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,6 +170,9 @@ pub struct TargetInfo {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceSample {
     pub observations: Vec<Observation>,
+    /// More observations, compact (a large source's: see [`Batch`]); stored after
+    /// `observations`.
+    pub batch: Batch,
     pub targets: Vec<TargetInfo>,
     /// Dead-letter topics discovered from the source's own configuration (Kafka Connect
     /// sink connectors' `errors.deadletterqueue.topic.name`).

@@ -20,7 +20,7 @@
 //!   attempt succeeded recently **and** that sample produced the series; `stale` if the
 //!   source failed or stopped; `missing` if the source is fine but no longer produces it.
 //! - Values come back exactly (bit for bit) at exactly the time they were stored.
-//! - No NaN or infinity is ever stored (refused at [`Observation::new`] and again here).
+//! - No NaN or infinity is ever stored (refused at [`crate::signal::Observation::new`] and again here).
 //! - History is never reordered: a sample older than its source's latest one adds no
 //!   points (before, a series absent from the latest sample could still take one).
 //!
@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::config::{DlqConfig, HistoryConfig};
 pub use crate::signal::SourceKind;
-use crate::signal::{quality, DlqLink, Observation, Quality, SeriesKey, SourceSample, TargetInfo};
+use crate::signal::{quality, Batch, DlqLink, Quality, SeriesKey, SourceSample, TargetInfo};
 
 /// Health of one source's sampling loop.
 #[derive(Debug, Clone, Serialize)]
@@ -69,9 +69,11 @@ impl SourceHealth {
 
 mod chunk;
 mod series;
+mod view;
 
 pub use chunk::{Chunk, Unordered};
 pub use series::{Series, SeriesRef};
+pub use view::View;
 use series::{Key, Symbols, Times};
 
 /// One source: health, latest targets and series history.
@@ -202,22 +204,7 @@ impl Entry {
     /// latest sample are ignored (history is never reordered); non-finite values are
     /// never stored.
     fn append<'k>(&mut self, at: SystemTime, values: impl Iterator<Item = (&'k SeriesKey, f64)>, h: &HistoryConfig, policy: &Policy) {
-        let seq = match self.times.times.back() {
-            Some(last) if *last == at => self.times.last_seq().unwrap_or(self.times.base),
-            Some(last) if *last > at => return,
-            _ => {
-                self.times.times.push_back(at);
-                self.times.base + self.times.times.len() as u64 - 1
-            }
-        };
-        if self.policy_gen != policy.generation {
-            // Readers changed (a rule reload): every series is judged again.
-            let (symbols, times) = (&self.symbols, &self.times);
-            for (k, s) in self.series.iter_mut() {
-                s.keep_secs = policy.keep_secs(&SeriesRef { symbols, times, key: k, series: s });
-            }
-            self.policy_gen = policy.generation;
-        }
+        let Some(seq) = self.begin(at, policy) else { return };
         let mut ids = Vec::new();
         for (key, value) in values {
             if !value.is_finite() {
@@ -231,13 +218,84 @@ impl Entry {
                 }
                 None => {
                     let k = series::intern_key(&mut self.symbols, key);
-                    let mut s = Series::new(seq, value);
-                    s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: &k, series: &s });
-                    self.series.insert(k, s);
+                    self.insert_series(k, seq, value, policy);
                 }
             }
         }
         self.trim(at, h);
+    }
+
+    /// [`Entry::append`] for a compact batch: each distinct string of the batch is
+    /// looked up once, not once per series.
+    fn append_batch(&mut self, at: SystemTime, batch: &Batch, h: &HistoryConfig, policy: &Policy) {
+        let Some(seq) = self.begin(at, policy) else { return };
+        // Batch id -> store id, where the store has the string.
+        let mut to_store: Vec<Option<u32>> = (0..batch.strings()).map(|i| self.symbols.get(batch.string(i as u32))).collect();
+        let mut ids = Vec::new();
+        for row in batch.iter() {
+            let value = row.value();
+            if !value.is_finite() {
+                continue;
+            }
+            ids.clear();
+            let found = row.ids().iter().all(|i| match to_store.get(*i as usize).copied().flatten() {
+                Some(id) => {
+                    ids.push(id);
+                    true
+                }
+                None => false,
+            });
+            match found.then(|| self.series.get_mut(ids.as_slice())).flatten() {
+                Some(s) => {
+                    let keep = s.keep_secs > 0;
+                    s.push(seq, value, keep);
+                }
+                None => {
+                    let k: Key = row
+                        .ids()
+                        .iter()
+                        .map(|i| {
+                            let id = self.symbols.intern(batch.string(*i));
+                            if let Some(slot) = to_store.get_mut(*i as usize) {
+                                *slot = Some(id);
+                            }
+                            id
+                        })
+                        .collect();
+                    self.insert_series(k, seq, value, policy);
+                }
+            }
+        }
+        self.trim(at, h);
+    }
+
+    /// The sequence number of a sample at `at` (a new one, or the latest when `at` is
+    /// its time), `None` when `at` is before the latest; re-judges which series keep
+    /// history when the readers changed.
+    fn begin(&mut self, at: SystemTime, policy: &Policy) -> Option<u64> {
+        let seq = match self.times.times.back() {
+            Some(last) if *last == at => self.times.last_seq().unwrap_or(self.times.base),
+            Some(last) if *last > at => return None,
+            _ => {
+                self.times.times.push_back(at);
+                self.times.base + self.times.times.len() as u64 - 1
+            }
+        };
+        if self.policy_gen != policy.generation {
+            // Readers changed (a rule reload): every series is judged again.
+            let (symbols, times) = (&self.symbols, &self.times);
+            for (k, s) in self.series.iter_mut() {
+                s.keep_secs = policy.keep_secs(&SeriesRef { symbols, times, key: k, series: s });
+            }
+            self.policy_gen = policy.generation;
+        }
+        Some(seq)
+    }
+
+    fn insert_series(&mut self, k: Key, seq: u64, value: f64, policy: &Policy) {
+        let mut s = Series::new(seq, value);
+        s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: &k, series: &s });
+        self.series.insert(k, s);
     }
 
     /// Enforces the bounds: sample times past retention or beyond `max_points`, series
@@ -435,8 +493,13 @@ impl Store {
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
         e.append(at, sample.observations.iter().map(|o| (&o.key, o.value)), &history, &policy);
+        if !sample.batch.is_empty() {
+            e.append_batch(at, &sample.batch, &history, &policy);
+        }
         if let Some(r) = self.recorder.get() {
-            r.sample(at, kind, name, e.health.stale_after, sample.observations);
+            let mut all = sample.observations;
+            all.extend(sample.batch.to_observations());
+            r.sample(at, kind, name, e.health.stale_after, all);
         }
     }
 
@@ -451,32 +514,50 @@ impl Store {
     }
 
     /// Records a successful sample and the series derived from it (time lag, rates,
-    /// status) as one snapshot: `derive` reads the entry with the raw series already
-    /// appended, and no reader ever sees the raw series of a sample without its derived
-    /// ones (which would read as `missing`, reset pending alerts and make a scrape
-    /// withdraw them). Returns the number of series recorded.
+    /// status) as one snapshot. `derive` runs under the read lock (scrapes and the API
+    /// are answered meanwhile) over a [`View`]: the entry as it will be with the sample
+    /// appended, for the `reads` signals. Then the raw and derived series are appended
+    /// under one short write lock, so no reader ever sees the raw series of a sample
+    /// without its derived ones (which would read as `missing`, reset pending alerts and
+    /// make a scrape withdraw them). Returns the number of series recorded.
+    ///
+    /// Assumes one writer per source (its sampling loop), as the agent runs it: nothing
+    /// else appends to the entry between the derivation and the write.
     pub fn record_success_with(
         &self,
         kind: SourceKind,
         name: &str,
         at: SystemTime,
         sample: SourceSample,
-        derive: impl FnOnce(&Entry) -> Vec<Observation>,
+        reads: &[&str],
+        derive: impl FnOnce(&View<'_>) -> Batch,
     ) -> usize {
         let (history, policy) = (self.history, self.policy());
+        let key = (kind, name.to_string());
+        // Owned observations (small sources) first, as `record_success` stores them.
+        let pending = if sample.observations.is_empty() {
+            sample.batch
+        } else {
+            let mut b = Batch::from(sample.observations);
+            b.append(&sample.batch);
+            b
+        };
+        let derived = {
+            let map = self.read();
+            let Some(e) = map.get(&key) else { return 0 };
+            derive(&View::new(e, &pending, reads, at, &history))
+        };
+        let n = pending.len() + derived.len();
         let mut map = self.write();
-        let Some(e) = map.get_mut(&(kind, name.to_string())) else { return 0 };
-        let raw = sample.observations.len();
+        let Some(e) = map.get_mut(&key) else { return 0 };
         e.health.succeeded(at);
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
-        let mut all = sample.observations;
-        e.append(at, all.iter().map(|o| (&o.key, o.value)), &history, &policy);
-        let derived = derive(e);
-        let n = raw + derived.len();
-        e.append(at, derived.iter().map(|o| (&o.key, o.value)), &history, &policy);
+        e.append_batch(at, &pending, &history, &policy);
+        e.append_batch(at, &derived, &history, &policy);
         if let Some(r) = self.recorder.get() {
-            all.extend(derived);
+            let mut all = pending.to_observations();
+            all.extend(derived.to_observations());
             r.sample(at, kind, name, e.health.stale_after, all);
         }
         n
@@ -538,6 +619,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::Observation;
     use std::collections::VecDeque;
 
     fn t(s: u64) -> SystemTime {

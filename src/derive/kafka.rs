@@ -21,8 +21,8 @@ use crate::config::HistoryConfig;
 use crate::sample::kafka_snapshot::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
 use crate::sample::kafka_snapshot::ProbeValue;
-use crate::signal::{Observation, SeriesKey};
-use crate::store::Entry;
+use crate::signal::{Batch, SeriesKey};
+use crate::store::View;
 use crate::window::{self, Point, Status};
 
 /// What counters need from one sample to the next.
@@ -100,27 +100,15 @@ pub fn is_rebalance(previous: Option<(GroupState, u32)>, now: (GroupState, u32))
     }
 }
 
-fn points(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
-    entry.get(key).map(|s| s.since(since).collect()).unwrap_or_default()
-}
-
-/// Points since `since` plus the last one before it, so a window sampled every interval
-/// spans the whole window (not the window minus one interval) once history reaches back.
-fn points_covering(entry: &Entry, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
-    let Some(series) = entry.get(key) else { return Vec::new() };
-    let anchor = series.last_before(since);
-    anchor.into_iter().chain(series.since(since)).collect()
-}
-
 /// Sum of several series at the times all of them have a point (they come from the same
 /// snapshots, so their timestamps line up), oldest first.
-fn aligned_sum(entry: &Entry, keys: &[SeriesKey], since: SystemTime) -> Vec<Point> {
+fn aligned_sum(view: &View<'_>, keys: &[SeriesKey], since: SystemTime) -> Vec<Point> {
     if keys.is_empty() {
         return Vec::new();
     }
     let mut sums: BTreeMap<SystemTime, (f64, usize)> = BTreeMap::new();
     for k in keys {
-        for (t, v) in points(entry, k, since) {
+        for (t, v) in view.points(k, since) {
             let e = sums.entry(t).or_insert((0.0, 0));
             e.0 += v;
             e.1 += 1;
@@ -139,24 +127,28 @@ fn since(at: SystemTime, window: Duration) -> SystemTime {
 /// ([`crate::store::Store::keep_history`]).
 pub fn history_windows(history: &HistoryConfig) -> BTreeMap<String, Vec<crate::store::HistoryNeed>> {
     use crate::store::HistoryNeed;
+    let [end, committed, lag] = READS;
     BTreeMap::from([
-        ("log_end_offset".to_string(), vec![HistoryNeed::all(history.retention)]),
-        ("committed_offset".to_string(), vec![HistoryNeed::all(history.rate_window.max(history.status_window))]),
-        ("lag_offsets".to_string(), vec![HistoryNeed::all(history.status_window)]),
+        (end.to_string(), vec![HistoryNeed::all(history.retention)]),
+        (committed.to_string(), vec![HistoryNeed::all(history.rate_window.max(history.status_window))]),
+        (lag.to_string(), vec![HistoryNeed::all(history.status_window)]),
     ])
 }
 
-/// Derives every signal of this sample. `entry` already holds the raw observations of
-/// `snapshot` at time `at`.
+/// The raw signals [`derive`] reads from the store (see [`history_windows`]).
+pub const READS: [&str; 3] = ["log_end_offset", "committed_offset", "lag_offsets"];
+
+/// Derives every signal of this sample. `view` reads the store's history with the raw
+/// observations of `snapshot` at time `at` (the [`READS`] signals at least).
 pub fn derive(
-    entry: &Entry,
+    view: &View<'_>,
     snapshot: &KafkaSnapshot,
     at: SystemTime,
     history: &HistoryConfig,
     state: &mut DeriveState,
-) -> Vec<Observation> {
+) -> Batch {
     let c = snapshot.cluster.as_str();
-    let mut out = Vec::new();
+    let mut out = Batch::new();
     let rate_since = since(at, history.rate_window);
     let status_since = since(at, history.status_window);
 
@@ -165,11 +157,11 @@ pub fn derive(
     for tp in snapshot.partitions.keys() {
         let p = tp.partition.to_string();
         let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
-        let r = window::rate(&points(entry, &SeriesKey::new("log_end_offset", &l), rate_since));
+        let r = window::rate(&view.points(&SeriesKey::new("log_end_offset", &l), rate_since));
         let topic = produce.entry(tp.topic.as_str()).or_insert(Some(0.0));
         match r {
             Some(r) => {
-                out.extend(Observation::new("produce_rate", &l, r.per_second));
+                out.push("produce_rate", &l, r.per_second);
                 if let Some(sum) = topic {
                     *sum += r.per_second;
                 }
@@ -180,14 +172,14 @@ pub fn derive(
     }
     for (topic, rate) in &produce {
         if let Some(r) = rate {
-            out.extend(Observation::new("topic_produce_rate", &[("cluster", c), ("topic", topic)], *r));
+            out.push("topic_produce_rate", &[("cluster", c), ("topic", topic)], *r);
         }
     }
 
     // Probe coverage of the lagging partitions.
     let coverage = snapshot.probe_coverage();
-    out.extend(Observation::new("probe_lagging_partitions", &[("cluster", c)], coverage.lagging as f64));
-    out.extend(Observation::new("probe_uncovered_partitions", &[("cluster", c)], coverage.uncovered as f64));
+    out.push("probe_lagging_partitions", &[("cluster", c)], coverage.lagging as f64);
+    out.push("probe_uncovered_partitions", &[("cluster", c)], coverage.uncovered as f64);
 
     // Per group: time lag, consume rate, status, rebalances, rewinds, lost records.
     for g in &snapshot.groups {
@@ -206,7 +198,7 @@ pub fn derive(
         }
         memo.previous = now;
         memo.last_seen = at;
-        out.extend(Observation::new("group_rebalances", &gl, memo.rebalances as f64));
+        out.push("group_rebalances", &gl, memo.rebalances as f64);
         if g.error.is_some() {
             continue;
         }
@@ -242,7 +234,7 @@ pub fn derive(
             } else {
                 match snapshot.probe_value(&tp, committed) {
                     Some(ProbeValue::Record { timestamp_ms, read_at }) => {
-                        out.extend(Observation::new("probe_age_seconds", &pl, window::age(at, *read_at)));
+                        out.push("probe_age_seconds", &pl, window::age(at, *read_at));
                         Some(window::age(at, SystemTime::UNIX_EPOCH + Duration::from_millis((*timestamp_ms).max(0) as u64)))
                     }
                     // Only transaction markers after the committed offset: nothing waits.
@@ -254,7 +246,7 @@ pub fn derive(
             let interpolation = if caught_up {
                 Some(0.0)
             } else if p.lag_offsets.is_some() {
-                let table = points(entry, &end_key, SystemTime::UNIX_EPOCH);
+                let table = view.points(&end_key, SystemTime::UNIX_EPOCH);
                 window::time_at_offset(&table, committed as f64).map(|t| window::age(at, t))
             } else {
                 None
@@ -263,7 +255,7 @@ pub fn derive(
                 let slot = max_lag.get_mut(method).expect("both methods are present");
                 match value {
                     Some(v) => {
-                        out.extend(Observation::new("lag_seconds", &[pl[0], pl[1], pl[2], pl[3], ("method", method)], v));
+                        out.push("lag_seconds", &[pl[0], pl[1], pl[2], pl[3], ("method", method)], v);
                         if let Some(m) = slot {
                             *m = m.max(v);
                         }
@@ -274,7 +266,7 @@ pub fn derive(
 
             // Consume rate.
             let committed_key = SeriesKey::new("committed_offset", &pl);
-            let rate = window::rate(&points(entry, &committed_key, rate_since));
+            let rate = window::rate(&view.points(&committed_key, rate_since));
             let topic_rate = topic_rates.entry(p.topic.as_str()).or_insert(Some(0.0));
             match rate {
                 Some(r) => {
@@ -297,33 +289,33 @@ pub fn derive(
                 (Some(true), Some(lost)) if lost > 0 => Status::DataLoss,
                 (Some(true), _) => Status::OutOfRange,
                 _ => window::partition_status(
-                    &points_covering(entry, &committed_key, status_since),
-                    &points_covering(entry, &lag_key, status_since),
+                    &view.points_covering(&committed_key, status_since),
+                    &view.points_covering(&lag_key, status_since),
                     history.status_window,
                     g.members > 0,
                 ),
             });
         }
-        out.extend(Observation::new("group_rewinds", &gl, memo.rewinds as f64));
-        out.extend(Observation::new("group_lost_records", &gl, memo.lost_records as f64));
+        out.push("group_rewinds", &gl, memo.rewinds as f64);
+        out.push("group_lost_records", &gl, memo.lost_records as f64);
         if g.partitions.iter().any(|p| p.committed_offset.is_some()) {
             for (method, max) in max_lag {
                 if let Some(m) = max {
-                    out.extend(Observation::new("group_lag_seconds", &[gl[0], gl[1], ("method", method)], m));
+                    out.push("group_lag_seconds", &[gl[0], gl[1], ("method", method)], m);
                 }
             }
             if let Some(r) = group_rate {
-                out.extend(Observation::new("consume_rate", &gl, r));
+                out.push("consume_rate", &gl, r);
             }
             for (topic, r) in topic_rates {
                 if let Some(r) = r {
-                    out.extend(Observation::new("group_topic_consume_rate", &[gl[0], gl[1], ("topic", topic)], r));
+                    out.push("group_topic_consume_rate", &[gl[0], gl[1], ("topic", topic)], r);
                 }
             }
         }
         let status = window::group_status(statuses);
         for s in Status::ALL {
-            out.extend(Observation::new("group_status", &[gl[0], gl[1], ("status", s.as_str())], f64::from(u8::from(s == status))));
+            out.push("group_status", &[gl[0], gl[1], ("status", s.as_str())], f64::from(u8::from(s == status)));
         }
     }
 
@@ -341,8 +333,8 @@ pub fn derive(
     // The rate once per DLQ topic, however many pipelines it serves.
     let dlq_topics: std::collections::BTreeSet<&str> = snapshot.dlq.iter().map(|d| d.dlq_topic.as_str()).collect();
     for dlq in dlq_topics {
-        if let Some(r) = window::rate(&aligned_sum(entry, &dlq_keys(dlq), rate_since)) {
-            out.extend(Observation::new("dlq_rate", &[("cluster", c), ("dlq_topic", dlq)], r.per_second));
+        if let Some(r) = window::rate(&aligned_sum(view, &dlq_keys(dlq), rate_since)) {
+            out.push("dlq_rate", &[("cluster", c), ("dlq_topic", dlq)], r.per_second);
         }
     }
     // The ratio only where the DLQ is attributed to the group that writes it.
@@ -362,8 +354,8 @@ pub fn derive(
                 )
             })
             .collect();
-        let dlq_points = aligned_sum(entry, &dlq_keys, rate_since);
-        let consumed_points = aligned_sum(entry, &committed_keys, rate_since);
+        let dlq_points = aligned_sum(view, &dlq_keys, rate_since);
+        let consumed_points = aligned_sum(view, &committed_keys, rate_since);
         let common: std::collections::BTreeSet<SystemTime> = consumed_points.iter().map(|p| p.0).collect();
         let dlq_common: Vec<Point> = dlq_points.into_iter().filter(|p| common.contains(&p.0)).collect();
         let dlq_times: std::collections::BTreeSet<SystemTime> = dlq_common.iter().map(|p| p.0).collect();
@@ -371,7 +363,7 @@ pub fn derive(
         // Absent while the source is idle: a ratio over nothing is unknown, not 0 or ∞.
         if let (Some(failed), Some(consumed)) = (window::rate(&dlq_common), window::rate(&consumed_common)) {
             if consumed.per_second > 0.0 {
-                out.extend(Observation::new("dlq_ratio", &l, failed.per_second / consumed.per_second));
+                out.push("dlq_ratio", &l, failed.per_second / consumed.per_second);
             }
         }
     }
@@ -385,6 +377,7 @@ mod tests {
     use crate::config::HistoryConfig;
     use crate::sample::kafka_snapshot::{build_snapshot, ResolvedDlq};
     use crate::sample::kafka_admin::{GroupListing, GroupType};
+    use crate::signal::Observation;
     use crate::store::{SourceKind, Store};
 
     fn t(s: u64) -> SystemTime {
@@ -430,9 +423,10 @@ mod tests {
             }
             snap.groups[0].members = *members;
             snap.taken_at = t(*s);
-            store.record_success_with(SourceKind::Kafka, "c", t(*s), snap.to_sample(), |e| {
-                last = derive(e, &snap, t(*s), &history, &mut state);
-                last.clone()
+            store.record_success_with(SourceKind::Kafka, "c", t(*s), snap.to_sample(), &READS, |view| {
+                let derived = derive(view, &snap, t(*s), &history, &mut state);
+                last = derived.to_observations();
+                derived
             });
         }
         last

@@ -369,7 +369,7 @@ impl FlinkSnapshot {
 
     /// Both, as one source sample.
     pub fn to_sample(&self) -> SourceSample {
-        SourceSample { observations: self.observations(), targets: self.targets(), dlq_links: Vec::new() }
+        SourceSample { observations: self.observations(), targets: self.targets(), ..SourceSample::default() }
     }
 }
 

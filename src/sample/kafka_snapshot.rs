@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::kafka_admin::{AdminError, Committed, GroupDescription, GroupListing, GroupState, GroupType, TopicPartition};
-use crate::signal::{Observation, SourceSample, TargetInfo};
+use crate::signal::{Batch, Observation, SourceSample, TargetInfo};
 
 /// Bounded causes of partial errors (label values of the error counter).
 pub const PARTIAL_CAUSES: [&str; 7] =
@@ -176,66 +176,72 @@ impl KafkaSnapshot {
         *self.partial_causes.entry(cause).or_default() += 1;
     }
 
-    /// The raw signals of this sample. Unknown values produce no observation.
+    /// The raw signals of this sample, as owned observations (tests and tools; the
+    /// agent stores [`KafkaSnapshot::batch`]).
     pub fn observations(&self) -> Vec<Observation> {
+        self.batch().to_observations()
+    }
+
+    /// The raw signals of this sample, compact. Unknown values produce no observation.
+    pub fn batch(&self) -> Batch {
         let c = self.cluster.as_str();
-        let mut out = Vec::new();
-        out.extend(Observation::new("groups", &[("cluster", c)], self.groups.len() as f64));
-        out.extend(Observation::new("sampler_info", &[("cluster", c), ("path", self.sampler)], 1.0));
+        let mut out = Batch::new();
+        out.push("groups", &[("cluster", c)], self.groups.len() as f64);
+        out.push("sampler_info", &[("cluster", c), ("path", self.sampler)], 1.0);
         if let Some(n) = self.librdkafka_clients {
-            out.extend(Observation::new("librdkafka_clients", &[("cluster", c)], f64::from(n)));
+            out.push("librdkafka_clients", &[("cluster", c)], f64::from(n));
         }
         for (tp, o) in &self.partitions {
             let p = tp.partition.to_string();
             let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
             if let Some(v) = o.log_end_offset {
-                out.extend(Observation::new("log_end_offset", &l, v as f64));
+                out.push("log_end_offset", &l, v as f64);
             }
             if let Some(v) = o.log_start_offset {
-                out.extend(Observation::new("log_start_offset", &l, v as f64));
+                out.push("log_start_offset", &l, v as f64);
             }
             if let Some(v) = o.last_stable_offset {
-                out.extend(Observation::new("last_stable_offset", &l, v as f64));
+                out.push("last_stable_offset", &l, v as f64);
                 if let Some(end) = o.log_end_offset {
-                    out.extend(Observation::new("open_transaction_offsets", &l, (end - v).max(0) as f64));
+                    out.push("open_transaction_offsets", &l, (end - v).max(0) as f64);
                 }
             }
         }
         for g in &self.groups {
             let gl = [("cluster", c), ("group", g.group.as_str())];
             for st in GroupState::ALL {
-                out.extend(Observation::new("group_state", &[gl[0], gl[1], ("state", st.as_str())], f64::from(u8::from(st == g.state))));
+                out.push("group_state", &[gl[0], gl[1], ("state", st.as_str())], f64::from(u8::from(st == g.state)));
             }
-            out.extend(Observation::new("group_members", &gl, f64::from(g.members)));
-            out.extend(Observation::new("group_info", &[gl[0], gl[1], ("type", g.kind.as_str())], 1.0));
+            out.push("group_members", &gl, f64::from(g.members));
+            out.push("group_info", &[gl[0], gl[1], ("type", g.kind.as_str())], 1.0);
             if g.error.is_some() {
                 // This group's offsets are unknown this cycle: no lag series at all.
                 continue;
             }
-            out.extend(Observation::new("group_uncommitted_partitions", &gl, f64::from(g.uncommitted_partitions)));
+            out.push("group_uncommitted_partitions", &gl, f64::from(g.uncommitted_partitions));
             if let Some(v) = g.lag_offsets {
-                out.extend(Observation::new("group_lag_offsets", &gl, v as f64));
+                out.push("group_lag_offsets", &gl, v as f64);
             }
             for (topic, (sum, max)) in g.topic_lags() {
                 let l = [gl[0], gl[1], ("topic", topic)];
-                out.extend(Observation::new("group_topic_lag_offsets", &l, sum as f64));
-                out.extend(Observation::new("group_topic_max_lag_offsets", &l, max as f64));
+                out.push("group_topic_lag_offsets", &l, sum as f64);
+                out.push("group_topic_max_lag_offsets", &l, max as f64);
             }
             for p in &g.partitions {
                 let part = p.partition.to_string();
                 let l = [gl[0], gl[1], ("topic", p.topic.as_str()), ("partition", part.as_str())];
-                out.extend(Observation::new("has_committed_offset", &l, f64::from(u8::from(p.committed_offset.is_some()))));
+                out.push("has_committed_offset", &l, f64::from(u8::from(p.committed_offset.is_some())));
                 if let Some(v) = p.committed_offset {
-                    out.extend(Observation::new("committed_offset", &l, v as f64));
+                    out.push("committed_offset", &l, v as f64);
                 }
                 if let Some(v) = p.lag_offsets {
-                    out.extend(Observation::new("lag_offsets", &l, v as f64));
+                    out.push("lag_offsets", &l, v as f64);
                 }
                 if let Some(v) = p.out_of_range {
-                    out.extend(Observation::new("offsets_out_of_range", &l, f64::from(u8::from(v))));
+                    out.push("offsets_out_of_range", &l, f64::from(u8::from(v)));
                 }
                 if let Some(v) = p.lost_records {
-                    out.extend(Observation::new("lost_records", &l, v as f64));
+                    out.push("lost_records", &l, v as f64);
                 }
             }
         }
@@ -288,7 +294,7 @@ impl KafkaSnapshot {
 
     /// Both, as one source sample.
     pub fn to_sample(&self) -> SourceSample {
-        SourceSample { observations: self.observations(), targets: self.targets(), dlq_links: Vec::new() }
+        SourceSample { batch: self.batch(), targets: self.targets(), ..SourceSample::default() }
     }
 }
 

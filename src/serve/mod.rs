@@ -185,7 +185,7 @@ mod tests {
                 Observation::new("lag_offsets", &[("cluster", "local"), ("group", "other")], 3.0).unwrap(),
             ],
             targets: vec![TargetInfo { kind: "kafka_group", name: "billing".into(), health: "ok", detail: serde_json::json!({}) }],
-            dlq_links: Vec::new(),
+            ..SourceSample::default()
         };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
         let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
