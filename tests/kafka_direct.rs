@@ -12,22 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use streamguard::config::ClusterConfig;
 use streamguard::sample::kafka::{KafkaSampler, KafkaSnapshot};
-
-/// Commits `offsets[p]` for partition `p` as a non-member (the group stays Empty).
-fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).set("enable.auto.commit", "false").create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).unwrap();
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-}
 
 /// The cluster config of `sampler` for groups matching `regex`, through the real loader.
 fn cluster(bootstrap: &str, sampler: &str, regex: &str, extra: &str) -> ClusterConfig {

@@ -13,19 +13,8 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use streamguard::sample::kafka::{KafkaSampler, KafkaSnapshot};
-
-fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).set("enable.auto.commit", "false").create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).unwrap();
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-}
 
 /// Threads librdkafka started in process `pid` (it names them `rdk:main`,
 /// `rdk:broker…`, `rdk:bg`).

@@ -17,9 +17,6 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use streamguard::config::ClusterConfig;
 use streamguard::sample::kafka::{KafkaSampler, KafkaSnapshot};
 
@@ -27,16 +24,6 @@ fn var(k: &str) -> String {
     let v = std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run through scripts/test (or eval \"$(stack/env)\" after stack/up kafka)"));
     assert!(!v.is_empty(), "{k} is empty: stack/up kafka first");
     v
-}
-
-fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).set("enable.auto.commit", "false").create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).unwrap();
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
 }
 
 fn cluster(bootstrap: &str, sampler: &str, regex: &str, props: &str) -> Result<ClusterConfig, String> {

@@ -84,6 +84,19 @@ pub fn produce(bootstrap: &str, topic: &str, counts: &[usize], timestamp_ms: Opt
 /// A real consumer of `group` that reads exactly `counts[p]` records from each partition
 /// (by assignment, so the group stays Empty) and commits what it read. Returns the
 /// committed offsets.
+/// Commits `(partition, offset)` pairs for `group` as a non-member (the group stays
+/// Empty).
+pub fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).set("enable.auto.commit", "false").create().expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o)).unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+}
+
 pub fn consume_and_commit(bootstrap: &str, group: &str, topic: &str, counts: &[usize]) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
