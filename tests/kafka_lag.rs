@@ -108,11 +108,22 @@ fn group_state_follows_membership(protocol: &str) {
     assert_eq!(m.get("streamguard_kafka_partition_has_committed_offset", &[("group", g), ("partition", "0")]), Some(0.0));
 
     member.leave();
-    wait_until(Duration::from_secs(60), "group Empty after the member left", || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let m = agent.metrics();
-        m.get("streamguard_kafka_group_state", &[("group", g), ("state", "Empty")]) == Some(1.0)
+        if m.get("streamguard_kafka_group_state", &[("group", g), ("state", "Empty")]) == Some(1.0)
             && m.get("streamguard_kafka_group_members", &[("group", g)]) == Some(0.0)
-    });
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            // Say what the agent showed instead (the group's lines, its sample health, its log).
+            let lines: Vec<&str> = m.text.lines().filter(|l| l.contains(g) || l.starts_with("streamguard_sample_errors_total") || l.starts_with("streamguard_source_up")).collect();
+            let (_, targets) = agent.get("/api/v1/targets");
+            panic!("group not Empty with 0 members 60 s after the member left:\n{}\ntargets: {targets}\nagent log:\n{}", lines.join("\n"), agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -81,9 +81,6 @@ pub fn produce(bootstrap: &str, topic: &str, counts: &[usize], timestamp_ms: Opt
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
-/// A real consumer of `group` that reads exactly `counts[p]` records from each partition
-/// (by assignment, so the group stays Empty) and commits what it read. Returns the
-/// committed offsets.
 /// Commits `(partition, offset)` pairs for `group` as a non-member (the group stays
 /// Empty).
 pub fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
@@ -97,6 +94,9 @@ pub fn commit_offsets(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32
     consumer.commit(&tpl, CommitMode::Sync).expect("commit");
 }
 
+/// A real consumer of `group` that reads exactly `counts[p]` records from each partition
+/// (by assignment, so the group stays Empty) and commits what it read. Returns the
+/// committed offsets.
 pub fn consume_and_commit(bootstrap: &str, group: &str, topic: &str, counts: &[usize]) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
