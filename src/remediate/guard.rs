@@ -196,16 +196,16 @@ fn fmt(d: Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rules::eval::AlertState;
     use crate::rules::file::runbook::Guards;
 
-    fn t(s: u64) -> SystemTime {
+    pub(crate) fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
     }
 
-    fn labels(c: &str) -> Labels {
+    pub(crate) fn labels(c: &str) -> Labels {
         [("connect".to_string(), "local".to_string()), ("connector".to_string(), c.to_string())].into()
     }
 

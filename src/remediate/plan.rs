@@ -133,13 +133,7 @@ mod tests {
     use crate::rules::verdict::VerdictKind;
     use std::time::Duration;
 
-    fn t(s: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
-    }
-
-    fn labels(c: &str) -> Labels {
-        [("connect".to_string(), "local".to_string()), ("connector".to_string(), c.to_string())].into()
-    }
+    use crate::remediate::guard::tests::{labels, t};
 
     fn runbook() -> Runbook {
         Runbook {
