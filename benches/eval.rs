@@ -85,5 +85,5 @@ fn main() {
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1])
     );
-    println!("instances tracked: {}", engine.instances.len());
+    println!("instances tracked: {}", engine.all_instances().count());
 }

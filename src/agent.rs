@@ -307,6 +307,9 @@ impl Source {
                 let size = serde_json::to_value(derive.size()).unwrap_or_default();
                 store.annotate_target(kind, name, "kafka_cluster", "derive_state", size);
                 let partial = PartialErrors { causes: snapshot.partial_causes.clone(), first: snapshot.partial_errors.first().cloned() };
+                // The snapshot and the derivation's scratch are freed: give them back.
+                drop(snapshot);
+                crate::heap::trim();
                 return Ok(Cycle::Sampled { series: n, partial });
             }
             Source::Connect(s) => timed(hard_timeout, s.sample(SystemTime::now())).await?,

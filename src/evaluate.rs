@@ -169,17 +169,29 @@ impl Rules {
         *self.verdict_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
+    fn has_verdict_sink(&self) -> bool {
+        self.verdict_sink.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     fn send_verdicts(&self, verdicts: Vec<Verdict>) {
         let sink = self.verdict_sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(sink) = sink else { return };
+        // One log line per evaluation, not per verdict: a mass incident can drop thousands.
+        let (mut dropped, mut first) = (0u64, None);
         for v in verdicts {
             if let Err(e) = sink.try_send(v) {
                 self.verdicts_dropped.inc();
-                let v = match &e {
-                    tokio::sync::mpsc::error::TrySendError::Full(v) | tokio::sync::mpsc::error::TrySendError::Closed(v) => v,
-                };
-                tracing::error!(rule = %v.rule, to = v.to.as_str(), "remediation verdict dropped: its queue is full or closed");
+                dropped += 1;
+                if first.is_none() {
+                    let v = match e {
+                        tokio::sync::mpsc::error::TrySendError::Full(v) | tokio::sync::mpsc::error::TrySendError::Closed(v) => v,
+                    };
+                    first = Some((v.rule, v.to));
+                }
             }
+        }
+        if let Some((rule, to)) = first {
+            tracing::error!(dropped, first_rule = %rule, to = to.as_str(), "remediation verdicts dropped: their queue is full or closed");
         }
     }
 
@@ -393,21 +405,25 @@ impl Rules {
             let t = engine.eval_alerts(&alerts, &data, now, &opts);
             let truths: Vec<_> = t
                 .iter()
-                .map(|t| engine.instances.get(&(t.file.clone(), t.rule.clone(), t.labels.clone())).map_or(crate::rules::expr::Truth::Unknown, |i| i.truth))
+                .map(|t| engine.instance(&t.file, &t.rule, &t.labels).map_or(crate::rules::expr::Truth::Unknown, |i| i.truth))
                 .collect();
             let s = engine.rule_statuses(&alerts, now, &opts);
             let slo = engine.eval_slos(&slos, &data, now, &opts);
             (t, truths, s, slo, journal_entries(&slos, &engine.events, now))
         };
         self.journal(&journal);
-        let mut verdicts: Vec<Verdict> = transitions
-            .iter()
-            .zip(&truths)
-            .filter_map(|(t, truth)| {
-                let rule = alerts.iter().find(|r| r.name == t.rule)?;
-                Some(verdict::alert_verdict(t, &rule.condition, *truth, &rule.runbooks, &data, now))
-            })
-            .collect();
+        // Verdicts only for a sink (built for nothing otherwise: at scale a mass incident
+        // is tens of thousands of transitions); each rule's evidence is indexed once.
+        let mut verdicts: Vec<Verdict> = Vec::new();
+        if self.has_verdict_sink() {
+            let mut indexes: HashMap<&str, (&file::AlertRule, verdict::EvidenceIndex<'_>)> = HashMap::new();
+            for (t, truth) in transitions.iter().zip(&truths) {
+                let Some(rule) = alerts.iter().find(|r| r.name == t.rule) else { continue };
+                let (rule, index) = indexes.entry(rule.name.as_str()).or_insert_with(|| (rule, verdict::EvidenceIndex::new(&rule.condition, &data, now)));
+                verdicts.push(verdict::alert_verdict_indexed(t, *truth, &rule.runbooks, index, now));
+            }
+        }
+        // Burn verdicts update the firing memory whether or not anyone listens.
         verdicts.extend(self.burn_verdicts(&slos, &slo_statuses, &data, now));
         self.send_verdicts(verdicts);
         for t in &transitions {
@@ -602,7 +618,20 @@ pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Vec<HistoryNeed>> {
 /// those signals, whatever the selectors' matchers: the executor's `fresh_data` guard
 /// looks a runbook's target up in it.
 pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
-    dataset_of(store, &read_values(set), false, now)
+    dataset_of(store, &read_values(set), false, None, now)
+}
+
+/// [`dataset`] cut to the series that carry every label of `target` with its value: all
+/// the `fresh_data` guard looks at. One target's series, not a copy of every series of
+/// every signal the rules read (a million at 20,000 groups) per remediation decision.
+pub fn target_dataset(store: &Store, set: &RuleSet, target: &crate::signal::Labels, now: SystemTime) -> Dataset {
+    dataset_of(store, &read_values(set), false, Some(target), now)
+}
+
+/// The series `conds` read (as [`dataset_for`]): enough to evaluate them.
+pub fn conds_dataset<'c>(store: &Store, conds: impl IntoIterator<Item = &'c crate::rules::expr::Cond>, now: SystemTime) -> Dataset {
+    let values: Vec<_> = conds.into_iter().flat_map(|c| c.values().into_iter().map(|(v, _, _)| v)).collect();
+    dataset_for(store, &values, now)
 }
 
 /// What one rule file reads: its alerts' conditions and its SLOs' indicators (the
@@ -627,12 +656,12 @@ fn file_values<'a>(alerts: &'a [file::AlertRule], slos: &'a [SloSpec]) -> Vec<&'
 /// only leaves out series no selector could use: at 20,000 groups a rule about one
 /// group no longer copies the labels of a million series.
 pub fn dataset_for(store: &Store, values: &[&crate::rules::expr::ValueExpr], now: SystemTime) -> Dataset {
-    dataset_of(store, values, true, now)
+    dataset_of(store, values, true, None, now)
 }
 
 /// The series of the signals `values` read; with `by_matchers`, only those some
-/// selector's matchers pick.
-fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_matchers: bool, now: SystemTime) -> Dataset {
+/// selector's matchers pick; with a `target`, only those carrying its labels.
+fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_matchers: bool, target: Option<&crate::signal::Labels>, now: SystemTime) -> Dataset {
     type Matchers<'v> = Option<Vec<&'v [crate::rules::expr::Matcher]>>;
     // Signal -> (longest window, matcher sets; None: every series).
     let mut wanted: HashMap<&str, (Duration, Matchers<'_>), foldhash::fast::RandomState> = HashMap::default();
@@ -658,7 +687,7 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
             let source = data.add_source(&source_name, source_fresh);
             for series in e.iter() {
                 let Some((window, sets)) = wanted.get(series.signal()) else { continue };
-                if !picks(&series, sets) {
+                if !picks(&series, sets) || target.is_some_and(|t| t.iter().any(|(k, v)| series.label(k) != Some(v.as_str()))) {
                     continue;
                 }
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -893,7 +922,7 @@ spec:
         // And the rule still fires on it.
         rules.eval_group(&dir.path().join("one.yaml"), &store, now);
         rules.eval_group(&dir.path().join("one.yaml"), &store, now + Duration::from_secs(1));
-        let firing = rules.engine.lock().unwrap().instances.values().filter(|i| i.state == AlertState::Firing).count();
+        let firing = rules.engine.lock().unwrap().all_instances().filter(|(_, _, i)| i.state == AlertState::Firing).count();
         assert_eq!(firing, 1);
     }
 

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod derive;
 pub mod evaluate;
+pub mod heap;
 pub mod limits;
 pub mod record;
 pub mod remediate;

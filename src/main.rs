@@ -171,6 +171,7 @@ enum ExportFormat {
 }
 
 fn main() -> ExitCode {
+    streamguard::heap::configure();
     let cli = Cli::parse();
     // `lag` prints its table on stdout and one cause per failed cluster on stderr; the
     // client library's own lines (the same failure, retold) would only interleave there.

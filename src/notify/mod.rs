@@ -266,6 +266,7 @@ mod tests {
             runbooks: Vec::new(),
             unknown: false,
             instances,
+            quiet: 0,
         }
     }
 

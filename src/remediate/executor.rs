@@ -299,11 +299,17 @@ impl Remediation {
         let Some(rb) = set.runbook_specs.get(name).cloned() else { return };
         let _held = self.plan_lock.lock().await;
         let now = SystemTime::now();
-        let pre = match guard::target(&rb, &v.labels) {
-            Ok(t) if v.fresh => self.preconditions(&rb, &t, now),
-            _ => Vec::new(),
-        };
-        let p = plan::plan(Trigger::Verdict(v), &rb, &self.guard_state(), &pre, rb.mode.unwrap_or(self.default_mode), now);
+        // The guards that read no data first: preconditions read the store, so they are
+        // evaluated only when nothing else blocks (in a mass incident thousands of
+        // instances fire together and the rate and concurrency guards block most).
+        let (state, mode) = (self.guard_state(), rb.mode.unwrap_or(self.default_mode));
+        let mut p = plan::plan(Trigger::Verdict(v), &rb, &state, &[], mode, now);
+        if p.decision == Decision::Run {
+            if let Some(t) = &p.target {
+                let pre = self.preconditions(&rb, t, now);
+                p = plan::plan(Trigger::Verdict(v), &rb, &state, &pre, mode, now);
+            }
+        }
         self.start(p, rb, Some(v.clone())).await;
     }
 
@@ -372,9 +378,12 @@ impl Remediation {
 
     /// The target's data is fresh, and every precondition holds on it.
     fn preconditions(&self, rb: &Runbook, target: &Labels, now: SystemTime) -> Vec<GuardOutcome> {
-        let data = crate::evaluate::dataset(&self.store, &self.rules.set(), now);
-        let mut out = vec![guard::fresh_data(target, &data)];
-        out.extend(guard::preconditions(rb, target, &data, now, &self.eval_options()));
+        let set = self.rules.set();
+        let mut out = vec![guard::fresh_data(target, &crate::evaluate::target_dataset(&self.store, &set, target, now))];
+        if !rb.guards.preconditions.is_empty() {
+            let data = crate::evaluate::conds_dataset(&self.store, rb.guards.preconditions.iter().map(|c| &c.cond), now);
+            out.extend(guard::preconditions(rb, target, &data, now, &self.eval_options()));
+        }
         out
     }
 

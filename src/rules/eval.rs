@@ -16,7 +16,7 @@
 //!   keeps its pending timers and firing state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -242,12 +242,21 @@ impl Default for EngineOptions {
     }
 }
 
-type Key = (PathBuf, String, Labels);
+/// A rule: its file and name.
+type RuleKey = (PathBuf, String);
 
 /// All evaluation state that survives from one tick (and one reload) to the next.
 #[derive(Debug, Default)]
 pub struct Engine {
-    pub instances: BTreeMap<Key, Instance>,
+    /// Every instance with something to remember: pending, firing, resolved, unknown, or
+    /// absent. A quiet one (inactive, its condition false) is only counted, in `quiet`:
+    /// it would be recreated exactly as it was by its next evaluation, and at scale there
+    /// are hundreds of thousands of them (a rule per partition of 20,000 groups).
+    /// By rule, then by labels (a lookup compares labels only, not the file's path and
+    /// the rule's name first: at 200,000 instances those comparisons were most of it).
+    pub instances: BTreeMap<RuleKey, BTreeMap<Labels, Instance>>,
+    /// Quiet instances per rule at its latest evaluation.
+    quiet: HashMap<RuleKey, usize>,
     /// SLO events by SLO name.
     pub events: HashMap<String, Events>,
     /// Last evaluation time per SLO (the slice length of the next one).
@@ -267,7 +276,10 @@ pub struct RuleStatus {
     pub runbooks: Vec<String>,
     /// Unknown for longer than `unknown_after`: the rule cannot be trusted.
     pub unknown: bool,
+    /// Every instance but the quiet ones (as Prometheus lists only active alerts).
     pub instances: Vec<(Labels, Instance)>,
+    /// Instances inactive with a false condition: counted, not listed.
+    pub quiet: usize,
 }
 
 impl Engine {
@@ -284,43 +296,73 @@ impl Engine {
         let timing = Timing { for_: rule.for_, keep_firing_for: rule.keep_firing_for, unknown_after: opts.unknown_after };
         let results = expr::eval(&rule.condition, data, now, &opts.eval);
         let mut out = Vec::new();
-        let mut transition = |key: &Key, from: AlertState, inst: &Instance| {
+        let mut transition = |labels: &Labels, from: AlertState, inst: &Instance| {
             if from != inst.state {
                 let stale = inst.state == AlertState::Resolved && inst.resolved_stale;
-                out.push(Transition { file: key.0.clone(), rule: key.1.clone(), labels: key.2.clone(), from, to: inst.state, value: inst.value, stale });
+                out.push(Transition { file: rule.file.clone(), rule: rule.name.clone(), labels: labels.clone(), from, to: inst.state, value: inst.value, stale });
             }
         };
+        let rule_key = (rule.file.clone(), rule.name.clone());
+        let instances = self.instances.entry(rule_key.clone()).or_default();
+        let mut quiet = 0;
         for (labels, v) in &results {
-            let key = (rule.file.clone(), rule.name.clone(), labels.clone());
-            let inst = self.instances.entry(key.clone()).or_default();
+            // A quiet instance (inactive, false) is not kept: only a new one is built
+            // aside, and kept if it has something to remember.
+            let mut fresh_one = None;
+            let inst = match instances.get_mut(labels) {
+                Some(inst) => inst,
+                None => fresh_one.insert(Instance::default()),
+            };
             let from = inst.state;
             inst.absent_since = None;
             inst.set_sources(v.sources, data);
             step(inst, v.truth, v.value, now, timing);
-            transition(&key, from, inst);
+            transition(labels, from, inst);
+            let is_quiet = inst.state == AlertState::Inactive && inst.truth == Truth::False;
+            match (fresh_one, is_quiet) {
+                (Some(_), true) => {}
+                (Some(inst), false) => {
+                    instances.insert(labels.clone(), inst);
+                }
+                (None, true) => {
+                    instances.remove(labels);
+                }
+                (None, false) => {}
+            }
+            quiet += usize::from(is_quiet);
         }
         // Instances whose series are absent: gone (false) if their sources are fresh,
         // unknown if not.
-        let absent: Vec<Key> = self
-            .instances
-            .range((rule.file.clone(), rule.name.clone(), Labels::new())..)
-            .take_while(|(k, _)| k.0 == rule.file && k.1 == rule.name)
-            .filter(|(k, _)| !results.contains_key(&k.2))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in absent {
-            let Some(inst) = self.instances.get_mut(&key) else { continue };
+        let mut forget = Vec::new();
+        for (labels, inst) in instances.iter_mut().filter(|(l, _)| !results.contains_key(*l)) {
             let from = inst.state;
             inst.absent_since.get_or_insert(now);
             let truth = inst.absent_truth(data);
             step(inst, truth, None, now, timing);
-            transition(&key, from, inst);
+            transition(labels, from, inst);
             let quiet = matches!(inst.state, AlertState::Inactive | AlertState::Resolved);
             if quiet && elapsed(now, inst.absent_since) >= opts.forget_after {
-                self.instances.remove(&key);
+                forget.push(labels.clone());
             }
         }
+        for labels in forget {
+            instances.remove(&labels);
+        }
+        if instances.is_empty() {
+            self.instances.remove(&rule_key);
+        }
+        self.quiet.insert(rule_key, quiet);
         out
+    }
+
+    /// The instance of rule `name` of `file` for `labels`, if it is kept.
+    pub fn instance(&self, file: &Path, name: &str, labels: &Labels) -> Option<&Instance> {
+        self.instances.get(&(file.to_path_buf(), name.to_string()))?.get(labels)
+    }
+
+    /// Every kept instance: (file, rule name), labels, instance.
+    pub fn all_instances(&self) -> impl Iterator<Item = (&(PathBuf, String), &Labels, &Instance)> {
+        self.instances.iter().flat_map(|(k, m)| m.iter().map(move |(l, i)| (k, l, i)))
     }
 
     /// Status of every rule (for the API and metrics).
@@ -328,15 +370,14 @@ impl Engine {
         rules
             .iter()
             .map(|rule| {
-                let instances: Vec<(Labels, Instance)> = self
-                    .instances
-                    .range((rule.file.clone(), rule.name.clone(), Labels::new())..)
-                    .take_while(|(k, _)| k.0 == rule.file && k.1 == rule.name)
-                    .map(|(k, v)| (k.2.clone(), v.clone()))
-                    .collect();
+                let key = (rule.file.clone(), rule.name.clone());
+                let instances: Vec<(Labels, Instance)> =
+                    self.instances.get(&key).into_iter().flatten().map(|(l, i)| (l.clone(), i.clone())).collect();
                 // The rule is unknown when every instance has been unknown long enough
                 // (or it has none at all, which only happens when nothing matched).
-                let unknown = !instances.is_empty()
+                let quiet = self.quiet.get(&key).copied().unwrap_or(0);
+                let unknown = quiet == 0
+                    && !instances.is_empty()
                     && instances.iter().all(|(_, i)| i.truth == Truth::Unknown && elapsed(now, i.unknown_since) >= opts.unknown_after);
                 RuleStatus {
                     file: rule.file.clone(),
@@ -349,6 +390,7 @@ impl Engine {
                     runbooks: rule.runbooks.clone(),
                     unknown,
                     instances,
+                    quiet,
                 }
             })
             .collect()
@@ -378,6 +420,7 @@ impl Engine {
     /// (after a reload); everything else carries over.
     pub fn retain(&mut self, set: &RuleSet) {
         self.instances.retain(|k, _| set.alerts.iter().any(|r| r.file == k.0 && r.name == k.1));
+        self.quiet.retain(|k, _| set.alerts.iter().any(|r| r.file == k.0 && r.name == k.1));
         self.events.retain(|k, _| set.slos.iter().any(|s| &s.name == k));
         self.last_slo_eval.retain(|k, _| set.slos.iter().any(|s| &s.name == k));
     }
@@ -507,16 +550,58 @@ mod tests {
     /// Runs `rule` over one dataset per 10 s step; the state of group `g` after each.
     fn states(rule: &AlertRule, steps: &[Dataset]) -> (Engine, Vec<Option<AlertState>>) {
         let mut e = Engine::default();
-        let key = (rule.file.clone(), rule.name.clone(), Labels::from([("group".to_string(), "g".to_string())]));
+        let g = Labels::from([("group".to_string(), "g".to_string())]);
         let out = steps
             .iter()
             .enumerate()
             .map(|(k, d)| {
                 e.eval_alerts(std::slice::from_ref(rule), d, t(k as u64 * 10), &opts());
-                e.instances.get(&key).map(|i| i.state)
+                e.instance(&rule.file, &rule.name, &g).map(|i| i.state)
             })
             .collect();
         (e, out)
+    }
+
+    #[test]
+    fn a_quiet_instance_is_counted_not_kept_and_still_keeps_the_rule_from_being_unknown() {
+        // 1,000 groups under the threshold, one over it, one from a stale source.
+        let r = rule("max by (group) (lag) > 150", 0);
+        let mut d = Dataset::default();
+        let (fresh, stale) = (Some(d.add_source("kafka/a", true)), Some(d.add_source("kafka/b", false)));
+        let mut push = |g: String, v: f64, fresh: bool, source| {
+            let s = expr::SeriesData { labels: [("group".to_string(), g)].into(), fresh, points: vec![(t(0), v)], source };
+            d.by_signal.entry("lag".into()).or_default().push(s);
+        };
+        for g in 0..1000 {
+            push(format!("q{g}"), 100.0, true, fresh);
+        }
+        push("hot".into(), 200.0, true, fresh);
+        push("dark".into(), 200.0, false, stale);
+        let mut e = Engine::default();
+        for k in 0..10 {
+            e.eval_alerts(std::slice::from_ref(&r), &d, t(k * 10), &opts());
+        }
+        let kept: Vec<&str> = e.all_instances().map(|(_, l, _)| l["group"].as_str()).collect();
+        assert_eq!(kept, ["dark", "hot"], "only instances with something to remember are kept");
+        let status = e.rule_statuses(std::slice::from_ref(&r), t(90), &opts()).remove(0);
+        assert_eq!(status.quiet, 1000);
+        assert!(!status.unknown, "a rule with known instances is not unknown, kept or not");
+        // Every group under the threshold but the stale one: still not unknown, as before.
+        let mut only_dark = d.clone();
+        only_dark.by_signal.get_mut("lag").unwrap().retain(|s| s.labels["group"] != "hot");
+        for k in 10..20 {
+            e.eval_alerts(std::slice::from_ref(&r), &only_dark, t(k * 10), &opts());
+        }
+        let status = e.rule_statuses(std::slice::from_ref(&r), t(190), &opts()).remove(0);
+        assert!(!status.unknown && status.quiet == 1000, "{status:?}");
+        // Only the stale group, from the start: the rule is unknown.
+        only_dark.by_signal.get_mut("lag").unwrap().retain(|s| s.labels["group"] == "dark");
+        let mut e = Engine::default();
+        for k in 0..10 {
+            e.eval_alerts(std::slice::from_ref(&r), &only_dark, t(k * 10), &opts());
+        }
+        let status = e.rule_statuses(std::slice::from_ref(&r), t(90), &opts()).remove(0);
+        assert!(status.unknown && status.quiet == 0, "{status:?}");
     }
 
     #[test]

@@ -836,6 +836,9 @@ fn aggregate(agg: Agg, values: &[Option<f64>]) -> Option<f64> {
     })
 }
 
+/// The values of one `by` group's series, and their sources.
+type Members = (Vec<Option<f64>>, SourceSet);
+
 /// Values of a value expression: one entry per series (or per `by` group).
 pub fn eval_value(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(Labels, Option<f64>)> {
     eval_value_sourced(expr, data, now, opts).into_iter().map(|(l, v, _)| (l, v)).collect()
@@ -853,13 +856,28 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
     match &expr.agg {
         None => selected.map(|s| (s.labels.clone(), series_value(expr, s, now, opts), SourceSet::of(s.source))).collect(),
         Some((agg, by)) => {
-            let mut groups: BTreeMap<Labels, (Vec<Option<f64>>, SourceSet)> = BTreeMap::new();
+            // Grouped by the series' own `by` values (borrowed, hashed): the group's labels
+            // are built once per group, not once per series, and never compared.
+            let mut index: HashMap<Vec<Option<&str>>, usize> = HashMap::new();
+            let mut members: Vec<Members> = Vec::new();
+            let mut keys: Vec<Vec<Option<&str>>> = Vec::new();
             for s in selected {
-                let key: Labels = by.iter().filter_map(|l| s.labels.get(l).map(|v| (l.clone(), v.clone()))).collect();
-                let g = groups.entry(key).or_default();
+                let key: Vec<Option<&str>> = by.iter().map(|l| s.labels.get(l).map(String::as_str)).collect();
+                let i = *index.entry(key).or_insert_with_key(|k| {
+                    keys.push(k.clone());
+                    members.push(Default::default());
+                    members.len() - 1
+                });
+                let g = &mut members[i];
                 g.0.push(series_value(expr, s, now, opts));
                 g.1 = g.1.union(SourceSet::of(s.source));
             }
+            let mut groups: Vec<(Labels, Members)> = keys
+                .into_iter()
+                .zip(members)
+                .map(|(k, m)| (by.iter().zip(k).filter_map(|(l, v)| Some((l.clone(), v?.to_string()))).collect(), m))
+                .collect();
+            groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             if groups.is_empty() && by.is_empty() {
                 let sources = matched.iter().fold(SourceSet::default(), |a, s| a.union(SourceSet::of(s.source)));
                 return match (agg, matched.is_empty()) {

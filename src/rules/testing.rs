@@ -597,10 +597,9 @@ fn at(interval: Duration, i: usize) -> Option<SystemTime> {
 fn check_alert(a: &AlertTest, engine: &Engine, set: &RuleSet) -> Result<(), String> {
     let rule = set.alerts.iter().find(|r| r.name == a.alertname).ok_or_else(|| format!("no alert rule named {:?}", a.alertname))?;
     let mut actual: Vec<(Labels, String)> = engine
-        .instances
-        .iter()
-        .filter(|(k, i)| k.0 == rule.file && k.1 == rule.name && matches!(i.state, AlertState::Pending | AlertState::Firing))
-        .map(|(k, i)| (k.2.clone(), i.state.as_str().to_string()))
+        .all_instances()
+        .filter(|(k, _, i)| k.0 == rule.file && k.1 == rule.name && matches!(i.state, AlertState::Pending | AlertState::Firing))
+        .map(|(_, l, i)| (l.clone(), i.state.as_str().to_string()))
         .collect();
     let mut expected: Vec<(Labels, String)> =
         a.exp_alerts.iter().map(|e| (e.exp_labels.clone(), e.exp_state.clone().unwrap_or_else(|| "firing".into()))).collect();

@@ -188,7 +188,7 @@ fn rules_json(s: &AppState) -> serde_json::Value {
             serde_json::json!({
                 "file": r.file, "name": r.name, "condition": r.condition, "for_seconds": r.for_seconds,
                 "keep_firing_for_seconds": r.keep_firing_for_seconds, "labels": r.labels, "annotations": r.annotations,
-                "runbooks": r.runbooks, "unknown": r.unknown, "instances": instances,
+                "runbooks": r.runbooks, "unknown": r.unknown, "instances": instances, "quiet_instances": r.quiet,
             })
         })
         .collect();

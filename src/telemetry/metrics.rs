@@ -510,7 +510,8 @@ impl Collector for RulesCollector {
         for r in statuses {
             let base = vec![("file", r.file.display().to_string()), ("rule", r.name.clone())];
             for state in AlertState::ALL {
-                let n = r.instances.iter().filter(|(_, i)| i.state == state).count();
+                let quiet = if state == AlertState::Inactive { r.quiet } else { 0 };
+                let n = r.instances.iter().filter(|(_, i)| i.state == state).count() + quiet;
                 let mut l = base.clone();
                 l.push(("state", state.as_str().to_string()));
                 alerts.push((l, n as i64));

@@ -251,7 +251,7 @@ impl Remediation {
         let deadline = Instant::now() + d.deadline;
         loop {
             let now = SystemTime::now();
-            let data = crate::evaluate::dataset(&self.store, &self.rules.set(), now);
+            let data = crate::evaluate::conds_dataset(&self.store, [&d.condition.cond], now);
             let (truth, value) = guard::truth_for(&d.condition.cond, target, &data, now, &self.eval_options());
             if truth == Truth::True {
                 return Ok(format!("{} is true (value {})", d.condition.text, value.map_or("unknown".into(), |v| v.to_string())));
