@@ -615,8 +615,8 @@ pub fn history_windows(set: &RuleSet) -> BTreeMap<String, Vec<HistoryNeed>> {
 
 /// Builds the evaluator's view of the store: every series of every signal the rules
 /// name, with its quality and the history the longest window needs. Every series of
-/// those signals, whatever the selectors' matchers: the executor's `fresh_data` guard
-/// looks a runbook's target up in it.
+/// those signals, whatever the selectors' matchers (replay reads it whole; the executor
+/// takes only a target's part, [`target_dataset`]).
 pub fn dataset(store: &Store, set: &RuleSet, now: SystemTime) -> Dataset {
     dataset_of(store, &read_values(set), false, None, now)
 }

@@ -174,7 +174,13 @@ fn many_groups_are_fetched_in_a_few_batched_requests_not_one_per_group() {
     assert_eq!(m.get("FindCoordinator"), Some(&1), "{m:?}");
     assert_eq!(m.get("Metadata"), n.get("Metadata"), "{m:?}");
     assert_eq!(m.get("OffsetFetch"), Some(&2), "{m:?}");
-    assert_eq!(m.get("ApiVersions"), n.get("ApiVersions"), "connections are reused: {m:?}");
+    // Connections are reused. A pool opens one only when none is idle, so the second
+    // sample may add up to two, when its three ListOffsets overlap more than the first
+    // sample's did (a fresh-clone CI run under load saw one more); without reuse each
+    // of its five requests would open its own.
+    let versions = |c: &std::collections::BTreeMap<&'static str, u64>| c.get("ApiVersions").copied().unwrap_or(0);
+    let opened = versions(&m) - versions(&n);
+    assert!(opened <= 2, "connections are reused: {opened} opened by the second sample: {n:?} then {m:?}");
 }
 
 #[test]
