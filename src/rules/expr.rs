@@ -857,7 +857,8 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
         None => selected.map(|s| (s.labels.clone(), series_value(expr, s, now, opts), SourceSet::of(s.source))).collect(),
         Some((agg, by)) => {
             // Grouped by the series' own `by` values (borrowed, hashed): the group's labels
-            // are built once per group, not once per series, and never compared.
+            // are built once per group, not once per series, and compared only by the one
+            // sort that puts the groups in label order.
             let mut index: HashMap<Vec<Option<&str>>, usize> = HashMap::new();
             let mut members: Vec<Members> = Vec::new();
             let mut keys: Vec<Vec<Option<&str>>> = Vec::new();
