@@ -106,6 +106,15 @@ impl Polled {
     }
 }
 
+/// A cluster sampled by the direct client, watching the groups named `<prefix>-…`.
+fn direct_cluster(b: &str, prefix: &str) -> streamguard::config::ClusterConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[[clusters]]\nname = \"local\"\nbootstrap_servers = \"{b}\"\nsampler = \"direct\"\nprobe_budget = 0\nsample_timeout = \"10s\"\nsample_interval = \"10s\"\n[clusters.groups]\ninclude = [\"^{prefix}-\"]\n"
+    );
+    streamguard::config::load(&write_config(dir.path(), &body)).unwrap().clusters.remove(0)
+}
+
 fn group_of<'a>(s: &'a KafkaSnapshot, g: &str) -> &'a streamguard::sample::kafka::GroupLag {
     s.groups.iter().find(|x| x.group == g).unwrap_or_else(|| panic!("{g} missing from {:?}", s.groups))
 }
@@ -122,11 +131,7 @@ fn an_unchanged_group_is_not_described_again_and_a_membership_change_reaches_the
     let group = format!("{prefix}-g");
     create_topic(&b, &topic, 4);
     produce(&b, &topic, &[3, 3, 3, 3], None);
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "[[clusters]]\nname = \"local\"\nbootstrap_servers = \"{b}\"\nsampler = \"direct\"\nprobe_budget = 0\nsample_timeout = \"10s\"\nsample_interval = \"10s\"\n[clusters.groups]\ninclude = [\"^{prefix}-\"]\n"
-    );
-    let c = streamguard::config::load(&write_config(dir.path(), &body)).unwrap().clusters.remove(0);
+    let c = direct_cluster(&b, &prefix);
     let s = KafkaSampler::new(&c).unwrap();
     let dlq = (streamguard::config::DlqConfig { patterns: Vec::new(), topics: Vec::new() }, Vec::new());
     let describes = |s: &KafkaSampler| s.direct_request_counts().get("DescribeGroups").copied().unwrap_or(0);
@@ -187,11 +192,7 @@ fn a_kip848_group_is_described_once_while_stable_and_a_new_member_shows_within_t
     let group = format!("{prefix}-g");
     create_topic(&b, &topic, 4);
     produce(&b, &topic, &[2, 2, 2, 2], None);
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "[[clusters]]\nname = \"local\"\nbootstrap_servers = \"{b}\"\nsampler = \"direct\"\nprobe_budget = 0\nsample_timeout = \"10s\"\nsample_interval = \"10s\"\n[clusters.groups]\ninclude = [\"^{prefix}-\"]\n"
-    );
-    let c = streamguard::config::load(&write_config(dir.path(), &body)).unwrap().clusters.remove(0);
+    let c = direct_cluster(&b, &prefix);
     let dlq = (streamguard::config::DlqConfig { patterns: Vec::new(), topics: Vec::new() }, Vec::new());
     // A sampler made for each look: no cache, the broker's current view.
     let fresh = || KafkaSampler::new(&c).unwrap().sample(&dlq).unwrap();
