@@ -95,6 +95,33 @@ pub mod unix_seconds {
 mod tests {
     use super::*;
 
+    /// A borrowed key numbers its strings as the owned key's map orders them, for any
+    /// label order, repeated names (the last wins) and more labels than fit the stack.
+    #[test]
+    fn a_key_ref_has_the_ids_of_its_owned_key() {
+        let words = ["sig", "a", "b", "c", "d", "e", "f", "g", "h", "i", "1", "2", "3"];
+        let id_of = |s: &str| words.iter().position(|w| *w == s).map(|i| i as u32);
+        let owned_ids = |k: &SeriesKey| -> Vec<u32> {
+            let mut v = vec![id_of(&k.signal).unwrap()];
+            k.labels.iter().for_each(|(n, x)| v.extend([id_of(n).unwrap(), id_of(x).unwrap()]));
+            v
+        };
+        let nine: Vec<(&str, &str)> = ["i", "h", "g", "f", "e", "d", "c", "b", "a"].iter().map(|n| (*n, "1")).collect();
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("b", "1"), ("a", "2")],
+            vec![("c", "1"), ("a", "2"), ("c", "3")],
+            nine.clone(),
+            [nine.clone(), vec![("a", "3")]].concat(),
+        ];
+        for labels in &cases {
+            let got = KeyRef::new("sig", labels).with_ids(id_of, |ids| ids.to_vec());
+            assert_eq!(got, Some(owned_ids(&SeriesKey::new("sig", labels))), "{labels:?}");
+        }
+        assert_eq!(KeyRef::new("sig", &[("a", "unknown")]).with_ids(id_of, |_| ()), None);
+        assert_eq!(KeyRef::new("unknown", &[]).with_ids(id_of, |_| ()), None);
+    }
+
     #[test]
     fn quality_follows_success_failure_and_age() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
@@ -132,6 +159,62 @@ impl SeriesKey {
 
     pub fn label(&self, name: &str) -> Option<&str> {
         self.labels.get(name).map(String::as_str)
+    }
+
+    /// Calls `f` with this key borrowed as a [`KeyRef`].
+    pub fn with_ref<R>(&self, f: impl FnOnce(KeyRef<'_>) -> R) -> R {
+        let labels: Vec<(&str, &str)> = self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        f(KeyRef { signal: &self.signal, labels: &labels })
+    }
+}
+
+/// A series key by reference, for look-ups that must not allocate (a derivation makes
+/// several per group partition): the signal and its labels in any order. A name given
+/// twice keeps its last value, as in [`SeriesKey::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRef<'a> {
+    pub signal: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> KeyRef<'a> {
+    pub fn new(signal: &'a str, labels: &'a [(&'a str, &'a str)]) -> Self {
+        KeyRef { signal, labels }
+    }
+
+    /// Calls `f` with the key as numbers: `[signal, name₀, value₀, name₁, value₁, …]`
+    /// with labels in name order, each string numbered by `id_of` (the layout of the
+    /// store's and a batch's keys). `None`, without calling `f`, when a string has no
+    /// number (so no such series exists). Up to 8 labels are sorted on the stack.
+    pub fn with_ids<R>(&self, id_of: impl Fn(&str) -> Option<u32>, f: impl FnOnce(&[u32]) -> R) -> Option<R> {
+        const INLINE: usize = 8;
+        let n = self.labels.len();
+        if n > INLINE {
+            let owned = SeriesKey::new(self.signal, self.labels);
+            let mut ids = Vec::with_capacity(1 + 2 * owned.labels.len());
+            ids.push(id_of(&owned.signal)?);
+            for (name, value) in &owned.labels {
+                ids.extend([id_of(name)?, id_of(value)?]);
+            }
+            return Some(f(&ids));
+        }
+        let mut sorted = [("", ""); INLINE];
+        let sorted = &mut sorted[..n];
+        sorted.copy_from_slice(self.labels);
+        // Stable: of a name given twice, the last stays last.
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut ids = [0u32; 1 + 2 * INLINE];
+        ids[0] = id_of(self.signal)?;
+        let mut len = 1;
+        for (i, (name, value)) in sorted.iter().enumerate() {
+            if sorted.get(i + 1).is_some_and(|next| next.0 == *name) {
+                continue;
+            }
+            ids[len] = id_of(name)?;
+            ids[len + 1] = id_of(value)?;
+            len += 2;
+        }
+        Some(f(&ids[..len]))
     }
 }
 

@@ -27,7 +27,7 @@
 //! Over 600 lines because of its tests, which include the property test against the
 //! plain deque store this one replaced (the model is kept next to what it checks).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::config::{DlqConfig, HistoryConfig};
 pub use crate::signal::SourceKind;
-use crate::signal::{quality, Batch, DlqLink, Quality, SeriesKey, SourceSample, TargetInfo};
+use crate::signal::{quality, Batch, DlqLink, KeyRef, Quality, SeriesKey, SourceSample, TargetInfo};
 
 /// Health of one source's sampling loop.
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +69,7 @@ impl SourceHealth {
 
 mod chunk;
 mod series;
+mod table;
 mod view;
 
 pub use chunk::{Chunk, Unordered};
@@ -86,11 +87,21 @@ pub struct Entry {
     pub targets: Vec<TargetInfo>,
     /// Dead-letter links the source discovered (Kafka Connect).
     pub dlq_links: Vec<DlqLink>,
-    series: HashMap<Key, Series, foldhash::fast::RandomState>,
+    series: table::Table,
+    /// The slots of the last raw sample's and the last derivation's series, in order.
+    cursors: [table::Cursor; 2],
     symbols: Symbols,
     times: Times,
     /// The history policy generation the series' `keep_secs` follow.
     policy_gen: u64,
+}
+
+/// Which kind of batch a source writes, for its [`table::Cursor`]: a sample's raw
+/// series, or what was derived from them.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Raw = 0,
+    Derived = 1,
 }
 
 /// What the store holds, for the benchmark and the agent's own metrics.
@@ -113,7 +124,8 @@ impl Entry {
             health,
             targets: Vec::new(),
             dlq_links: Vec::new(),
-            series: HashMap::default(),
+            series: table::Table::default(),
+            cursors: Default::default(),
             symbols: Symbols::default(),
             times: Times::default(),
             policy_gen: 0,
@@ -140,7 +152,12 @@ impl Entry {
         if !series::lookup_ids(&self.symbols, key, &mut ids) {
             return None;
         }
-        self.series.get_key_value(ids.as_slice()).map(|(k, s)| self.series_ref(k, s))
+        self.series.get(ids.as_slice()).map(|(k, s)| self.series_ref(k, s))
+    }
+
+    /// One series by a borrowed key, without allocating.
+    pub fn get_ref(&self, key: KeyRef<'_>) -> Option<SeriesRef<'_>> {
+        key.with_ids(|s| self.symbols.get(s), |ids| self.series.get(ids).map(|(k, s)| self.series_ref(k, s))).flatten()
     }
 
     fn series_ref<'a>(&'a self, key: &'a Key, series: &'a Series) -> SeriesRef<'a> {
@@ -189,7 +206,7 @@ impl Entry {
     /// What this entry holds.
     pub fn size(&self) -> StoreSize {
         let mut s = StoreSize { series: self.series.len(), ..StoreSize::default() };
-        for series in self.series.values() {
+        for (_, series) in self.series.iter() {
             let (points, bytes) = series.heap_bytes();
             s.series_with_history += usize::from(series.history.is_some());
             s.history_points += points;
@@ -211,8 +228,8 @@ impl Entry {
                 continue;
             }
             let found = series::lookup_ids(&self.symbols, key, &mut ids);
-            match found.then(|| self.series.get_mut(ids.as_slice())).flatten() {
-                Some(s) => {
+            match found.then(|| self.series.get_mut(ids.as_slice(), None)).flatten() {
+                Some((_, s)) => {
                     let keep = s.keep_secs > 0;
                     s.push(seq, value, keep);
                 }
@@ -226,15 +243,18 @@ impl Entry {
     }
 
     /// [`Entry::append`] for a compact batch: each distinct string of the batch is
-    /// looked up once, not once per series.
-    fn append_batch(&mut self, at: SystemTime, batch: &Batch, h: &HistoryConfig, policy: &Policy) {
+    /// looked up once, not once per series, and each series first at the slot the same
+    /// row of the previous batch of this `lane` used (see [`table`]).
+    fn append_batch(&mut self, at: SystemTime, batch: &Batch, h: &HistoryConfig, policy: &Policy, lane: Lane) {
         let Some(seq) = self.begin(at, policy) else { return };
+        let mut cursor = std::mem::take(&mut self.cursors[lane as usize]);
         // Batch id -> store id, where the store has the string.
         let mut to_store: Vec<Option<u32>> = (0..batch.strings()).map(|i| self.symbols.get(batch.string(i as u32))).collect();
         let mut ids = Vec::new();
-        for row in batch.iter() {
+        for (row_no, row) in batch.iter().enumerate() {
             let value = row.value();
             if !value.is_finite() {
+                cursor.record(None);
                 continue;
             }
             ids.clear();
@@ -245,10 +265,11 @@ impl Entry {
                 }
                 None => false,
             });
-            match found.then(|| self.series.get_mut(ids.as_slice())).flatten() {
-                Some(s) => {
+            match found.then(|| self.series.get_mut(ids.as_slice(), cursor.hint(row_no))).flatten() {
+                Some((slot, s)) => {
                     let keep = s.keep_secs > 0;
                     s.push(seq, value, keep);
+                    cursor.record(Some(slot));
                 }
                 None => {
                     let k: Key = row
@@ -262,10 +283,12 @@ impl Entry {
                             id
                         })
                         .collect();
-                    self.insert_series(k, seq, value, policy);
+                    cursor.record(Some(self.insert_series(k, seq, value, policy)));
                 }
             }
         }
+        cursor.finish();
+        self.cursors[lane as usize] = cursor;
         self.trim(at, h);
     }
 
@@ -292,10 +315,10 @@ impl Entry {
         Some(seq)
     }
 
-    fn insert_series(&mut self, k: Key, seq: u64, value: f64, policy: &Policy) {
+    fn insert_series(&mut self, k: Key, seq: u64, value: f64, policy: &Policy) -> u32 {
         let mut s = Series::new(seq, value);
         s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: &k, series: &s });
-        self.series.insert(k, s);
+        self.series.insert(k, s)
     }
 
     /// Enforces the bounds: sample times past retention or beyond `max_points`, series
@@ -494,7 +517,7 @@ impl Store {
         e.dlq_links = sample.dlq_links;
         e.append(at, sample.observations.iter().map(|o| (&o.key, o.value)), &history, &policy);
         if !sample.batch.is_empty() {
-            e.append_batch(at, &sample.batch, &history, &policy);
+            e.append_batch(at, &sample.batch, &history, &policy, Lane::Raw);
         }
         if let Some(r) = self.recorder.get() {
             let mut all = sample.observations;
@@ -553,8 +576,8 @@ impl Store {
         e.health.succeeded(at);
         e.targets = sample.targets;
         e.dlq_links = sample.dlq_links;
-        e.append_batch(at, &pending, &history, &policy);
-        e.append_batch(at, &derived, &history, &policy);
+        e.append_batch(at, &pending, &history, &policy, Lane::Raw);
+        e.append_batch(at, &derived, &history, &policy, Lane::Derived);
         if let Some(r) = self.recorder.get() {
             let mut all = pending.to_observations();
             all.extend(derived.to_observations());

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use streamguard::config::RulesConfig;
 use streamguard::evaluate::Rules;
 use streamguard::rules::file::SignalNames;
-use streamguard::signal::{Batch, SeriesKey, SourceSample};
+use streamguard::signal::{Batch, KeyRef, SourceSample};
 use streamguard::store::{SourceKind, Store};
 use streamguard::telemetry::metrics::{Format, Metrics};
 
@@ -40,8 +40,8 @@ fn a_scrape_is_answered_while_a_derivation_runs_and_sees_raw_and_derived_togethe
             lag(&mut raw, "g", 2.0);
             let sample = SourceSample { batch: raw, ..SourceSample::default() };
             store.record_success_with(SourceKind::Kafka, "c", SystemTime::now(), sample, &["lag_offsets"], |view| {
-                let key = SeriesKey::new("lag_offsets", &[("cluster", "c"), ("group", "g"), ("topic", "t"), ("partition", "0")]);
-                let seen: Vec<f64> = view.points(&key, SystemTime::UNIX_EPOCH).into_iter().map(|p| p.1).collect();
+                let key = KeyRef::new("lag_offsets", &[("cluster", "c"), ("group", "g"), ("topic", "t"), ("partition", "0")]);
+                let seen: Vec<f64> = view.points(key, SystemTime::UNIX_EPOCH).into_iter().map(|p| p.1).collect();
                 entered_tx.send(seen).expect("the test waits");
                 // A slow derivation: until the test has scraped (or 30 s).
                 let _released = release_rx.recv_timeout(Duration::from_secs(30));

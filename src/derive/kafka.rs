@@ -21,15 +21,27 @@ use crate::config::HistoryConfig;
 use crate::sample::kafka_snapshot::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
 use crate::sample::kafka_snapshot::ProbeValue;
-use crate::signal::{Batch, SeriesKey};
+use crate::signal::{Batch, KeyRef, SeriesKey};
 use crate::store::View;
 use crate::window::{self, Point, Status};
 
 /// What counters need from one sample to the next.
 #[derive(Debug, Default)]
 pub struct DeriveState {
-    groups: HashMap<String, GroupMemo>,
-    partitions: HashMap<(String, TopicPartition), PartitionMemo>,
+    groups: HashMap<String, GroupMemo, foldhash::fast::RandomState>,
+    /// By (group, topic, partition); looked up with a borrowed [`PartKey`].
+    partitions: hashbrown::HashMap<(String, TopicPartition), PartitionMemo, foldhash::fast::RandomState>,
+}
+
+/// A borrowed `(group, topic, partition)`: hashes and compares as the owned key, so a
+/// look-up clones nothing.
+#[derive(Hash)]
+struct PartKey<'a>(&'a str, &'a str, i32);
+
+impl hashbrown::Equivalent<(String, TopicPartition)> for PartKey<'_> {
+    fn equivalent(&self, key: &(String, TopicPartition)) -> bool {
+        self.0 == key.0 && self.1 == key.1.topic && self.2 == key.1.partition
+    }
 }
 
 /// One group's counters and what the next sample compares with.
@@ -49,6 +61,8 @@ struct PartitionMemo {
     committed: i64,
     /// Records below this offset that were deleted unread are already counted.
     lost_counted_to: i64,
+    /// The last sample whose snapshot had this partition.
+    seen: SystemTime,
 }
 
 /// How much [`DeriveState`] holds (shown in the cluster's target detail).
@@ -65,17 +79,11 @@ impl DeriveState {
 
     /// Forgets partitions the snapshot no longer has (except those of a group whose
     /// offsets failed this time) and groups unseen for longer than `grace`.
+    /// ([`derive`] marks each partition of the snapshot `seen` at `at`.)
     fn prune(&mut self, snapshot: &KafkaSnapshot, at: SystemTime, grace: Duration) {
-        let mut keep_all: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let mut live: std::collections::HashSet<(&str, &str, i32)> = std::collections::HashSet::new();
-        for g in &snapshot.groups {
-            if g.error.is_some() {
-                keep_all.insert(g.group.as_str());
-            }
-            live.extend(g.partitions.iter().map(|p| (g.group.as_str(), p.topic.as_str(), p.partition)));
-        }
-        self.partitions
-            .retain(|(g, tp), _| keep_all.contains(g.as_str()) || live.contains(&(g.as_str(), tp.topic.as_str(), tp.partition)));
+        let keep_all: std::collections::HashSet<&str> =
+            snapshot.groups.iter().filter(|g| g.error.is_some()).map(|g| g.group.as_str()).collect();
+        self.partitions.retain(|(g, _), m| m.seen == at || keep_all.contains(g.as_str()));
         let cutoff = at.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         self.groups.retain(|_, m| m.last_seen >= cutoff);
     }
@@ -108,7 +116,7 @@ fn aligned_sum(view: &View<'_>, keys: &[SeriesKey], since: SystemTime) -> Vec<Po
     }
     let mut sums: BTreeMap<SystemTime, (f64, usize)> = BTreeMap::new();
     for k in keys {
-        for (t, v) in view.points(k, since) {
+        for (t, v) in k.with_ref(|k| view.points(k, since)) {
             let e = sums.entry(t).or_insert((0.0, 0));
             e.0 += v;
             e.1 += 1;
@@ -157,7 +165,7 @@ pub fn derive(
     for tp in snapshot.partitions.keys() {
         let p = tp.partition.to_string();
         let l = [("cluster", c), ("topic", tp.topic.as_str()), ("partition", p.as_str())];
-        let r = window::rate(&view.points(&SeriesKey::new("log_end_offset", &l), rate_since));
+        let r = window::rate(&view.points(KeyRef::new("log_end_offset", &l), rate_since));
         let topic = produce.entry(tp.topic.as_str()).or_insert(Some(0.0));
         match r {
             Some(r) => {
@@ -182,17 +190,18 @@ pub fn derive(
     out.push("probe_uncovered_partitions", &[("cluster", c)], coverage.uncovered as f64);
 
     // Per group: time lag, consume rate, status, rebalances, rewinds, lost records.
+    // A topic partition's log-end history (the interpolation table) is read once, not
+    // once per group reading it.
+    let mut end_tables: HashMap<(&str, i32), Vec<Point>> = HashMap::new();
     for g in &snapshot.groups {
         let gname = g.group.as_str();
         let gl = [("cluster", c), ("group", gname)];
         let now = (g.state, g.members);
-        let memo = state.groups.entry(g.group.clone()).or_insert(GroupMemo {
-            previous: now,
-            rebalances: 0,
-            rewinds: 0,
-            lost_records: 0,
-            last_seen: at,
-        });
+        if !state.groups.contains_key(gname) {
+            let memo = GroupMemo { previous: now, rebalances: 0, rewinds: 0, lost_records: 0, last_seen: at };
+            state.groups.insert(g.group.clone(), memo);
+        }
+        let Some(memo) = state.groups.get_mut(gname) else { continue };
         if is_rebalance(Some(memo.previous), now) {
             memo.rebalances += 1;
         }
@@ -208,15 +217,20 @@ pub fn derive(
         let mut group_rate = Some(0.0);
         let mut topic_rates: BTreeMap<&str, Option<f64>> = BTreeMap::new();
         for p in &g.partitions {
+            let pkey = PartKey(gname, p.topic.as_str(), p.partition);
+            if let Some(m) = state.partitions.get_mut(&pkey) {
+                m.seen = at;
+            }
             let Some(committed) = p.committed_offset else { continue };
-            let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
             let part = p.partition.to_string();
             let pl = [("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", part.as_str())];
 
-            let pmemo = state
-                .partitions
-                .entry((g.group.clone(), tp.clone()))
-                .or_insert(PartitionMemo { committed, lost_counted_to: committed });
+            if !state.partitions.contains_key(&pkey) {
+                let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
+                let m = PartitionMemo { committed, lost_counted_to: committed, seen: at };
+                state.partitions.insert((g.group.clone(), tp), m);
+            }
+            let Some(pmemo) = state.partitions.get_mut(&pkey) else { continue };
             if committed < pmemo.committed {
                 memo.rewinds += 1;
             }
@@ -232,6 +246,7 @@ pub fn derive(
             let probe = if caught_up {
                 Some(0.0)
             } else {
+                let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
                 match snapshot.probe_value(&tp, committed) {
                     Some(ProbeValue::Record { timestamp_ms, read_at }) => {
                         out.push("probe_age_seconds", &pl, window::age(at, *read_at));
@@ -242,12 +257,14 @@ pub fn derive(
                     None => None,
                 }
             };
-            let end_key = SeriesKey::new("log_end_offset", &[("cluster", c), ("topic", p.topic.as_str()), ("partition", part.as_str())]);
             let interpolation = if caught_up {
                 Some(0.0)
             } else if p.lag_offsets.is_some() {
-                let table = view.points(&end_key, SystemTime::UNIX_EPOCH);
-                window::time_at_offset(&table, committed as f64).map(|t| window::age(at, t))
+                let table = end_tables.entry((p.topic.as_str(), p.partition)).or_insert_with(|| {
+                    let l = [("cluster", c), ("topic", p.topic.as_str()), ("partition", part.as_str())];
+                    view.points(KeyRef::new("log_end_offset", &l), SystemTime::UNIX_EPOCH)
+                });
+                window::time_at_offset(table, committed as f64).map(|t| window::age(at, t))
             } else {
                 None
             };
@@ -265,8 +282,10 @@ pub fn derive(
             }
 
             // Consume rate.
-            let committed_key = SeriesKey::new("committed_offset", &pl);
-            let rate = window::rate(&view.points(&committed_key, rate_since));
+            let committed_key = KeyRef::new("committed_offset", &pl);
+            // The sample holds these two as the snapshot has them (`KafkaSnapshot::batch`).
+            let (committed_now, lag_now) = (Some(committed as f64), p.lag_offsets.map(|v| v as f64));
+            let rate = window::rate(&view.points_given(committed_key, rate_since, committed_now));
             let topic_rate = topic_rates.entry(p.topic.as_str()).or_insert(Some(0.0));
             match rate {
                 Some(r) => {
@@ -284,13 +303,13 @@ pub fn derive(
             }
 
             // Status: a committed offset outside the log is judged on this sample alone.
-            let lag_key = SeriesKey::new("lag_offsets", &pl);
+            let lag_key = KeyRef::new("lag_offsets", &pl);
             statuses.push(match (p.out_of_range, p.lost_records) {
                 (Some(true), Some(lost)) if lost > 0 => Status::DataLoss,
                 (Some(true), _) => Status::OutOfRange,
                 _ => window::partition_status(
-                    &view.points_covering(&committed_key, status_since),
-                    &view.points_covering(&lag_key, status_since),
+                    &view.points_covering_given(committed_key, status_since, committed_now),
+                    &view.points_covering_given(lag_key, status_since, lag_now),
                     history.status_window,
                     g.members > 0,
                 ),

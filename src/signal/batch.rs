@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Observation, SeriesKey};
+use super::{KeyRef, Observation, SeriesKey};
 
 /// Observations, columnar: interned strings, key ids, values.
 #[derive(Debug, Clone, Default)]
@@ -139,7 +139,7 @@ impl Batch {
 
 impl Batch {
     /// An index of the rows of `signals` by key (the last row of a series wins, as in
-    /// the store), for point look-ups by [`SeriesKey`].
+    /// the store), for point look-ups by [`KeyRef`].
     pub fn index(&self, signals: &[&str]) -> BatchIndex<'_> {
         let wanted: Vec<u32> = signals.iter().filter_map(|s| self.ids.get(*s).copied()).collect();
         let mut rows = HashMap::default();
@@ -160,17 +160,11 @@ pub struct BatchIndex<'a> {
 
 impl BatchIndex<'_> {
     /// The value of `key`, if the indexed rows have it.
-    pub fn get(&self, key: &SeriesKey) -> Option<f64> {
+    pub fn get(&self, key: KeyRef<'_>) -> Option<f64> {
         if self.rows.is_empty() {
             return None;
         }
-        let ids = &self.batch.ids;
-        let mut buf: Vec<u32> = Vec::with_capacity(1 + 2 * key.labels.len());
-        buf.push(*ids.get(key.signal.as_str())?);
-        for (n, v) in &key.labels {
-            buf.extend([*ids.get(n.as_str())?, *ids.get(v.as_str())?]);
-        }
-        self.rows.get(buf.as_slice()).copied()
+        key.with_ids(|s| self.batch.ids.get(s).copied(), |ids| self.rows.get(ids).copied()).flatten()
     }
 }
 
@@ -269,11 +263,13 @@ mod tests {
         assert_eq!(twice.to_observations(), [expected.clone(), expected].concat());
         assert_eq!(b.strings(), 16, "every distinct string once");
         let index = b.index(&["lag_seconds", "dup"]);
-        let key = |s: &str, l: &[(&str, &str)]| SeriesKey::new(s, l);
         let lag = [("method", "probe"), ("cluster", "c"), ("group", "g"), ("topic", "t"), ("partition", "0")];
-        assert_eq!(index.get(&key("lag_seconds", &lag)), Some(2.5), "the last value of a series wins");
-        assert_eq!(index.get(&key("dup", &[("a", "1"), ("x", "second")])), Some(-2.0));
-        assert_eq!(index.get(&key("a", &[])), None, "not an indexed signal");
-        assert_eq!(index.get(&key("lag_seconds", &[("cluster", "c")])), None);
+        assert_eq!(index.get(KeyRef::new("lag_seconds", &lag)), Some(2.5), "the last value of a series wins");
+        assert_eq!(index.get(KeyRef::new("dup", &[("a", "1"), ("x", "second")])), Some(-2.0));
+        assert_eq!(index.get(KeyRef::new("dup", &[("x", "first"), ("a", "1"), ("x", "second")])), Some(-2.0), "a name given twice keeps its last value");
+        assert_eq!(index.get(KeyRef::new("a", &[])), None, "not an indexed signal");
+        assert_eq!(index.get(KeyRef::new("lag_seconds", &[("cluster", "c")])), None);
+        let nine: Vec<(&str, &str)> = ["a", "b", "c", "d", "e", "f", "g", "h", "i"].iter().map(|n| (*n, "1")).collect();
+        assert_eq!(index.get(KeyRef::new("lag_seconds", &nine)), None, "more labels than sorted on the stack");
     }
 }

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use super::Entry;
 use crate::config::HistoryConfig;
-use crate::signal::{Batch, BatchIndex, SeriesKey};
+use crate::signal::{Batch, BatchIndex, KeyRef};
 use crate::window::Point;
 
 /// An entry plus a pending sample at `at`.
@@ -52,28 +52,42 @@ impl<'a> View<'a> {
     }
 
     /// Points of `key` at or after `since`, oldest first.
-    pub fn points(&self, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
+    pub fn points(&self, key: KeyRef<'_>, since: SystemTime) -> Vec<Point> {
+        self.points_given(key, since, self.pending.get(key))
+    }
+
+    /// [`View::points`] with the pending sample's value of `key` given by the caller,
+    /// who built the sample, instead of looked up in it (a look-up per series costs
+    /// more than the rest of a derivation). Debug builds check it is that value.
+    pub fn points_given(&self, key: KeyRef<'_>, since: SystemTime, pending: Option<f64>) -> Vec<Point> {
+        self.check_given(key, pending);
         let since = since.max(self.oldest);
-        let mut v: Vec<Point> = match self.entry.get(key) {
-            Some(s) if self.keeps(&s, key) => s.since(since).collect(),
+        let mut v: Vec<Point> = match self.entry.get_ref(key) {
+            Some(s) if self.keeps(&s, pending) => s.since(since).collect(),
             _ => Vec::new(),
         };
-        self.overlay(key, &mut v, since);
+        self.overlay(pending, &mut v, since);
         v
     }
 
     /// Points of `key` at or after `since`, plus the last one before it.
-    pub fn points_covering(&self, key: &SeriesKey, since: SystemTime) -> Vec<Point> {
+    pub fn points_covering(&self, key: KeyRef<'_>, since: SystemTime) -> Vec<Point> {
+        self.points_covering_given(key, since, self.pending.get(key))
+    }
+
+    /// [`View::points_covering`] with the pending value given, as [`View::points_given`].
+    pub fn points_covering_given(&self, key: KeyRef<'_>, since: SystemTime, pending: Option<f64>) -> Vec<Point> {
+        self.check_given(key, pending);
         let oldest = self.oldest;
-        let mut v: Vec<Point> = match self.entry.get(key) {
-            Some(s) if self.keeps(&s, key) => {
+        let mut v: Vec<Point> = match self.entry.get_ref(key) {
+            Some(s) if self.keeps(&s, pending) => {
                 let anchor = s.last_before(since).filter(|p| p.0 >= oldest);
                 anchor.into_iter().chain(s.since(since.max(oldest))).collect()
             }
             _ => Vec::new(),
         };
         // The pending point replaces a newer one before `since` as the anchor, too.
-        self.overlay(key, &mut v, SystemTime::UNIX_EPOCH);
+        self.overlay(pending, &mut v, SystemTime::UNIX_EPOCH);
         if let Some(first_in) = v.iter().position(|p| p.0 >= since) {
             let from = first_in.saturating_sub(1);
             v.drain(..from);
@@ -83,18 +97,26 @@ impl<'a> View<'a> {
         v
     }
 
+    fn check_given(&self, key: KeyRef<'_>, pending: Option<f64>) {
+        debug_assert_eq!(
+            pending.map(f64::to_bits),
+            self.pending.get(key).map(f64::to_bits),
+            "the pending value given for {key:?} is not the sample's (or its signal is not indexed)"
+        );
+    }
+
     /// Whether the series' points stay once the pending sample is appended: a series
     /// nobody reads over a window keeps only its latest value, so a pending value newer
     /// than its latest replaces them all.
-    fn keeps(&self, s: &super::SeriesRef<'_>, key: &SeriesKey) -> bool {
-        s.series.keep_secs > 0 || self.ignored || s.last().is_some_and(|p| p.0 >= self.at) || self.pending.get(key).is_none()
+    fn keeps(&self, s: &super::SeriesRef<'_>, pending: Option<f64>) -> bool {
+        s.series.keep_secs > 0 || self.ignored || s.last().is_some_and(|p| p.0 >= self.at) || pending.is_none()
     }
 
-    fn overlay(&self, key: &SeriesKey, v: &mut Vec<Point>, since: SystemTime) {
+    fn overlay(&self, pending: Option<f64>, v: &mut Vec<Point>, since: SystemTime) {
         if self.ignored || self.at < since {
             return;
         }
-        let Some(value) = self.pending.get(key) else { return };
+        let Some(value) = pending else { return };
         if v.last().is_some_and(|p| p.0 == self.at) {
             v.pop();
         }
@@ -108,7 +130,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::signal::SourceSample;
+    use crate::signal::{SeriesKey, SourceSample};
     use crate::store::{HistoryNeed, SourceKind, Store};
 
     fn t(ms: u64) -> SystemTime {
@@ -154,7 +176,7 @@ mod tests {
                     for k in &keys {
                         for since in &sinces {
                             out.push(match view {
-                                Some(v) => (v.points(k, *since), v.points_covering(k, *since)),
+                                Some(v) => k.with_ref(|k| (v.points(k, *since), v.points_covering(k, *since))),
                                 None => match e.get(k) {
                                     Some(s) => (s.since(*since).collect(), s.last_before(*since).into_iter().chain(s.since(*since)).collect()),
                                     None => (Vec::new(), Vec::new()),
