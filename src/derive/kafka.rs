@@ -399,6 +399,17 @@ mod tests {
     use crate::signal::Observation;
     use crate::store::{SourceKind, Store};
 
+    /// The borrowed partition key finds what the owned key stored.
+    #[test]
+    fn a_borrowed_partition_key_finds_the_owned_entry() {
+        let mut m: hashbrown::HashMap<(String, TopicPartition), u8, foldhash::fast::RandomState> = Default::default();
+        m.insert(("g".to_string(), tp("t", 1)), 5);
+        assert_eq!(m.get(&PartKey("g", "t", 1)), Some(&5));
+        assert_eq!(m.get(&PartKey("g", "t", 2)), None);
+        assert_eq!(m.get(&PartKey("g", "u", 1)), None);
+        assert_eq!(m.get(&PartKey("h", "t", 1)), None);
+    }
+
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
     }

@@ -26,7 +26,7 @@
 //! A record deleted by retention or compaction is replaced by the next one that exists,
 //! whose timestamp is a lower bound of the missing one's age.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,6 +74,30 @@ pub struct ProbeOutcome {
 
 type Key = (TopicPartition, i64);
 
+/// When each (group, partition) was last probed, by cycle number.
+pub type LastProbed = hashbrown::HashMap<(String, TopicPartition), u64, foldhash::fast::RandomState>;
+
+/// A borrowed [`Key`]: `(topic, partition, committed offset)`, hashed and compared as
+/// the owned one, so the per-partition look-ups of a cycle clone nothing.
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct KeyRef<'a>(&'a str, i32, i64);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        self.0 == k.0.topic && self.1 == k.0.partition && self.2 == k.1
+    }
+}
+
+/// A borrowed `(group, topic, partition)` of [`LastProbed`].
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct MemberRef<'a>(&'a str, &'a str, i32);
+
+impl hashbrown::Equivalent<(String, TopicPartition)> for MemberRef<'_> {
+    fn equivalent(&self, k: &(String, TopicPartition)) -> bool {
+        self.0 == k.0 && self.1 == k.1.topic && self.2 == k.1.partition
+    }
+}
+
 /// Which (partition, committed offset) pairs to probe this cycle. Pure.
 ///
 /// Every lagging partition of every group (lag > 0, committed offset known, not yet in
@@ -83,8 +107,8 @@ type Key = (TopicPartition, i64);
 /// several groups are read once. At most `budget` are returned.
 pub fn probe_candidates(
     groups: &[GroupLag],
-    cached: &dyn Fn(&Key) -> bool,
-    last_probed: &HashMap<(String, TopicPartition), u64>,
+    cached: &dyn Fn(&str, i32, i64) -> bool,
+    last_probed: &LastProbed,
     budget: usize,
 ) -> Vec<Key> {
     // (last probed, rank in group, −lag, key)
@@ -95,8 +119,11 @@ pub fn probe_candidates(
             .iter()
             .filter_map(|p| {
                 let (c, lag) = (p.committed_offset?, p.lag_offsets?);
-                let key = (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c);
-                (lag > 0 && !cached(&key)).then(|| (last_probed.get(&(g.group.clone(), key.0.clone())).copied(), -lag, key))
+                if lag <= 0 || cached(&p.topic, p.partition, c) {
+                    return None;
+                }
+                let last = last_probed.get(&MemberRef(&g.group, &p.topic, p.partition)).copied();
+                Some((last, -lag, (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c)))
             })
             .collect();
         mine.sort();
@@ -125,9 +152,9 @@ pub fn rounds(wanted: &[Key]) -> Vec<Vec<Key>> {
 
 #[derive(Debug, Default)]
 struct State {
-    cache: HashMap<Key, ProbeValue>,
+    cache: hashbrown::HashMap<Key, ProbeValue, foldhash::fast::RandomState>,
     /// Cycle in which each (group, partition) was last probed.
-    last_probed: HashMap<(String, TopicPartition), u64>,
+    last_probed: LastProbed,
     cycle: u64,
 }
 
@@ -202,34 +229,30 @@ impl Probe {
         state.cycle += 1;
         let cycle = state.cycle;
         // Keep only what some group still needs: bounded by the current partitions.
-        let live: BTreeSet<Key> = groups
+        let live: HashSet<KeyRef<'_>, foldhash::fast::RandomState> = groups
             .iter()
-            .flat_map(|g| {
-                g.partitions.iter().filter_map(|p| p.committed_offset.map(|c| (TopicPartition { topic: p.topic.clone(), partition: p.partition }, c)))
-            })
+            .flat_map(|g| g.partitions.iter().filter_map(|p| p.committed_offset.map(|c| KeyRef(&p.topic, p.partition, c))))
             .collect();
-        let members: HashSet<(String, TopicPartition)> = groups
-            .iter()
-            .flat_map(|g| g.partitions.iter().map(|p| (g.group.clone(), TopicPartition { topic: p.topic.clone(), partition: p.partition })))
-            .collect();
-        state.cache.retain(|k, _| live.contains(k));
-        state.last_probed.retain(|k, _| members.contains(k));
+        let members: HashSet<MemberRef<'_>, foldhash::fast::RandomState> =
+            groups.iter().flat_map(|g| g.partitions.iter().map(|p| MemberRef(&g.group, &p.topic, p.partition))).collect();
+        state.cache.retain(|k, _| live.contains(&KeyRef(&k.0.topic, k.0.partition, k.1)));
+        state.last_probed.retain(|k, _| members.contains(&MemberRef(&k.0, &k.1.topic, k.1.partition)));
 
         let mut outcome = ProbeOutcome::default();
         if self.budget > 0 {
-            let wanted = probe_candidates(groups, &|k| state.cache.contains_key(k), &state.last_probed, self.budget);
+            let wanted = probe_candidates(groups, &|t, p, c| state.cache.contains_key(&KeyRef(t, p, c)), &state.last_probed, self.budget);
             if !wanted.is_empty() {
                 let deadline = sample_deadline.min(Instant::now() + self.timeout);
                 let (found, errors) = self.read(&wanted, deadline, now);
                 outcome.errors = errors;
-                let attempted: HashSet<&Key> = wanted.iter().collect();
+                let attempted: HashSet<KeyRef<'_>, foldhash::fast::RandomState> =
+                    wanted.iter().map(|(tp, c)| KeyRef(&tp.topic, tp.partition, *c)).collect();
                 for g in groups {
                     for p in &g.partitions {
                         let Some(c) = p.committed_offset else { continue };
-                        let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
-                        let key = (tp, c);
-                        if attempted.contains(&key) {
-                            state.last_probed.insert((g.group.clone(), key.0), cycle);
+                        if attempted.contains(&KeyRef(&p.topic, p.partition, c)) {
+                            let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
+                            state.last_probed.insert((g.group.clone(), tp), cycle);
                         }
                     }
                 }
@@ -398,9 +421,9 @@ mod tests {
     #[test]
     fn caught_up_and_cached_partitions_are_never_candidates() {
         let g = group("g", &[("t", 0, 5, 0), ("t", 1, 5, 3), ("t", 2, 5, 9)]);
-        let picked = probe_candidates(std::slice::from_ref(&g), &|_| false, &HashMap::new(), 10);
+        let picked = probe_candidates(std::slice::from_ref(&g), &|_, _, _| false, &LastProbed::default(), 10);
         assert_eq!(picked, vec![(tp("t", 2), 5), (tp("t", 1), 5)], "largest lag first among equals");
-        let picked = probe_candidates(&[g], &|k| k.0.partition == 2, &HashMap::new(), 10);
+        let picked = probe_candidates(&[g], &|_, p, _| p == 2, &LastProbed::default(), 10);
         assert_eq!(picked, vec![(tp("t", 1), 5)]);
     }
 
@@ -408,7 +431,22 @@ mod tests {
     fn a_shared_partition_and_offset_is_read_once() {
         let a = group("a", &[("t", 0, 5, 3)]);
         let b = group("b", &[("t", 0, 5, 3)]);
-        assert_eq!(probe_candidates(&[a, b], &|_| false, &HashMap::new(), 10), vec![(tp("t", 0), 5)]);
+        assert_eq!(probe_candidates(&[a, b], &|_, _, _| false, &LastProbed::default(), 10), vec![(tp("t", 0), 5)]);
+    }
+
+    /// The borrowed keys find what the owned keys stored (same hash, same equality).
+    #[test]
+    fn borrowed_keys_find_owned_entries() {
+        let mut cache: hashbrown::HashMap<Key, u8, foldhash::fast::RandomState> = Default::default();
+        cache.insert((tp("orders", 3), 42), 1);
+        assert_eq!(cache.get(&KeyRef("orders", 3, 42)), Some(&1));
+        assert_eq!(cache.get(&KeyRef("orders", 3, 43)), None);
+        assert_eq!(cache.get(&KeyRef("orders", 4, 42)), None);
+        let mut last = LastProbed::default();
+        last.insert(("g".to_string(), tp("orders", 3)), 7);
+        assert_eq!(last.get(&MemberRef("g", "orders", 3)), Some(&7));
+        assert_eq!(last.get(&MemberRef("g", "orders", 2)), None);
+        assert_eq!(last.get(&MemberRef("h", "orders", 3)), None);
     }
 
     #[test]
@@ -416,7 +454,7 @@ mod tests {
         // A big group with huge lags and a small one with a tiny lag: budget 3.
         let big = group("big", &[("b", 0, 0, 1_000_000), ("b", 1, 0, 900_000), ("b", 2, 0, 800_000), ("b", 3, 0, 700_000)]);
         let small = group("small", &[("s", 0, 0, 1)]);
-        let picked = probe_candidates(&[big, small], &|_| false, &HashMap::new(), 3);
+        let picked = probe_candidates(&[big, small], &|_, _, _| false, &LastProbed::default(), 3);
         assert!(picked.contains(&(tp("s", 0), 0)), "{picked:?}");
     }
 
@@ -424,7 +462,7 @@ mod tests {
     fn every_lagging_partition_is_probed_within_a_bounded_number_of_cycles() {
         // 10 groups × 8 lagging partitions whose committed offsets move every cycle (no
         // cache hit ever), budget 7: simulate the cycles and track the longest wait.
-        let mut last_probed: HashMap<(String, TopicPartition), u64> = HashMap::new();
+        let mut last_probed = LastProbed::default();
         let mut waits: HashMap<(String, TopicPartition), u64> = HashMap::new();
         let total = 80u64;
         let budget = 7usize;
@@ -435,7 +473,7 @@ mod tests {
                     group(&format!("g{g}"), &parts)
                 })
                 .collect();
-            let picked = probe_candidates(&groups, &|_| false, &last_probed, budget);
+            let picked = probe_candidates(&groups, &|_, _, _| false, &last_probed, budget);
             assert_eq!(picked.len(), budget);
             for g in &groups {
                 for p in &g.partitions {
@@ -459,6 +497,6 @@ mod tests {
     fn a_failed_group_is_not_probed() {
         let mut g = group("g", &[("t", 0, 0, 5)]);
         g.error = Some("offsets failed".into());
-        assert!(probe_candidates(&[g], &|_| false, &HashMap::new(), 10).is_empty());
+        assert!(probe_candidates(&[g], &|_, _, _| false, &LastProbed::default(), 10).is_empty());
     }
 }

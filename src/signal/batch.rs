@@ -25,7 +25,14 @@ pub struct Batch {
     /// Every row's key: `[signal, name₀, value₀, name₁, value₁, …]`, labels in name order.
     keys: Vec<u32>,
     rows: Vec<Row>,
+    /// Recently interned strings by address: a source pushes the same few strings
+    /// (cluster, group, topic, label names) row after row, and a hit costs one short
+    /// comparison instead of a hash and a probe. A hit is checked against the string's
+    /// content, so a buffer reused for another string only misses.
+    recent: [(usize, u32); RECENT],
 }
+
+const RECENT: usize = 32;
 
 #[derive(Debug, Clone, Copy)]
 struct Row {
@@ -51,7 +58,15 @@ impl Batch {
     }
 
     fn intern(&mut self, s: &str) -> u32 {
+        let addr = s.as_ptr() as usize;
+        let slot = (addr ^ s.len()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - RECENT.trailing_zeros());
+        let slot = slot % RECENT;
+        let (cached_addr, cached_id) = self.recent[slot];
+        if cached_addr == addr && self.strings.get(cached_id as usize).is_some_and(|t| **t == *s) {
+            return cached_id;
+        }
         if let Some(&id) = self.ids.get(s) {
+            self.recent[slot] = (addr, id);
             return id;
         }
         // More than 4 billion distinct strings in one sample cannot be held anyway.
@@ -59,6 +74,7 @@ impl Batch {
         let text: Arc<str> = Arc::from(s);
         self.strings.push(text.clone());
         self.ids.insert(text, id);
+        self.recent[slot] = (addr, id);
         id
     }
 
@@ -69,15 +85,27 @@ impl Batch {
             return;
         }
         // Name order, the later of equal names first so that dedup keeps it (a map's
-        // insert: the last wins). Labels are few: sorting indices is cheap.
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        order.sort_by(|a, b| labels[*a].0.cmp(labels[*b].0).then(b.cmp(a)));
-        order.dedup_by(|a, b| labels[*a].0 == labels[*b].0);
+        // insert: the last wins). Labels are few: up to 16 are sorted on the stack.
+        let mut inline = [0usize; 16];
+        let mut spilled = Vec::new();
+        let order: &mut [usize] = if labels.len() <= inline.len() {
+            &mut inline[..labels.len()]
+        } else {
+            spilled.resize(labels.len(), 0);
+            &mut spilled
+        };
+        order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+        order.sort_unstable_by(|a, b| labels[*a].0.cmp(labels[*b].0).then(b.cmp(a)));
         let start = self.keys.len();
         let signal = self.intern(signal);
         self.keys.push(signal);
-        for i in order {
-            let (name, v) = labels[i];
+        let mut previous: Option<&str> = None;
+        for i in order.iter() {
+            let (name, v) = labels[*i];
+            if previous == Some(name) {
+                continue;
+            }
+            previous = Some(name);
             let (n, v) = (self.intern(name), self.intern(v));
             self.keys.extend([n, v]);
         }
@@ -238,6 +266,28 @@ mod tests {
     use super::*;
 
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+    /// The recent-strings cache is keyed by address: a buffer rewritten with another
+    /// string of the same length at the same address must not get the old string's id.
+    #[test]
+    fn a_reused_buffer_is_interned_by_its_content() {
+        let mut b = Batch::new();
+        let mut expected = Vec::new();
+        let mut buf = String::with_capacity(8);
+        for i in 0..40 {
+            buf.clear();
+            buf.push_str(&format!("p{:02}", i % 20));
+            let labels = [("partition", buf.as_str()), ("cluster", "c")];
+            b.push("lag", &labels, f64::from(i));
+            expected.extend(Observation::new("lag", &labels, f64::from(i)));
+        }
+        let many: Vec<(String, String)> = (0..40).map(|i| (format!("n{i:02}"), format!("v{}", i % 3))).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        b.push("wide", &many, 1.0);
+        expected.extend(Observation::new("wide", &many, 1.0));
+        assert_eq!(b.to_observations(), expected);
+        assert_eq!(b.strings(), 1 + 3 + 20 + 40 + 3 + 1, "lag, partition, cluster and c, 20 partitions, 40 names, 3 values, wide");
+    }
 
     #[test]
     fn a_batch_holds_what_observations_hold() {
