@@ -301,7 +301,7 @@ impl Source {
                 let at = snapshot.taken_at;
                 let history = store.history_config();
                 // Raw and derived series are published together, as one snapshot.
-                let n = store.record_success_with(kind, name, at, snapshot.to_sample(), &derive::kafka::READS, |view| {
+                let n = store.record_success_with(kind, name, at, snapshot.to_sample(), derive::kafka::LOOKS_UP, |view| {
                     derive::kafka::derive(view, &snapshot, at, &history, derive)
                 });
                 let size = serde_json::to_value(derive.size()).unwrap_or_default();

@@ -74,7 +74,8 @@ mod view;
 
 pub use chunk::{Chunk, Unordered};
 pub use series::{Series, SeriesRef};
-pub use view::View;
+pub use table::Cursor;
+pub use view::{Found, View};
 use series::{Key, Symbols, Times};
 
 /// One source: health, latest targets and series history.
@@ -158,6 +159,15 @@ impl Entry {
     /// One series by a borrowed key, without allocating.
     pub fn get_ref(&self, key: KeyRef<'_>) -> Option<SeriesRef<'_>> {
         key.with_ids(|s| self.symbols.get(s), |ids| self.series.get(ids).map(|(k, s)| self.series_ref(k, s))).flatten()
+    }
+
+    /// [`Entry::get_ref`] trying first the slot `cursor`'s next row found last time;
+    /// records the slot found.
+    pub(super) fn find_ref(&self, key: KeyRef<'_>, cursor: &mut table::Cursor) -> Option<SeriesRef<'_>> {
+        let hint = cursor.next_hint();
+        let found = key.with_ids(|s| self.symbols.get(s), |ids| self.series.find(ids, hint)).flatten();
+        cursor.record(found.map(|(slot, _, _)| slot));
+        found.map(|(_, k, s)| self.series_ref(k, s))
     }
 
     fn series_ref<'a>(&'a self, key: &'a Key, series: &'a Series) -> SeriesRef<'a> {
@@ -539,7 +549,8 @@ impl Store {
     /// Records a successful sample and the series derived from it (time lag, rates,
     /// status) as one snapshot. `derive` runs under the read lock (scrapes and the API
     /// are answered meanwhile) over a [`View`]: the entry as it will be with the sample
-    /// appended, for the `reads` signals. Then the raw and derived series are appended
+    /// appended (`reads`: the signals whose pending values the view looks up in the
+    /// sample; [`View::find`] takes them from the caller). Then the raw and derived series are appended
     /// under one short write lock, so no reader ever sees the raw series of a sample
     /// without its derived ones (which would read as `missing`, reset pending alerts and
     /// make a scrape withdraw them). Returns the number of series recorded.

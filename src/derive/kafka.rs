@@ -22,7 +22,7 @@ use crate::sample::kafka_snapshot::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
 use crate::sample::kafka_snapshot::ProbeValue;
 use crate::signal::{Batch, KeyRef, SeriesKey};
-use crate::store::View;
+use crate::store::{Cursor, View};
 use crate::window::{self, Point, Status};
 
 /// What counters need from one sample to the next.
@@ -31,6 +31,8 @@ pub struct DeriveState {
     groups: HashMap<String, GroupMemo, foldhash::fast::RandomState>,
     /// By (group, topic, partition); looked up with a borrowed [`PartKey`].
     partitions: hashbrown::HashMap<(String, TopicPartition), PartitionMemo, foldhash::fast::RandomState>,
+    /// Where this derivation's per-partition look-ups found their series last time.
+    reads: Cursor,
 }
 
 /// A borrowed `(group, topic, partition)`: hashes and compares as the owned key, so a
@@ -145,6 +147,11 @@ pub fn history_windows(history: &HistoryConfig) -> BTreeMap<String, Vec<crate::s
 
 /// The raw signals [`derive`] reads from the store (see [`history_windows`]).
 pub const READS: [&str; 3] = ["log_end_offset", "committed_offset", "lag_offsets"];
+
+/// The raw signals whose pending values [`derive`] looks up in the sample (the view
+/// indexes these): the log-end offsets. It gives the committed offsets and lags itself
+/// ([`View::find`]); debug builds index those too, to check what it gives.
+pub const LOOKS_UP: &[&str] = if cfg!(debug_assertions) { &READS } else { &["log_end_offset"] };
 
 /// Derives every signal of this sample. `view` reads the store's history with the raw
 /// observations of `snapshot` at time `at` (the [`READS`] signals at least).
@@ -282,10 +289,11 @@ pub fn derive(
             }
 
             // Consume rate.
-            let committed_key = KeyRef::new("committed_offset", &pl);
             // The sample holds these two as the snapshot has them (`KafkaSnapshot::batch`).
             let (committed_now, lag_now) = (Some(committed as f64), p.lag_offsets.map(|v| v as f64));
-            let rate = window::rate(&view.points_given(committed_key, rate_since, committed_now));
+            let committed_series = view.find(KeyRef::new("committed_offset", &pl), committed_now, &mut state.reads);
+            let lag_series = view.find(KeyRef::new("lag_offsets", &pl), lag_now, &mut state.reads);
+            let rate = window::rate(&view.points_of(&committed_series, rate_since));
             let topic_rate = topic_rates.entry(p.topic.as_str()).or_insert(Some(0.0));
             match rate {
                 Some(r) => {
@@ -303,13 +311,12 @@ pub fn derive(
             }
 
             // Status: a committed offset outside the log is judged on this sample alone.
-            let lag_key = KeyRef::new("lag_offsets", &pl);
             statuses.push(match (p.out_of_range, p.lost_records) {
                 (Some(true), Some(lost)) if lost > 0 => Status::DataLoss,
                 (Some(true), _) => Status::OutOfRange,
                 _ => window::partition_status(
-                    &view.points_covering_given(committed_key, status_since, committed_now),
-                    &view.points_covering_given(lag_key, status_since, lag_now),
+                    &view.points_covering_of(&committed_series, status_since),
+                    &view.points_covering_of(&lag_series, status_since),
                     history.status_window,
                     g.members > 0,
                 ),
@@ -386,6 +393,7 @@ pub fn derive(
             }
         }
     }
+    state.reads.finish();
     state.prune(snapshot, at, history.retention);
     out
 }

@@ -24,10 +24,11 @@ pub(super) struct Table {
     hasher: foldhash::fast::RandomState,
 }
 
-/// The slots one kind of write (a source's raw sample, its derivations) used last time,
-/// row by row. `u32::MAX`: the row stored nothing.
+/// The slots one kind of write (a source's raw sample, its derivations) or one reader
+/// (a derivation's look-ups, in its order) used last time, row by row. `u32::MAX`: the
+/// row found nothing.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Cursor {
+pub struct Cursor {
     last: Vec<u32>,
     next: Vec<u32>,
 }
@@ -38,13 +39,18 @@ impl Cursor {
         self.last.get(row).copied().filter(|s| *s != u32::MAX)
     }
 
+    /// The slot the next row used last time, if any.
+    pub(super) fn next_hint(&self) -> Option<u32> {
+        self.hint(self.next.len())
+    }
+
     /// Records the slot of the next row (`None`: it stored nothing).
     pub(super) fn record(&mut self, slot: Option<u32>) {
         self.next.push(slot.unwrap_or(u32::MAX));
     }
 
-    /// Ends a write: what it recorded is the hint of the next one.
-    pub(super) fn finish(&mut self) {
+    /// Ends a write or a pass of reads: what it recorded is the hint of the next one.
+    pub fn finish(&mut self) {
         std::mem::swap(&mut self.last, &mut self.next);
         self.next.clear();
         if self.next.capacity() > 2 * self.last.len() + 1024 {
@@ -74,17 +80,24 @@ impl Table {
     }
 
     pub(super) fn get(&self, ids: &[u32]) -> Option<(&Key, &Series)> {
-        let slot = self.slot_of(ids)?;
-        self.slots.get(slot as usize)?.as_ref().map(|(k, s)| (k, s))
+        self.find(ids, None).map(|(_, k, s)| (k, s))
+    }
+
+    /// The slot of `ids`: `hint` if it holds that key, else by hash.
+    fn slot(&self, ids: &[u32], hint: Option<u32>) -> Option<u32> {
+        let hinted = hint.filter(|h| self.slots.get(*h as usize).and_then(Option::as_ref).is_some_and(|(k, _)| **k == *ids));
+        hinted.or_else(|| self.slot_of(ids))
+    }
+
+    /// The series of `ids` and its slot; `hint` is tried first.
+    pub(super) fn find(&self, ids: &[u32], hint: Option<u32>) -> Option<(u32, &Key, &Series)> {
+        let slot = self.slot(ids, hint)?;
+        self.slots.get(slot as usize)?.as_ref().map(|(k, s)| (slot, k, s))
     }
 
     /// The series of `ids` and its slot; `hint` is tried first.
     pub(super) fn get_mut(&mut self, ids: &[u32], hint: Option<u32>) -> Option<(u32, &mut Series)> {
-        let hinted = hint.filter(|h| self.slots.get(*h as usize).and_then(Option::as_ref).is_some_and(|(k, _)| **k == *ids));
-        let slot = match hinted {
-            Some(h) => h,
-            None => self.slot_of(ids)?,
-        };
+        let slot = self.slot(ids, hint)?;
         let (_, s) = self.slots.get_mut(slot as usize)?.as_mut()?;
         Some((slot, s))
     }

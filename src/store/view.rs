@@ -15,10 +15,17 @@
 
 use std::time::SystemTime;
 
-use super::Entry;
+use super::{Cursor, Entry};
 use crate::config::HistoryConfig;
 use crate::signal::{Batch, BatchIndex, KeyRef};
 use crate::window::Point;
+
+/// A series as [`View::find`] found it: what the store holds of it, and the pending
+/// sample's value.
+pub struct Found<'a> {
+    series: Option<super::SeriesRef<'a>>,
+    pending: Option<f64>,
+}
 
 /// An entry plus a pending sample at `at`.
 pub struct View<'a> {
@@ -53,41 +60,52 @@ impl<'a> View<'a> {
 
     /// Points of `key` at or after `since`, oldest first.
     pub fn points(&self, key: KeyRef<'_>, since: SystemTime) -> Vec<Point> {
-        self.points_given(key, since, self.pending.get(key))
-    }
-
-    /// [`View::points`] with the pending sample's value of `key` given by the caller,
-    /// who built the sample, instead of looked up in it (a look-up per series costs
-    /// more than the rest of a derivation). Debug builds check it is that value.
-    pub fn points_given(&self, key: KeyRef<'_>, since: SystemTime, pending: Option<f64>) -> Vec<Point> {
-        self.check_given(key, pending);
-        let since = since.max(self.oldest);
-        let mut v: Vec<Point> = match self.entry.get_ref(key) {
-            Some(s) if self.keeps(&s, pending) => s.since(since).collect(),
-            _ => Vec::new(),
-        };
-        self.overlay(pending, &mut v, since);
-        v
+        self.points_of(&Found { series: self.entry.get_ref(key), pending: self.pending.get(key) }, since)
     }
 
     /// Points of `key` at or after `since`, plus the last one before it.
     pub fn points_covering(&self, key: KeyRef<'_>, since: SystemTime) -> Vec<Point> {
-        self.points_covering_given(key, since, self.pending.get(key))
+        self.points_covering_of(&Found { series: self.entry.get_ref(key), pending: self.pending.get(key) }, since)
     }
 
-    /// [`View::points_covering`] with the pending value given, as [`View::points_given`].
-    pub fn points_covering_given(&self, key: KeyRef<'_>, since: SystemTime, pending: Option<f64>) -> Vec<Point> {
-        self.check_given(key, pending);
+    /// Finds `key` for [`View::points_of`] and [`View::points_covering_of`], with the
+    /// pending sample's value of it given by the caller, who built the sample, instead
+    /// of looked up in it, and the store's slot tried first where `cursor`'s next row
+    /// found it last time (a derivation makes the same look-ups in the same order every
+    /// sample; it calls [`Cursor::finish`] after the last). A hash look-up per series
+    /// cost more than the rest of a derivation. Debug builds check `pending`.
+    pub fn find(&self, key: KeyRef<'_>, pending: Option<f64>, cursor: &mut Cursor) -> Found<'_> {
+        debug_assert_eq!(
+            pending.map(f64::to_bits),
+            self.pending.get(key).map(f64::to_bits),
+            "the pending value given for {key:?} is not the sample's (or its signal is not indexed)"
+        );
+        Found { series: self.entry.find_ref(key, cursor), pending }
+    }
+
+    /// Points of a found series at or after `since`, oldest first.
+    pub fn points_of(&self, found: &Found<'_>, since: SystemTime) -> Vec<Point> {
+        let since = since.max(self.oldest);
+        let mut v: Vec<Point> = match &found.series {
+            Some(s) if self.keeps(s, found.pending) => s.since(since).collect(),
+            _ => Vec::new(),
+        };
+        self.overlay(found.pending, &mut v, since);
+        v
+    }
+
+    /// Points of a found series at or after `since`, plus the last one before it.
+    pub fn points_covering_of(&self, found: &Found<'_>, since: SystemTime) -> Vec<Point> {
         let oldest = self.oldest;
-        let mut v: Vec<Point> = match self.entry.get_ref(key) {
-            Some(s) if self.keeps(&s, pending) => {
+        let mut v: Vec<Point> = match &found.series {
+            Some(s) if self.keeps(s, found.pending) => {
                 let anchor = s.last_before(since).filter(|p| p.0 >= oldest);
                 anchor.into_iter().chain(s.since(since.max(oldest))).collect()
             }
             _ => Vec::new(),
         };
         // The pending point replaces a newer one before `since` as the anchor, too.
-        self.overlay(pending, &mut v, SystemTime::UNIX_EPOCH);
+        self.overlay(found.pending, &mut v, SystemTime::UNIX_EPOCH);
         if let Some(first_in) = v.iter().position(|p| p.0 >= since) {
             let from = first_in.saturating_sub(1);
             v.drain(..from);
@@ -95,14 +113,6 @@ impl<'a> View<'a> {
             v.drain(..v.len() - 1);
         }
         v
-    }
-
-    fn check_given(&self, key: KeyRef<'_>, pending: Option<f64>) {
-        debug_assert_eq!(
-            pending.map(f64::to_bits),
-            self.pending.get(key).map(f64::to_bits),
-            "the pending value given for {key:?} is not the sample's (or its signal is not indexed)"
-        );
     }
 
     /// Whether the series' points stay once the pending sample is appended: a series
@@ -156,6 +166,7 @@ mod tests {
             store.keep_history("derive", BTreeMap::from([("kept".to_string(), vec![HistoryNeed::all(Duration::from_secs(30))])]));
             store.register(SourceKind::Kafka, "c", Duration::from_secs(10));
             let mut at = t(0);
+            let cursor = std::cell::RefCell::new(Cursor::default());
             for (advance, values) in steps {
                 // 0: a second sample at the same time; otherwise 5–15 s later; a sample
                 // older than the latest now and then.
@@ -176,7 +187,15 @@ mod tests {
                     for k in &keys {
                         for since in &sinces {
                             out.push(match view {
-                                Some(v) => k.with_ref(|k| (v.points(k, *since), v.points_covering(k, *since))),
+                                Some(v) => k.with_ref(|k| {
+                                    // Found through a cursor that lives across samples:
+                                    // the same points as a plain look-up.
+                                    let found = v.find(k, v.pending.get(k), &mut cursor.borrow_mut());
+                                    let via_cursor = (v.points_of(&found, *since), v.points_covering_of(&found, *since));
+                                    let plain = (v.points(k, *since), v.points_covering(k, *since));
+                                    assert_eq!(via_cursor, plain);
+                                    plain
+                                }),
                                 None => match e.get(k) {
                                     Some(s) => (s.since(*since).collect(), s.last_before(*since).into_iter().chain(s.since(*since)).collect()),
                                     None => (Vec::new(), Vec::new()),
@@ -187,6 +206,7 @@ mod tests {
                     out
                 };
                 let through_view = store.with_entry(SourceKind::Kafka, "c", |e| read(e, Some(&View::new(e, &batch, &["kept", "latest"], at, &h)))).unwrap();
+                cursor.borrow_mut().finish();
                 store.record_success(SourceKind::Kafka, "c", at, SourceSample { batch, ..SourceSample::default() });
                 let after = store.with_entry(SourceKind::Kafka, "c", |e| read(e, None)).unwrap();
                 proptest::prop_assert_eq!(through_view, after);
