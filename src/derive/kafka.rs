@@ -21,8 +21,8 @@ use crate::config::HistoryConfig;
 use crate::sample::kafka_snapshot::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
 use crate::sample::kafka_snapshot::ProbeValue;
-use crate::signal::{Batch, KeyRef, SeriesKey};
-use crate::store::{Cursor, View};
+use crate::signal::{Batch, KeyRef};
+use crate::store::{Cursor, Found, View};
 use crate::window::{self, Point, Status};
 
 /// What counters need from one sample to the next.
@@ -112,19 +112,19 @@ pub fn is_rebalance(previous: Option<(GroupState, u32)>, now: (GroupState, u32))
 
 /// Sum of several series at the times all of them have a point (they come from the same
 /// snapshots, so their timestamps line up), oldest first.
-fn aligned_sum(view: &View<'_>, keys: &[SeriesKey], since: SystemTime) -> Vec<Point> {
-    if keys.is_empty() {
+fn aligned_sum(view: &View<'_>, series: &[Found<'_>], since: SystemTime) -> Vec<Point> {
+    if series.is_empty() {
         return Vec::new();
     }
     let mut sums: BTreeMap<SystemTime, (f64, usize)> = BTreeMap::new();
-    for k in keys {
-        for (t, v) in k.with_ref(|k| view.points(k, since)) {
+    for f in series {
+        for (t, v) in view.points_of(f, since) {
             let e = sums.entry(t).or_insert((0.0, 0));
             e.0 += v;
             e.1 += 1;
         }
     }
-    sums.into_iter().filter(|(_, (_, n))| *n == keys.len()).map(|(t, (v, _))| (t, v)).collect()
+    sums.into_iter().filter(|(_, (_, n))| *n == series.len()).map(|(t, (v, _))| (t, v)).collect()
 }
 
 fn since(at: SystemTime, window: Duration) -> SystemTime {
@@ -150,8 +150,8 @@ pub const READS: [&str; 3] = ["log_end_offset", "committed_offset", "lag_offsets
 
 /// The raw signals whose pending values [`derive`] looks up in the sample (the view
 /// indexes these): the log-end offsets. It gives the committed offsets and lags itself
-/// ([`View::find`]); debug builds index those too, to check what it gives.
-pub const LOOKS_UP: &[&str] = if cfg!(debug_assertions) { &READS } else { &["log_end_offset"] };
+/// ([`View::find`]; debug builds check them against the sample).
+pub const LOOKS_UP: &[&str] = &["log_end_offset"];
 
 /// Derives every signal of this sample. `view` reads the store's history with the raw
 /// observations of `snapshot` at time `at` (the [`READS`] signals at least).
@@ -348,18 +348,18 @@ pub fn derive(
     // DLQ rate and ratio. Both are computed over the sample times the DLQ topic and the
     // source's committed offsets have in common, so the ratio compares the same interval
     // (a group first seen later than its DLQ would otherwise skew it).
-    let dlq_keys = |dlq: &str| -> Vec<SeriesKey> {
+    let dlq_series = |dlq: &str| -> Vec<Found<'_>> {
         snapshot
             .partitions
             .keys()
             .filter(|tp| tp.topic == dlq)
-            .map(|tp| SeriesKey::new("log_end_offset", &[("cluster", c), ("topic", tp.topic.as_str()), ("partition", &tp.partition.to_string())]))
+            .map(|tp| view.found(KeyRef::new("log_end_offset", &[("cluster", c), ("topic", tp.topic.as_str()), ("partition", &tp.partition.to_string())])))
             .collect()
     };
     // The rate once per DLQ topic, however many pipelines it serves.
     let dlq_topics: std::collections::BTreeSet<&str> = snapshot.dlq.iter().map(|d| d.dlq_topic.as_str()).collect();
     for dlq in dlq_topics {
-        if let Some(r) = window::rate(&aligned_sum(view, &dlq_keys(dlq), rate_since)) {
+        if let Some(r) = window::rate(&aligned_sum(view, &dlq_series(dlq), rate_since)) {
             out.push("dlq_rate", &[("cluster", c), ("dlq_topic", dlq)], r.per_second);
         }
     }
@@ -367,21 +367,22 @@ pub fn derive(
     for d in &snapshot.dlq {
         let Some(gname) = d.group.as_deref() else { continue };
         let l = [("cluster", c), ("dlq_topic", d.dlq_topic.as_str()), ("topic", d.source_topic.as_str()), ("group", gname)];
-        let dlq_keys = dlq_keys(&d.dlq_topic);
+        let dlq = dlq_series(&d.dlq_topic);
         let Some(group) = snapshot.groups.iter().find(|g| g.group == gname && g.error.is_none()) else { continue };
-        let committed_keys: Vec<SeriesKey> = group
+        // Committed offsets are not looked up in the sample (see `LOOKS_UP`): given.
+        let mut once = Cursor::default();
+        let committed: Vec<Found<'_>> = group
             .partitions
             .iter()
             .filter(|p| p.topic == d.source_topic && p.committed_offset.is_some())
             .map(|p| {
-                SeriesKey::new(
-                    "committed_offset",
-                    &[("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", &p.partition.to_string())],
-                )
+                let part = p.partition.to_string();
+                let l = [("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", part.as_str())];
+                view.find(KeyRef::new("committed_offset", &l), p.committed_offset.map(|v| v as f64), &mut once)
             })
             .collect();
-        let dlq_points = aligned_sum(view, &dlq_keys, rate_since);
-        let consumed_points = aligned_sum(view, &committed_keys, rate_since);
+        let dlq_points = aligned_sum(view, &dlq, rate_since);
+        let consumed_points = aligned_sum(view, &committed, rate_since);
         let common: std::collections::BTreeSet<SystemTime> = consumed_points.iter().map(|p| p.0).collect();
         let dlq_common: Vec<Point> = dlq_points.into_iter().filter(|p| common.contains(&p.0)).collect();
         let dlq_times: std::collections::BTreeSet<SystemTime> = dlq_common.iter().map(|p| p.0).collect();
@@ -461,7 +462,7 @@ mod tests {
             }
             snap.groups[0].members = *members;
             snap.taken_at = t(*s);
-            store.record_success_with(SourceKind::Kafka, "c", t(*s), snap.to_sample(), &READS, |view| {
+            store.record_success_with(SourceKind::Kafka, "c", t(*s), snap.to_sample(), LOOKS_UP, |view| {
                 let derived = derive(view, &snap, t(*s), &history, &mut state);
                 last = derived.to_observations();
                 derived
@@ -541,6 +542,19 @@ mod tests {
         let obs = run(&s, Some(&[0, 10, 20, 30]));
         assert_eq!(value(&obs, "dlq_rate", &[("dlq_topic", "t.dlq")]), Some(1.0));
         assert_eq!(value(&obs, "dlq_ratio", &[("dlq_topic", "t.dlq"), ("group", "g")]), Some(0.1));
+    }
+
+    /// The ratio reads the newest sample's committed offsets too (they are given to the
+    /// view, not looked up in the sample): a DLQ burst in the last interval shows.
+    #[test]
+    fn dlq_ratio_covers_the_newest_sample() {
+        let s: Vec<(u64, i64, i64, u32)> = (0..=3).map(|i| (i * 10, 1000, i as i64 * 100, 1)).collect();
+        let obs = run(&s, Some(&[0, 10, 20, 80]));
+        let dlq = value(&obs, "dlq_rate", &[("dlq_topic", "t.dlq")]).expect("a DLQ rate");
+        let consumed = value(&obs, "consume_rate", &[("group", "g")]).expect("a consume rate");
+        let ratio = value(&obs, "dlq_ratio", &[("dlq_topic", "t.dlq"), ("group", "g")]).expect("a ratio");
+        assert!(dlq > 1.0, "the burst is in the DLQ rate: {dlq}");
+        assert!((ratio - dlq / consumed).abs() < 1e-9, "ratio {ratio}, rates {dlq} / {consumed}");
     }
 
     #[test]

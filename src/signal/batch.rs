@@ -180,6 +180,14 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// The value of `key` in this batch (its last row wins, as in the store), by a
+    /// scan of every row: for checks and tests, not for hot paths (see [`Batch::index`]).
+    pub fn get(&self, key: KeyRef<'_>) -> Option<f64> {
+        key.with_ids(|s| self.ids.get(s).copied(), |ids| self.iter().filter(|r| r.ids() == ids).last().map(|r| r.value())).flatten()
+    }
+}
+
 /// Rows of a [`Batch`] by key (see [`Batch::index`]).
 pub struct BatchIndex<'a> {
     batch: &'a Batch,
@@ -319,6 +327,9 @@ mod tests {
         assert_eq!(index.get(KeyRef::new("dup", &[("x", "first"), ("a", "1"), ("x", "second")])), Some(-2.0), "a name given twice keeps its last value");
         assert_eq!(index.get(KeyRef::new("a", &[])), None, "not an indexed signal");
         assert_eq!(index.get(KeyRef::new("lag_seconds", &[("cluster", "c")])), None);
+        assert_eq!(b.get(KeyRef::new("lag_seconds", &lag)), Some(2.5), "the scan agrees with the index");
+        assert_eq!(b.get(KeyRef::new("a", &[])), Some(0.0), "the scan reads every signal");
+        assert_eq!(b.get(KeyRef::new("nan", &[("a", "b")])), None, "a non-finite value is not observed");
         let nine: Vec<(&str, &str)> = ["a", "b", "c", "d", "e", "f", "g", "h", "i"].iter().map(|n| (*n, "1")).collect();
         assert_eq!(index.get(KeyRef::new("lag_seconds", &nine)), None, "more labels than sorted on the stack");
     }

@@ -31,6 +31,8 @@ pub struct Found<'a> {
 pub struct View<'a> {
     entry: &'a Entry,
     pending: BatchIndex<'a>,
+    /// The whole pending sample ([`View::find`] checks what it is given against it).
+    sample: &'a Batch,
     at: SystemTime,
     /// The store ignores a sample older than its latest.
     ignored: bool,
@@ -50,7 +52,7 @@ impl<'a> View<'a> {
         let keep_old = h.max_points.max(1) - usize::from(adds);
         let by_count = times.len().checked_sub(keep_old).and_then(|i| times.get(i).copied()).unwrap_or(SystemTime::UNIX_EPOCH);
         let oldest = if ignored { SystemTime::UNIX_EPOCH } else { horizon.max(by_count) };
-        View { entry, pending: pending.index(signals), at, ignored, oldest }
+        View { entry, pending: pending.index(signals), sample: pending, at, ignored, oldest }
     }
 
     /// The time of the pending sample.
@@ -58,14 +60,22 @@ impl<'a> View<'a> {
         self.at
     }
 
-    /// Points of `key` at or after `since`, oldest first.
+    /// Points of `key` at or after `since`, oldest first (`key`'s signal is one the
+    /// view indexes, or its pending value is ignored: see [`View::find`]).
     pub fn points(&self, key: KeyRef<'_>, since: SystemTime) -> Vec<Point> {
-        self.points_of(&Found { series: self.entry.get_ref(key), pending: self.pending.get(key) }, since)
+        self.points_of(&self.found(key), since)
     }
 
-    /// Points of `key` at or after `since`, plus the last one before it.
+    /// Points of `key` at or after `since`, plus the last one before it (as
+    /// [`View::points`]).
     pub fn points_covering(&self, key: KeyRef<'_>, since: SystemTime) -> Vec<Point> {
-        self.points_covering_of(&Found { series: self.entry.get_ref(key), pending: self.pending.get(key) }, since)
+        self.points_covering_of(&self.found(key), since)
+    }
+
+    /// `key` found by a plain look-up, its pending value from the view's index (as
+    /// [`View::points`]).
+    pub fn found(&self, key: KeyRef<'_>) -> Found<'_> {
+        Found { series: self.entry.get_ref(key), pending: self.pending.get(key) }
     }
 
     /// Finds `key` for [`View::points_of`] and [`View::points_covering_of`], with the
@@ -77,8 +87,8 @@ impl<'a> View<'a> {
     pub fn find(&self, key: KeyRef<'_>, pending: Option<f64>, cursor: &mut Cursor) -> Found<'_> {
         debug_assert_eq!(
             pending.map(f64::to_bits),
-            self.pending.get(key).map(f64::to_bits),
-            "the pending value given for {key:?} is not the sample's (or its signal is not indexed)"
+            self.sample.get(key).map(f64::to_bits),
+            "the pending value given for {key:?} is not the sample's"
         );
         Found { series: self.entry.find_ref(key, cursor), pending }
     }
