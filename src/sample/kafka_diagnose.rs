@@ -379,8 +379,11 @@ mod tests {
 
     const T: Duration = Duration::from_secs(2);
 
+    /// A loopback port nothing listens on. Not a freed ephemeral port: a test running
+    /// in parallel could bind that again before the connection is tried (seen once).
+    /// Port 1 (tcpmux) is privileged, below the ephemeral range, and unused here.
     fn closed_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        1
     }
 
     /// A listener on a free port whose every connection is handed to `serve`.
