@@ -15,7 +15,11 @@
 //! Environment: `BENCH_GROUPS` (default 5000), `BENCH_CYCLES` (default 360 = 1 h at
 //! 10 s), `BENCH_RUNS` (default 5, for the render and evaluation timings),
 //! `BENCH_OBSERVATIONS=1` (hand the store owned `Observation`s, one label map each, as
-//! every source did before the compact [`Batch`]: shows what that costs).
+//! every source did before the compact [`Batch`]: shows what that costs),
+//! `BENCH_INCIDENT=1` (a mass incident: every group's committed offsets stand still while
+//! lag stays, so `consumer-stuck-on-a-record` is active on every partition, as when a
+//! whole cluster's consumers stop; the evaluation rows then show what 50,000 active
+//! instances cost at 5,000 groups).
 //!
 //! Where the memory goes: a counting global allocator gives the heap in use (live) and
 //! its peak within each cycle, next to the process' VmRSS / VmHWM, so the table shows
@@ -131,7 +135,7 @@ struct Names {
 
 /// One cycle's observations: compact (as the Kafka source gives them) or owned
 /// (`owned`: one `Observation` and label map each, as before).
-fn sample(n: &Names, cycle: u64, rng: &mut Rng, owned: bool) -> SourceSample {
+fn sample(n: &Names, cycle: u64, rng: &mut Rng, owned: bool, incident: bool) -> SourceSample {
     let c = "prod-eu-west-1";
     let mut batch = Batch::new();
     let mut o: Vec<Observation> = Vec::new();
@@ -153,8 +157,9 @@ fn sample(n: &Names, cycle: u64, rng: &mut Rng, owned: bool) -> SourceSample {
         let mut max_lag = 0.0f64;
         for part in &n.partitions {
             let l = [("cluster", c), ("group", group.as_str()), ("topic", topic.as_str()), ("partition", part.as_str())];
-            let lag = (rng.next() % 500) as f64;
-            let committed = (cycle * 200) as f64 + (rng.next() % 50) as f64;
+            let lag = (rng.next() % 500 + u64::from(incident)) as f64;
+            // Stuck: the same committed offset every cycle.
+            let committed = if incident { 1000.0 } else { (cycle * 200) as f64 + (rng.next() % 50) as f64 };
             let probe = (rng.next() % 60_000) as f64 / 1000.0;
             let interp = (rng.next() % 90_000) as f64 / 1000.0;
             max_lag = max_lag.max(probe);
@@ -183,6 +188,7 @@ fn main() {
     let cycles = env("BENCH_CYCLES", 360) as u64;
     let runs = env("BENCH_RUNS", 5).max(1);
     let owned = std::env::var_os("BENCH_OBSERVATIONS").is_some();
+    let incident = std::env::var_os("BENCH_INCIDENT").is_some();
     let names = Names {
         groups: (0..groups).map(|g| format!("payments-settlement-consumer-{g:05}")).collect(),
         topics: (0..groups.div_ceil(5)).map(|t| format!("payments.settlement.events.v2.{t:04}")).collect(),
@@ -208,7 +214,7 @@ fn main() {
     for cycle in 0..cycles {
         reset_peak();
         let live0 = LIVE.load(Ordering::Relaxed);
-        let s = sample(&names, cycle, &mut rng, owned);
+        let s = sample(&names, cycle, &mut rng, owned, incident);
         let built = LIVE.load(Ordering::Relaxed).saturating_sub(live0);
         series = s.observations.len() + s.batch.len();
         let at = start + INTERVAL * cycle as u32 + Duration::from_millis(rng.next() % 300);
@@ -240,14 +246,22 @@ fn main() {
     }
     let set = rules.set();
     let (mut evals, mut eval_cpu) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
+    let live_before_eval = LIVE.load(Ordering::Relaxed);
+    let mut eval_peak = 0;
+    for run in 0..runs {
+        reset_peak();
         let (started, c0) = (Instant::now(), cpu());
+        // One cycle apart, as the agent evaluates: `for` durations advance.
+        let at = now + INTERVAL * run as u32;
         for file in &set.files {
-            rules.eval_group(file, &store, now);
+            rules.eval_group(file, &store, at);
         }
         evals.push(started.elapsed());
         eval_cpu.push(cpu().saturating_sub(c0));
+        eval_peak = eval_peak.max(PEAK.load(Ordering::Relaxed).saturating_sub(live_before_eval));
     }
+    let eval_kept = LIVE.load(Ordering::Relaxed).saturating_sub(live_before_eval);
+    let active: usize = rules.rule_statuses().iter().map(|r| r.instances.len()).sum();
 
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     let samples = series as f64 * cycles as f64;
@@ -260,6 +274,9 @@ fn main() {
     println!("{:<44} {:>12}", "heap: the store after fill (MB)", format!("{:.1}", mbu(live_store)));
     println!("{:<44} {:>12}", "heap slope: bytes per series", format!("{:.0}", live_store as f64 / series as f64));
     println!("{:<44} {:>12}", "heap slope: bytes per sample", format!("{:.2}", live_store as f64 / samples));
+    println!("{:<44} {:>12}", "heap: rules' state after evaluations (MB)", format!("{:.1}", mbu(eval_kept)));
+    println!("{:<44} {:>12}", "heap: peak above the store, evaluating (MB)", format!("{:.1}", mbu(eval_peak)));
+    println!("{:<44} {:>12}", "alert instances kept (not quiet)", active);
     println!("{:<44} {:>12}", "RSS after fill (MB)", format!("{:.1}", mb(rss_after)));
     println!("{:<44} {:>12}", "peak RSS, VmHWM (MB)", format!("{:.1}", mb(hwm)));
     println!("{:<44} {:>12}", "RSS after fill, freed heap returned (MB)", format!("{:.1}", mb(rss_trimmed)));
