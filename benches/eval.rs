@@ -24,7 +24,7 @@ fn dataset(now: SystemTime) -> Dataset {
             let points = (0..30)
                 .map(|i| (now - Duration::from_secs(10 * (29 - i)), (g * 7 + p * 3 + i as usize * (g % 5)) as f64 % 120.0))
                 .collect();
-            series.push(SeriesData { labels, fresh: (g + p) % 97 != 0, points, source: None });
+            series.push(SeriesData { labels: std::sync::Arc::new(labels), fresh: (g + p) % 97 != 0, points, source: None });
         }
     }
     d.by_signal.insert("lag_seconds".into(), series);

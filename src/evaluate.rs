@@ -47,7 +47,7 @@ use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloSpec, SloStatus};
 use crate::rules::verdict::{self, Verdict};
 use crate::state::{self, JournalEntry, RestoreStatus, StateHealth};
-use crate::signal::Quality;
+use crate::signal::{Quality, SharedLabels};
 use crate::store::{HistoryNeed, Store};
 use crate::supervise::Supervisor;
 
@@ -685,8 +685,18 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
             let source_name = format!("{}/{}", e.health.kind.as_str(), e.health.name);
             let source_fresh = e.health.quality(now) == Quality::Fresh;
             let source = data.add_source(&source_name, source_fresh);
+            // One label set per distinct labels of this source, shared by its signals'
+            // series (a partition's committed offset and lag are read together).
+            let mut shared: HashMap<&[u32], SharedLabels, foldhash::fast::RandomState> = HashMap::default();
+            // The wanted signals as this source's ids: each series is then told apart by
+            // one integer compare, not by hashing its signal's name (a file reads a few
+            // signals of millions of series), and a source with none of them is skipped.
+            let ids: Vec<(u32, &(Duration, Matchers<'_>))> = wanted.iter().filter_map(|(signal, w)| Some((e.symbol(signal)?, w))).collect();
+            if ids.is_empty() {
+                continue;
+            }
             for series in e.iter() {
-                let Some((window, sets)) = wanted.get(series.signal()) else { continue };
+                let Some((_, (window, sets))) = ids.iter().find(|(id, _)| *id == series.signal_id()) else { continue };
                 if !picks(&series, sets) || target.is_some_and(|t| t.iter().any(|(k, v)| series.label(k) != Some(v.as_str()))) {
                     continue;
                 }
@@ -694,11 +704,11 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
                 let points: Vec<_> = if window.is_zero() {
                     series.last().into_iter().collect()
                 } else {
-                    series.since(since).collect()
+                    series.since_vec(since)
                 };
                 // As Entry::series_quality, without looking the series up again.
                 let fresh = source_fresh && series.last().is_some_and(|(t, _)| Some(t) == e.health.last_success);
-                let sd = SeriesData { labels: series.labels_map(), fresh, points, source: Some(source) };
+                let sd = SeriesData { labels: shared.entry(series.label_ids()).or_insert_with(|| series.labels_map().into()).clone(), fresh, points, source: Some(source) };
                 match data.by_signal.get_mut(series.signal()) {
                     Some(v) => v.push(sd),
                     None => {

@@ -142,6 +142,12 @@ impl Entry {
         self.series.is_empty()
     }
 
+    /// This source's id for the string `s` (a signal name, a label name or value), for
+    /// comparing with [`SeriesRef::signal_id`]; `None` when no series of it uses `s`.
+    pub fn symbol(&self, s: &str) -> Option<u32> {
+        self.symbols.get(s)
+    }
+
     /// Every series, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = SeriesRef<'_>> {
         self.series.iter().map(|(k, s)| self.series_ref(k, s))

@@ -106,7 +106,7 @@ impl Timing {
 }
 
 /// Identity of an instance: rule file, rule name, series labels.
-type Key = (PathBuf, String, Labels);
+type Key = (PathBuf, String, crate::signal::SharedLabels);
 
 /// What the tracker knows about one alert it has seen firing.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +130,7 @@ impl Tracker {
     pub fn observe(&mut self, statuses: &[RuleStatus], now: SystemTime) {
         let mut seen: HashMap<Key, &Instance> = HashMap::new();
         for rule in statuses {
-            for (series, inst) in &rule.instances {
+            for (series, inst) in rule.instances.iter() {
                 let key = (rule.file.clone(), rule.name.clone(), series.clone());
                 if inst.state == AlertState::Firing {
                     let labels = alert_labels(&rule.name, &rule.labels, series);
@@ -212,7 +212,7 @@ pub fn needs_sending(last_sent: Option<SystemTime>, resolved_at: Option<SystemTi
 pub fn alert_series(statuses: &[RuleStatus]) -> Vec<Labels> {
     let mut out = Vec::new();
     for rule in statuses {
-        for (series, inst) in &rule.instances {
+        for (series, inst) in rule.instances.iter() {
             let state = match inst.state {
                 AlertState::Pending => "pending",
                 AlertState::Firing => "firing",
@@ -265,7 +265,7 @@ mod tests {
             annotations: [("summary".to_string(), "behind".to_string())].into(),
             runbooks: Vec::new(),
             unknown: false,
-            instances,
+            instances: instances.into_iter().map(|(l, i)| (l.into(), i)).collect(),
             quiet: 0,
         }
     }

@@ -341,7 +341,7 @@ impl Remediation {
                     let pre = guard::target(rb, labels).map(|t| self.preconditions(rb, &t, now)).unwrap_or_default();
                     let mut p = plan::plan(Trigger::Manual(labels), rb, &state, &pre, rb.mode.unwrap_or(self.default_mode), now);
                     p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {})", status.name, inst.value.map_or_else(|| "unknown".to_string(), |v| v.to_string())) });
-                    out.push((status.name.clone(), labels.clone(), p));
+                    out.push((status.name.clone(), (**labels).clone(), p));
                 }
             }
         }

@@ -17,14 +17,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::expr::{self, Dataset, EvalOptions, SourceName, SourceSet, Truth};
+use super::expr::{self, Dataset, EvalOptions, Paired, SourceName, SourceSet, Truth};
 use super::file::{AlertRule, RuleSet};
 use super::slo::{self, Events, Sli, SloSpec, SloStatus};
-use crate::signal::Labels;
+use crate::signal::{Labels, SharedLabels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,14 +74,19 @@ pub struct Instance {
     /// condition cleared.
     pub resolved_stale: bool,
     /// The sources its series came from at the last evaluation that had it.
+    /// Shared: a copy of the instance (its rule's status) costs no allocation.
     #[serde(serialize_with = "names")]
-    pub sources: Vec<SourceName>,
+    pub sources: Arc<[SourceName]>,
     /// False when some of those sources could not be named (see [`SourceSet`]).
     #[serde(skip)]
     pub sources_complete: bool,
     /// The compared value at the last evaluation (`None`: unknown).
     pub value: Option<f64>,
     pub truth: Truth,
+}
+
+fn shared_instances<S: serde::Serializer>(v: &[(SharedLabels, Instance)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(l, i)| (&**l, i)))
 }
 
 fn names<S: serde::Serializer>(v: &[SourceName], s: S) -> Result<S::Ok, S::Error> {
@@ -99,7 +105,7 @@ impl Default for Instance {
             keep_firing_since: None,
             absent_since: None,
             resolved_stale: false,
-            sources: Vec::new(),
+            sources: Arc::from([]),
             sources_complete: true,
             value: None,
             truth: Truth::Unknown,
@@ -218,7 +224,8 @@ fn resolve(i: &mut Instance, now: SystemTime, stale: bool) {
 pub struct Transition {
     pub file: PathBuf,
     pub rule: String,
-    pub labels: Labels,
+    #[serde(serialize_with = "crate::signal::serialize_shared")]
+    pub labels: SharedLabels,
     pub from: AlertState,
     pub to: AlertState,
     pub value: Option<f64>,
@@ -254,7 +261,9 @@ pub struct Engine {
     /// are hundreds of thousands of them (a rule per partition of 20,000 groups).
     /// By rule, then by labels (a lookup compares labels only, not the file's path and
     /// the rule's name first: at 200,000 instances those comparisons were most of it).
-    pub instances: BTreeMap<RuleKey, BTreeMap<Labels, Instance>>,
+    /// Each rule's instances are a list in label order (merged with each evaluation's
+    /// results, which come in that order).
+    pub instances: BTreeMap<RuleKey, Vec<(SharedLabels, Instance)>>,
     /// Quiet instances per rule at its latest evaluation.
     quiet: HashMap<RuleKey, usize>,
     /// SLO events by SLO name.
@@ -277,7 +286,10 @@ pub struct RuleStatus {
     /// Unknown for longer than `unknown_after`: the rule cannot be trusted.
     pub unknown: bool,
     /// Every instance but the quiet ones (as Prometheus lists only active alerts).
-    pub instances: Vec<(Labels, Instance)>,
+    /// Shared: the API, the metrics, the notifier and the executor each take the
+    /// statuses, and at scale this is hundreds of thousands of instances.
+    #[serde(serialize_with = "shared_instances")]
+    pub instances: Arc<[(SharedLabels, Instance)]>,
     /// Instances inactive with a false condition: counted, not listed.
     pub quiet: usize,
 }
@@ -295,61 +307,56 @@ impl Engine {
     fn eval_rule(&mut self, rule: &AlertRule, data: &Dataset, now: SystemTime, opts: &EngineOptions) -> Vec<Transition> {
         let timing = Timing { for_: rule.for_, keep_firing_for: rule.keep_firing_for, unknown_after: opts.unknown_after };
         let results = expr::eval(&rule.condition, data, now, &opts.eval);
-        let mut out = Vec::new();
-        let mut transition = |labels: &Labels, from: AlertState, inst: &Instance| {
+        let (mut out, mut gone) = (Vec::new(), Vec::new());
+        let transition = |out: &mut Vec<Transition>, labels: &SharedLabels, from: AlertState, inst: &Instance| {
             if from != inst.state {
                 let stale = inst.state == AlertState::Resolved && inst.resolved_stale;
                 out.push(Transition { file: rule.file.clone(), rule: rule.name.clone(), labels: labels.clone(), from, to: inst.state, value: inst.value, stale });
             }
         };
         let rule_key = (rule.file.clone(), rule.name.clone());
-        let instances = self.instances.entry(rule_key.clone()).or_default();
+        // The kept instances and the results are both in label order: one merge pairs
+        // them (at 200,000 instances, a look-up per result and per instance was most of
+        // the evaluation), and the instances to keep come out in order too.
+        let before = self.instances.remove(&rule_key).unwrap_or_default();
+        let mut kept: Vec<(SharedLabels, Instance)> = Vec::with_capacity(before.len());
         let mut quiet = 0;
-        for (labels, v) in &results {
-            // A quiet instance (inactive, false) is not kept: only a new one is built
-            // aside, and kept if it has something to remember.
-            let mut fresh_one = None;
-            let inst = match instances.get_mut(labels) {
-                Some(inst) => inst,
-                None => fresh_one.insert(Instance::default()),
+        for pair in expr::merge_sorted(results.iter().map(|(l, v)| (l, v)), before, |(a, _), (b, _)| expr::cmp_labels(a, b)) {
+            let ((labels, v), mut inst) = match pair {
+                Paired::Both(result, (_, inst)) => (result, inst),
+                Paired::Left(result) => (result, Instance::default()),
+                // Its series is absent: gone (false) if its sources are fresh, unknown
+                // if not.
+                Paired::Right((labels, mut inst)) => {
+                    let from = inst.state;
+                    inst.absent_since.get_or_insert(now);
+                    let truth = inst.absent_truth(data);
+                    step(&mut inst, truth, None, now, timing);
+                    transition(&mut gone, &labels, from, &inst);
+                    let quiet = matches!(inst.state, AlertState::Inactive | AlertState::Resolved);
+                    if !(quiet && elapsed(now, inst.absent_since) >= opts.forget_after) {
+                        kept.push((labels, inst));
+                    }
+                    continue;
+                }
             };
             let from = inst.state;
             inst.absent_since = None;
             inst.set_sources(v.sources, data);
-            step(inst, v.truth, v.value, now, timing);
-            transition(labels, from, inst);
+            step(&mut inst, v.truth, v.value, now, timing);
+            transition(&mut out, labels, from, &inst);
+            // A quiet instance (inactive, false) is not kept: its next evaluation would
+            // build it again exactly as it is.
             let is_quiet = inst.state == AlertState::Inactive && inst.truth == Truth::False;
-            match (fresh_one, is_quiet) {
-                (Some(_), true) => {}
-                (Some(inst), false) => {
-                    instances.insert(labels.clone(), inst);
-                }
-                (None, true) => {
-                    instances.remove(labels);
-                }
-                (None, false) => {}
-            }
             quiet += usize::from(is_quiet);
-        }
-        // Instances whose series are absent: gone (false) if their sources are fresh,
-        // unknown if not.
-        let mut forget = Vec::new();
-        for (labels, inst) in instances.iter_mut().filter(|(l, _)| !results.contains_key(*l)) {
-            let from = inst.state;
-            inst.absent_since.get_or_insert(now);
-            let truth = inst.absent_truth(data);
-            step(inst, truth, None, now, timing);
-            transition(labels, from, inst);
-            let quiet = matches!(inst.state, AlertState::Inactive | AlertState::Resolved);
-            if quiet && elapsed(now, inst.absent_since) >= opts.forget_after {
-                forget.push(labels.clone());
+            if !is_quiet {
+                kept.push((labels.clone(), inst));
             }
         }
-        for labels in forget {
-            instances.remove(&labels);
-        }
-        if instances.is_empty() {
-            self.instances.remove(&rule_key);
+        // Present series' transitions first, then absent ones', each in label order.
+        out.append(&mut gone);
+        if !kept.is_empty() {
+            self.instances.insert(rule_key.clone(), kept);
         }
         self.quiet.insert(rule_key, quiet);
         out
@@ -357,11 +364,12 @@ impl Engine {
 
     /// The instance of rule `name` of `file` for `labels`, if it is kept.
     pub fn instance(&self, file: &Path, name: &str, labels: &Labels) -> Option<&Instance> {
-        self.instances.get(&(file.to_path_buf(), name.to_string()))?.get(labels)
+        let kept = self.instances.get(&(file.to_path_buf(), name.to_string()))?;
+        kept.binary_search_by(|(l, _)| (**l).cmp(labels)).ok().map(|i| &kept[i].1)
     }
 
     /// Every kept instance: (file, rule name), labels, instance.
-    pub fn all_instances(&self) -> impl Iterator<Item = (&(PathBuf, String), &Labels, &Instance)> {
+    pub fn all_instances(&self) -> impl Iterator<Item = (&(PathBuf, String), &SharedLabels, &Instance)> {
         self.instances.iter().flat_map(|(k, m)| m.iter().map(move |(l, i)| (k, l, i)))
     }
 
@@ -371,7 +379,7 @@ impl Engine {
             .iter()
             .map(|rule| {
                 let key = (rule.file.clone(), rule.name.clone());
-                let instances: Vec<(Labels, Instance)> =
+                let instances: Arc<[(SharedLabels, Instance)]> =
                     self.instances.get(&key).into_iter().flatten().map(|(l, i)| (l.clone(), i.clone())).collect();
                 // The rule is unknown when every instance has been unknown long enough
                 // (or it has none at all, which only happens when nothing matched).
@@ -523,7 +531,7 @@ mod tests {
         let source = Some(d.add_source("kafka/prod", source_fresh));
         for (g, fresh) in series {
             let labels: Labels = [("group".to_string(), g.to_string())].into();
-            let s = expr::SeriesData { labels, fresh: *fresh, points: vec![(t(at), 100.0)], source };
+            let s = expr::SeriesData { labels: labels.into(), fresh: *fresh, points: vec![(t(at), 100.0)], source };
             d.by_signal.entry("lag".into()).or_default().push(s);
         }
         d
@@ -569,7 +577,7 @@ mod tests {
         let mut d = Dataset::default();
         let (fresh, stale) = (Some(d.add_source("kafka/a", true)), Some(d.add_source("kafka/b", false)));
         let mut push = |g: String, v: f64, fresh: bool, source| {
-            let s = expr::SeriesData { labels: [("group".to_string(), g)].into(), fresh, points: vec![(t(0), v)], source };
+            let s = expr::SeriesData { labels: Labels::from([("group".to_string(), g)]).into(), fresh, points: vec![(t(0), v)], source };
             d.by_signal.entry("lag".into()).or_default().push(s);
         };
         for g in 0..1000 {

@@ -27,7 +27,8 @@
 //! One file on purpose (it is longer than the others): the grammar, its AST and the
 //! three-valued evaluator change together, and every new function touches all three.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use regex::Regex;
 
 use crate::rules::trend;
-use crate::signal::Labels;
+use crate::signal::{Labels, SharedLabels};
 use crate::window::{self, Point};
 
 pub use crate::limits::{MAX_DURATION, MAX_DURATION_TEXT, MAX_EXPR_BYTES, MAX_EXPR_DEPTH, MAX_EXPR_TERMS};
@@ -652,7 +653,7 @@ impl Truth {
 /// One series as the evaluator sees it.
 #[derive(Debug, Clone)]
 pub struct SeriesData {
-    pub labels: Labels,
+    pub labels: SharedLabels,
     /// Produced by its source's latest sample, which is recent: only fresh data may make
     /// a condition true.
     pub fresh: bool,
@@ -840,13 +841,20 @@ fn aggregate(agg: Agg, values: &[Option<f64>]) -> Option<f64> {
 type Members = (Vec<Option<f64>>, SourceSet);
 
 /// Values of a value expression: one entry per series (or per `by` group).
-pub fn eval_value(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(Labels, Option<f64>)> {
+pub fn eval_value(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(SharedLabels, Option<f64>)> {
     eval_value_sourced(expr, data, now, opts).into_iter().map(|(l, v, _)| (l, v)).collect()
+}
+
+/// Does `by` name every label of a series? Its group's label set (the `by` labels it
+/// has) is then its own, shared rather than built again. (`by` may also name labels the
+/// series lacks, or one twice.)
+fn by_is_whole(by: &[String], labels: &Labels) -> bool {
+    labels.keys().all(|k| by.contains(k))
 }
 
 /// As [`eval_value`], with the sources of each entry. Gone series (see [`Dataset`]) take
 /// no part: a group whose series are all gone is absent from the result.
-fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(Labels, Option<f64>, SourceSet)> {
+fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Vec<(SharedLabels, Option<f64>, SourceSet)> {
     let matched: Vec<&SeriesData> = data
         .by_signal
         .get(&expr.selector.signal)
@@ -857,35 +865,43 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
         None => selected.map(|s| (s.labels.clone(), series_value(expr, s, now, opts), SourceSet::of(s.source))).collect(),
         Some((agg, by)) => {
             // Grouped by the series' own `by` values (borrowed, hashed): the group's labels
-            // are built once per group, not once per series, and compared only by the one
-            // sort that puts the groups in label order.
-            let mut index: HashMap<Vec<Option<&str>>, usize> = HashMap::new();
+            // are built once per group, not once per series (or shared with the series
+            // when `by` names all its labels), and compared only by the one sort that
+            // puts the groups in label order.
+            // Sized for one group per series (the common `by` every label): no rehash.
+            let mut index: HashMap<Vec<Option<&str>>, usize, foldhash::fast::RandomState> = HashMap::with_capacity_and_hasher(matched.len(), Default::default());
             let mut members: Vec<Members> = Vec::new();
-            let mut keys: Vec<Vec<Option<&str>>> = Vec::new();
+            let mut keys: Vec<SharedLabels> = Vec::new();
             for s in selected {
                 let key: Vec<Option<&str>> = by.iter().map(|l| s.labels.get(l).map(String::as_str)).collect();
-                let i = *index.entry(key).or_insert_with_key(|k| {
-                    keys.push(k.clone());
-                    members.push(Default::default());
-                    members.len() - 1
-                });
+                let i = match index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        let labels = if by_is_whole(by, &s.labels) {
+                            s.labels.clone()
+                        } else {
+                            SharedLabels::new(by.iter().zip(&key).filter_map(|(l, v)| Some((l.clone(), (*v)?.to_string()))).collect())
+                        };
+                        keys.push(labels);
+                        members.push(Default::default());
+                        index.insert(key, members.len() - 1);
+                        members.len() - 1
+                    }
+                };
                 let g = &mut members[i];
                 g.0.push(series_value(expr, s, now, opts));
                 g.1 = g.1.union(SourceSet::of(s.source));
             }
-            let mut groups: Vec<(Labels, Members)> = keys
-                .into_iter()
-                .zip(members)
-                .map(|(k, m)| (by.iter().zip(k).filter_map(|(l, v)| Some((l.clone(), v?.to_string()))).collect(), m))
-                .collect();
+            drop(index);
+            let mut groups: Vec<(SharedLabels, Members)> = keys.into_iter().zip(members).collect();
             groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             if groups.is_empty() && by.is_empty() {
                 let sources = matched.iter().fold(SourceSet::default(), |a, s| a.union(SourceSet::of(s.source)));
                 return match (agg, matched.is_empty()) {
                     // Nothing left to count is 0, whether nothing matched or all is gone.
-                    (Agg::Count, _) => vec![(Labels::new(), Some(0.0), sources)],
+                    (Agg::Count, _) => vec![(SharedLabels::default(), Some(0.0), sources)],
                     // Nothing matched at all: unknown (never 0).
-                    (_, true) => vec![(Labels::new(), None, sources)],
+                    (_, true) => vec![(SharedLabels::default(), None, sources)],
                     // Everything it aggregated is gone: so is the aggregate.
                     (_, false) => Vec::new(),
                 };
@@ -897,19 +913,21 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
 
 /// Evaluates a condition: per series (label set), its truth, the value compared (of the
 /// first comparison; for display) and the sources it came from.
-pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> BTreeMap<Labels, Verdict> {
+pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> Results {
     match cond {
-        Cond::Cmp { lhs, op, rhs, .. } => eval_value_sourced(lhs, data, now, opts)
-            .into_iter()
-            .map(|(l, v, sources)| {
-                let truth = match v {
-                    None => Truth::Unknown,
-                    Some(x) if op.apply(x, *rhs) => Truth::True,
-                    Some(_) => Truth::False,
-                };
-                (l, Verdict { truth, value: v, sources })
-            })
-            .collect(),
+        Cond::Cmp { lhs, op, rhs, .. } => Results::from_unsorted(
+            eval_value_sourced(lhs, data, now, opts)
+                .into_iter()
+                .map(|(l, v, sources)| {
+                    let truth = match v {
+                        None => Truth::Unknown,
+                        Some(x) if op.apply(x, *rhs) => Truth::True,
+                        Some(_) => Truth::False,
+                    };
+                    (l, Verdict { truth, value: v, sources })
+                })
+                .collect(),
+        ),
         Cond::And(a, b) | Cond::Or(a, b) => {
             let is_and = matches!(cond, Cond::And(..));
             let (ra, rb) = (eval(a, data, now, opts), eval(b, data, now, opts));
@@ -918,11 +936,116 @@ pub fn eval(cond: &Cond, data: &Dataset, now: SystemTime, opts: &EvalOptions) ->
     }
 }
 
+/// The verdicts of a condition: one per label set, in label order (a sorted list, not a
+/// map: results are built in order, merged in order and read in order, so a tree's
+/// look-ups and its rebuilding from sorted input were all overhead).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Results(Vec<(SharedLabels, Verdict)>);
+
+impl Results {
+    /// From pairs in any order: sorted by labels (stably), and of equal label sets the
+    /// last one kept, as collecting into a map would.
+    fn from_unsorted(mut v: Vec<(SharedLabels, Verdict)>) -> Self {
+        if !v.is_sorted_by(|a, b| cmp_labels(&a.0, &b.0) == Ordering::Less) {
+            v.sort_by(|a, b| cmp_labels(&a.0, &b.0));
+            v.dedup_by(|later, kept| {
+                let same = cmp_labels(&later.0, &kept.0) == Ordering::Equal;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
+        }
+        Results(v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The verdict for exactly `labels`.
+    pub fn get(&self, labels: &Labels) -> Option<&Verdict> {
+        self.0.binary_search_by(|(l, _)| (**l).cmp(labels)).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, (SharedLabels, Verdict)> {
+        self.0.iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &SharedLabels> {
+        self.0.iter().map(|(l, _)| l)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Verdict> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl std::ops::Index<&Labels> for Results {
+    type Output = Verdict;
+
+    /// Panics when `labels` has no verdict, as a map's index does (tests only read
+    /// results this way).
+    fn index(&self, labels: &Labels) -> &Verdict {
+        self.get(labels).expect("a verdict for these labels")
+    }
+}
+
+impl IntoIterator for Results {
+    type Item = (SharedLabels, Verdict);
+    type IntoIter = std::vec::IntoIter<(SharedLabels, Verdict)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// Label order; the same shared set (two signals' series of one partition, see
+/// `evaluate::dataset_for`) is equal without comparing its strings.
+pub fn cmp_labels(a: &SharedLabels, b: &SharedLabels) -> Ordering {
+    if Arc::ptr_eq(a, b) {
+        Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// One step of [`merge_sorted`]: an item of one side only, or of both with equal keys.
+#[derive(Debug, PartialEq)]
+pub enum Paired<A, B> {
+    Left(A),
+    Right(B),
+    Both(A, B),
+}
+
+/// Pairs the items of two sequences, each in ascending order of the key `cmp` compares,
+/// in that order: one pass, one comparison per step.
+pub fn merge_sorted<A, B>(a: impl IntoIterator<Item = A>, b: impl IntoIterator<Item = B>, cmp: impl Fn(&A, &B) -> Ordering) -> impl Iterator<Item = Paired<A, B>> {
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    std::iter::from_fn(move || {
+        let ord = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => cmp(x, y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => return None,
+        };
+        match ord {
+            Ordering::Less => a.next().map(Paired::Left),
+            Ordering::Greater => b.next().map(Paired::Right),
+            Ordering::Equal => a.next().zip(b.next()).map(|(x, y)| Paired::Both(x, y)),
+        }
+    })
+}
+
 /// Joins two per-series results: identical label sets pair up; a side with one
 /// label-less result (an aggregate) applies to every series of the other; a series
 /// missing on one side meets `Unknown`. A side with no result at all is absent: `and`
 /// gives nothing, `or` gives the other side (as PromQL does).
-fn combine(a: BTreeMap<Labels, Verdict>, b: BTreeMap<Labels, Verdict>, is_and: bool) -> BTreeMap<Labels, Verdict> {
+fn combine(a: Results, b: Results, is_and: bool) -> Results {
     let op = |x: Verdict, y: Verdict| Verdict {
         truth: if is_and { x.truth.and(y.truth) } else { x.truth.or(y.truth) },
         value: x.value,
@@ -930,28 +1053,31 @@ fn combine(a: BTreeMap<Labels, Verdict>, b: BTreeMap<Labels, Verdict>, is_and: b
     };
     if a.is_empty() || b.is_empty() {
         return if is_and {
-            BTreeMap::new()
+            Results::default()
         } else if a.is_empty() {
             b
         } else {
             a
         };
     }
-    let scalar = |m: &BTreeMap<Labels, Verdict>| (m.len() == 1).then(|| m.iter().next().filter(|(k, _)| k.is_empty()).map(|(_, v)| *v)).flatten();
+    let scalar = |m: &Results| (m.len() == 1).then(|| m.iter().next().filter(|(k, _)| k.is_empty()).map(|(_, v)| *v)).flatten();
+    // Every arm keeps its input's order, so the output is in label order too.
     match (scalar(&a), scalar(&b)) {
-        (Some(sa), Some(sb)) => BTreeMap::from([(Labels::new(), op(sa, sb))]),
-        (Some(sa), None) => b.into_iter().map(|(k, v)| (k, Verdict { value: v.value, ..op(sa, v) })).collect(),
-        (None, Some(sb)) => a.into_iter().map(|(k, v)| (k, op(v, sb))).collect(),
+        (Some(sa), Some(sb)) => Results(vec![(SharedLabels::default(), op(sa, sb))]),
+        (Some(sa), None) => Results(b.into_iter().map(|(k, v)| (k, Verdict { value: v.value, ..op(sa, v) })).collect()),
+        (None, Some(sb)) => Results(a.into_iter().map(|(k, v)| (k, op(v, sb))).collect()),
         (None, None) => {
+            // Both in label order: one merge, no look-ups.
             let unknown = Verdict { truth: Truth::Unknown, value: None, sources: SourceSet::default() };
-            let mut out = BTreeMap::new();
-            for (k, va) in &a {
-                out.insert(k.clone(), op(*va, b.get(k).copied().unwrap_or(unknown)));
-            }
-            for (k, vb) in b {
-                out.entry(k).or_insert(Verdict { value: vb.value, ..op(unknown, vb) });
-            }
-            out
+            Results(
+                merge_sorted(a, b, |(ka, _), (kb, _)| cmp_labels(ka, kb))
+                    .map(|pair| match pair {
+                        Paired::Both((k, va), (_, vb)) => (k, op(va, vb)),
+                        Paired::Left((k, va)) => (k, op(va, unknown)),
+                        Paired::Right((k, vb)) => (k, Verdict { value: vb.value, ..op(unknown, vb) }),
+                    })
+                    .collect(),
+            )
         }
     }
 }
@@ -969,6 +1095,7 @@ impl fmt::Display for Truth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn t(s: f64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs_f64(1_000_000.0 + s)
@@ -985,7 +1112,7 @@ mod tests {
         let mut d = Dataset::default();
         for (signal, l, fresh, values) in series {
             let points = values.iter().enumerate().map(|(i, v)| (t(i as f64 * 10.0), *v)).collect();
-            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l), fresh: *fresh, points, source: None });
+            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l).into(), fresh: *fresh, points, source: None });
         }
         d
     }
@@ -1072,7 +1199,7 @@ mod tests {
         let mut d = Dataset::default();
         for (p, fresh, source_fresh) in series {
             let source = Some(d.add_source(&format!("kafka/{p}"), *source_fresh));
-            let s = SeriesData { labels: labels(&[("p", p)]), fresh: *fresh, points: vec![(t(0.0), 50.0)], source };
+            let s = SeriesData { labels: labels(&[("p", p)]).into(), fresh: *fresh, points: vec![(t(0.0), 50.0)], source };
             d.by_signal.entry("lag".into()).or_default().push(s);
         }
         d
@@ -1142,5 +1269,92 @@ mod tests {
         assert_eq!(r[&labels(&[("group", "b")])].truth, Truth::False);
         let r = eval(&parse(r#"lag{group="a"} > 10"#).unwrap(), &d, t(0.0), &EvalOptions::default());
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn a_by_group_naming_every_label_of_its_series_is_that_series_own_label_set() {
+        let d = data(&[
+            ("lag", &[("group", "a"), ("p", "0")], true, &[5.0]),
+            ("lag", &[("group", "a"), ("p", "1")], true, &[50.0]),
+            ("lag", &[("group", "b")], true, &[7.0]),
+        ]);
+        let by = |src: &str| {
+            let r = eval(&parse(src).unwrap(), &d, t(0.0), &EvalOptions::default());
+            r.into_iter().map(|(l, v)| ((*l).clone(), v.value)).collect::<Vec<_>>()
+        };
+        // Every label named: each series is its own group, with exactly its labels.
+        let whole = vec![
+            (labels(&[("group", "a"), ("p", "0")]), Some(5.0)),
+            (labels(&[("group", "a"), ("p", "1")]), Some(50.0)),
+            (labels(&[("group", "b")]), Some(7.0)),
+        ];
+        assert_eq!(by("max by (group, p) (lag) > 1"), whole);
+        assert_eq!(by("max by (p, group) (lag) > 1"), whole);
+        // A name given twice, or one no series has, changes nothing but what it names.
+        assert_eq!(by("max by (group, group) (lag) > 1"), vec![(labels(&[("group", "a")]), Some(50.0)), (labels(&[("group", "b")]), Some(7.0))]);
+        assert_eq!(by("max by (group, p, zone) (lag) > 1"), whole);
+        // The series shares its own label set with the result; a smaller group builds one.
+        let c = parse("max by (group, p) (lag) > 1").unwrap();
+        let r = eval(&c, &d, t(0.0), &EvalOptions::default());
+        let shared = d.by_signal["lag"].iter().filter(|s| r.keys().any(|k| Arc::ptr_eq(k, &s.labels))).count();
+        assert_eq!(shared, 3);
+    }
+
+    /// The join of two results as it was before the merge: a look-up per label set.
+    fn combine_by_lookup(a: &Results, b: &Results, is_and: bool) -> BTreeMap<Labels, Verdict> {
+        let op = |x: Verdict, y: Verdict| Verdict {
+            truth: if is_and { x.truth.and(y.truth) } else { x.truth.or(y.truth) },
+            value: x.value,
+            sources: x.sources.union(y.sources),
+        };
+        let unknown = Verdict { truth: Truth::Unknown, value: None, sources: SourceSet::default() };
+        let mut out = BTreeMap::new();
+        for (k, va) in a.iter() {
+            out.insert((**k).clone(), op(*va, b.get(k).copied().unwrap_or(unknown)));
+        }
+        for (k, vb) in b.iter() {
+            out.entry((**k).clone()).or_insert(Verdict { value: vb.value, ..op(unknown, *vb) });
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn merging_sorted_sequences_pairs_equal_keys_once_in_order(
+            a in proptest::collection::btree_set(0u8..40, 0..30),
+            b in proptest::collection::btree_set(0u8..40, 0..30),
+        ) {
+            let got: Vec<Paired<u8, u8>> = merge_sorted(a.iter().copied(), b.iter().copied(), |x, y| x.cmp(y)).collect();
+            let mut want = Vec::new();
+            for k in a.union(&b) {
+                want.push(match (a.contains(k), b.contains(k)) {
+                    (true, true) => Paired::Both(*k, *k),
+                    (true, false) => Paired::Left(*k),
+                    _ => Paired::Right(*k),
+                });
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn the_merged_join_of_two_results_is_the_look_up_join(
+            a in proptest::collection::btree_map(0u8..30, (0u8..3, proptest::option::of(0u8..5)), 2..20),
+            b in proptest::collection::btree_map(0u8..30, (0u8..3, proptest::option::of(0u8..5)), 2..20),
+            is_and in proptest::bool::ANY,
+        ) {
+            let side = |m: &BTreeMap<u8, (u8, Option<u8>)>| -> Results {
+                Results(m.iter()
+                    .map(|(k, (t, v))| {
+                        let truth = [Truth::True, Truth::False, Truth::Unknown][usize::from(*t)];
+                        let labels = labels(&[("p", &format!("{k:02}"))]);
+                        (SharedLabels::new(labels), Verdict { truth, value: v.map(f64::from), sources: SourceSet::of(Some(u32::from(*k % 3))) })
+                    })
+                    .collect())
+            };
+            let (a, b) = (side(&a), side(&b));
+            let want = combine_by_lookup(&a, &b, is_and);
+            let got: BTreeMap<Labels, Verdict> = combine(a, b, is_and).into_iter().map(|(k, v)| ((*k).clone(), v)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }

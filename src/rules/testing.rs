@@ -583,7 +583,7 @@ fn dataset_at(inputs: &[(String, Labels, Vec<Option<f64>>)], interval: Duration,
         let now = values.get(upto);
         let source = data.add_source(&format!("test/{n}"), !matches!(now, Some(None)));
         let fresh = now.is_some_and(Option::is_some);
-        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone(), fresh, points, source: Some(source) });
+        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone().into(), fresh, points, source: Some(source) });
     }
     data
 }
@@ -599,7 +599,7 @@ fn check_alert(a: &AlertTest, engine: &Engine, set: &RuleSet) -> Result<(), Stri
     let mut actual: Vec<(Labels, String)> = engine
         .all_instances()
         .filter(|(k, _, i)| k.0 == rule.file && k.1 == rule.name && matches!(i.state, AlertState::Pending | AlertState::Firing))
-        .map(|(_, l, i)| (l.clone(), i.state.as_str().to_string()))
+        .map(|(_, l, i)| ((**l).clone(), i.state.as_str().to_string()))
         .collect();
     let mut expected: Vec<(Labels, String)> =
         a.exp_alerts.iter().map(|e| (e.exp_labels.clone(), e.exp_state.clone().unwrap_or_else(|| "firing".into()))).collect();

@@ -130,7 +130,7 @@ impl<'d> EvidenceIndex<'d> {
                 let last = s.points.last();
                 out.push(Evidence {
                     signal: v.selector.signal.clone(),
-                    labels: s.labels.clone(),
+                    labels: (*s.labels).clone(),
                     quality: if s.fresh { "fresh" } else { "stale" },
                     value: last.map(|p| p.1),
                     at: last.map(|p| p.0),
@@ -180,7 +180,7 @@ pub fn alert_verdict_indexed(t: &Transition, truth: Truth, runbooks: &[String], 
     Verdict {
         kind: VerdictKind::Alert,
         rule: t.rule.clone(),
-        labels: t.labels.clone(),
+        labels: (*t.labels).clone(),
         from: t.from,
         to: t.to,
         truth,
@@ -254,7 +254,7 @@ mod tests {
         let src = Some(d.add_source("connect/local", fresh));
         for (c, v) in [("a", 1.0), ("b", 0.0)] {
             let labels: Labels = [("connect".to_string(), "local".to_string()), ("connector".to_string(), c.to_string())].into();
-            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels, fresh, points: vec![(t(0), v)], source: src });
+            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels: labels.into(), fresh, points: vec![(t(0), v)], source: src });
         }
         d
     }
@@ -263,7 +263,7 @@ mod tests {
         Transition {
             file: "r.yaml".into(),
             rule: "connector-task-failed".into(),
-            labels: [("connect".to_string(), "local".to_string()), ("connector".to_string(), "a".to_string())].into(),
+            labels: Labels::from([("connect".to_string(), "local".to_string()), ("connector".to_string(), "a".to_string())]).into(),
             from: AlertState::Pending,
             to,
             value: Some(1.0),
@@ -287,7 +287,7 @@ mod tests {
         for (v, _, _) in cond.values() {
             for s in data.by_signal.get(&v.selector.signal).into_iter().flatten() {
                 if v.selector.matchers.iter().all(|m| m.matches(&s.labels)) && compatible(&s.labels, labels) && out.len() < MAX_EVIDENCE {
-                    out.push((v.selector.signal.clone(), s.labels.clone()));
+                    out.push((v.selector.signal.clone(), (*s.labels).clone()));
                 }
             }
         }
@@ -305,14 +305,14 @@ mod tests {
             for p in 0..3 {
                 let (gs, ps) = (format!("g{g}"), p.to_string());
                 let labels = l(&[("cluster", "c"), ("group", &gs), ("partition", &ps)]);
-                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels, fresh: true, points: vec![(t(0), g as f64)], source: src });
+                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels: labels.into(), fresh: true, points: vec![(t(0), g as f64)], source: src });
             }
             if g % 100 == 0 {
                 let labels = l(&[("cluster", "c"), ("partition", "9")]);
-                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels, fresh: false, points: vec![(t(0), 1.0)], source: src });
+                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels: labels.into(), fresh: false, points: vec![(t(0), 1.0)], source: src });
             }
             let labels = l(&[("cluster", "c"), ("group", &format!("g{g}"))]);
-            d.by_signal.entry("group_members".into()).or_default().push(SeriesData { labels, fresh: true, points: vec![(t(0), 0.0)], source: src });
+            d.by_signal.entry("group_members".into()).or_default().push(SeriesData { labels: labels.into(), fresh: true, points: vec![(t(0), 0.0)], source: src });
         }
         let cond = expr::parse(r#"max by (cluster, group) (lag_seconds{partition!="2"}) > 30s and min by (cluster, group) (group_members) < 1"#).unwrap();
         let mut index = EvidenceIndex::new(&cond, &d, t(1));

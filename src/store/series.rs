@@ -239,10 +239,21 @@ impl<'a> SeriesRef<'a> {
         self.symbols.resolve(self.key[0])
     }
 
+    /// The signal as its source's symbol id (see `Entry::symbol`).
+    pub fn signal_id(&self) -> u32 {
+        self.key[0]
+    }
+
     /// Labels in name order.
     pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let symbols = self.symbols;
         self.key[1..].chunks_exact(2).map(move |p| (symbols.resolve(p[0]), symbols.resolve(p[1])))
+    }
+
+    /// The labels as the source's symbol ids: within one source, equal slices are equal
+    /// label sets (the same partition's series of different signals share them).
+    pub fn label_ids(&self) -> &'a [u32] {
+        &self.key[1..]
     }
 
     pub fn label(&self, name: &str) -> Option<&'a str> {
@@ -271,6 +282,16 @@ impl<'a> SeriesRef<'a> {
     /// Points at or after `since`, oldest first.
     pub fn since(&self, since: SystemTime) -> impl Iterator<Item = (SystemTime, f64)> + 'a {
         self.points_from(self.times.seq_since(since))
+    }
+
+    /// [`Self::since`] collected, allocated once: at most one point per sample time
+    /// since `since` (the store's time column bounds it).
+    pub fn since_vec(&self, since: SystemTime) -> Vec<(SystemTime, f64)> {
+        let from = self.times.seq_since(since);
+        let at_most = self.times.last_seq().map_or(0, |last| last.saturating_add(1).saturating_sub(from));
+        let mut out = Vec::with_capacity(usize::try_from(at_most).unwrap_or(0).min(self.times.times.len()));
+        out.extend(self.points_from(from));
+        out
     }
 
     /// The latest point before `before`.

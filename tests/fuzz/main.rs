@@ -86,12 +86,12 @@ fn dataset() -> Dataset {
     let src = d.add_source("fuzz", true);
     for (i, signal) in ["lag_offsets", "lag_seconds", "group_lag_seconds", "produce_rate", "connector_failed_tasks", "checkpoint_age_seconds"].iter().enumerate() {
         for (j, values) in [vec![0.0, 1.0, 5.0, 50.0], vec![f64::MAX, -f64::MAX, f64::MIN_POSITIVE, 0.0], vec![3.0]].iter().enumerate() {
-            let labels = [("cluster", "local".to_string()), ("group", format!("g{j}")), ("topic", format!("t{i}"))]
+            let labels: streamguard::signal::Labels = [("cluster", "local".to_string()), ("group", format!("g{j}")), ("topic", format!("t{i}"))]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             let points = values.iter().enumerate().map(|(k, v)| (t(60 * k as u64), *v)).collect();
-            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels, fresh: j != 2, points, source: Some(src) });
+            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels.into(), fresh: j != 2, points, source: Some(src) });
         }
     }
     d
