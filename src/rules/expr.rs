@@ -985,11 +985,12 @@ impl Results {
     }
 }
 
+/// Tests only: indexing panics when `labels` has no verdict (as a map's index does),
+/// and the agent does not panic on data.
+#[cfg(test)]
 impl std::ops::Index<&Labels> for Results {
     type Output = Verdict;
 
-    /// Panics when `labels` has no verdict, as a map's index does (tests only read
-    /// results this way).
     fn index(&self, labels: &Labels) -> &Verdict {
         self.get(labels).expect("a verdict for these labels")
     }
