@@ -238,11 +238,14 @@ fn main() {
 
     let (mut renders, mut render_cpu) = (Vec::new(), Vec::new());
     let mut bytes = 0;
+    let (live_before_render, mut render_peak) = (LIVE.load(Ordering::Relaxed), 0);
     for _ in 0..runs {
+        reset_peak();
         let (started, c0) = (Instant::now(), cpu());
         bytes = render(&metrics);
         renders.push(started.elapsed());
         render_cpu.push(cpu().saturating_sub(c0));
+        render_peak = render_peak.max(PEAK.load(Ordering::Relaxed).saturating_sub(live_before_render));
     }
     let set = rules.set();
     let (mut evals, mut eval_cpu) = (Vec::new(), Vec::new());
@@ -274,6 +277,7 @@ fn main() {
     println!("{:<44} {:>12}", "heap: the store after fill (MB)", format!("{:.1}", mbu(live_store)));
     println!("{:<44} {:>12}", "heap slope: bytes per series", format!("{:.0}", live_store as f64 / series as f64));
     println!("{:<44} {:>12}", "heap slope: bytes per sample", format!("{:.2}", live_store as f64 / samples));
+    println!("{:<44} {:>12}", "heap: peak above the store, rendering (MB)", format!("{:.1}", mbu(render_peak)));
     println!("{:<44} {:>12}", "heap: rules' state after evaluations (MB)", format!("{:.1}", mbu(eval_kept)));
     println!("{:<44} {:>12}", "heap: peak above the store, evaluating (MB)", format!("{:.1}", mbu(eval_peak)));
     println!("{:<44} {:>12}", "alert instances kept (not quiet)", active);

@@ -148,6 +148,13 @@ impl Entry {
         self.symbols.get(s)
     }
 
+    /// Every string this source's series use (signal names, label names and values),
+    /// with its id, and one more than the largest id: for readers that copy ids under
+    /// the lock and resolve them after (`telemetry::exposition`).
+    pub fn symbols(&self) -> (impl Iterator<Item = (u32, &Arc<str>)>, usize) {
+        (self.symbols.live(), self.symbols.id_bound())
+    }
+
     /// Every series, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = SeriesRef<'_>> {
         self.series.iter().map(|(k, s)| self.series_ref(k, s))

@@ -9,8 +9,8 @@
 //!   shorter scrape: unknown is not "no series".
 //! - The renderer stops as soon as the client goes away.
 //!
-//! Assumption: the store's read lock is held while the store's series are rendered,
-//! bounded by the client's reading speed and [`SEND_TIMEOUT`].
+//! The store's read lock is held only while the renderer copies the series it exposes,
+//! never while a piece waits for the client (`telemetry::exposition`).
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -67,6 +67,16 @@ impl Symbols {
         self.strings.get(id as usize).and_then(|s| s.0.as_deref()).unwrap_or("")
     }
 
+    /// Every live string with its id.
+    pub(super) fn live(&self) -> impl Iterator<Item = (u32, &Arc<str>)> {
+        self.strings.iter().zip(0u32..).filter_map(|(s, id)| s.0.as_ref().map(|text| (id, text)))
+    }
+
+    /// One more than the largest id ever handed out.
+    pub(super) fn id_bound(&self) -> usize {
+        self.strings.len()
+    }
+
     /// (live strings, their bytes).
     pub(super) fn size(&self) -> (usize, usize) {
         let live = self.strings.iter().filter_map(|s| s.0.as_ref());

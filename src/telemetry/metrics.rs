@@ -720,6 +720,32 @@ mod tests {
         }
     }
 
+    /// A client reading slowly holds the renderer in `emit`; the samplers must still be
+    /// able to write (before, the store's read lock was held across every `emit`, for
+    /// as long as `serve::metrics::SEND_TIMEOUT`).
+    #[test]
+    fn a_slow_scrape_does_not_hold_up_the_samplers() {
+        let store = store();
+        let mut pieces = 0;
+        let mut written = Vec::new();
+        let done = exposition::store_families(&store, Format::Prometheus, SystemTime::now(), &mut |_| {
+            pieces += 1;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let writer = store.clone();
+            std::thread::spawn(move || {
+                let b = vec![Observation::new("lag_offsets", &[("cluster", "b"), ("group", "g"), ("topic", "t"), ("partition", "1")], 8.0).unwrap()];
+                writer.record_success(SourceKind::Kafka, "b", SystemTime::now(), SourceSample { observations: b, ..SourceSample::default() });
+                let _ = tx.send(());
+            });
+            let ok = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            written.push(ok);
+            ok
+        });
+        assert!(written.iter().all(|w| *w), "a write waited for the scrape: {written:?}");
+        assert_eq!(done, Ok(true));
+        assert!(pieces > 1, "rendered in {pieces} piece(s)");
+    }
+
     #[test]
     fn rendering_stops_when_the_reader_goes_away() {
         let store = store();
