@@ -24,6 +24,8 @@
 //! Where the memory goes: a counting global allocator gives the heap in use (live) and
 //! its peak within each cycle, next to the process' VmRSS / VmHWM, so the table shows
 //! what one sample costs while it is built and stored and what the store keeps.
+//! While it renders `/metrics`, a second thread writes to the store every millisecond;
+//! its longest wait is how long a render holds the store's lock at a time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
@@ -239,14 +241,32 @@ fn main() {
     let (mut renders, mut render_cpu) = (Vec::new(), Vec::new());
     let mut bytes = 0;
     let (live_before_render, mut render_peak) = (LIVE.load(Ordering::Relaxed), 0);
-    for _ in 0..runs {
-        reset_peak();
-        let (started, c0) = (Instant::now(), cpu());
-        bytes = render(&metrics);
-        renders.push(started.elapsed());
-        render_cpu.push(cpu().saturating_sub(c0));
-        render_peak = render_peak.max(PEAK.load(Ordering::Relaxed).saturating_sub(live_before_render));
-    }
+    // A sampler's write while scrapes run: the longest it waited is how long a render
+    // holds the store's lock at a time.
+    let rendering = std::sync::atomic::AtomicBool::new(true);
+    let write_wait = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut longest = Duration::ZERO;
+            while rendering.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                // Takes the write lock; the source does not exist, so nothing changes.
+                store.record_failure(SourceKind::Kafka, "bench-lock-probe", now, String::new());
+                longest = longest.max(started.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            longest
+        });
+        for _ in 0..runs {
+            reset_peak();
+            let (started, c0) = (Instant::now(), cpu());
+            bytes = render(&metrics);
+            renders.push(started.elapsed());
+            render_cpu.push(cpu().saturating_sub(c0));
+            render_peak = render_peak.max(PEAK.load(Ordering::Relaxed).saturating_sub(live_before_render));
+        }
+        rendering.store(false, Ordering::Relaxed);
+        writer.join().unwrap_or_default()
+    });
     let set = rules.set();
     let (mut evals, mut eval_cpu) = (Vec::new(), Vec::new());
     let live_before_eval = LIVE.load(Ordering::Relaxed);
@@ -278,6 +298,7 @@ fn main() {
     println!("{:<44} {:>12}", "heap slope: bytes per series", format!("{:.0}", live_store as f64 / series as f64));
     println!("{:<44} {:>12}", "heap slope: bytes per sample", format!("{:.2}", live_store as f64 / samples));
     println!("{:<44} {:>12}", "heap: peak above the store, rendering (MB)", format!("{:.1}", mbu(render_peak)));
+    println!("{:<44} {:>12}", "a write's longest wait while rendering (ms)", format!("{:.1}", write_wait.as_secs_f64() * 1000.0));
     println!("{:<44} {:>12}", "heap: rules' state after evaluations (MB)", format!("{:.1}", mbu(eval_kept)));
     println!("{:<44} {:>12}", "heap: peak above the store, evaluating (MB)", format!("{:.1}", mbu(eval_peak)));
     println!("{:<44} {:>12}", "alert instances kept (not quiet)", active);
