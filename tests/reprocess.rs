@@ -290,6 +290,9 @@ fn a_poison_pill_is_copied_to_the_dlq_and_skipped_and_every_other_record_is_proc
     let raw: streamguard::scale::config::RawScaleTarget = serde_json::from_value(serde_json::json!({
         "name": "poison-consumers", "group": group, "topic": topic, "min_replicas": 0, "max_replicas": 4, "min_interval": "0s",
         "policy": {"type": "throughput", "catch_up_within": "1m"},
+        // The start below is a scale-out, verified against a consume rate these fixed
+        // readings never give: without this it waits out the default 3 minutes.
+        "effectiveness": {"verify_within": "5s"},
         "actuator": {"type": "process", "command": [exe.display().to_string()], "restart_backoff": "300ms", "stop_grace": "15s", "log_dir": files.dir.path(),
             "env": {"KAFKA_BOOTSTRAP": bootstrap(), "POISON_CONSUMER_OUT": processed.display().to_string()}}
     }))
