@@ -1,14 +1,18 @@
 //! The container image without a Docker engine (none runs on our machines): the files the
 //! Dockerfile's build stage COPYs, and only those, are copied into an empty directory
-//! laid out as the image's WORKDIR, and cargo must compile the binary there; then the
+//! laid out as the image's WORKDIR, and cargo must build the binary there; then that
 //! binary starts with the config the runtime stage COPYs and answers `/healthz`.
 //!
-//! Why `cargo check` and not `cargo build --release` in the copy: this target directory
+//! Why a debug `cargo build` and not `cargo build --release`: this target directory
 //! holds no release artifacts, and a release build of every dependency (librdkafka's C
 //! build, thin LTO) takes over ten minutes on our two shared cores. What broke the image
-//! (a manifest naming files the build stage does not copy, a module missing) fails
-//! `cargo check` the same way; the target directory is shared so only streamguard itself
-//! is checked. The binary started is this build's, from the same sources.
+//! (a manifest naming files the build stage does not copy, a module missing) fails the
+//! debug build the same way. The target directory is shared, so the dependencies
+//! `cargo test` already built are reused and only streamguard itself (and the few
+//! dependencies whose features differ without the dev-dependencies) is compiled: about
+//! a minute, where `cargo check` had to check every dependency from scratch (three).
+//! Cargo copies the copy's binary to `target/debug/streamguard`, the path the other
+//! tests run: it is built from the same files, so they run the same program.
 
 mod common;
 
@@ -117,10 +121,18 @@ fn the_image_builds_from_exactly_the_files_the_dockerfile_copies_and_starts_with
     assert!(src.join("Cargo.toml").is_file());
 
     let out = run(Command::new(env!("CARGO"))
-        .args(["check", "--locked", "--offline", "--bin", "streamguard"])
+        .args(["build", "--locked", "--offline", "--bin", "streamguard", "--message-format=json-render-diagnostics"])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", context.join("target")));
-    assert!(out.status.success(), "cargo check in the build stage's files failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "cargo build in the build stage's files failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    // The binary built from the copy (cargo's own report of the artifact).
+    let image_bin = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "streamguard" && m["target"]["kind"][0] == "bin")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported no streamguard executable");
+    assert!(image_bin.is_file(), "{image_bin:?}");
 
     // The runtime stage's config, from the build context, at its image path.
     let config = all
@@ -129,14 +141,14 @@ fn the_image_builds_from_exactly_the_files_the_dockerfile_copies_and_starts_with
         .expect("the runtime stage COPYs /etc/streamguard/streamguard.toml");
     apply(config, &context, root.path());
     let cfg = root.path().join("etc/streamguard/streamguard.toml");
-    let check = run(Command::new(bin()).args(["check", "--config"]).arg(&cfg));
+    let check = run(Command::new(&image_bin).args(["check", "--config"]).arg(&cfg));
     assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
 
     // As the image runs it (STREAMGUARD_CONFIG, STREAMGUARD_LISTEN), on loopback, with
     // the state file moved out of /var/lib.
     let port = free_port();
     let log = root.path().join("agent.log");
-    let mut child = Command::new(bin())
+    let mut child = Command::new(&image_bin)
         .arg("run")
         .env("STREAMGUARD_CONFIG", &cfg)
         .env("STREAMGUARD_LISTEN", format!("127.0.0.1:{port}"))
