@@ -84,8 +84,12 @@ fn compare(names: &[&str], a: &[u32], b: &[u32]) -> Ordering {
         // Same names at every position: the values decide.
         return a.cmp(b);
     }
-    let present = |row: &[u32]| names.iter().zip(row.iter().copied()).filter(|(_, r)| *r != ABSENT).map(|(n, r)| (*n, r)).collect::<Vec<_>>();
-    present(a).cmp(&present(b))
+    present(names, a).cmp(present(names, b))
+}
+
+/// A row's (name, rank) pairs for the labels it has.
+fn present<'a>(names: &'a [&'a str], row: &'a [u32]) -> impl Iterator<Item = (&'a str, u32)> + 'a {
+    names.iter().zip(row.iter().copied()).filter(|(_, r)| *r != ABSENT).map(|(n, r)| (*n, r))
 }
 
 /// What a scrape exposes from the store, copied under its lock.
