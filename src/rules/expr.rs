@@ -867,8 +867,8 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
             // Grouped by the series' own `by` values (borrowed, hashed): the group's labels
             // are built once per group, not once per series (or shared with the series
             // when `by` names all its labels), and compared only by the one sort that
-            // puts the groups in label order.
-            // Sized for one group per series (the common `by` every label): no rehash.
+            // puts the groups in label order. The index is sized for one group per series
+            // (the common `by` every label), so it never rehashes.
             let mut index: HashMap<Vec<Option<&str>>, usize, foldhash::fast::RandomState> = HashMap::with_capacity_and_hasher(matched.len(), Default::default());
             let mut members: Vec<Members> = Vec::new();
             let mut keys: Vec<SharedLabels> = Vec::new();
@@ -892,6 +892,7 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
                 g.0.push(series_value(expr, s, now, opts));
                 g.1 = g.1.union(SourceSet::of(s.source));
             }
+            // Freed before the groups are sorted, not after.
             drop(index);
             let mut groups: Vec<(SharedLabels, Members)> = keys.into_iter().zip(members).collect();
             groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -976,6 +977,7 @@ impl Results {
         self.0.iter()
     }
 
+    #[cfg(test)]
     pub fn keys(&self) -> impl Iterator<Item = &SharedLabels> {
         self.0.iter().map(|(l, _)| l)
     }
