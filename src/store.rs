@@ -6,7 +6,8 @@
 //!
 //! Layout, built for hundreds of thousands of series: each source keeps one column of
 //! sample times (every series of a sample shares its time) and its label strings once,
-//! reference-counted ([`series`]); a series is a slice of string ids, its latest value,
+//! reference-counted ([`series`]); a series is a run of string ids in its source's key
+//! arena ([`table`]), its latest value,
 //! and, only for the signals somebody reads over a window ([`Store::keep_history`]: the
 //! rules and the derivations), older points compressed as Prometheus' head chunks do
 //! (delta-of-delta positions, XOR-ed float bits: [`chunk`]).
@@ -76,7 +77,7 @@ pub use chunk::{Chunk, Unordered};
 pub use series::{Series, SeriesRef};
 pub use table::Cursor;
 pub use view::{Found, View};
-use series::{Key, Symbols, Times};
+use series::{Symbols, Times};
 
 /// One source: health, latest targets and series history.
 ///
@@ -183,7 +184,7 @@ impl Entry {
         found.map(|(_, k, s)| self.series_ref(k, s))
     }
 
-    fn series_ref<'a>(&'a self, key: &'a Key, series: &'a Series) -> SeriesRef<'a> {
+    fn series_ref<'a>(&'a self, key: &'a [u32], series: &'a Series) -> SeriesRef<'a> {
         SeriesRef { symbols: &self.symbols, times: &self.times, key, series }
     }
 
@@ -257,8 +258,8 @@ impl Entry {
                     s.push(seq, value, keep);
                 }
                 None => {
-                    let k = series::intern_key(&mut self.symbols, key);
-                    self.insert_series(k, seq, value, policy);
+                    series::intern_key(&mut self.symbols, key, &mut ids);
+                    self.insert_series(&ids, seq, value, policy);
                 }
             }
         }
@@ -295,18 +296,15 @@ impl Entry {
                     cursor.record(Some(slot));
                 }
                 None => {
-                    let k: Key = row
-                        .ids()
-                        .iter()
-                        .map(|i| {
-                            let id = self.symbols.intern(batch.string(*i));
-                            if let Some(slot) = to_store.get_mut(*i as usize) {
-                                *slot = Some(id);
-                            }
-                            id
-                        })
-                        .collect();
-                    cursor.record(Some(self.insert_series(k, seq, value, policy)));
+                    ids.clear();
+                    for i in row.ids() {
+                        let id = self.symbols.intern(batch.string(*i));
+                        if let Some(slot) = to_store.get_mut(*i as usize) {
+                            *slot = Some(id);
+                        }
+                        ids.push(id);
+                    }
+                    cursor.record(self.insert_series(&ids, seq, value, policy));
                 }
             }
         }
@@ -338,10 +336,16 @@ impl Entry {
         Some(seq)
     }
 
-    fn insert_series(&mut self, k: Key, seq: u64, value: f64, policy: &Policy) -> u32 {
+    /// Adds the series of `ids` (interned by the caller); its slot (`None`: the table
+    /// is full, and the references are given back).
+    fn insert_series(&mut self, ids: &[u32], seq: u64, value: f64, policy: &Policy) -> Option<u32> {
         let mut s = Series::new(seq, value);
-        s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: &k, series: &s });
-        self.series.insert(k, s)
+        s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: ids, series: &s });
+        let slot = self.series.insert(ids, s);
+        if slot.is_none() {
+            series::release_key(&mut self.symbols, ids);
+        }
+        slot
     }
 
     /// Enforces the bounds: sample times past retention or beyond `max_points`, series

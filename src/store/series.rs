@@ -1,4 +1,4 @@
-//! The store's compact series: interned label strings, one key slice per series, the
+//! The store's compact series: interned label strings, a key of string ids per series, the
 //! latest value in the clear and older points in a compressed [`Chunk`].
 //!
 //! A source's series repeat the same few strings (its cluster, each group and topic
@@ -84,10 +84,8 @@ impl Symbols {
     }
 }
 
-/// A series' identity: `[signal, name₀, value₀, name₁, value₁, …]` as symbol ids, labels
-/// in name order (as [`SeriesKey`]'s map). A boxed slice, so a map lookup can borrow a
-/// `&[u32]` built on the stack.
-pub(super) type Key = Box<[u32]>;
+// A series' identity (its key) is `[signal, name₀, value₀, name₁, value₁, …]` as symbol
+// ids, labels in name order (as [`SeriesKey`]'s map), kept in its table's key arena.
 
 /// Writes the ids of `key` into `buf` without interning; `false` when a string is
 /// unknown (so no such series exists).
@@ -104,14 +102,14 @@ pub(super) fn lookup_ids(symbols: &Symbols, key: &SeriesKey, buf: &mut Vec<u32>)
     true
 }
 
-pub(super) fn intern_key(symbols: &mut Symbols, key: &SeriesKey) -> Key {
-    let mut ids = Vec::with_capacity(1 + 2 * key.labels.len());
-    ids.push(symbols.intern(&key.signal));
+/// Writes the ids of `key` into `buf`, interning its strings (one more reference each).
+pub(super) fn intern_key(symbols: &mut Symbols, key: &SeriesKey, buf: &mut Vec<u32>) {
+    buf.clear();
+    buf.push(symbols.intern(&key.signal));
     for (name, value) in &key.labels {
-        ids.push(symbols.intern(name));
-        ids.push(symbols.intern(value));
+        buf.push(symbols.intern(name));
+        buf.push(symbols.intern(value));
     }
-    ids.into_boxed_slice()
 }
 
 pub(super) fn release_key(symbols: &mut Symbols, key: &[u32]) {
@@ -128,11 +126,17 @@ pub struct Series {
     /// How far back its readers read, in seconds (0: the latest value only; `u32::MAX`:
     /// the whole retention), as of the entry's policy generation.
     pub(super) keep_secs: u32,
+    /// The table's: where the series' key starts in its key arena ([`FREE`]: none, a
+    /// free slot). Here rather than beside the series so that a slot is 32 bytes.
+    pub(super) key_at: u32,
 }
+
+/// A [`Series::key_at`] that points nowhere.
+pub(super) const FREE: u32 = u32::MAX;
 
 impl Series {
     pub(super) fn new(seq: u64, value: f64) -> Self {
-        Series { head_seq: seq, head: value, history: None, keep_secs: 0 }
+        Series { head_seq: seq, head: value, history: None, keep_secs: 0, key_at: FREE }
     }
 
     /// A value at `seq`: replaces the latest at the same sample, is ignored before it
