@@ -33,6 +33,9 @@ pub struct DeriveState {
     partitions: hashbrown::HashMap<(String, TopicPartition), PartitionMemo, foldhash::fast::RandomState>,
     /// Where this derivation's per-partition look-ups found their series last time.
     reads: Cursor,
+    /// The last derivation's batch size (rows, key ids): the next one reserves that and
+    /// a little more at once instead of growing by doubling.
+    last_size: (usize, usize),
 }
 
 /// A borrowed `(group, topic, partition)`: hashes and compares as the owned key, so a
@@ -163,7 +166,8 @@ pub fn derive(
     state: &mut DeriveState,
 ) -> Batch {
     let c = snapshot.cluster.as_str();
-    let mut out = Batch::new();
+    let (rows, words) = state.last_size;
+    let mut out = Batch::with_capacity(rows + rows / 16, words + words / 16);
     let rate_since = since(at, history.rate_window);
     let status_since = since(at, history.status_window);
 
@@ -396,6 +400,7 @@ pub fn derive(
     }
     state.reads.finish();
     state.prune(snapshot, at, history.retention);
+    state.last_size = out.size();
     out
 }
 
@@ -423,13 +428,9 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
     }
 
-    fn tp(topic: &str, p: i32) -> TopicPartition {
-        TopicPartition { topic: topic.into(), partition: p }
-    }
-
-    /// Feeds a sequence of (time, log end, committed, members) samples of one group on one
-    /// partition through the store and derive, as the agent does.
-    fn run(samples: &[(u64, i64, i64, u32)], dlq_end: Option<&[i64]>) -> Vec<Observation> {
+    /// A store with the Kafka source `c` registered, and its history settings (1 h,
+    /// 60 s windows).
+    fn kafka_store() -> (Store, HistoryConfig) {
         let history = HistoryConfig {
             retention: Duration::from_secs(3600),
             max_points: 1000,
@@ -438,6 +439,47 @@ mod tests {
         };
         let store = Store::new(history);
         store.register(SourceKind::Kafka, "c", Duration::from_secs(3600));
+        (store, history)
+    }
+
+    /// Once the sample's shape is steady, a derivation reserves its batch once: it never
+    /// grows by doubling (which holds the old and the new buffers at once).
+    #[test]
+    fn a_steady_derivation_reserves_its_batch_once() {
+        let (store, history) = kafka_store();
+        let mut state = DeriveState::default();
+        let groups: Vec<String> = (0..5).map(|g| format!("g{g}")).collect();
+        let mut sizes = Vec::new();
+        for i in 0..6u64 {
+            let listings: Vec<GroupListing> =
+                groups.iter().map(|g| GroupListing { group_id: g.clone(), state: GroupState::Stable, kind: GroupType::Classic, simple: false }).collect();
+            let commits: Vec<_> = groups.iter().map(|g| (g.clone(), Ok((0..4).map(|p| (tp("t", p), Some(10 * i as i64))).collect()))).collect();
+            let ends: HashMap<_, _> = (0..4).map(|p| (tp("t", p), Ok(100 + 20 * i as i64))).collect();
+            let mut snap = build_snapshot("c", &listings, &[], &commits, &HashMap::new(), &ends);
+            snap.taken_at = t(10 * i);
+            let reserved = state.last_size;
+            store.record_success_with(SourceKind::Kafka, "c", t(10 * i), snap.to_sample(), LOOKS_UP, |view| {
+                let derived = derive(view, &snap, t(10 * i), &history, &mut state);
+                sizes.push((reserved, derived.size(), derived.capacity()));
+                derived
+            });
+        }
+        let (_, steady, _) = sizes[3];
+        assert!(steady.0 > 40, "a real derivation: {sizes:?}");
+        for (reserved, size, capacity) in &sizes[4..] {
+            assert_eq!(size, &steady, "{sizes:?}");
+            assert_eq!(*capacity, (reserved.0 + reserved.0 / 16, reserved.1 + reserved.1 / 16), "the batch grew: {sizes:?}");
+        }
+    }
+
+    fn tp(topic: &str, p: i32) -> TopicPartition {
+        TopicPartition { topic: topic.into(), partition: p }
+    }
+
+    /// Feeds a sequence of (time, log end, committed, members) samples of one group on one
+    /// partition through the store and derive, as the agent does.
+    fn run(samples: &[(u64, i64, i64, u32)], dlq_end: Option<&[i64]>) -> Vec<Observation> {
+        let (store, history) = kafka_store();
         let mut state = DeriveState::default();
         let mut last = Vec::new();
         for (i, (s, end, committed, members)) in samples.iter().enumerate() {

@@ -185,7 +185,8 @@ impl KafkaSnapshot {
     /// The raw signals of this sample, compact. Unknown values produce no observation.
     pub fn batch(&self) -> Batch {
         let c = self.cluster.as_str();
-        let mut out = Batch::new();
+        let (rows, words) = self.batch_size();
+        let mut out = Batch::with_capacity(rows, words);
         out.push("groups", &[("cluster", c)], self.groups.len() as f64);
         out.push("sampler_info", &[("cluster", c), ("path", self.sampler)], 1.0);
         if let Some(n) = self.librdkafka_clients {
@@ -246,6 +247,23 @@ impl KafkaSnapshot {
             }
         }
         out
+    }
+
+    /// At least the rows and key ids [`KafkaSnapshot::batch`] pushes (an upper bound:
+    /// every optional value counted, a group's topics counted as the runs of its
+    /// partitions' topics).
+    fn batch_size(&self) -> (usize, usize) {
+        // (rows, ids per row): a key of n labels is 1 + 2n ids.
+        let mut rows = 3;
+        let mut words = 3 + 5 + 3;
+        rows += 4 * self.partitions.len();
+        words += 4 * 7 * self.partitions.len();
+        for g in &self.groups {
+            let topics = g.partitions.windows(2).filter(|w| w[0].topic != w[1].topic).count() + usize::from(!g.partitions.is_empty());
+            rows += GroupState::ALL.len() + 5 + 2 * topics + 5 * g.partitions.len();
+            words += 7 * GroupState::ALL.len() + 5 + 7 + 5 + 5 + 2 * 7 * topics + 5 * 9 * g.partitions.len();
+        }
+        (rows, words)
     }
 
     /// The cluster and its groups as API targets.
@@ -501,6 +519,23 @@ mod tests {
         assert!(s.groups[0].error.as_deref().unwrap_or("").contains("timed out"));
         assert_eq!(s.groups[0].lag_offsets, None);
         assert_eq!(s.partial_errors.len(), 1);
+    }
+
+    #[test]
+    fn the_batch_is_reserved_once_and_never_grows() {
+        // Topics interleaved (a, b, a): runs over-count them, never under-count.
+        let parts = |g: &str| (g.to_string(), Ok(vec![(tp("a", 0), Some(1)), (tp("b", 0), Some(2)), (tp("a", 1), None)]));
+        let committed = vec![parts("g1"), parts("g2"), ("g3".to_string(), Ok(vec![]))];
+        let ends: HashMap<_, _> = [(tp("a", 0), Ok(5)), (tp("a", 1), Ok(10)), (tp("b", 0), Ok(3))].into_iter().collect();
+        let starts: HashMap<_, _> = [(tp("a", 0), Ok(0)), (tp("a", 1), Ok(20)), (tp("b", 0), Ok(0))].into_iter().collect();
+        let mut s = build_snapshot("c", &[listing("g1"), listing("g2"), listing("g3")], &[], &committed, &starts, &ends);
+        s.librdkafka_clients = Some(1);
+        for o in s.partitions.values_mut() {
+            o.last_stable_offset = o.log_end_offset;
+        }
+        let b = s.batch();
+        assert!(b.len() > 30, "a real batch: {} rows", b.len());
+        assert_eq!(b.capacity(), s.batch_size(), "pushing past the reserved size grew a buffer");
     }
 
     #[test]

@@ -48,6 +48,14 @@ impl Batch {
         Batch::default()
     }
 
+    /// A batch with room for `rows` observations whose keys total `words` ids (a
+    /// series with n labels is 1 + 2n): a source that knows its size reserves once
+    /// instead of growing by doubling, which holds the old and the new buffers at once
+    /// (at 20,000 groups, 96 MiB for the key ids' 44 MB).
+    pub fn with_capacity(rows: usize, words: usize) -> Self {
+        Batch { keys: Vec::with_capacity(words), rows: Vec::with_capacity(rows), ..Batch::default() }
+    }
+
     /// Number of observations.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -152,6 +160,16 @@ impl Batch {
     /// [`SeriesKey`]).
     pub fn to_observations(&self) -> Vec<Observation> {
         self.iter().map(|r| r.to_observation()).collect()
+    }
+
+    /// (rows, key ids) held: what [`Batch::with_capacity`] takes to hold the same again.
+    pub fn size(&self) -> (usize, usize) {
+        (self.rows.len(), self.keys.len())
+    }
+
+    /// Room for (rows, key ids) without growing (see [`Batch::with_capacity`]).
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.rows.capacity(), self.keys.capacity())
     }
 
     /// Heap bytes held (approximate: the tables' capacities and the strings).
