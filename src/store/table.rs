@@ -155,7 +155,7 @@ impl Table {
                 slot
             }
             None => {
-                // Fewer slots than key words, which fit in a u32.
+                // More than 4 billion series cannot be held in memory anyway.
                 let slot = u32::try_from(self.slots.len()).unwrap_or(FREE);
                 self.slots.push(series);
                 slot
