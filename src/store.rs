@@ -359,9 +359,8 @@ impl Entry {
         }
         let base = times.base;
         let (symbols, times) = (&mut self.symbols, &self.times);
-        self.series.retain(|k, s| {
+        let keep = |s: &mut Series| {
             if s.head_seq < base {
-                series::release_key(symbols, k);
                 return false;
             }
             if s.history.is_some() {
@@ -374,7 +373,8 @@ impl Entry {
                 }
             }
             true
-        });
+        };
+        self.series.retain(keep, |k| series::release_key(symbols, k));
     }
 }
 

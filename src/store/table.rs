@@ -177,13 +177,16 @@ impl Table {
     }
 
     /// Keeps the series for which `keep` is true; the others' slots are freed.
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&[u32], &mut Series) -> bool) {
+    /// `freed` gets the key of each series dropped. A kept series' key is not read: a
+    /// trim visits every slot every cycle, and the arena is the table's largest buffer.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&mut Series) -> bool, mut freed: impl FnMut(&[u32])) {
         for i in 0..self.slots.len() {
             let s = &mut self.slots[i];
-            let Some(k) = key_at(&self.keys, s.key_at) else { continue };
-            if keep(k, s) {
+            if s.key_at == FREE || keep(s) {
                 continue;
             }
+            let Some(k) = key_at(&self.keys, s.key_at) else { continue };
+            freed(k);
             let hash = {
                 use std::hash::BuildHasher;
                 self.hasher.hash_one(k)
@@ -267,14 +270,20 @@ mod tests {
                             }
                             None => {
                                 proptest::prop_assert!(!model.contains_key(ids.as_slice()));
-                                proptest::prop_assert!(table.insert(&ids, Series::new(0, 0.0)).is_some());
+                                proptest::prop_assert!(table.insert(&ids, Series::new(0, f64::from(k))).is_some());
                                 model.insert(ids.clone(), 0);
                             }
                         }
                     }
                     2 => {
-                        table.retain(|key, _| key[1] != k);
+                        // A series' head is the k of its key (see the insert below).
+                        let mut freed = Vec::new();
+                        table.retain(|s| s.head != f64::from(k), |key| freed.push(key.to_vec()));
+                        let mut dropped: Vec<Vec<u32>> = model.keys().filter(|key| key[1] == k).cloned().collect();
                         model.retain(|key, _| key[1] != k);
+                        freed.sort();
+                        dropped.sort();
+                        proptest::prop_assert_eq!(freed, dropped, "the keys handed back are the dropped series'");
                     }
                     _ => {
                         let got = table.get(&ids).map(|(_, s)| s.head_seq);
@@ -300,7 +309,7 @@ mod tests {
         }
         let full = table.keys.len();
         assert_eq!(full, 1000 * 4, "a key is its length and its ids, nothing else");
-        table.retain(|key, _| key[2] % 10 == 0);
+        table.retain(|s| s.head_seq % 10 == 0, |_| {});
         assert_eq!(table.len(), 100);
         assert_eq!(table.keys.len(), 100 * 4, "the arena was rewritten without the freed keys");
         for k in 0..1000u32 {
