@@ -276,7 +276,7 @@ mod tests {
                         }
                     }
                     2 => {
-                        // A series' head is the k of its key (see the insert below).
+                        // A series' head is the k of its key (see the insert above).
                         let mut freed = Vec::new();
                         table.retain(|s| s.head != f64::from(k), |key| freed.push(key.to_vec()));
                         let mut dropped: Vec<Vec<u32>> = model.keys().filter(|key| key[1] == k).cloned().collect();
