@@ -17,14 +17,14 @@ fn dataset(now: SystemTime) -> Dataset {
     let mut series = Vec::with_capacity(10_000);
     for g in 0..100 {
         for p in 0..100 {
-            let labels = [("cluster", "prod".to_string()), ("group", format!("g{g}")), ("topic", "orders".into()), ("partition", p.to_string()), ("method", "probe".into())]
+            let labels: streamguard::signal::Labels = [("cluster", "prod".to_string()), ("group", format!("g{g}")), ("topic", "orders".into()), ("partition", p.to_string()), ("method", "probe".into())]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             let points = (0..30)
                 .map(|i| (now - Duration::from_secs(10 * (29 - i)), (g * 7 + p * 3 + i as usize * (g % 5)) as f64 % 120.0))
                 .collect();
-            series.push(SeriesData { labels: std::sync::Arc::new(labels), fresh: (g + p) % 97 != 0, points, source: None });
+            series.push(SeriesData { labels: labels.into(), fresh: (g + p) % 97 != 0, points, source: None });
         }
     }
     d.by_signal.insert("lag_seconds".into(), series);

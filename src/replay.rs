@@ -185,7 +185,7 @@ pub fn replay(rec: Recording, set: &RuleSet, opts: &ReplayOptions) -> Result<Tim
                 at: now,
                 kind: "alert",
                 rule: t.rule.clone(),
-                labels: (*t.labels).clone(),
+                labels: t.labels.to_labels(),
                 from: t.from.as_str().to_string(),
                 to: t.to.as_str().to_string(),
                 value: t.value,
@@ -305,7 +305,7 @@ pub fn promtool_test(rec: &Recording, set: &RuleSet, opts: &ReplayOptions, rules
     simulate(rec.clone(), set, interval, |now, store| {
         for (signal, series) in &dataset(store, set, now).by_signal {
             for sd in series {
-                let key = crate::signal::SeriesKey { signal: signal.clone(), labels: (*sd.labels).clone() };
+                let key = crate::signal::SeriesKey { signal: signal.clone(), labels: sd.labels.to_labels() };
                 let v = if sd.fresh { sd.points.last().map(|p| p.1) } else { None };
                 let col = grid.entry(key).or_insert_with(|| vec![None; ticks]);
                 col.resize(ticks, None);
@@ -353,7 +353,7 @@ pub fn promtool_test(rec: &Recording, set: &RuleSet, opts: &ReplayOptions, rules
             let mut expected: Expected = Vec::new();
             for (labels, inst) in status.instances.iter() {
                 if inst.state == crate::rules::eval::AlertState::Firing {
-                    let mut l: BTreeMap<String, String> = (**labels).clone();
+                    let mut l: BTreeMap<String, String> = labels.to_labels();
                     if let Some(r) = rule {
                         l.extend(r.labels.clone());
                     }

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 mod batch;
+mod labels;
 pub use batch::{Batch, BatchIndex, BatchRow};
+pub use labels::SharedLabels;
 
 /// Which kind of source a loop samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -141,16 +143,6 @@ mod tests {
 
 /// Label set of a series, sorted by name.
 pub type Labels = std::collections::BTreeMap<String, String>;
-
-/// A label set shared by reference count: the evaluator's series, its results and the
-/// alert instances they become hold one allocation per series between them, not a copy
-/// each (in a mass incident there are hundreds of thousands).
-pub type SharedLabels = std::sync::Arc<Labels>;
-
-/// Serializes shared labels as their map (`serde_json` and the API see no difference).
-pub fn serialize_shared<S: serde::Serializer>(labels: &SharedLabels, s: S) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(&**labels, s)
-}
 
 /// Identity of a series: a signal name and its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

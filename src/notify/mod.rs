@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::rules::eval::{AlertState, Instance, RuleStatus};
-use crate::signal::Labels;
+use crate::signal::{Labels, SharedLabels};
 
 /// How long a resolved alert keeps being re-sent (Prometheus: 15m).
 pub const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
@@ -80,8 +80,8 @@ pub fn valid_label_name(name: &str) -> bool {
 
 /// The labels of one alert, as Prometheus builds them: series labels, overridden by
 /// rule labels, then `alertname`. Empty values and invalid names are dropped. Pure.
-pub fn alert_labels(rule: &str, rule_labels: &BTreeMap<String, String>, series: &Labels) -> Labels {
-    let mut out: Labels = series.clone();
+pub fn alert_labels(rule: &str, rule_labels: &BTreeMap<String, String>, series: &SharedLabels) -> Labels {
+    let mut out: Labels = series.to_labels();
     for (k, v) in rule_labels {
         out.insert(k.clone(), v.clone());
     }
@@ -274,7 +274,7 @@ mod tests {
     fn rule_labels_override_series_labels_and_alertname_overrides_both() {
         let rule = [("severity".to_string(), "page".to_string()), ("group".to_string(), "ruled".to_string())].into();
         let series = labels(&[("group", "billing"), ("alertname", "spoof"), ("cluster", "local"), ("bad-name", "x"), ("empty", "")]);
-        let got = alert_labels("lag-high", &rule, &series);
+        let got = alert_labels("lag-high", &rule, &series.into());
         assert_eq!(got, labels(&[("alertname", "lag-high"), ("cluster", "local"), ("group", "ruled"), ("severity", "page")]));
     }
 

@@ -338,10 +338,11 @@ impl Remediation {
             for (labels, inst) in status.instances.iter().filter(|(_, i)| i.state == crate::rules::eval::AlertState::Firing) {
                 for name in &status.runbooks {
                     let Some(rb) = set.runbook_specs.get(name) else { continue };
-                    let pre = guard::target(rb, labels).map(|t| self.preconditions(rb, &t, now)).unwrap_or_default();
-                    let mut p = plan::plan(Trigger::Manual(labels), rb, &state, &pre, rb.mode.unwrap_or(self.default_mode), now);
+                    let labels = labels.to_labels();
+                    let pre = guard::target(rb, &labels).map(|t| self.preconditions(rb, &t, now)).unwrap_or_default();
+                    let mut p = plan::plan(Trigger::Manual(&labels), rb, &state, &pre, rb.mode.unwrap_or(self.default_mode), now);
                     p.guards.insert(0, GuardOutcome { guard: "trigger", passed: true, reason: format!("{} is firing (value {})", status.name, inst.value.map_or_else(|| "unknown".to_string(), |v| v.to_string())) });
-                    out.push((status.name.clone(), (**labels).clone(), p));
+                    out.push((status.name.clone(), labels, p));
                 }
             }
         }

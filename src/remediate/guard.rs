@@ -132,7 +132,7 @@ pub fn one_per_target(target: &Labels, state: &GuardState) -> GuardOutcome {
 /// is unknown, any false is false, all true is true.
 pub fn truth_for(cond: &Cond, target: &Labels, data: &Dataset, now: SystemTime, opts: &EvalOptions) -> (Truth, Option<f64>) {
     let results = expr::eval(cond, data, now, opts);
-    let mine: Vec<_> = results.iter().filter(|(l, _)| compatible(l, target)).map(|(_, v)| *v).collect();
+    let mine: Vec<_> = results.iter().filter(|(l, _)| crate::rules::verdict::compatible_set(l, target)).map(|(_, v)| *v).collect();
     if mine.is_empty() {
         return (Truth::Unknown, None);
     }

@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::expr::{self, Dataset, EvalOptions, Paired, SourceName, SourceSet, Truth};
 use super::file::{AlertRule, RuleSet};
 use super::slo::{self, Events, Sli, SloSpec, SloStatus};
-use crate::signal::{Labels, SharedLabels};
+use crate::signal::SharedLabels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,7 +86,7 @@ pub struct Instance {
 }
 
 fn shared_instances<S: serde::Serializer>(v: &[(SharedLabels, Instance)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|(l, i)| (&**l, i)))
+    s.collect_seq(v.iter().map(|(l, i)| (l, i)))
 }
 
 fn names<S: serde::Serializer>(v: &[SourceName], s: S) -> Result<S::Ok, S::Error> {
@@ -224,7 +224,6 @@ fn resolve(i: &mut Instance, now: SystemTime, stale: bool) {
 pub struct Transition {
     pub file: PathBuf,
     pub rule: String,
-    #[serde(serialize_with = "crate::signal::serialize_shared")]
     pub labels: SharedLabels,
     pub from: AlertState,
     pub to: AlertState,
@@ -363,9 +362,9 @@ impl Engine {
     }
 
     /// The instance of rule `name` of `file` for `labels`, if it is kept.
-    pub fn instance(&self, file: &Path, name: &str, labels: &Labels) -> Option<&Instance> {
+    pub fn instance(&self, file: &Path, name: &str, labels: &SharedLabels) -> Option<&Instance> {
         let kept = self.instances.get(&(file.to_path_buf(), name.to_string()))?;
-        kept.binary_search_by(|(l, _)| (**l).cmp(labels)).ok().map(|i| &kept[i].1)
+        kept.binary_search_by(|(l, _)| expr::cmp_labels(l, labels)).ok().map(|i| &kept[i].1)
     }
 
     /// Every kept instance: (file, rule name), labels, instance.
@@ -468,6 +467,7 @@ pub fn sli_events(sli: &Sli, data: &Dataset, now: SystemTime, slice: Duration, o
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signal::Labels;
     use proptest::prelude::*;
 
     fn t(s: u64) -> SystemTime {
@@ -558,7 +558,7 @@ mod tests {
     /// Runs `rule` over one dataset per 10 s step; the state of group `g` after each.
     fn states(rule: &AlertRule, steps: &[Dataset]) -> (Engine, Vec<Option<AlertState>>) {
         let mut e = Engine::default();
-        let g = Labels::from([("group".to_string(), "g".to_string())]);
+        let g = SharedLabels::from(Labels::from([("group".to_string(), "g".to_string())]));
         let out = steps
             .iter()
             .enumerate()
@@ -589,21 +589,21 @@ mod tests {
         for k in 0..10 {
             e.eval_alerts(std::slice::from_ref(&r), &d, t(k * 10), &opts());
         }
-        let kept: Vec<&str> = e.all_instances().map(|(_, l, _)| l["group"].as_str()).collect();
+        let kept: Vec<&str> = e.all_instances().map(|(_, l, _)| &l["group"]).collect();
         assert_eq!(kept, ["dark", "hot"], "only instances with something to remember are kept");
         let status = e.rule_statuses(std::slice::from_ref(&r), t(90), &opts()).remove(0);
         assert_eq!(status.quiet, 1000);
         assert!(!status.unknown, "a rule with known instances is not unknown, kept or not");
         // Every group under the threshold but the stale one: still not unknown, as before.
         let mut only_dark = d.clone();
-        only_dark.by_signal.get_mut("lag").unwrap().retain(|s| s.labels["group"] != "hot");
+        only_dark.by_signal.get_mut("lag").unwrap().retain(|s| &s.labels["group"] != "hot");
         for k in 10..20 {
             e.eval_alerts(std::slice::from_ref(&r), &only_dark, t(k * 10), &opts());
         }
         let status = e.rule_statuses(std::slice::from_ref(&r), t(190), &opts()).remove(0);
         assert!(!status.unknown && status.quiet == 1000, "{status:?}");
         // Only the stale group, from the start: the rule is unknown.
-        only_dark.by_signal.get_mut("lag").unwrap().retain(|s| s.labels["group"] == "dark");
+        only_dark.by_signal.get_mut("lag").unwrap().retain(|s| &s.labels["group"] == "dark");
         let mut e = Engine::default();
         for k in 0..10 {
             e.eval_alerts(std::slice::from_ref(&r), &only_dark, t(k * 10), &opts());

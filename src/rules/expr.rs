@@ -97,6 +97,11 @@ impl Matcher {
         self.matches_value(labels.get(&self.label).map(String::as_str).unwrap_or(""))
     }
 
+    /// [`Matcher::matches`] on a shared label set.
+    pub fn matches_set(&self, labels: &SharedLabels) -> bool {
+        self.matches_value(labels.get(&self.label).unwrap_or(""))
+    }
+
     /// Whether a label value (`""` for an absent label) matches.
     pub fn matches_value(&self, v: &str) -> bool {
         match self.op {
@@ -848,8 +853,8 @@ pub fn eval_value(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &Eval
 /// Does `by` name every label of a series? Its group's label set (the `by` labels it
 /// has) is then its own, shared rather than built again. (`by` may also name labels the
 /// series lacks, or one twice.)
-fn by_is_whole(by: &[String], labels: &Labels) -> bool {
-    labels.keys().all(|k| by.contains(k))
+fn by_is_whole(by: &[String], labels: &SharedLabels) -> bool {
+    labels.keys().all(|k| by.iter().any(|b| b == k))
 }
 
 /// As [`eval_value`], with the sources of each entry. Gone series (see [`Dataset`]) take
@@ -858,7 +863,7 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
     let matched: Vec<&SeriesData> = data
         .by_signal
         .get(&expr.selector.signal)
-        .map(|v| v.iter().filter(|s| expr.selector.matchers.iter().all(|m| m.matches(&s.labels))).collect())
+        .map(|v| v.iter().filter(|s| expr.selector.matchers.iter().all(|m| m.matches_set(&s.labels))).collect())
         .unwrap_or_default();
     let selected = matched.iter().copied().filter(|s| !data.is_gone(s));
     match &expr.agg {
@@ -873,14 +878,15 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
             let mut members: Vec<Members> = Vec::new();
             let mut keys: Vec<SharedLabels> = Vec::new();
             for s in selected {
-                let key: Vec<Option<&str>> = by.iter().map(|l| s.labels.get(l).map(String::as_str)).collect();
+                let key: Vec<Option<&str>> = by.iter().map(|l| s.labels.get(l)).collect();
                 let i = match index.get(&key) {
                     Some(&i) => i,
                     None => {
                         let labels = if by_is_whole(by, &s.labels) {
                             s.labels.clone()
                         } else {
-                            SharedLabels::new(by.iter().zip(&key).filter_map(|(l, v)| Some((l.clone(), (*v)?.to_string()))).collect())
+                            // The series' own strings, shared: nothing copied.
+                            SharedLabels::from_pairs(by.iter().filter_map(|l| s.labels.get_shared(l).cloned()))
                         };
                         keys.push(labels);
                         members.push(Default::default());
@@ -970,7 +976,7 @@ impl Results {
 
     /// The verdict for exactly `labels`.
     pub fn get(&self, labels: &Labels) -> Option<&Verdict> {
-        self.0.binary_search_by(|(l, _)| (**l).cmp(labels)).ok().map(|i| &self.0[i].1)
+        self.0.binary_search_by(|(l, _)| l.cmp_labels(labels)).ok().map(|i| &self.0[i].1)
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, (SharedLabels, Verdict)> {
@@ -1010,7 +1016,7 @@ impl IntoIterator for Results {
 /// Label order; the same shared set (two signals' series of one partition, see
 /// `evaluate::dataset_for`) is equal without comparing its strings.
 pub fn cmp_labels(a: &SharedLabels, b: &SharedLabels) -> Ordering {
-    if Arc::ptr_eq(a, b) {
+    if SharedLabels::ptr_eq(a, b) {
         Ordering::Equal
     } else {
         a.cmp(b)
@@ -1213,7 +1219,7 @@ mod tests {
         // p=1 is gone (its source answers without it), p=2 is stale (its source fails).
         let d = sourced(&[("0", true, true), ("1", false, true), ("2", false, false)]);
         let r = eval(&parse("lag > 10").unwrap(), &d, t(0.0), &EvalOptions::default());
-        let by_p: Vec<(&str, Truth)> = r.iter().map(|(l, v)| (l["p"].as_str(), v.truth)).collect();
+        let by_p: Vec<(&str, Truth)> = r.iter().map(|(l, v)| (&l["p"], v.truth)).collect();
         assert_eq!(by_p, vec![("0", Truth::True), ("2", Truth::Unknown)]);
         let gone_only = sourced(&[("0", true, true), ("1", false, true)]);
         assert_eq!(truth("max(lag) > 10", &gone_only, 0.0), vec![Truth::True], "the gone member is left out, not unknown");
@@ -1283,7 +1289,7 @@ mod tests {
         ]);
         let by = |src: &str| {
             let r = eval(&parse(src).unwrap(), &d, t(0.0), &EvalOptions::default());
-            r.into_iter().map(|(l, v)| ((*l).clone(), v.value)).collect::<Vec<_>>()
+            r.into_iter().map(|(l, v)| (l.to_labels(), v.value)).collect::<Vec<_>>()
         };
         // Every label named: each series is its own group, with exactly its labels.
         let whole = vec![
@@ -1299,7 +1305,7 @@ mod tests {
         // The series shares its own label set with the result; a smaller group builds one.
         let c = parse("max by (group, p) (lag) > 1").unwrap();
         let r = eval(&c, &d, t(0.0), &EvalOptions::default());
-        let shared = d.by_signal["lag"].iter().filter(|s| r.keys().any(|k| Arc::ptr_eq(k, &s.labels))).count();
+        let shared = d.by_signal["lag"].iter().filter(|s| r.keys().any(|k| SharedLabels::ptr_eq(k, &s.labels))).count();
         assert_eq!(shared, 3);
     }
 
@@ -1313,10 +1319,10 @@ mod tests {
         let unknown = Verdict { truth: Truth::Unknown, value: None, sources: SourceSet::default() };
         let mut out = BTreeMap::new();
         for (k, va) in a.iter() {
-            out.insert((**k).clone(), op(*va, b.get(k).copied().unwrap_or(unknown)));
+            out.insert(k.to_labels(), op(*va, b.get(&k.to_labels()).copied().unwrap_or(unknown)));
         }
         for (k, vb) in b.iter() {
-            out.entry((**k).clone()).or_insert(Verdict { value: vb.value, ..op(unknown, *vb) });
+            out.entry(k.to_labels()).or_insert(Verdict { value: vb.value, ..op(unknown, *vb) });
         }
         out
     }
@@ -1350,13 +1356,13 @@ mod tests {
                     .map(|(k, (t, v))| {
                         let truth = [Truth::True, Truth::False, Truth::Unknown][usize::from(*t)];
                         let labels = labels(&[("p", &format!("{k:02}"))]);
-                        (SharedLabels::new(labels), Verdict { truth, value: v.map(f64::from), sources: SourceSet::of(Some(u32::from(*k % 3))) })
+                        (SharedLabels::from(labels), Verdict { truth, value: v.map(f64::from), sources: SourceSet::of(Some(u32::from(*k % 3))) })
                     })
                     .collect())
             };
             let (a, b) = (side(&a), side(&b));
             let want = combine_by_lookup(&a, &b, is_and);
-            let got: BTreeMap<Labels, Verdict> = combine(a, b, is_and).into_iter().map(|(k, v)| ((*k).clone(), v)).collect();
+            let got: BTreeMap<Labels, Verdict> = combine(a, b, is_and).into_iter().map(|(k, v)| (k.to_labels(), v)).collect();
             proptest::prop_assert_eq!(got, want);
         }
     }

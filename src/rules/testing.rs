@@ -599,7 +599,7 @@ fn check_alert(a: &AlertTest, engine: &Engine, set: &RuleSet) -> Result<(), Stri
     let mut actual: Vec<(Labels, String)> = engine
         .all_instances()
         .filter(|(k, _, i)| k.0 == rule.file && k.1 == rule.name && matches!(i.state, AlertState::Pending | AlertState::Firing))
-        .map(|(_, l, i)| ((**l).clone(), i.state.as_str().to_string()))
+        .map(|(_, l, i)| (l.to_labels(), i.state.as_str().to_string()))
         .collect();
     let mut expected: Vec<(Labels, String)> =
         a.exp_alerts.iter().map(|e| (e.exp_labels.clone(), e.exp_state.clone().unwrap_or_else(|| "firing".into()))).collect();

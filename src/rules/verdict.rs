@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::eval::{AlertState, Transition};
 use super::expr::{Cond, Dataset, SeriesData, Truth};
 use super::slo::{Sli, SloSpec, SloStatus};
-use crate::signal::Labels;
+use crate::signal::{Labels, SharedLabels};
 
 /// What kind of rule produced a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,6 +72,11 @@ pub fn compatible(series: &Labels, instance: &Labels) -> bool {
     instance.iter().all(|(k, v)| series.get(k).is_none_or(|s| s == v))
 }
 
+/// [`compatible`] for a series' shared label set.
+pub fn compatible_set(series: &SharedLabels, instance: &Labels) -> bool {
+    instance.iter().all(|(k, v)| series.get(k).is_none_or(|s| s == v))
+}
+
 /// The series of `data` that `cond` reads for the instance `labels`, with their quality.
 pub fn evidence(cond: &Cond, labels: &Labels, data: &Dataset, now: SystemTime) -> Vec<Evidence> {
     EvidenceIndex::new(cond, data, now).evidence(labels)
@@ -122,7 +127,7 @@ impl<'d> EvidenceIndex<'d> {
         let mut out = Vec::new();
         for (v, g) in self.values.iter().zip(groups.iter()) {
             let mut mine: Vec<usize> = g.exact.get(key.as_slice()).cloned().unwrap_or_default();
-            mine.extend(g.loose.iter().copied().filter(|&i| compatible(&g.matched[i].labels, labels)));
+            mine.extend(g.loose.iter().copied().filter(|&i| compatible_set(&g.matched[i].labels, labels)));
             mine.sort_unstable();
             for s in mine.into_iter().map(|i| g.matched[i]) {
                 let since = v.window.and_then(|w| self.now.checked_sub(w));
@@ -130,7 +135,7 @@ impl<'d> EvidenceIndex<'d> {
                 let last = s.points.last();
                 out.push(Evidence {
                     signal: v.selector.signal.clone(),
-                    labels: (*s.labels).clone(),
+                    labels: s.labels.to_labels(),
                     quality: if s.fresh { "fresh" } else { "stale" },
                     value: last.map(|p| p.1),
                     at: last.map(|p| p.0),
@@ -151,11 +156,11 @@ impl<'d> Grouped<'d> {
         let matched: Vec<&SeriesData> = data
             .by_signal
             .get(&v.selector.signal)
-            .map(|series| series.iter().filter(|s| v.selector.matchers.iter().all(|m| m.matches(&s.labels))).collect())
+            .map(|series| series.iter().filter(|s| v.selector.matchers.iter().all(|m| m.matches_set(&s.labels))).collect())
             .unwrap_or_default();
         let mut g = Grouped { matched: Vec::new(), exact: HashMap::new(), loose: Vec::new() };
         for (i, s) in matched.iter().enumerate() {
-            match names.iter().map(|n| s.labels.get(n).map(String::as_str)).collect::<Option<Vec<&str>>>() {
+            match names.iter().map(|n| s.labels.get(n)).collect::<Option<Vec<&str>>>() {
                 Some(key) => g.exact.entry(key).or_default().push(i),
                 None => g.loose.push(i),
             }
@@ -175,12 +180,13 @@ pub fn alert_verdict(t: &Transition, cond: &Cond, truth: Truth, runbooks: &[Stri
 
 /// [`alert_verdict`] with an index built once for all the transitions of one rule.
 pub fn alert_verdict_indexed(t: &Transition, truth: Truth, runbooks: &[String], index: &mut EvidenceIndex<'_>, now: SystemTime) -> Verdict {
-    let evidence = index.evidence(&t.labels);
+    let labels = t.labels.to_labels();
+    let evidence = index.evidence(&labels);
     let fresh = !evidence.is_empty() && evidence.iter().all(|e| e.quality == "fresh");
     Verdict {
         kind: VerdictKind::Alert,
         rule: t.rule.clone(),
-        labels: (*t.labels).clone(),
+        labels,
         from: t.from,
         to: t.to,
         truth,
@@ -286,8 +292,8 @@ mod tests {
         let mut out = Vec::new();
         for (v, _, _) in cond.values() {
             for s in data.by_signal.get(&v.selector.signal).into_iter().flatten() {
-                if v.selector.matchers.iter().all(|m| m.matches(&s.labels)) && compatible(&s.labels, labels) && out.len() < MAX_EVIDENCE {
-                    out.push((v.selector.signal.clone(), (*s.labels).clone()));
+                if v.selector.matchers.iter().all(|m| m.matches_set(&s.labels)) && compatible_set(&s.labels, labels) && out.len() < MAX_EVIDENCE {
+                    out.push((v.selector.signal.clone(), s.labels.to_labels()));
                 }
             }
         }

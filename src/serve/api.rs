@@ -184,7 +184,7 @@ fn rules_json(s: &AppState) -> serde_json::Value {
         .into_iter()
         .map(|r| {
             let instances: Vec<serde_json::Value> =
-                r.instances.iter().map(|(labels, i)| serde_json::json!({ "labels": &**labels, "instance": i })).collect();
+                r.instances.iter().map(|(labels, i)| serde_json::json!({ "labels": labels, "instance": i })).collect();
             serde_json::json!({
                 "file": r.file, "name": r.name, "condition": r.condition, "for_seconds": r.for_seconds,
                 "keep_firing_for_seconds": r.keep_firing_for_seconds, "labels": r.labels, "annotations": r.annotations,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::chunk::Chunk;
-use crate::signal::{Labels, SeriesKey};
+use crate::signal::{Labels, SeriesKey, SharedLabels};
 
 /// Reference-counted strings of one source, numbered.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +65,11 @@ impl Symbols {
 
     pub(super) fn resolve(&self, id: u32) -> &str {
         self.strings.get(id as usize).and_then(|s| s.0.as_deref()).unwrap_or("")
+    }
+
+    /// [`Symbols::resolve`], shared: the string's own `Arc`, not a copy.
+    pub(super) fn resolve_shared(&self, id: u32) -> Arc<str> {
+        self.strings.get(id as usize).and_then(|s| s.0.clone()).unwrap_or_else(|| Arc::from(""))
     }
 
     /// Every live string with its id.
@@ -272,6 +277,17 @@ impl<'a> SeriesRef<'a> {
 
     pub fn label(&self, name: &str) -> Option<&'a str> {
         self.labels().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The labels as a shared set whose strings are this source's own (reference counts
+    /// taken, nothing copied): what the evaluator reads.
+    pub fn label_set(&self) -> SharedLabels {
+        let pairs: Vec<(Arc<str>, Arc<str>)> = self.key[1..].chunks_exact(2).map(|p| (self.symbols.resolve_shared(p[0]), self.symbols.resolve_shared(p[1]))).collect();
+        if pairs.windows(2).all(|w| w[0].0 < w[1].0) {
+            SharedLabels::from_sorted(pairs)
+        } else {
+            SharedLabels::from_pairs(pairs)
+        }
     }
 
     pub fn labels_map(&self) -> Labels {
