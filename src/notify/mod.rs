@@ -208,24 +208,96 @@ pub fn needs_sending(last_sent: Option<SystemTime>, resolved_at: Option<SystemTi
 }
 
 /// The series of `streamguard_alerts` (Prometheus' `ALERTS`): one per pending or firing
-/// instance, labelled like the alert plus `alertstate`. Pure.
-pub fn alert_series(statuses: &[RuleStatus]) -> Vec<Labels> {
-    let mut out = Vec::new();
+/// instance, labelled like the alert plus `alertstate`, each label set once. Pure.
+///
+/// `f` is called with each label set (name order) as it is built, in one reused buffer:
+/// at 20,000 groups a mass incident is 200,000 instances, and a scrape that built them
+/// all as maps first held ~300 MB for a moment. Instances are gathered only where two
+/// could share a label set (see [`may_collide`]), a group of rules of one name at a time.
+pub fn for_each_alert_series<E>(statuses: &[RuleStatus], mut f: impl FnMut(&[(&str, &str)]) -> Result<(), E>) -> Result<(), E> {
+    let mut by_name: BTreeMap<&str, Vec<&RuleStatus>> = BTreeMap::new();
     for rule in statuses {
-        for (series, inst) in rule.instances.iter() {
-            let state = match inst.state {
-                AlertState::Pending => "pending",
-                AlertState::Firing => "firing",
-                AlertState::Inactive | AlertState::Resolved => continue,
-            };
-            let mut labels = alert_labels(&rule.name, &rule.labels, series);
-            labels.insert("alertstate".to_string(), state.to_string());
-            out.push(labels);
+        by_name.entry(rule.name.as_str()).or_default().push(rule);
+    }
+    let mut buf = Vec::new();
+    for rules in by_name.values() {
+        if !may_collide(rules) {
+            for (rule, series, state) in active(rules) {
+                alert_pairs(rule, series, state, &mut buf);
+                f(&buf)?;
+            }
+            continue;
+        }
+        let mut sets: Vec<Vec<(&str, &str)>> = active(rules)
+            .map(|(rule, series, state)| {
+                let mut v = Vec::new();
+                alert_pairs(rule, series, state, &mut v);
+                v
+            })
+            .collect();
+        sets.sort_unstable();
+        sets.dedup();
+        for set in &sets {
+            f(set)?;
         }
     }
+    Ok(())
+}
+
+/// [`for_each_alert_series`], collected and sorted (tests).
+#[cfg(test)]
+fn alert_series(statuses: &[RuleStatus]) -> Vec<Labels> {
+    let mut out: Vec<Labels> = Vec::new();
+    let _ = for_each_alert_series(statuses, |l| {
+        out.push(l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        Ok::<(), std::convert::Infallible>(())
+    });
     out.sort();
-    out.dedup();
     out
+}
+
+/// The pending and firing instances of `rules`, with their `alertstate`.
+fn active<'a>(rules: &'a [&'a RuleStatus]) -> impl Iterator<Item = (&'a RuleStatus, &'a SharedLabels, &'static str)> + 'a {
+    rules.iter().flat_map(|rule| {
+        rule.instances.iter().filter_map(move |(series, inst)| match inst.state {
+            AlertState::Pending => Some((*rule, series, "pending")),
+            AlertState::Firing => Some((*rule, series, "firing")),
+            AlertState::Inactive | AlertState::Resolved => None,
+        })
+    })
+}
+
+/// Whether two instances of `rules` (rules of one name) could have the same alert
+/// labels: rules of one name in several files, or a series label that the alert's labels
+/// override or drop (a rule label, `alertname`, `alertstate`, an empty value, an invalid
+/// name). Otherwise distinct series are distinct alerts.
+fn may_collide(rules: &[&RuleStatus]) -> bool {
+    if rules.len() > 1 {
+        return true;
+    }
+    active(rules).any(|(rule, series, _)| {
+        series.iter().any(|(k, v)| v.is_empty() || !valid_label_name(k) || k == ALERTNAME || k == "alertstate" || rule.labels.contains_key(k))
+    })
+}
+
+/// The labels of one `streamguard_alerts` series in `out`, by name: [`alert_labels`]
+/// plus `alertstate`, borrowed.
+fn alert_pairs<'a>(rule: &'a RuleStatus, series: &'a SharedLabels, state: &'a str, out: &mut Vec<(&'a str, &'a str)>) {
+    out.clear();
+    out.extend(series.iter());
+    out.extend(rule.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    out.push((ALERTNAME, rule.name.as_str()));
+    out.push(("alertstate", state));
+    // Stable: of one name, the one pushed last (rule over series, ours over both) wins.
+    out.sort_by(|a, b| a.0.cmp(b.0));
+    out.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            *kept = *later;
+        }
+        same
+    });
+    out.retain(|(k, v)| !v.is_empty() && valid_label_name(k));
 }
 
 #[cfg(test)]
@@ -387,6 +459,68 @@ mod tests {
                 labels(&[("alertname", "lag-high"), ("alertstate", "pending"), ("group", "a"), ("severity", "page")]),
             ]
         );
+    }
+
+    /// The collection the streaming replaced, kept as the model it must agree with: every
+    /// pending or firing instance's alert labels plus `alertstate`, sorted, each once.
+    fn alert_series_model(statuses: &[RuleStatus]) -> Vec<Labels> {
+        let mut out = Vec::new();
+        for rule in statuses {
+            for (series, inst) in rule.instances.iter() {
+                let state = match inst.state {
+                    AlertState::Pending => "pending",
+                    AlertState::Firing => "firing",
+                    AlertState::Inactive | AlertState::Resolved => continue,
+                };
+                let mut labels = alert_labels(&rule.name, &rule.labels, series);
+                labels.insert("alertstate".to_string(), state.to_string());
+                out.push(labels);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn alert_series_are_each_label_set_once_whether_streamed_or_gathered() {
+        let rule = |file: &str, name: &str, rule_labels: &[(&str, &str)], instances: Vec<(Labels, Instance)>| RuleStatus {
+            file: PathBuf::from(file),
+            name: name.to_string(),
+            labels: labels(rule_labels),
+            instances: instances.into_iter().map(|(l, i)| (l.into(), i)).collect(),
+            ..status(vec![])
+        };
+        let firing = || instance(AlertState::Firing, 0);
+        let pending = || instance(AlertState::Pending, 0);
+        let cases = [
+            // Streamed: one rule, nothing overridden.
+            vec![rule("a.yaml", "lag", &[("severity", "page")], (0..5).map(|g| (labels(&[("group", &g.to_string())]), if g % 2 == 0 { firing() } else { pending() })).collect())],
+            // Gathered: a rule label overrides a series label, so two instances are one alert.
+            vec![rule("a.yaml", "lag", &[("severity", "page")], vec![(labels(&[("group", "g"), ("severity", "x")]), firing()), (labels(&[("group", "g"), ("severity", "y")]), firing())])],
+            // Gathered: one name in two files; another name streamed beside them.
+            vec![
+                rule("a.yaml", "lag", &[], vec![(labels(&[("group", "g")]), firing())]),
+                rule("b.yaml", "lag", &[], vec![(labels(&[("group", "g")]), firing()), (labels(&[("group", "h")]), pending())]),
+                rule("b.yaml", "other", &[], vec![(labels(&[("group", "g")]), firing())]),
+            ],
+            // Gathered: an empty value and an invalid name are dropped.
+            vec![rule("a.yaml", "lag", &[], vec![(labels(&[("group", "g"), ("x", "")]), firing()), (labels(&[("group", "g"), ("bad-name", "1")]), firing()), (labels(&[("group", "g")]), firing())])],
+        ];
+        for (i, statuses) in cases.iter().enumerate() {
+            let mut seen = 0;
+            let _ = for_each_alert_series(statuses, |l| {
+                assert!(l.windows(2).all(|w| w[0].0 < w[1].0), "case {i}: names sorted and unique: {l:?}");
+                seen += 1;
+                Ok::<(), ()>(())
+            });
+            let model = alert_series_model(statuses);
+            assert_eq!(alert_series(statuses), model, "case {i}");
+            assert_eq!(seen, model.len(), "case {i}: each label set once");
+        }
+        assert_eq!(alert_series_model(&cases[1]).len(), 1);
+        assert_eq!(alert_series_model(&cases[2]).len(), 3);
+        assert_eq!(alert_series_model(&cases[3]).len(), 1);
     }
 
     #[test]

@@ -494,18 +494,15 @@ impl Collector for RulesCollector {
         let mut alerts = Vec::new();
         let mut unknown = Vec::new();
         let statuses = self.rules.rule_statuses();
-        let series = crate::notify::alert_series(&statuses);
-        if !series.is_empty() {
+        let active = |i: &crate::rules::eval::Instance| matches!(i.state, AlertState::Pending | AlertState::Firing);
+        if statuses.iter().any(|r| r.instances.iter().any(|(_, i)| active(i))) {
             let mut family = e.encode_descriptor(
                 "alerts",
                 "1 per pending or firing alert instance, labelled alertname, alertstate, the rule's labels and the instance's (Prometheus' ALERTS)",
                 None,
                 MetricType::Gauge,
             )?;
-            for labels in &series {
-                let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                ConstGauge::new(1i64).encode(family.encode_family(&l)?)?;
-            }
+            crate::notify::for_each_alert_series(&statuses, |l| ConstGauge::new(1i64).encode(family.encode_family(&l)?))?;
         }
         for r in statuses {
             let base = vec![("file", r.file.display().to_string()), ("rule", r.name.clone())];
