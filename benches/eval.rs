@@ -21,10 +21,10 @@ fn dataset(now: SystemTime) -> Dataset {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
-            let points = (0..30)
+            let points: Vec<_> = (0..30)
                 .map(|i| (now - Duration::from_secs(10 * (29 - i)), (g * 7 + p * 3 + i as usize * (g % 5)) as f64 % 120.0))
                 .collect();
-            series.push(SeriesData { labels: labels.into(), fresh: (g + p) % 97 != 0, points, source: None });
+            series.push(SeriesData { labels: labels.into(), fresh: (g + p) % 97 != 0, points: points.into(), source: None });
         }
     }
     d.by_signal.insert("lag_seconds".into(), series);

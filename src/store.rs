@@ -149,6 +149,12 @@ impl Entry {
         self.symbols.get(s)
     }
 
+    /// An upper bound on the series of the signal whose symbol is `id` (every use of the
+    /// string: by its series' keys, and as any label's name or value), to size a copy.
+    pub fn signal_bound(&self, id: u32) -> usize {
+        self.symbols.uses(id)
+    }
+
     /// Every string this source's series use (signal names, label names and values),
     /// with its id, and one more than the largest id: for readers that copy ids under
     /// the lock and resolve them after (`telemetry::exposition`).

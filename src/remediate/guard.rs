@@ -300,7 +300,7 @@ pub(crate) mod tests {
         let data = |fresh: bool, v: f64| {
             let mut d = Dataset::default();
             let src = Some(d.add_source("connect/local", fresh));
-            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels: labels("a").into(), fresh, points: vec![(t(0), v)], source: src });
+            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels: labels("a").into(), fresh, points: vec![(t(0), v)].into(), source: src });
             d
         };
         let opts = EvalOptions::default();

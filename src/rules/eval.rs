@@ -531,7 +531,7 @@ mod tests {
         let source = Some(d.add_source("kafka/prod", source_fresh));
         for (g, fresh) in series {
             let labels: Labels = [("group".to_string(), g.to_string())].into();
-            let s = expr::SeriesData { labels: labels.into(), fresh: *fresh, points: vec![(t(at), 100.0)], source };
+            let s = expr::SeriesData { labels: labels.into(), fresh: *fresh, points: vec![(t(at), 100.0)].into(), source };
             d.by_signal.entry("lag".into()).or_default().push(s);
         }
         d
@@ -577,7 +577,7 @@ mod tests {
         let mut d = Dataset::default();
         let (fresh, stale) = (Some(d.add_source("kafka/a", true)), Some(d.add_source("kafka/b", false)));
         let mut push = |g: String, v: f64, fresh: bool, source| {
-            let s = expr::SeriesData { labels: Labels::from([("group".to_string(), g)]).into(), fresh, points: vec![(t(0), v)], source };
+            let s = expr::SeriesData { labels: Labels::from([("group".to_string(), g)]).into(), fresh, points: vec![(t(0), v)].into(), source };
             d.by_signal.entry("lag".into()).or_default().push(s);
         };
         for g in 0..1000 {

@@ -663,10 +663,50 @@ pub struct SeriesData {
     /// a condition true.
     pub fresh: bool,
     /// Oldest first.
-    pub points: Vec<Point>,
+    pub points: Points,
     /// Index of the source that produced it in [`Dataset::sources`]; `None` when not
     /// known, in which case missing data is always unknown.
     pub source: Option<u32>,
+}
+
+/// A series' points, oldest first, read as a slice. One point (a series read without a
+/// window: most of them, 2.5 million per cycle at 20,000 groups) is held inline, not in
+/// an allocation of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Points {
+    One(Point),
+    Many(Vec<Point>),
+}
+
+impl Default for Points {
+    fn default() -> Self {
+        Points::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Points {
+    type Target = [Point];
+    fn deref(&self) -> &[Point] {
+        match self {
+            Points::One(p) => std::slice::from_ref(p),
+            Points::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<Point>> for Points {
+    fn from(v: Vec<Point>) -> Self {
+        match v.as_slice() {
+            [p] => Points::One(*p),
+            _ => Points::Many(v),
+        }
+    }
+}
+
+impl From<Option<Point>> for Points {
+    fn from(p: Option<Point>) -> Self {
+        p.map_or_else(Points::default, Points::One)
+    }
 }
 
 /// Identity of a source (one sampling loop, `kafka/prod`): opaque to the evaluator, which
@@ -877,9 +917,12 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
             let mut index: HashMap<Vec<Option<&str>>, usize, foldhash::fast::RandomState> = HashMap::with_capacity_and_hasher(matched.len(), Default::default());
             let mut members: Vec<Members> = Vec::new();
             let mut keys: Vec<SharedLabels> = Vec::new();
+            // One buffer for every series' key; a key is allocated only for a new group.
+            let mut key: Vec<Option<&str>> = Vec::with_capacity(by.len());
             for s in selected {
-                let key: Vec<Option<&str>> = by.iter().map(|l| s.labels.get(l)).collect();
-                let i = match index.get(&key) {
+                key.clear();
+                key.extend(by.iter().map(|l| s.labels.get(l)));
+                let i = match index.get(key.as_slice()) {
                     Some(&i) => i,
                     None => {
                         let labels = if by_is_whole(by, &s.labels) {
@@ -890,7 +933,7 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
                         };
                         keys.push(labels);
                         members.push(Default::default());
-                        index.insert(key, members.len() - 1);
+                        index.insert(key.clone(), members.len() - 1);
                         members.len() - 1
                     }
                 };
@@ -1120,8 +1163,8 @@ mod tests {
     fn data(series: &[Input]) -> Dataset {
         let mut d = Dataset::default();
         for (signal, l, fresh, values) in series {
-            let points = values.iter().enumerate().map(|(i, v)| (t(i as f64 * 10.0), *v)).collect();
-            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l).into(), fresh: *fresh, points, source: None });
+            let points: Vec<_> = values.iter().enumerate().map(|(i, v)| (t(i as f64 * 10.0), *v)).collect();
+            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels(l).into(), fresh: *fresh, points: points.into(), source: None });
         }
         d
     }
@@ -1208,7 +1251,7 @@ mod tests {
         let mut d = Dataset::default();
         for (p, fresh, source_fresh) in series {
             let source = Some(d.add_source(&format!("kafka/{p}"), *source_fresh));
-            let s = SeriesData { labels: labels(&[("p", p)]).into(), fresh: *fresh, points: vec![(t(0.0), 50.0)], source };
+            let s = SeriesData { labels: labels(&[("p", p)]).into(), fresh: *fresh, points: vec![(t(0.0), 50.0)].into(), source };
             d.by_signal.entry("lag".into()).or_default().push(s);
         }
         d
@@ -1264,6 +1307,18 @@ mod tests {
         assert_eq!(v("increase(x, 1h)"), Some(9.0));
         assert_eq!(v("quantile(0.5, x, 1h)"), Some(3.0));
         assert_eq!(v("quantile(1, x, 1h)"), Some(10.0));
+    }
+
+    #[test]
+    fn points_read_as_the_slice_they_were_built_from_and_one_is_held_inline() {
+        for n in 0..4 {
+            let v: Vec<Point> = (0..n).map(|i| (t(f64::from(i)), f64::from(i))).collect();
+            let p = Points::from(v.clone());
+            assert_eq!(&*p, v.as_slice());
+            assert_eq!(matches!(p, Points::One(_)), n == 1, "{n} points");
+        }
+        assert_eq!(&*Points::from(Some((t(1.0), 2.0))), &[(t(1.0), 2.0)]);
+        assert!(Points::from(None).is_empty());
     }
 
     #[test]

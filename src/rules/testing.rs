@@ -583,7 +583,7 @@ fn dataset_at(inputs: &[(String, Labels, Vec<Option<f64>>)], interval: Duration,
         let now = values.get(upto);
         let source = data.add_source(&format!("test/{n}"), !matches!(now, Some(None)));
         let fresh = now.is_some_and(Option::is_some);
-        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone().into(), fresh, points, source: Some(source) });
+        data.by_signal.entry(signal.clone()).or_default().push(SeriesData { labels: labels.clone().into(), fresh, points: points.into(), source: Some(source) });
     }
     data
 }

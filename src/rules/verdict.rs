@@ -260,7 +260,7 @@ mod tests {
         let src = Some(d.add_source("connect/local", fresh));
         for (c, v) in [("a", 1.0), ("b", 0.0)] {
             let labels: Labels = [("connect".to_string(), "local".to_string()), ("connector".to_string(), c.to_string())].into();
-            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels: labels.into(), fresh, points: vec![(t(0), v)], source: src });
+            d.by_signal.entry("connector_failed_tasks".into()).or_default().push(SeriesData { labels: labels.into(), fresh, points: vec![(t(0), v)].into(), source: src });
         }
         d
     }
@@ -311,14 +311,14 @@ mod tests {
             for p in 0..3 {
                 let (gs, ps) = (format!("g{g}"), p.to_string());
                 let labels = l(&[("cluster", "c"), ("group", &gs), ("partition", &ps)]);
-                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels: labels.into(), fresh: true, points: vec![(t(0), g as f64)], source: src });
+                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels: labels.into(), fresh: true, points: vec![(t(0), g as f64)].into(), source: src });
             }
             if g % 100 == 0 {
                 let labels = l(&[("cluster", "c"), ("partition", "9")]);
-                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels: labels.into(), fresh: false, points: vec![(t(0), 1.0)], source: src });
+                d.by_signal.entry("lag_seconds".into()).or_default().push(SeriesData { labels: labels.into(), fresh: false, points: vec![(t(0), 1.0)].into(), source: src });
             }
             let labels = l(&[("cluster", "c"), ("group", &format!("g{g}"))]);
-            d.by_signal.entry("group_members".into()).or_default().push(SeriesData { labels: labels.into(), fresh: true, points: vec![(t(0), 0.0)], source: src });
+            d.by_signal.entry("group_members".into()).or_default().push(SeriesData { labels: labels.into(), fresh: true, points: vec![(t(0), 0.0)].into(), source: src });
         }
         let cond = expr::parse(r#"max by (cluster, group) (lag_seconds{partition!="2"}) > 30s and min by (cluster, group) (group_members) < 1"#).unwrap();
         let mut index = EvidenceIndex::new(&cond, &d, t(1));

@@ -20,8 +20,20 @@ use super::Labels;
 ///
 /// Sorted by name, names unique; ordered, compared and hashed as the [`Labels`] map
 /// with the same pairs (`Ord` is the map's: pair by pair, by name then value).
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Comparisons take a string's pointer first: two sets read from one source share their
+/// strings, so equal names and values compare without reading their bytes.
+#[derive(Clone, Default)]
 pub struct SharedLabels(Arc<[(Arc<str>, Arc<str>)]>);
+
+/// `a.cmp(b)`, equal without reading the bytes when both are one allocation.
+fn cmp_str(a: &Arc<str>, b: &Arc<str>) -> Ordering {
+    if Arc::ptr_eq(a, b) {
+        Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
 
 impl SharedLabels {
     /// From pairs in any order; of two pairs with one name the later wins (as collecting
@@ -87,6 +99,42 @@ impl SharedLabels {
     /// Whether both are the same allocation (then equal, without comparing).
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl Ord for SharedLabels {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return Ordering::Equal;
+        }
+        for ((na, va), (nb, vb)) in self.0.iter().zip(other.0.iter()) {
+            match cmp_str(na, nb).then_with(|| cmp_str(va, vb)) {
+                Ordering::Equal => {}
+                o => return o,
+            }
+        }
+        self.len().cmp(&other.len())
+    }
+}
+
+impl PartialOrd for SharedLabels {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for SharedLabels {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for SharedLabels {}
+
+/// As the pairs' strings hash: equal sets (by content) hash alike.
+impl std::hash::Hash for SharedLabels {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
     }
 }
 
@@ -165,6 +213,13 @@ mod tests {
             }
             prop_assert_eq!(serde_json::to_string(&sa).unwrap(), serde_json::to_string(&ma).unwrap());
             prop_assert_eq!(format!("{sa:?}"), format!("{ma:?}"));
+            // A set built from the other two's own strings compares partly by pointer.
+            let sc = SharedLabels::from_pairs(sa.0.iter().chain(sb.0.iter()).cloned());
+            let mc: Labels = ma.iter().chain(mb.iter()).map(|(n, v)| (n.clone(), v.clone())).collect();
+            prop_assert_eq!(sc.cmp(&sa), mc.cmp(&ma));
+            prop_assert_eq!(sc.cmp(&sb), mc.cmp(&mb));
+            prop_assert_eq!(sc == sa, mc == ma);
+            prop_assert_eq!(sa.cmp(&sa.clone()), Ordering::Equal);
         }
     }
 

@@ -77,6 +77,12 @@ impl Symbols {
         self.strings.iter().zip(0u32..).filter_map(|(s, id)| s.0.as_ref().map(|text| (id, text)))
     }
 
+    /// The references to string `id`: each series' key holds one per string in it, so
+    /// for a signal name, at least its number of series.
+    pub(super) fn uses(&self, id: u32) -> usize {
+        self.strings.get(id as usize).map_or(0, |s| s.1 as usize)
+    }
+
     /// One more than the largest id ever handed out.
     pub(super) fn id_bound(&self) -> usize {
         self.strings.len()

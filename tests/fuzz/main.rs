@@ -90,8 +90,8 @@ fn dataset() -> Dataset {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
-            let points = values.iter().enumerate().map(|(k, v)| (t(60 * k as u64), *v)).collect();
-            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels.into(), fresh: j != 2, points, source: Some(src) });
+            let points: Vec<_> = values.iter().enumerate().map(|(k, v)| (t(60 * k as u64), *v)).collect();
+            d.by_signal.entry(signal.to_string()).or_default().push(SeriesData { labels: labels.into(), fresh: j != 2, points: points.into(), source: Some(src) });
         }
     }
     d
