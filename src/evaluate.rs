@@ -41,7 +41,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RulesConfig;
-use crate::rules::eval::{AlertState, Engine, EngineOptions, RuleStatus};
+use crate::rules::eval::{AlertState, Engine, EngineOptions, RuleStatus, Transition};
 use crate::rules::expr::{Dataset, EvalOptions, Points, SeriesData};
 use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloSpec, SloStatus};
@@ -426,13 +426,20 @@ impl Rules {
         // Burn verdicts update the firing memory whether or not anyone listens.
         verdicts.extend(self.burn_verdicts(&slos, &slo_statuses, &data, now));
         self.send_verdicts(verdicts);
-        for t in &transitions {
+        let (one_by_one, counted) = transition_log(&transitions, LOGGED_TRANSITIONS_PER_RULE);
+        for t in one_by_one {
             let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let level_firing = t.to == AlertState::Firing;
-            if level_firing || t.stale {
+            if t.to == AlertState::Firing || t.stale {
                 tracing::warn!(rule = %t.rule, labels = %labels.join(","), from = t.from.as_str(), to = t.to.as_str(), value = ?t.value, stale = t.stale, "alert state changed");
             } else {
                 tracing::info!(rule = %t.rule, labels = %labels.join(","), from = t.from.as_str(), to = t.to.as_str(), value = ?t.value, stale = t.stale, "alert state changed");
+            }
+        }
+        for ((rule, from, to, stale), count) in counted {
+            if to == AlertState::Firing || stale {
+                tracing::warn!(rule, from = from.as_str(), to = to.as_str(), stale, count, "alert state changed for more instances, not logged one by one (GET /api/v1/alerts lists them)");
+            } else {
+                tracing::info!(rule, from = from.as_str(), to = to.as_str(), stale, count, "alert state changed for more instances, not logged one by one (GET /api/v1/alerts lists them)");
             }
         }
         {
@@ -726,6 +733,32 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
     data
 }
 
+/// At most this many state changes of one rule are logged one by one per evaluation; the
+/// rest are counted, one line per change. A mass incident (every partition of 20,000
+/// groups) is 200,000 changes at once: one log line each was 50 MB of log per wave, the
+/// same as nothing to a reader. The API and `streamguard_alerts` list every instance.
+const LOGGED_TRANSITIONS_PER_RULE: usize = 20;
+
+/// Key of the counted state changes: rule, from, to, stale.
+type TransitionKind<'t> = (&'t str, AlertState, AlertState, bool);
+
+/// The transitions to log one by one (the first `per_rule` of each rule, in order) and
+/// how many of the others there are per rule and change. Pure.
+fn transition_log(transitions: &[Transition], per_rule: usize) -> (Vec<&Transition>, BTreeMap<TransitionKind<'_>, usize>) {
+    let mut logged: HashMap<&str, usize> = HashMap::new();
+    let (mut one_by_one, mut counted) = (Vec::new(), BTreeMap::new());
+    for t in transitions {
+        let n = logged.entry(t.rule.as_str()).or_default();
+        if *n < per_rule {
+            *n += 1;
+            one_by_one.push(t);
+        } else {
+            *counted.entry((t.rule.as_str(), t.from, t.to, t.stale)).or_default() += 1;
+        }
+    }
+    (one_by_one, counted)
+}
+
 /// The value of a job on the blocking pool. A panic in it continues in the caller (so
 /// the task's supervisor sees it); a cancelled job (the runtime is shutting down) is
 /// `None`.
@@ -950,6 +983,27 @@ spec:
         rules.eval_group(&dir.path().join("one.yaml"), &store, now + Duration::from_secs(1));
         let firing = rules.engine.lock().unwrap().all_instances().filter(|(_, _, i)| i.state == AlertState::Firing).count();
         assert_eq!(firing, 1);
+    }
+
+    #[test]
+    fn a_mass_incident_logs_a_few_changes_per_rule_and_counts_the_rest() {
+        use AlertState::{Firing, Inactive, Pending};
+        let change = |rule: &str, i: usize, to: AlertState| Transition {
+            file: PathBuf::from("f.yaml"),
+            rule: rule.into(),
+            labels: crate::signal::Labels::from([("p".to_string(), i.to_string())]).into(),
+            from: Inactive,
+            to,
+            value: None,
+            stale: false,
+        };
+        let mut all: Vec<_> = (0..1000).map(|i| change("a", i, if i % 2 == 0 { Pending } else { Firing })).collect();
+        all.extend((0..5).map(|i| change("b", i, Pending)));
+        let (one_by_one, counted) = transition_log(&all, 20);
+        assert_eq!(one_by_one.iter().map(|t| (t.rule.as_str(), t.labels.get("p").unwrap())).filter(|(r, _)| *r == "a").count(), 20);
+        assert_eq!(one_by_one.iter().filter(|t| t.rule == "b").count(), 5, "a rule with few changes logs them all");
+        assert_eq!(one_by_one[0].labels.get("p"), Some("0"), "the first ones, in order");
+        assert_eq!(counted, BTreeMap::from([(("a", Inactive, Pending, false), 490), (("a", Inactive, Firing, false), 490)]));
     }
 
     #[test]
