@@ -114,7 +114,38 @@ pub struct Rules {
     /// The open journal (appended after every evaluation); `None` until first used or
     /// after a failed write. Held while a snapshot replaces the file.
     journal: Mutex<Option<std::fs::File>>,
+    /// Group evaluations at once: [`EVALUATIONS_AT_ONCE`].
+    evaluations: tokio::sync::Semaphore,
+    /// Tests: the most group evaluations seen running at once, and those running now.
+    #[cfg(test)]
+    in_flight: (std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize),
 }
+
+/// Tests: counts a group evaluation as running until dropped.
+#[cfg(test)]
+struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl<'a> Running<'a> {
+    fn start((most, now): &'a (std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        most.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+        Running(now)
+    }
+}
+
+#[cfg(test)]
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Files evaluate on their own schedules, but the engine's lock lets one evaluate at a
+/// time; unbounded, every file copied what it reads out of the store (its dataset) at
+/// the same tick and held it while it waited for the lock: at 20,000 groups, hundreds of
+/// MB at once. Two: one copies while the other evaluates.
+pub const EVALUATIONS_AT_ONCE: usize = 2;
 
 /// Errors of the state file.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +185,9 @@ impl Rules {
             verdict_sink: Mutex::new(None),
             verdicts_dropped: Default::default(),
             burn_firing: Mutex::default(),
+            evaluations: tokio::sync::Semaphore::new(EVALUATIONS_AT_ONCE),
+            #[cfg(test)]
+            in_flight: Default::default(),
         };
         Ok(rules)
     }
@@ -393,6 +427,8 @@ impl Rules {
 
     /// Evaluates one group (file) at `now` against the store.
     pub fn eval_group(&self, file: &Path, store: &Store, now: SystemTime) {
+        #[cfg(test)]
+        let _running = Running::start(&self.in_flight);
         let started = Instant::now();
         let set = self.set();
         let alerts: Vec<_> = set.alerts.iter().filter(|r| r.file == file).cloned().collect();
@@ -565,6 +601,12 @@ impl Rules {
                 tracing::warn!(group = %file.display(), missed = missed as u64, "rule evaluation missed ticks");
             }
             expected = now + interval;
+            // At most EVALUATIONS_AT_ONCE files copy and evaluate at once.
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = self.evaluations.acquire() => p,
+            };
+            let Ok(_permit) = permit else { break };
             let (rules, f, s) = (self.clone(), file.clone(), store.clone());
             // The evaluation is CPU work: off the async threads, and a panic in it is a
             // counted failure of this group, not the end of the agent.
@@ -892,6 +934,36 @@ spec:
         tokio::time::sleep(Duration::from_millis(200)).await;
         let later: Vec<u64> = rules.groups.lock().unwrap().values().map(|g| g.evaluations).collect();
         assert_eq!(after, later, "no evaluation after shutdown returned");
+    }
+
+    /// Six files on one schedule, each copying 20,000 series: at most two evaluate (and
+    /// hold their copy) at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn at_most_two_files_evaluate_at_once() {
+        use crate::signal::{Batch, SourceSample};
+        let dir = tempfile::tempdir().unwrap();
+        let files = ["a.yaml", "b.yaml", "c.yaml", "d.yaml", "e.yaml", "f.yaml"];
+        let rules = rules_in(dir.path(), &files);
+        let store = Arc::new(Store::default());
+        store.register(crate::store::SourceKind::Kafka, "c", Duration::from_secs(3600));
+        let mut b = Batch::new();
+        for g in 0..20_000 {
+            b.push("lag_seconds", &[("cluster", "c"), ("group", &format!("g{g}")), ("method", "probe")], 1.0);
+        }
+        store.record_success(crate::store::SourceKind::Kafka, "c", SystemTime::now(), SourceSample { batch: b, ..SourceSample::default() });
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let sup = supervisor(&tracker, &rules);
+        tracker.spawn(rules.clone().run(store, sup, cancel.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while rules.groups.lock().unwrap().values().filter(|g| g.evaluations >= 3).count() < files.len() {
+            assert!(tokio::time::Instant::now() < deadline, "groups not evaluated");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        let most = rules.in_flight.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=EVALUATIONS_AT_ONCE).contains(&most), "{most} evaluations at once");
     }
 
     /// The state file's temp file is a FIFO: opening it for writing blocks until a
