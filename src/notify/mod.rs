@@ -337,7 +337,7 @@ mod tests {
             annotations: [("summary".to_string(), "behind".to_string())].into(),
             runbooks: Vec::new(),
             unknown: false,
-            instances: instances.into_iter().map(|(l, i)| (l.into(), i)).collect(),
+            instances: std::sync::Arc::new(instances.into_iter().map(|(l, i)| (l.into(), i)).collect()),
             quiet: 0,
         }
     }
@@ -488,7 +488,7 @@ mod tests {
             file: PathBuf::from(file),
             name: name.to_string(),
             labels: labels(rule_labels),
-            instances: instances.into_iter().map(|(l, i)| (l.into(), i)).collect(),
+            instances: std::sync::Arc::new(instances.into_iter().map(|(l, i)| (l.into(), i)).collect()),
             ..status(vec![])
         };
         let firing = || instance(AlertState::Firing, 0);

@@ -85,7 +85,7 @@ pub struct Instance {
     pub truth: Truth,
 }
 
-fn shared_instances<S: serde::Serializer>(v: &[(SharedLabels, Instance)], s: S) -> Result<S::Ok, S::Error> {
+fn shared_instances<S: serde::Serializer>(v: &Arc<Vec<(SharedLabels, Instance)>>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|(l, i)| (l, i)))
 }
 
@@ -262,8 +262,9 @@ pub struct Engine {
     /// the rule's name first: at 200,000 instances those comparisons were most of it).
     /// Each rule's instances are a list in label order (merged with each evaluation's
     /// results, which come in that order), shared with the rule's latest status (at
-    /// 200,000 instances of ~170 bytes, a copy each was 34 MB).
-    pub instances: BTreeMap<RuleKey, Arc<[(SharedLabels, Instance)]>>,
+    /// 200,000 instances of ~170 bytes, a copy each was 34 MB). An `Arc<Vec>`, not an
+    /// `Arc<[_]>`: the list an evaluation builds is shared as it is, not copied again.
+    pub instances: BTreeMap<RuleKey, Arc<Vec<(SharedLabels, Instance)>>>,
     /// Quiet instances per rule at its latest evaluation.
     quiet: HashMap<RuleKey, usize>,
     /// SLO events by SLO name.
@@ -289,7 +290,7 @@ pub struct RuleStatus {
     /// Shared: the API, the metrics, the notifier and the executor each take the
     /// statuses, and at scale this is hundreds of thousands of instances.
     #[serde(serialize_with = "shared_instances")]
-    pub instances: Arc<[(SharedLabels, Instance)]>,
+    pub instances: Arc<Vec<(SharedLabels, Instance)>>,
     /// Instances inactive with a false condition: counted, not listed.
     pub quiet: usize,
 }
@@ -356,7 +357,10 @@ impl Engine {
         // Present series' transitions first, then absent ones', each in label order.
         out.append(&mut gone);
         if !kept.is_empty() {
-            self.instances.insert(rule_key.clone(), kept.into());
+            if kept.capacity() > kept.len() + kept.len() / 4 {
+                kept.shrink_to_fit();
+            }
+            self.instances.insert(rule_key.clone(), Arc::new(kept));
         }
         self.quiet.insert(rule_key, quiet);
         out
@@ -379,7 +383,7 @@ impl Engine {
             .iter()
             .map(|rule| {
                 let key = (rule.file.clone(), rule.name.clone());
-                let instances: Arc<[(SharedLabels, Instance)]> = self.instances.get(&key).cloned().unwrap_or_else(|| Arc::new([]));
+                let instances = self.instances.get(&key).cloned().unwrap_or_default();
                 // The rule is unknown when every instance has been unknown long enough
                 // (or it has none at all, which only happens when nothing matched).
                 let quiet = self.quiet.get(&key).copied().unwrap_or(0);
