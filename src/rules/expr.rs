@@ -93,12 +93,7 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.matches_value(labels.get(&self.label).map(String::as_str).unwrap_or(""))
-    }
-
-    /// [`Matcher::matches`] on a shared label set.
-    pub fn matches_set(&self, labels: &SharedLabels) -> bool {
+    pub fn matches(&self, labels: &SharedLabels) -> bool {
         self.matches_value(labels.get(&self.label).unwrap_or(""))
     }
 
@@ -903,7 +898,7 @@ fn eval_value_sourced(expr: &ValueExpr, data: &Dataset, now: SystemTime, opts: &
     let matched: Vec<&SeriesData> = data
         .by_signal
         .get(&expr.selector.signal)
-        .map(|v| v.iter().filter(|s| expr.selector.matchers.iter().all(|m| m.matches_set(&s.labels))).collect())
+        .map(|v| v.iter().filter(|s| expr.selector.matchers.iter().all(|m| m.matches(&s.labels))).collect())
         .unwrap_or_default();
     let selected = matched.iter().copied().filter(|s| !data.is_gone(s));
     match &expr.agg {

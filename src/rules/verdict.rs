@@ -156,7 +156,7 @@ impl<'d> Grouped<'d> {
         let matched: Vec<&SeriesData> = data
             .by_signal
             .get(&v.selector.signal)
-            .map(|series| series.iter().filter(|s| v.selector.matchers.iter().all(|m| m.matches_set(&s.labels))).collect())
+            .map(|series| series.iter().filter(|s| v.selector.matchers.iter().all(|m| m.matches(&s.labels))).collect())
             .unwrap_or_default();
         let mut g = Grouped { matched: Vec::new(), exact: HashMap::new(), loose: Vec::new() };
         for (i, s) in matched.iter().enumerate() {
@@ -292,7 +292,7 @@ mod tests {
         let mut out = Vec::new();
         for (v, _, _) in cond.values() {
             for s in data.by_signal.get(&v.selector.signal).into_iter().flatten() {
-                if v.selector.matchers.iter().all(|m| m.matches_set(&s.labels)) && compatible_set(&s.labels, labels) && out.len() < MAX_EVIDENCE {
+                if v.selector.matchers.iter().all(|m| m.matches(&s.labels)) && compatible_set(&s.labels, labels) && out.len() < MAX_EVIDENCE {
                     out.push((v.selector.signal.clone(), s.labels.to_labels()));
                 }
             }

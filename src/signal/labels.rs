@@ -18,8 +18,8 @@ use super::Labels;
 /// alert instances they become hold one allocation per label set between them, not a
 /// copy each (in a mass incident there are hundreds of thousands).
 ///
-/// Sorted by name, names unique; ordered, compared and hashed as the [`Labels`] map
-/// with the same pairs (`Ord` is the map's: pair by pair, by name then value).
+/// Sorted by name, names unique; ordered and compared as the [`Labels`] map with the
+/// same pairs (`Ord` is the map's: pair by pair, by name then value), hashed by content.
 ///
 /// Comparisons take a string's pointer first: two sets read from one source share their
 /// strings, so equal names and values compare without reading their bytes.
