@@ -14,7 +14,11 @@
 //!   or slow one never delays another.
 //! - A queue holds at most `queue_capacity` alerts, the newest version of each (a newer
 //!   state of an alert replaces the queued one); when full, the oldest are dropped and
-//!   counted in `streamguard_notifications_dropped_total`.
+//!   counted in `streamguard_notifications_dropped_total`. When more alerts fall due at
+//!   once than the largest queue holds, only that many are built; the others are counted
+//!   as dropped (see [`Tracker::due`]).
+//! - The tracker's work (reading every instance, building the alerts due) runs on the
+//!   blocking pool, never on the runtime's threads.
 //! - A batch that fails with a timeout, a connection error or a 5xx goes back to the
 //!   front of its queue and is retried with exponential backoff (at most the resend
 //!   interval); a 4xx (the Alertmanager rejects the payload) is counted and dropped,
@@ -253,12 +257,19 @@ impl Outbox {
         self.queue().is_empty()
     }
 
-    /// Queues `alerts` and wakes the sender; counts what had to be dropped.
-    pub fn push(&self, alerts: &[Alert], metrics: &dyn NotifyMetrics) {
+    /// How many alerts its queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.queue().capacity
+    }
+
+    /// Queues `alerts` and wakes the sender; counts what had to be dropped, with the
+    /// `left_out` alerts that were due but never built because no queue could hold them
+    /// (see [`Tracker::due`]).
+    pub fn push(&self, alerts: &[Alert], left_out: usize, metrics: &dyn NotifyMetrics) {
         let (dropped, len) = {
             let mut q = self.queue();
             let dropped: usize = alerts.iter().cloned().map(|a| q.push(a)).sum();
-            (dropped, q.len())
+            (dropped + left_out, q.len())
         };
         metrics.queued(&self.client.url, len, dropped);
         if dropped > 0 {
@@ -348,6 +359,8 @@ pub async fn dispatcher(
     let mut tick = tokio::time::interval(DISPATCH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tracker = Tracker::default();
+    // More than the largest queue holds would be dropped at once: not even built.
+    let limit = outboxes.iter().map(|o| o.capacity()).max().unwrap_or(0);
     // Statuses change only when a group is evaluated: read them then (and once at
     // start); a tick alone only looks for resends.
     let mut stale = true;
@@ -364,17 +377,34 @@ pub async fn dispatcher(
             _ = tick.tick() => {}
         }
         let now = SystemTime::now();
-        if std::mem::take(&mut stale) {
-            tracker.observe(&rules.rule_statuses(), now);
-        }
-        let due = tracker.due(now, timing, &generator_url);
-        if due.is_empty() {
+        let statuses = std::mem::take(&mut stale).then(|| rules.rule_statuses());
+        // Off the runtime's threads: in a mass incident the statuses hold 200,000
+        // instances, and a resend interval makes as many alerts due.
+        let url = generator_url.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            if let Some(statuses) = statuses {
+                tracker.observe(&statuses, now);
+            }
+            let due = tracker.due(now, timing, &url, limit);
+            (tracker, due)
+        });
+        let (due, left_out) = match work.await {
+            Ok((back, due)) => {
+                tracker = back;
+                due
+            }
+            // A panic in the tracker ends the task; its supervisor restarts it with a
+            // new tracker (see the module's assumptions).
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return, // the runtime is shutting down
+        };
+        if due.is_empty() && left_out == 0 {
             continue;
         }
         let resolved = due.iter().filter(|a| a.is_resolved(now)).count();
-        tracing::debug!(alerts = due.len(), resolved, "alerts due");
+        tracing::debug!(alerts = due.len(), resolved, left_out, "alerts due");
         for o in &outboxes {
-            o.push(&due, metrics.as_ref());
+            o.push(&due, left_out, metrics.as_ref());
         }
     }
 }
@@ -458,7 +488,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new(store, rules));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(sender(outbox.clone(), Duration::from_secs(60), metrics.clone(), cancel.clone()));
-        outbox.push(&[alert("a", 1), alert("b", 1)], metrics.as_ref());
+        // Three more were due and left out (never built): dropped, as if queued and pushed out.
+        outbox.push(&[alert("a", 1), alert("b", 1)], 3, metrics.as_ref());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let text = loop {
             let text = metrics.encode(crate::telemetry::metrics::Format::Prometheus).unwrap();
@@ -470,6 +501,7 @@ mod tests {
         };
         assert!(text.contains(&format!("streamguard_notifications_errors_total{{alertmanager=\"{}\",error=\"connect\"}} 2", cfg.url)), "{text}");
         assert_eq!(outbox.len(), 2, "kept for a retry");
+        assert!(text.contains(&format!("streamguard_notifications_dropped_total{{alertmanager=\"{}\"}} 3", cfg.url)), "{text}");
         cancel.cancel();
         task.await.unwrap();
     }

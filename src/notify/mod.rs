@@ -21,7 +21,8 @@
 //! - An instance that stops firing for any reason — its condition cleared, its series
 //!   or its rule disappeared (reload), its state machine dropped it — is resolved: the
 //!   tracker remembers what it sent and resolves whatever it no longer sees firing.
-//! - Decisions depend only on the public [`RuleStatus`]/[`Instance`] view of the engine.
+//! - Decisions depend only on the public [`RuleStatus`]/[`crate::rules::eval::Instance`]
+//!   view of the engine.
 //!
 //! # Assumptions
 //! - `observe` receives the statuses of **every** rule of the running set (what
@@ -31,11 +32,12 @@ pub mod alertmanager;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::rules::eval::{AlertState, Instance, RuleStatus};
+use crate::rules::eval::{AlertState, RuleStatus};
 use crate::signal::{Labels, SharedLabels};
 
 /// How long a resolved alert keeps being re-sent (Prometheus: 15m).
@@ -105,95 +107,153 @@ impl Timing {
     }
 }
 
-/// Identity of an instance: rule file, rule name, series labels.
-type Key = (PathBuf, String, crate::signal::SharedLabels);
+/// A rule's labels and annotations, as its alerts are sent with them: one per rule,
+/// shared by each of its alerts (in a mass incident one rule fires 200,000 times), and
+/// replaced when a reload changes them.
+#[derive(Debug, PartialEq)]
+struct Meta {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
 
 /// What the tracker knows about one alert it has seen firing.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Tracked {
-    labels: Labels,
-    annotations: BTreeMap<String, String>,
+    /// The rule's labels and annotations while the alert last fired (a resolved alert
+    /// keeps the ones it fired with).
+    meta: Arc<Meta>,
     starts_at: SystemTime,
     resolved_at: Option<SystemTime>,
+    /// When it was last due (handed to the queues, or left out for their capacity: see
+    /// [`Tracker::due`]).
     last_sent: Option<SystemTime>,
+    /// When it was last handed to the queues.
+    last_queued: Option<SystemTime>,
+    /// The last [`Tracker::observe`] that saw it firing.
+    seen: u64,
+}
+
+/// The alerts of one rule, by series labels.
+#[derive(Debug, Default)]
+struct RuleAlerts {
+    /// The rule's labels and annotations as last observed.
+    meta: Option<Arc<Meta>>,
+    alerts: HashMap<SharedLabels, Tracked>,
 }
 
 /// The notifier's memory: every alert seen firing, until its resolve has been sent for
-/// [`RESOLVED_RETENTION`].
+/// [`RESOLVED_RETENTION`]. Kept per rule file, rule name and series labels, so an
+/// observation looks an instance up by its borrowed labels and copies nothing for an
+/// alert it already tracks: the alert's labels are built only when it is due.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    alerts: HashMap<Key, Tracked>,
+    files: HashMap<PathBuf, HashMap<String, RuleAlerts>>,
+    /// How many observations were made (tells which alerts the latest one saw).
+    generation: u64,
 }
 
 impl Tracker {
     /// Takes in the statuses of every rule at `now`. Pure.
     pub fn observe(&mut self, statuses: &[RuleStatus], now: SystemTime) {
-        let mut seen: HashMap<Key, &Instance> = HashMap::new();
+        self.generation += 1;
+        let generation = self.generation;
         for rule in statuses {
-            for (series, inst) in rule.instances.iter() {
-                let key = (rule.file.clone(), rule.name.clone(), series.clone());
-                if inst.state == AlertState::Firing {
-                    let labels = alert_labels(&rule.name, &rule.labels, series);
-                    let starts_at = inst.firing_since.or(inst.active_since).unwrap_or(now);
-                    let t = self.alerts.entry(key.clone()).or_insert_with(|| Tracked {
-                        labels: labels.clone(),
-                        annotations: rule.annotations.clone(),
-                        starts_at,
-                        resolved_at: None,
-                        last_sent: None,
-                    });
-                    if t.resolved_at.is_some() {
-                        // Fired again: a new alert for Alertmanager.
-                        *t = Tracked { labels, annotations: rule.annotations.clone(), starts_at, resolved_at: None, last_sent: None };
-                    } else {
-                        t.labels = labels;
-                        t.annotations = rule.annotations.clone();
-                    }
+            let tracked = match self.files.get_mut(rule.file.as_path()).and_then(|f| f.get_mut(rule.name.as_str())) {
+                Some(tracked) => tracked,
+                None if rule.instances.iter().any(|(_, i)| i.state == AlertState::Firing) => {
+                    self.files.entry(rule.file.clone()).or_default().entry(rule.name.clone()).or_default()
                 }
-                seen.insert(key, inst);
+                None => continue, // nothing tracked, nothing firing
+            };
+            let meta = match &tracked.meta {
+                Some(m) if m.labels == rule.labels && m.annotations == rule.annotations => m.clone(),
+                _ => tracked.meta.insert(Arc::new(Meta { labels: rule.labels.clone(), annotations: rule.annotations.clone() })).clone(),
+            };
+            for (series, inst) in rule.instances.iter() {
+                let known = tracked.alerts.get_mut(series);
+                if inst.state == AlertState::Firing {
+                    match known {
+                        Some(t) if t.resolved_at.is_none() => {
+                            t.meta = meta.clone();
+                            t.seen = generation;
+                        }
+                        // New, or fired again after resolving: a new alert for Alertmanager.
+                        _ => {
+                            let starts_at = inst.firing_since.or(inst.active_since).unwrap_or(now);
+                            let t = Tracked { meta: meta.clone(), starts_at, resolved_at: None, last_sent: None, last_queued: None, seen: generation };
+                            tracked.alerts.insert(series.clone(), t);
+                        }
+                    }
+                } else if let Some(t) = known.filter(|t| t.resolved_at.is_none()) {
+                    t.resolved_at = Some(inst.resolved_at.unwrap_or(now).max(t.starts_at));
+                }
             }
         }
-        for (key, t) in self.alerts.iter_mut() {
-            if t.resolved_at.is_some() {
-                continue;
+        // Firing before and not seen now: the instance or its rule is gone.
+        for rules in self.files.values_mut() {
+            for rule in rules.values_mut() {
+                for t in rule.alerts.values_mut().filter(|t| t.resolved_at.is_none() && t.seen != generation) {
+                    t.resolved_at = Some(now.max(t.starts_at));
+                }
+                rule.alerts.retain(|_, t| t.resolved_at.is_none_or(|r| now.duration_since(r).unwrap_or_default() < RESOLVED_RETENTION));
             }
-            match seen.get(key) {
-                Some(i) if i.state == AlertState::Firing => {}
-                Some(i) => t.resolved_at = Some(i.resolved_at.unwrap_or(now).max(t.starts_at)),
-                None => t.resolved_at = Some(now.max(t.starts_at)),
-            }
+            rules.retain(|_, rule| !rule.alerts.is_empty());
         }
-        self.alerts.retain(|_, t| t.resolved_at.is_none_or(|r| now.duration_since(r).unwrap_or_default() < RESOLVED_RETENTION));
+        self.files.retain(|_, rules| !rules.is_empty());
     }
 
     /// The alerts due at `now` (new, resolved since last sent, or due for a resend),
-    /// marked as sent. Pure.
-    pub fn due(&mut self, now: SystemTime, timing: Timing, generator_url: &str) -> Vec<Alert> {
-        let mut out = Vec::new();
-        for t in self.alerts.values_mut() {
-            if !needs_sending(t.last_sent, t.resolved_at, now, timing.resend_interval) {
+    /// marked as sent, at most `limit` of them (the queues' capacity), and how many more
+    /// were due. Pure.
+    ///
+    /// Every due alert counts as sent, as in Prometheus' notifier, whose queue drops what
+    /// does not fit; only the alerts that can be queued are built (in a mass incident
+    /// 200,000 alerts fall due at once, and the queue holds 10,000). The ones left out go
+    /// first the next time more are due than fit: resolves not queued since they
+    /// resolved, then the alerts queued longest ago (never, first). The alerts returned
+    /// are in label order.
+    pub fn due(&mut self, now: SystemTime, timing: Timing, generator_url: &str, limit: usize) -> (Vec<Alert>, usize) {
+        let mut due: Vec<(&str, &PathBuf, &SharedLabels, &mut Tracked)> = Vec::new();
+        for (file, rules) in self.files.iter_mut() {
+            for (name, rule) in rules.iter_mut() {
+                for (series, t) in rule.alerts.iter_mut() {
+                    if needs_sending(t.last_sent, t.resolved_at, now, timing.resend_interval) {
+                        due.push((name.as_str(), file, series, t));
+                    }
+                }
+            }
+        }
+        let left_out = due.len().saturating_sub(limit);
+        if left_out > 0 {
+            let resolve_unqueued = |t: &Tracked| t.resolved_at.is_some_and(|r| t.last_queued.is_none_or(|q| q < r));
+            due.sort_unstable_by(|a, b| (!resolve_unqueued(a.3), a.3.last_queued, a.0, a.1, a.2).cmp(&(!resolve_unqueued(b.3), b.3.last_queued, b.0, b.1, b.2)));
+        }
+        let mut out = Vec::with_capacity(due.len().min(limit));
+        for (i, (name, _, series, t)) in due.into_iter().enumerate() {
+            t.last_sent = Some(now);
+            if i >= limit {
                 continue;
             }
-            t.last_sent = Some(now);
+            t.last_queued = Some(now);
             out.push(Alert {
-                labels: t.labels.clone(),
-                annotations: t.annotations.clone(),
+                labels: alert_labels(name, &t.meta.labels, series),
+                annotations: t.meta.annotations.clone(),
                 starts_at: t.starts_at,
                 ends_at: t.resolved_at.unwrap_or(now + timing.valid_for()),
                 generator_url: generator_url.to_string(),
             });
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
+        (out, left_out)
     }
 
     /// Alerts tracked (firing, or resolved within the retention).
     pub fn len(&self) -> usize {
-        self.alerts.len()
+        self.files.values().flat_map(|rules| rules.values()).map(|rule| rule.alerts.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty()
+        self.files.is_empty()
     }
 }
 
@@ -303,7 +363,9 @@ fn alert_pairs<'a>(rule: &'a RuleStatus, series: &'a SharedLabels, state: &'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::eval::Instance;
     use crate::rules::expr::Truth;
+    use std::path::Path;
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
@@ -311,6 +373,13 @@ mod tests {
 
     const TIMING: Timing = Timing { resend_interval: Duration::from_secs(60), evaluation_interval: Duration::from_secs(10) };
     const URL: &str = "http://agent:9898/api/v1/rules";
+
+    /// Every alert due (no queue limit).
+    fn due(tr: &mut Tracker, now: SystemTime) -> Vec<Alert> {
+        let (alerts, left_out) = tr.due(now, TIMING, URL, usize::MAX);
+        assert_eq!(left_out, 0);
+        alerts
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -354,7 +423,7 @@ mod tests {
     fn a_firing_instance_is_sent_at_once_with_ends_at_four_resend_intervals_ahead() {
         let mut tr = Tracker::default();
         tr.observe(&[status(vec![(labels(&[("group", "g")]), instance(AlertState::Firing, 0))])], t(5));
-        let sent = tr.due(t(5), TIMING, URL);
+        let sent = due(&mut tr, t(5));
         assert_eq!(sent.len(), 1);
         let a = &sent[0];
         assert_eq!(a.labels, labels(&[("alertname", "lag-high"), ("group", "g"), ("severity", "page")]));
@@ -371,7 +440,7 @@ mod tests {
     fn pending_instances_are_never_sent() {
         let mut tr = Tracker::default();
         tr.observe(&[status(vec![(labels(&[("group", "g")]), instance(AlertState::Pending, 0))])], t(5));
-        assert!(tr.due(t(5), TIMING, URL).is_empty());
+        assert!(due(&mut tr, t(5)).is_empty());
         assert!(tr.is_empty());
     }
 
@@ -380,13 +449,13 @@ mod tests {
         let mut tr = Tracker::default();
         let firing = [status(vec![(labels(&[("group", "g")]), instance(AlertState::Firing, 0))])];
         tr.observe(&firing, t(0));
-        assert_eq!(tr.due(t(0), TIMING, URL).len(), 1);
+        assert_eq!(due(&mut tr, t(0)).len(), 1);
         for s in [10, 30, 59] {
             tr.observe(&firing, t(s));
-            assert!(tr.due(t(s), TIMING, URL).is_empty(), "at {s}s");
+            assert!(due(&mut tr, t(s)).is_empty(), "at {s}s");
         }
         tr.observe(&firing, t(60));
-        let again = tr.due(t(60), TIMING, URL);
+        let again = due(&mut tr, t(60));
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].ends_at, t(300), "validity moves forward with each resend");
     }
@@ -396,17 +465,17 @@ mod tests {
         let mut tr = Tracker::default();
         let g = labels(&[("group", "g")]);
         tr.observe(&[status(vec![(g.clone(), instance(AlertState::Firing, 0))])], t(0));
-        tr.due(t(0), TIMING, URL);
+        due(&mut tr, t(0));
         let resolved = Instance { state: AlertState::Resolved, resolved_at: Some(t(20)), ..Instance::default() };
         tr.observe(&[status(vec![(g.clone(), resolved.clone())])], t(20));
-        let sent = tr.due(t(20), TIMING, URL);
+        let sent = due(&mut tr, t(20));
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].ends_at, t(20));
         assert!(sent[0].is_resolved(t(20)));
         assert_eq!(sent[0].starts_at, t(0), "start time survives the resolve");
         // Re-sent each resend interval while retained, then dropped.
         tr.observe(&[status(vec![(g.clone(), resolved.clone())])], t(80));
-        assert_eq!(tr.due(t(80), TIMING, URL).len(), 1);
+        assert_eq!(due(&mut tr, t(80)).len(), 1);
         tr.observe(&[status(vec![(g, resolved)])], t(20) + RESOLVED_RETENTION);
         assert!(tr.is_empty());
     }
@@ -415,16 +484,16 @@ mod tests {
     fn an_alert_whose_instance_or_rule_disappears_is_resolved_at_that_time() {
         let mut tr = Tracker::default();
         tr.observe(&[status(vec![(labels(&[("group", "g")]), instance(AlertState::Firing, 0))])], t(0));
-        tr.due(t(0), TIMING, URL);
+        due(&mut tr, t(0));
         tr.observe(&[status(vec![])], t(30));
-        let sent = tr.due(t(30), TIMING, URL);
+        let sent = due(&mut tr, t(30));
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].ends_at, t(30));
         // A rule removed by a reload: no status at all.
         tr.observe(&[status(vec![(labels(&[("group", "h")]), instance(AlertState::Firing, 40))])], t(40));
-        tr.due(t(40), TIMING, URL);
+        due(&mut tr, t(40));
         tr.observe(&[], t(50));
-        let sent = tr.due(t(50), TIMING, URL);
+        let sent = due(&mut tr, t(50));
         assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.ends_at)).collect::<Vec<_>>(), vec![("h", t(50))]);
     }
 
@@ -433,14 +502,67 @@ mod tests {
         let mut tr = Tracker::default();
         let g = labels(&[("group", "g")]);
         tr.observe(&[status(vec![(g.clone(), instance(AlertState::Firing, 0))])], t(0));
-        tr.due(t(0), TIMING, URL);
+        due(&mut tr, t(0));
         tr.observe(&[status(vec![])], t(10));
-        tr.due(t(10), TIMING, URL);
+        due(&mut tr, t(10));
         tr.observe(&[status(vec![(g, instance(AlertState::Firing, 20))])], t(20));
-        let sent = tr.due(t(20), TIMING, URL);
+        let sent = due(&mut tr, t(20));
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].starts_at, t(20));
         assert!(!sent[0].is_resolved(t(20)));
+    }
+
+    #[test]
+    fn more_alerts_due_than_the_queues_hold_are_left_out_counted_and_go_first_next_time() {
+        let mut tr = Tracker::default();
+        let group = |g: usize| labels(&[("group", &format!("g{g:02}"))]);
+        let firing = |n: usize| status((0..n).map(|g| (group(g), instance(AlertState::Firing, 0))).collect());
+        tr.observe(&[firing(25)], t(0));
+        let (first, left_out) = tr.due(t(0), TIMING, URL, 10);
+        assert_eq!((first.len(), left_out), (10, 15));
+        assert!(first.windows(2).all(|w| w[0].labels < w[1].labels), "in label order");
+        // Left out counts as sent (Prometheus' queue drops them): nothing is due before the resend.
+        tr.observe(&[firing(25)], t(30));
+        assert_eq!(tr.due(t(30), TIMING, URL, 10), (vec![], 0));
+        // At the resend, the 15 never queued go first; g00 resolves then, and its resolve
+        // goes before them.
+        let mut now = vec![(group(0), Instance { state: AlertState::Resolved, resolved_at: Some(t(60)), ..Instance::default() })];
+        now.extend((1..25).map(|g| (group(g), instance(AlertState::Firing, 0))));
+        tr.observe(&[status(now)], t(60));
+        let (second, left_out) = tr.due(t(60), TIMING, URL, 10);
+        assert_eq!((second.len(), left_out), (10, 15));
+        let g00 = second.iter().find(|a| a.labels["group"] == "g00").expect("the resolve is queued first");
+        assert_eq!(g00.ends_at, t(60));
+        let queued_before: Vec<&str> = first.iter().map(|a| a.labels["group"].as_str()).collect();
+        assert!(second.iter().filter(|a| a.labels["group"] != "g00").all(|a| !queued_before.contains(&a.labels["group"].as_str())), "{second:?}");
+        // Within three resends every alert has been queued once.
+        tr.observe(&[firing(25)], t(120));
+        let (third, _) = tr.due(t(120), TIMING, URL, 10);
+        let mut queued: Vec<String> = [first, second, third].iter().flatten().map(|a| a.labels["group"].clone()).collect();
+        queued.sort();
+        queued.dedup();
+        assert_eq!(queued.len(), 25, "{queued:?}");
+    }
+
+    #[test]
+    fn a_reload_relabels_firing_alerts_not_resolved_ones_and_a_rules_alerts_share_its_labels() {
+        let mut tr = Tracker::default();
+        let (g1, g2) = (labels(&[("group", "g1")]), labels(&[("group", "g2")]));
+        tr.observe(&[status(vec![(g1.clone(), instance(AlertState::Firing, 0)), (g2.clone(), instance(AlertState::Firing, 0))])], t(0));
+        due(&mut tr, t(0));
+        let rule = &tr.files[Path::new("rules/lag.yaml")]["lag-high"];
+        let meta = rule.meta.as_ref().unwrap();
+        assert!(rule.alerts.values().all(|a| Arc::ptr_eq(&a.meta, meta)), "one copy of the rule's labels, not one per alert");
+        // A reload changes the rule's labels as g2 resolves.
+        let resolved = Instance { state: AlertState::Resolved, resolved_at: Some(t(30)), ..Instance::default() };
+        let reloaded = RuleStatus { labels: [("severity".to_string(), "ticket".to_string())].into(), ..status(vec![(g1, instance(AlertState::Firing, 0)), (g2, resolved)]) };
+        tr.observe(std::slice::from_ref(&reloaded), t(30));
+        let sent = due(&mut tr, t(30));
+        assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.labels["severity"].as_str(), a.ends_at)).collect::<Vec<_>>(), vec![("g2", "page", t(30))], "resolved with the labels it fired with");
+        tr.observe(std::slice::from_ref(&reloaded), t(60));
+        let sent = due(&mut tr, t(60));
+        assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.labels["severity"].as_str())).collect::<Vec<_>>(), vec![("g1", "ticket")]);
+        assert_eq!(tr.len(), 2);
     }
 
     #[test]
