@@ -72,3 +72,43 @@ fn admin_calls_that_time_out_against_a_paused_broker_never_abort_the_process_and
     let offsets = admin.list_group_offsets(&groups[..50], 16, Duration::from_secs(10));
     assert!(offsets.iter().all(|(_, r)| r.is_ok()), "{:?}", offsets.iter().find(|(_, r)| r.is_err()));
 }
+
+/// librdkafka 2.12.1 crashes (SIGSEGV, a NULL consumer-group handle in
+/// `rd_kafka_handle_OffsetFetch`, librdkafka issue #5040) when a `ListConsumerGroupOffsets`
+/// is answered `NOT_COORDINATOR` or `COORDINATOR_NOT_AVAILABLE` by a client that is not a
+/// group consumer: it asks its own consumer group, which an admin client does not have, to
+/// look for a new coordinator. A real broker answers so while a group's coordinator moves
+/// (seen here after a broker was paused and resumed: the `offsets` CLI died of SIGSEGV). A
+/// single local broker cannot be made to answer so on demand, so a proxy in front of the
+/// real broker answers two OffsetFetch requests itself (see `common::fault_proxy`).
+#[test]
+fn an_offset_fetch_answered_not_coordinator_is_a_typed_per_group_error_not_a_crash() {
+    use common::fault_proxy::FaultProxy;
+    const NOT_COORDINATOR: i16 = 16;
+    const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    let proxy_port = free_service_port();
+    let broker = PrivateBroker::behind_proxy(proxy_port);
+    let topic = unique("t5040");
+    create_topic(&broker.bootstrap(), &topic, 2);
+    produce(&broker.bootstrap(), &topic, &[3, 3], None);
+    let group = unique("t5040-g");
+    consume_and_commit(&broker.bootstrap(), &group, &topic, &[2, 1]);
+
+    let proxy = FaultProxy::start(proxy_port, broker.proxied_port());
+    for (i, code) in [NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE].into_iter().enumerate() {
+        proxy.fail_offset_fetch(code, 1);
+        let config = client_config(&format!("127.0.0.1:{proxy_port}"), &Default::default());
+        let admin = Admin::for_cluster("t5040", &config).unwrap();
+        let got = admin.list_group_offsets(std::slice::from_ref(&group), 1, Duration::from_secs(20));
+        assert_eq!(proxy.injected(), i + 1, "the proxy answered the OffsetFetch");
+        match &got[0].1 {
+            Err(AdminError::Kafka { code: c, .. }) => assert_eq!(*c as i32, i32::from(code), "{got:?}"),
+            other => panic!("code {code}: a typed per-group error, got {other:?}"),
+        }
+        // The same client reads the offsets once the coordinator answers.
+        let again = admin.list_group_offsets(std::slice::from_ref(&group), 1, Duration::from_secs(20));
+        let mut offsets: Vec<(i32, i64)> = again[0].1.as_ref().expect("answered").iter().map(|(tp, o)| (tp.partition, o.unwrap_or(-1))).collect();
+        offsets.sort();
+        assert_eq!(offsets, vec![(0, 2), (1, 1)]);
+    }
+}

@@ -32,6 +32,20 @@
 //! as no call uses it. Destroying a client fails its pending requests through the safe
 //! path, and bounds what a hung broker can pile up to one call's worth of requests.
 //!
+//! # A consumer group handle that never joins
+//! librdkafka 2.12.1 (and its master as of this writing, librdkafka issue #5040) crashes
+//! with SIGSEGV when a `ListConsumerGroupOffsets` is answered `NOT_COORDINATOR` or
+//! `COORDINATOR_NOT_AVAILABLE`, as a broker does while a group's coordinator moves (a
+//! rolling restart, a new leader of `__consumer_offsets`, a broker resumed after a pause):
+//! `rd_kafka_handle_OffsetFetch` asks the client's own consumer group handle to look for
+//! a new coordinator, and a client without one (an admin client is created as a producer)
+//! dereferences NULL. So the client here is created as a consumer with a `group.id` of
+//! its own, [`ADMIN_GROUP_ID`]: librdkafka gives it a group handle, which only ever looks
+//! up that group's coordinator (FindCoordinator, which needs Describe on the group where
+//! ACLs apply). It never subscribes, so it never joins, commits or appears in any group
+//! listing; the broker's answer reaches the caller as the group's typed error.
+//! `tests/admin_timeouts.rs` has a proxy give that answer to the real broker's client.
+//!
 //! # Guarantees
 //! - No call outlives its timeout by more than one poll slice (100 ms) plus, after a
 //!   timeout of a coordinator call, the destruction of the retired client.
@@ -53,8 +67,8 @@ use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
+use rdkafka::types::RDKafkaType;
 use super::kafka_context::{ClientEvents, KafkaContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
@@ -232,7 +246,11 @@ impl OffsetSpec {
     }
 }
 
-type Client = Arc<AdminClient<KafkaContext>>;
+type Client = Arc<rdkafka::client::Client<KafkaContext>>;
+
+/// The `group.id` of every admin client: a consumer group handle that never joins (see
+/// the module documentation). `group.id` is reserved in a cluster's `properties`.
+pub const ADMIN_GROUP_ID: &str = "streamguard-admin";
 
 /// A Kafka admin connection to one cluster.
 pub struct Admin {
@@ -260,7 +278,13 @@ const COORDINATOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn create(config: &ClientConfig, context: KafkaContext) -> Result<Client, AdminError> {
     let events = context.events.clone();
-    config.create_with_context::<_, AdminClient<KafkaContext>>(context).map(Arc::new).map_err(|e| AdminError::Client(events.scrub(&e.to_string())))
+    let mut config = config.clone();
+    config.set("group.id", ADMIN_GROUP_ID);
+    config
+        .create_native_config()
+        .and_then(|native| rdkafka::client::Client::new(&config, native, RDKafkaType::RD_KAFKA_CONSUMER, context))
+        .map(Arc::new)
+        .map_err(|e| AdminError::Client(events.scrub(&e.to_string())))
 }
 
 /// A client held for the duration of one call. Declared first in every call, so it is
@@ -269,7 +293,7 @@ struct Handle(Client);
 
 impl Handle {
     fn rk(&self) -> *mut rd::rd_kafka_t {
-        self.0.inner().native_ptr()
+        self.0.native_ptr()
     }
 }
 
@@ -294,7 +318,7 @@ impl Admin {
     pub fn drain_events(&self) {
         let h = self.handle();
         // SAFETY: the handle keeps the client alive for the call.
-        unsafe { super::kafka_context::drain_main_queue(h.rk(), h.0.inner().context()) };
+        unsafe { super::kafka_context::drain_main_queue(h.rk(), h.0.context()) };
     }
 
     fn handle(&self) -> Handle {
@@ -492,7 +516,6 @@ impl Admin {
         let md = self
             .handle()
             .0
-            .inner()
             .fetch_metadata(None, timeout)
             .map_err(|e| AdminError::Kafka {
                 op: "Metadata",

@@ -3,6 +3,7 @@
 //! a missing stack fails the tests, it never skips them.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 mod private_broker;
 pub mod reprocess;
 #[allow(unused_imports)]

@@ -30,12 +30,30 @@ pub struct PrivateBroker {
     controller_port: u16,
     sasl_port: u16,
     mtls_port: u16,
+    /// (the broker's proxied listener, the port it advertises there): see
+    /// [`PrivateBroker::behind_proxy`].
+    proxied: Option<(u16, u16)>,
 }
 
 impl PrivateBroker {
     /// A broker not started yet (see [`PrivateBroker::up`]).
     pub fn new() -> Self {
-        PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_service_port(), controller_port: free_service_port(), sasl_port: free_service_port(), mtls_port: free_service_port() }
+        PrivateBroker { dir: tempfile::tempdir().unwrap(), port: free_service_port(), controller_port: free_service_port(), sasl_port: free_service_port(), mtls_port: free_service_port(), proxied: None }
+    }
+
+    /// A started broker with one more plaintext listener, on [`PrivateBroker::proxied_port`],
+    /// that advertises itself as `127.0.0.1:advertised`: a proxy listening there and
+    /// forwarding to that listener sees every request of a client bootstrapped at it.
+    pub fn behind_proxy(advertised: u16) -> Self {
+        let mut b = PrivateBroker::new();
+        b.proxied = Some((free_service_port(), advertised));
+        b.up();
+        b
+    }
+
+    /// The listener a proxy forwards to (see [`PrivateBroker::behind_proxy`]).
+    pub fn proxied_port(&self) -> u16 {
+        self.proxied.expect("started with behind_proxy").0
     }
 
     /// A started broker.
@@ -53,6 +71,9 @@ impl PrivateBroker {
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
             .env("KAFKA_SASL_SSL_PORT", self.sasl_port.to_string())
             .env("KAFKA_MTLS_PORT", self.mtls_port.to_string());
+        if let Some((listener, advertised)) = self.proxied {
+            c.env("KAFKA_PROXY_PORT", listener.to_string()).env("KAFKA_PROXY_ADVERTISED_PORT", advertised.to_string());
+        }
         c
     }
 
