@@ -599,7 +599,9 @@ fn a_broker_that_stops_mid_procedure_leaves_nothing_half_committed_and_the_consu
     let started = std::time::Instant::now();
     let out = offsets_on(&bs, &["apply", "--group", group, "--to-earliest", "--timeout-seconds", "2", "--empty-deadline", "6s", "--pause-cmd", &stop, "--resume-cmd", &cont], &files, None).wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    // (The status is printed: once, under a loaded full run, the CLI died of a signal here.)
+    // (The status is printed: twice, under loaded full runs, the CLI died of SIGSEGV here,
+    // librdkafka issue #5040 on a NOT_COORDINATOR answer after the resume; see
+    // tests/admin_timeouts.rs for the test that makes that answer on demand.)
     assert_eq!(out.status.code(), Some(1), "{}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(60), "bounded: {:?}", started.elapsed());
     assert!(stdout.contains("aborted: wait-empty failed: not Empty within 6s: membership unknown"), "{stdout}");

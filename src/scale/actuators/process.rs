@@ -446,12 +446,14 @@ mod tests {
         assert_eq!(pool.scale_to(&req(3)).await.unwrap(), ScaleOutcome::Unchanged { replicas: 3 });
         let s = wait_for(&pool, "3 running", |s| s.running == 3).await;
         for i in 0..3 {
-            let p = dir.path().join(format!("r{i}"));
+            // The replica creates the file, then writes it: wait for the whole line.
+            let (p, want) = (dir.path().join(format!("r{i}")), format!("g1 t1 {i}"));
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !p.exists() && Instant::now() < deadline {
+            let read = || std::fs::read_to_string(&p).unwrap_or_default();
+            while read().trim() != want && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert_eq!(std::fs::read_to_string(&p).unwrap().trim(), format!("g1 t1 {i}"));
+            assert_eq!(read().trim(), want);
         }
 
         // Kill replica 1 from outside: the exit is reported and the replica restarted.
