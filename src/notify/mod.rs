@@ -391,6 +391,11 @@ mod tests {
     const TIMING: Timing = Timing { resend_interval: Duration::from_secs(60), evaluation_interval: Duration::from_secs(10) };
     const URL: &str = "http://agent:9898/api/v1/rules";
 
+    /// (group, endsAt) of each alert.
+    fn ends(sent: &[Alert]) -> Vec<(&str, SystemTime)> {
+        sent.iter().map(|a| (a.labels["group"].as_str(), a.ends_at)).collect()
+    }
+
     /// Every alert due (no queue limit).
     fn due(tr: &mut Tracker, now: SystemTime) -> Vec<Alert> {
         let (alerts, left_out) = tr.due(now, TIMING, URL, usize::MAX);
@@ -511,7 +516,7 @@ mod tests {
         due(&mut tr, t(40));
         tr.observe(&[], t(50));
         let sent = due(&mut tr, t(50));
-        assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.ends_at)).collect::<Vec<_>>(), vec![("h", t(50))]);
+        assert_eq!(ends(&sent), vec![("h", t(50))]);
     }
 
     #[test]
@@ -577,11 +582,11 @@ mod tests {
         // The rule's file evaluated: a new list without g2.
         tr.observe(&[status(vec![(g1, instance(AlertState::Firing, 0))])], t(10));
         let sent = due(&mut tr, t(10));
-        assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.ends_at)).collect::<Vec<_>>(), vec![("g2", t(10))]);
+        assert_eq!(ends(&sent), vec![("g2", t(10))]);
         // The rule gone (a reload removed it): its firing alert resolves.
         tr.observe(&[], t(20));
         let sent = due(&mut tr, t(20));
-        assert_eq!(sent.iter().map(|a| (a.labels["group"].as_str(), a.ends_at)).collect::<Vec<_>>(), vec![("g1", t(20))]);
+        assert_eq!(ends(&sent), vec![("g1", t(20))]);
     }
 
     #[test]
