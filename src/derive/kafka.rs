@@ -15,6 +15,7 @@
 //!   retention) after it disappears, so ephemeral and deleted groups do not accumulate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::HistoryConfig;
@@ -29,8 +30,8 @@ use crate::window::{self, Point, Status};
 #[derive(Debug, Default)]
 pub struct DeriveState {
     groups: HashMap<String, GroupMemo, foldhash::fast::RandomState>,
-    /// By (group, topic, partition); looked up with a borrowed [`PartKey`].
-    partitions: hashbrown::HashMap<(String, TopicPartition), PartitionMemo, foldhash::fast::RandomState>,
+    /// Topic names, once each: a partition's memo shares its topic's.
+    topics: hashbrown::HashSet<Arc<str>, foldhash::fast::RandomState>,
     /// Where this derivation's per-partition look-ups found their series last time.
     reads: Cursor,
     /// The last derivation's batch size (rows, key ids): the next one reserves that and
@@ -38,19 +39,8 @@ pub struct DeriveState {
     last_size: (usize, usize),
 }
 
-/// A borrowed `(group, topic, partition)`: hashes and compares as the owned key, so a
-/// look-up clones nothing.
-#[derive(Hash)]
-struct PartKey<'a>(&'a str, &'a str, i32);
-
-impl hashbrown::Equivalent<(String, TopicPartition)> for PartKey<'_> {
-    fn equivalent(&self, key: &(String, TopicPartition)) -> bool {
-        self.0 == key.0 && self.1 == key.1.topic && self.2 == key.1.partition
-    }
-}
-
 /// One group's counters and what the next sample compares with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct GroupMemo {
     /// (state, members) at the previous sample.
     previous: (GroupState, u32),
@@ -58,16 +48,29 @@ struct GroupMemo {
     rewinds: u64,
     lost_records: u64,
     last_seen: SystemTime,
+    /// Its partitions' memos, by (topic, partition). Kept per group rather than in one
+    /// map by owned (group, topic, partition): at 20,000 groups × 10 partitions that
+    /// map's table and names were about 36 MB (README, "The agent at 20,000 groups").
+    partitions: Vec<PartitionMemo>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PartitionMemo {
+    topic: Arc<str>,
+    partition: i32,
     /// Committed offset at the previous sample.
     committed: i64,
     /// Records below this offset that were deleted unread are already counted.
     lost_counted_to: i64,
     /// The last sample whose snapshot had this partition.
     seen: SystemTime,
+}
+
+impl GroupMemo {
+    /// Where `(topic, partition)` is, or would go, in `partitions`.
+    fn position(&self, topic: &str, partition: i32) -> Result<usize, usize> {
+        self.partitions.binary_search_by(|m| (&*m.topic, m.partition).cmp(&(topic, partition)))
+    }
 }
 
 /// How much [`DeriveState`] holds (shown in the cluster's target detail).
@@ -79,7 +82,7 @@ pub struct StateSize {
 
 impl DeriveState {
     pub fn size(&self) -> StateSize {
-        StateSize { groups: self.groups.len(), partitions: self.partitions.len() }
+        StateSize { groups: self.groups.len(), partitions: self.groups.values().map(|g| g.partitions.len()).sum() }
     }
 
     /// Forgets partitions the snapshot no longer has (except those of a group whose
@@ -88,9 +91,14 @@ impl DeriveState {
     fn prune(&mut self, snapshot: &KafkaSnapshot, at: SystemTime, grace: Duration) {
         let keep_all: std::collections::HashSet<&str> =
             snapshot.groups.iter().filter(|g| g.error.is_some()).map(|g| g.group.as_str()).collect();
-        self.partitions.retain(|(g, _), m| m.seen == at || keep_all.contains(g.as_str()));
+        for (g, m) in &mut self.groups {
+            if !keep_all.contains(g.as_str()) {
+                m.partitions.retain(|p| p.seen == at);
+            }
+        }
         let cutoff = at.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         self.groups.retain(|_, m| m.last_seen >= cutoff);
+        self.topics.retain(|t| Arc::strong_count(t) > 1);
     }
 }
 
@@ -209,7 +217,7 @@ pub fn derive(
         let gl = [("cluster", c), ("group", gname)];
         let now = (g.state, g.members);
         if !state.groups.contains_key(gname) {
-            let memo = GroupMemo { previous: now, rebalances: 0, rewinds: 0, lost_records: 0, last_seen: at };
+            let memo = GroupMemo { previous: now, rebalances: 0, rewinds: 0, lost_records: 0, last_seen: at, partitions: Vec::new() };
             state.groups.insert(g.group.clone(), memo);
         }
         let Some(memo) = state.groups.get_mut(gname) else { continue };
@@ -227,21 +235,34 @@ pub fn derive(
         let mut statuses = Vec::new();
         let mut group_rate = Some(0.0);
         let mut topic_rates: BTreeMap<&str, Option<f64>> = BTreeMap::new();
+        // Sized once for the group's partitions, not grown by doubling.
+        memo.partitions.reserve_exact(g.partitions.len().saturating_sub(memo.partitions.len()));
         for p in &g.partitions {
-            let pkey = PartKey(gname, p.topic.as_str(), p.partition);
-            if let Some(m) = state.partitions.get_mut(&pkey) {
-                m.seen = at;
+            let found = memo.position(&p.topic, p.partition);
+            if let Ok(i) = found {
+                memo.partitions[i].seen = at;
             }
             let Some(committed) = p.committed_offset else { continue };
             let part = p.partition.to_string();
             let pl = [("cluster", c), ("group", gname), ("topic", p.topic.as_str()), ("partition", part.as_str())];
 
-            if !state.partitions.contains_key(&pkey) {
-                let tp = TopicPartition { topic: p.topic.clone(), partition: p.partition };
-                let m = PartitionMemo { committed, lost_counted_to: committed, seen: at };
-                state.partitions.insert((g.group.clone(), tp), m);
-            }
-            let Some(pmemo) = state.partitions.get_mut(&pkey) else { continue };
+            let i = match found {
+                Ok(i) => i,
+                Err(i) => {
+                    let topic = match state.topics.get(p.topic.as_str()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = Arc::from(p.topic.as_str());
+                            state.topics.insert(t.clone());
+                            t
+                        }
+                    };
+                    let m = PartitionMemo { topic, partition: p.partition, committed, lost_counted_to: committed, seen: at };
+                    memo.partitions.insert(i, m);
+                    i
+                }
+            };
+            let pmemo = &mut memo.partitions[i];
             if committed < pmemo.committed {
                 memo.rewinds += 1;
             }
@@ -413,15 +434,49 @@ mod tests {
     use crate::signal::Observation;
     use crate::store::{SourceKind, Store};
 
-    /// The borrowed partition key finds what the owned key stored.
+    /// Each partition's counters stay with that partition when a group's partitions come
+    /// in another order, gain one in the middle or lose one; a partition that comes back
+    /// starts again from its new commit, and a topic's name is kept once.
     #[test]
-    fn a_borrowed_partition_key_finds_the_owned_entry() {
-        let mut m: hashbrown::HashMap<(String, TopicPartition), u8, foldhash::fast::RandomState> = Default::default();
-        m.insert(("g".to_string(), tp("t", 1)), 5);
-        assert_eq!(m.get(&PartKey("g", "t", 1)), Some(&5));
-        assert_eq!(m.get(&PartKey("g", "t", 2)), None);
-        assert_eq!(m.get(&PartKey("g", "u", 1)), None);
-        assert_eq!(m.get(&PartKey("h", "t", 1)), None);
+    fn partition_memos_follow_their_partitions_through_order_and_membership_changes() {
+        let (store, history) = kafka_store();
+        let mut state = DeriveState::default();
+        // (sample, [(topic, partition, committed)], log start of every partition)
+        type Commits<'a> = &'a [(&'a str, i32, i64)];
+        let samples: [(u64, Commits, i64); 4] = [
+            (0, &[("a", 0, 50), ("a", 2, 50), ("b", 1, 50)], 0),
+            // a/1 appears between the others; b/1 rewinds.
+            (10, &[("b", 1, 40), ("a", 2, 60), ("a", 1, 5), ("a", 0, 60)], 0),
+            // a/2 is gone; the log start passes a/1's commit: 20 − 5 deleted unread.
+            (20, &[("a", 0, 70), ("a", 1, 5), ("b", 1, 45)], 20),
+            // a/2 is back below its old commit: new, so not a rewind.
+            (30, &[("a", 0, 80), ("a", 1, 25), ("a", 2, 30), ("b", 1, 50)], 20),
+        ];
+        let mut last = Vec::new();
+        let mut sizes = Vec::new();
+        for (s, parts, start) in samples {
+            let listing = GroupListing { group_id: "g".into(), state: GroupState::Empty, kind: GroupType::Classic, simple: false };
+            let commits = vec![("g".to_string(), Ok(parts.iter().map(|(t, p, c)| (tp(t, *p), Some(*c))).collect()))];
+            let ends: HashMap<_, _> = parts.iter().map(|(t, p, _)| (tp(t, *p), Ok(100))).collect();
+            let starts: HashMap<_, _> = parts.iter().map(|(t, p, _)| (tp(t, *p), Ok(start))).collect();
+            let mut snap = build_snapshot("c", &[listing], &[], &commits, &starts, &ends);
+            snap.taken_at = t(s);
+            store.record_success_with(SourceKind::Kafka, "c", t(s), snap.to_sample(), LOOKS_UP, |view| {
+                let derived = derive(view, &snap, t(s), &history, &mut state);
+                last = derived.to_observations();
+                derived
+            });
+            sizes.push(state.size().partitions);
+            assert!(state.topics.len() <= 2 && state.topics.iter().all(|t| Arc::strong_count(t) > 1), "{:?}", state.topics);
+        }
+        assert_eq!(sizes, [3, 4, 3, 4]);
+        let g = [("group", "g")];
+        assert_eq!(value(&last, "group_rewinds", &g), Some(1.0), "only b/1's 50 → 40");
+        assert_eq!(value(&last, "group_lost_records", &g), Some(15.0), "a/1's 5..20, once");
+        let memo = &state.groups["g"];
+        let held: Vec<(&str, i32, i64)> = memo.partitions.iter().map(|m| (&*m.topic, m.partition, m.committed)).collect();
+        assert_eq!(held, [("a", 0, 80), ("a", 1, 25), ("a", 2, 30), ("b", 1, 50)]);
+        assert!(Arc::ptr_eq(&memo.partitions[0].topic, &memo.partitions[2].topic), "one name per topic");
     }
 
     fn t(s: u64) -> SystemTime {
