@@ -205,9 +205,9 @@ fn the_sampler_puts_the_failure_trace_in_the_connector_detail_and_forgets_the_fa
     let s = rt.block_on(sampler.sample(t0)).unwrap();
     let t = target(&s, "connector", &name);
     assert_eq!(t.health, "failed");
-    assert_eq!(t.detail["type"], "sink");
-    assert_eq!(t.detail["state"], "RUNNING", "Connect keeps the connector RUNNING when only its task fails");
-    let task = &t.detail["tasks"][0];
+    assert_eq!(t.detail.json()["type"], "sink");
+    assert_eq!(t.detail.json()["state"], "RUNNING", "Connect keeps the connector RUNNING when only its task fails");
+    let task = &t.detail.json()["tasks"][0];
     assert_eq!(task["state"], "FAILED");
     assert_eq!(task["failed_since_seconds"], 0.0);
     let trace = task["trace"].as_str().expect("trace of the failed task");
@@ -219,12 +219,12 @@ fn the_sampler_puts_the_failure_trace_in_the_connector_detail_and_forgets_the_fa
     );
     let cluster = target(&s, "connect_cluster", "local");
     assert_eq!(cluster.health, "ok");
-    assert_eq!(cluster.detail["url"], connect_url());
+    assert_eq!(cluster.detail.json()["url"], connect_url());
 
     let s = rt.block_on(sampler.sample(t0 + Duration::from_secs(7))).unwrap();
     let task_labels = [("connect", "local"), ("connector", name.as_str()), ("task", "0")];
     assert_eq!(value(&s, "connector_task_failed_seconds", &task_labels), Some(7.0), "age counts from the first sighting");
-    assert_eq!(target(&s, "connector", &name).detail["tasks"][0]["failed_since_seconds"], 7.0);
+    assert_eq!(target(&s, "connector", &name).detail.json()["tasks"][0]["failed_since_seconds"], 7.0);
 
     // Fix the config: Connect restarts the task with the new file, and it runs.
     put_config(&name, file_sink(&format!("{u}-in"), &dir.path().join("out.txt")));
@@ -234,7 +234,7 @@ fn the_sampler_puts_the_failure_trace_in_the_connector_detail_and_forgets_the_fa
     assert_eq!(value(&s, "connector_failed_tasks", &task_labels[..2]), Some(0.0));
     let t = target(&s, "connector", &name);
     assert_eq!(t.health, "ok");
-    assert_eq!(t.detail["tasks"][0]["trace"], Value::Null);
+    assert_eq!(t.detail.json()["tasks"][0]["trace"], Value::Null);
 }
 
 #[test]
@@ -313,8 +313,8 @@ fn sinks_with_a_dead_letter_topic_yield_dlq_links_with_their_topics_and_group() 
         },
     ];
     assert_eq!(mine, want.iter().collect::<Vec<_>>());
-    assert_eq!(target(&s, "connector", &listed).detail["dlq_topic"], format!("{u}.dlq"));
-    assert_eq!(target(&s, "connector", &regex).detail["topics_regex"], format!("{u}-r.*"));
+    assert_eq!(target(&s, "connector", &listed).detail.json()["dlq_topic"], format!("{u}.dlq"));
+    assert_eq!(target(&s, "connector", &regex).detail.json()["topics_regex"], format!("{u}-r.*"));
 
     // The groups in the links are the ones the sinks really consume as.
     let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();

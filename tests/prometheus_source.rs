@@ -115,8 +115,8 @@ fn nan_and_infinite_results_are_not_observed() {
     assert!(s.observations.iter().all(|o| o.value.is_finite()));
     let t = target(&s);
     assert_eq!(t.health, "ok");
-    assert_eq!(t.detail["queries"][0]["series"], 0);
-    assert_eq!(t.detail["queries"][0]["notes"], json!(["1 series with a NaN or infinite value not observed"]));
+    assert_eq!(t.detail.json()["queries"][0]["series"], 0);
+    assert_eq!(t.detail.json()["queries"][0]["notes"], json!(["1 series with a NaN or infinite value not observed"]));
 }
 
 #[test]
@@ -128,7 +128,7 @@ fn a_bad_query_is_reported_in_the_target_and_the_others_still_sample() {
     assert!(of(&s, "broken").is_empty() && of(&s, "not_scalar").is_empty());
     let t = target(&s);
     assert_eq!(t.health, "warn");
-    let q = &t.detail["queries"];
+    let q = &t.detail.json()["queries"];
     assert_eq!((&q[0]["error"], &q[3]["error"]), (&json!(null), &json!(null)));
     assert_eq!((&q[1]["signal"], &q[1]["series"]), (&json!("broken"), &json!(0)));
     assert_eq!(q[1]["error"], r#"bad_data: invalid parameter "query": 1:4: parse error: unexpected end of input inside braces"#);
@@ -144,8 +144,8 @@ fn range_vector_and_string_results_are_errors_of_their_query() {
     assert_eq!(s.observations.len(), 1, "{s:?}");
     let t = target(&s);
     assert_eq!(t.health, "warn");
-    assert_eq!(t.detail["queries"][0]["error"], r#"result type "matrix" cannot become a signal (use an instant vector or a scalar)"#);
-    assert_eq!(t.detail["queries"][1]["error"], r#"result type "string" cannot become a signal (use an instant vector or a scalar)"#);
+    assert_eq!(t.detail.json()["queries"][0]["error"], r#"result type "matrix" cannot become a signal (use an instant vector or a scalar)"#);
+    assert_eq!(t.detail.json()["queries"][1]["error"], r#"result type "string" cannot become a signal (use an instant vector or a scalar)"#);
 }
 
 #[test]
@@ -158,12 +158,12 @@ fn series_equal_without_their_name_keep_the_first_and_are_noted() {
     assert_eq!(o[0].key.labels, kept);
     let t = target(&s);
     assert_eq!(t.health, "ok");
-    assert_eq!(t.detail["queries"][0]["series"], 1);
+    assert_eq!(t.detail.json()["queries"][0]["series"], 1);
     let note = format!(
         r#"duplicate series {{instance="{}",job="prometheus",prometheus="local"}} once __name__ is dropped: kept the first"#,
         own_instance()
     );
-    assert_eq!(t.detail["queries"][0]["notes"], json!([note]), "{s:?}");
+    assert_eq!(t.detail.json()["queries"][0]["notes"], json!([note]), "{s:?}");
 }
 
 #[test]

@@ -265,7 +265,7 @@ pub fn to_sample(source: &str, url: &str, parsed: &Parsed, now: SystemTime, fail
             "url": url,
             "connectors": parsed.names.len(),
             "skipped": parsed.skipped.iter().map(|s| serde_json::json!({"connector": s.connector, "error": s.error})).collect::<Vec<_>>(),
-        }),
+        }).into(),
     });
     for c in &parsed.connectors {
         let l = [("connect", source), ("connector", c.name.as_str())];
@@ -301,7 +301,7 @@ pub fn to_sample(source: &str, url: &str, parsed: &Parsed, now: SystemTime, fail
                 "type": c.kind, "state": c.status.state, "worker_id": c.status.worker_id, "trace": c.status.trace,
                 "tasks": task_detail, "topics": c.topics(), "topics_regex": c.config.get(TOPICS_REGEX_KEY),
                 "dlq_topic": c.config_value(DLQ_TOPIC_KEY),
-            }),
+            }).into(),
         });
         sample.dlq_links.extend(c.dlq_link(source));
     }
@@ -493,9 +493,10 @@ mod tests {
         assert!(s.observations.iter().all(|o| !matches!(o.key.label("connector"), Some("half" | "empty"))));
         let cluster = target(&s, "connect_cluster", "local");
         assert_eq!(cluster.health, "ok");
-        assert_eq!(cluster.detail["url"], "http://127.0.0.1:8083");
-        assert_eq!(cluster.detail["connectors"], 6);
-        let skipped = cluster.detail["skipped"].as_array().unwrap();
+        assert_eq!(cluster.detail.json()["url"], "http://127.0.0.1:8083");
+        assert_eq!(cluster.detail.json()["connectors"], 6);
+        let detail = cluster.detail.json();
+        let skipped = detail["skipped"].as_array().unwrap();
         let names: Vec<&str> = skipped.iter().map(|s| s["connector"].as_str().unwrap()).collect();
         assert_eq!(names, ["empty", "half"]);
         assert!(skipped[1]["error"].as_str().unwrap().contains("info"), "{skipped:?}");
@@ -513,9 +514,9 @@ mod tests {
         assert_eq!(value(&s, "connector_task_failed_seconds", &[c[0], c[1], ("task", "0")]), None);
         let t = target(&s, "connector", "paused-src");
         assert_eq!(t.health, "warn");
-        assert_eq!(t.detail["tasks"][0]["state"], "PAUSED");
-        assert_eq!(t.detail["tasks"][0]["trace"], serde_json::Value::Null);
-        assert_eq!(t.detail["topics"], serde_json::json!([]));
+        assert_eq!(t.detail.json()["tasks"][0]["state"], "PAUSED");
+        assert_eq!(t.detail.json()["tasks"][0]["trace"], serde_json::Value::Null);
+        assert_eq!(t.detail.json()["topics"], serde_json::json!([]));
     }
 
     #[test]
@@ -525,7 +526,7 @@ mod tests {
         assert_eq!(value(&s, "connector_state", &[c[0], c[1], ("state", "STOPPED")]), Some(1.0));
         assert_eq!(value(&s, "connector_tasks", &c), Some(0.0));
         assert_eq!(target(&s, "connector", "stopped-regex").health, "warn");
-        assert_eq!(target(&s, "connector", "stopped-regex").detail["topics_regex"], "orders-.*");
+        assert_eq!(target(&s, "connector", "stopped-regex").detail.json()["topics_regex"], "orders-.*");
     }
 
     #[test]
@@ -559,7 +560,7 @@ mod tests {
     fn tasks_are_reported_in_id_order_and_counted_from_the_task_configs() {
         let s = sample_at(&body(), t0(), &mut FailedSince::new());
         let t = target(&s, "connector", "dlq-sink");
-        let ids: Vec<i64> = t.detail["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = t.detail.json()["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
         assert_eq!(ids, [0, 1]);
         assert_eq!(t.health, "ok");
         assert_eq!(value(&s, "connector_tasks", &[("connect", "local"), ("connector", "dlq-sink")]), Some(2.0));
@@ -578,7 +579,7 @@ mod tests {
         }
         assert_eq!(value(&s, "connector_info", &[c[0], c[1], ("type", "unknown")]), Some(1.0));
         assert_eq!(target(&s, "connector", "dlq-sink").health, "unknown");
-        assert_eq!(target(&s, "connector", "dlq-sink").detail["state"], "DESTROYED");
+        assert_eq!(target(&s, "connector", "dlq-sink").detail.json()["state"], "DESTROYED");
         assert!(s.dlq_links.iter().all(|l| l.origin != "connect:local/dlq-sink"), "type unknown: not a sink");
     }
 

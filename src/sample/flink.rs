@@ -339,7 +339,7 @@ impl FlinkSnapshot {
                 "jobs_listed": self.jobs_listed,
                 "jobs_exported": self.jobs.len(),
                 "error": self.cluster_error,
-            }),
+            }).into(),
         }];
         for j in &self.jobs {
             let c = j.checkpoints.as_ref();
@@ -361,7 +361,7 @@ impl FlinkSnapshot {
                     "checkpoint_age_seconds": j.checkpoint_age_seconds,
                     "checkpoints_error": j.checkpoints_error,
                     "other_runs": j.shadowed_jids,
-                }),
+                }).into(),
             });
         }
         out
@@ -594,14 +594,14 @@ mod tests {
         let targets = snap.targets();
         assert_eq!(targets.len(), 2);
         assert_eq!((targets[0].kind, targets[0].name.as_str(), targets[0].health), ("flink_cluster", "local", "ok"));
-        assert_eq!(targets[0].detail["taskmanagers"], 1);
-        assert_eq!(targets[0].detail["slots_available"], 1);
+        assert_eq!(targets[0].detail.json()["taskmanagers"], 1);
+        assert_eq!(targets[0].detail.json()["slots_available"], 1);
         assert_eq!((targets[1].kind, targets[1].name.as_str(), targets[1].health), ("flink_job", "orders", "ok"));
-        assert_eq!(targets[1].detail["jid"], "aa01");
-        assert_eq!(targets[1].detail["restarts"], 3);
-        assert_eq!(targets[1].detail["checkpoint_counts"]["completed"], 6);
-        assert_eq!(targets[1].detail["latest_completed_checkpoint"]["id"], 6);
-        assert!(targets[1].detail["latest_failed_checkpoint"].is_null());
+        assert_eq!(targets[1].detail.json()["jid"], "aa01");
+        assert_eq!(targets[1].detail.json()["restarts"], 3);
+        assert_eq!(targets[1].detail.json()["checkpoint_counts"]["completed"], 6);
+        assert_eq!(targets[1].detail.json()["latest_completed_checkpoint"]["id"], 6);
+        assert!(targets[1].detail.json()["latest_failed_checkpoint"].is_null());
     }
 
     #[test]
@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(value(&obs, "flink_job_state", &[L[0], L[1], ("state", "CANCELED")]), Some(1.0));
         assert_eq!(value(&obs, "flink_job_state", &[L[0], L[1], ("state", "RUNNING")]), Some(0.0));
         assert_eq!(snap.targets()[1].health, "unknown");
-        assert_eq!(snap.targets()[1].detail["end_time_ms"], start + 7_597);
+        assert_eq!(snap.targets()[1].detail.json()["end_time_ms"], start + 7_597);
     }
 
     #[test]
@@ -671,8 +671,8 @@ mod tests {
         assert_eq!(value(&obs, "flink_job_state", &[L[0], L[1], ("state", "FAILED")]), Some(0.0));
         assert_eq!(snap.targets().iter().filter(|t| t.kind == "flink_job").count(), 3);
         let orders = snap.targets().into_iter().find(|t| t.name == "orders").unwrap();
-        assert_eq!(orders.detail["jid"], "a-running");
-        assert_eq!(orders.detail["other_runs"], serde_json::json!(["a-new-failed", "a-old-canceled"]));
+        assert_eq!(orders.detail.json()["jid"], "a-running");
+        assert_eq!(orders.detail.json()["other_runs"], serde_json::json!(["a-new-failed", "a-old-canceled"]));
     }
 
     #[test]
@@ -692,7 +692,7 @@ mod tests {
         assert_eq!(value(&second.observations(), "checkpoints_failed_rate", &L), Some(1.5));
         assert_eq!(value(&second.observations(), "checkpoint_age_seconds", &L), Some(10.97));
         assert_eq!(second.targets()[1].health, "warn", "latest failure is newer than the latest completion");
-        assert_eq!(second.targets()[1].detail["latest_failed_checkpoint"]["failure_message"], "Asynchronous task checkpoint failed.");
+        assert_eq!(second.targets()[1].detail.json()["latest_failed_checkpoint"]["failure_message"], "Asynchronous task checkpoint failed.");
         let (third, state) = run(5, at_ms(NOW_MS + 4_000), &state);
         assert_eq!(value(&third.observations(), "checkpoints_failed_rate", &L), Some(0.0));
         // A count that went backwards (the same id restored elsewhere) is a reset: unknown.
@@ -741,7 +741,7 @@ mod tests {
         assert_eq!(value(&obs, "checkpoint_age_seconds", &billing), Some(1.0));
         let orders = snap.targets().into_iter().find(|t| t.name == "orders").unwrap();
         assert_eq!(orders.health, "unknown");
-        assert!(orders.detail["checkpoints_error"].as_str().unwrap().contains("HTTP 404"), "{}", orders.detail);
+        assert!(orders.detail.json()["checkpoints_error"].as_str().unwrap().contains("HTTP 404"), "{:?}", orders.detail);
     }
 
     #[test]
@@ -779,7 +779,7 @@ mod tests {
         assert_declared(&obs);
         assert!(JobState::ALL.iter().all(|st| value(&obs, "flink_job_state", &[L[0], L[1], ("state", st.as_str())]) == Some(0.0)));
         assert_eq!(value(&obs, "checkpoint_age_seconds", &L), Some(1.0));
-        assert_eq!(snap.targets()[1].detail["state"], "SOMETHING_NEW");
+        assert_eq!(snap.targets()[1].detail.json()["state"], "SOMETHING_NEW");
     }
 
     #[test]
@@ -799,8 +799,8 @@ mod tests {
         let (snap, _) = build("local", "u", Err(err), &list, &HashMap::new(), at_ms(NOW_MS), &RateState::new());
         let t = snap.targets();
         assert_eq!(t[0].health, "unknown");
-        assert!(t[0].detail["error"].as_str().unwrap().contains("timed out"));
-        assert_eq!(t[0].detail["taskmanagers"], serde_json::Value::Null);
+        assert!(t[0].detail.json()["error"].as_str().unwrap().contains("timed out"));
+        assert_eq!(t[0].detail.json()["taskmanagers"], serde_json::Value::Null);
         assert_eq!(value(&snap.observations(), "flink_jobs", &[("flink", "local")]), Some(1.0));
     }
 

@@ -275,7 +275,7 @@ pub fn assemble(
         kind: TARGET_KIND,
         name: source.to_string(),
         health,
-        detail: json!({ "url": url, "queries": details }),
+        detail: json!({ "url": url, "queries": details }).into(),
     });
     Ok(sample)
 }
@@ -318,7 +318,7 @@ impl PrometheusSampler {
         // A failed query does not fail the sample, so the agent loop does not log it:
         // say it here, once per sample, as Prometheus does for a failing rule.
         for t in &sample.targets {
-            for q in t.detail["queries"].as_array().into_iter().flatten() {
+            for q in t.detail.json()["queries"].as_array().into_iter().flatten() {
                 if let Some(error) = q["error"].as_str() {
                     tracing::warn!(source = %self.name, signal = q["signal"].as_str(), error, "prometheus query failed");
                 }
@@ -560,7 +560,7 @@ mod tests {
         let proxy = HttpError::Status { url: "http://p/api/v1/query".into(), status: 502, body: "<html>bad gateway</html>".into() };
         let ok = vector(json!([]));
         let s = assemble("local", "http://p", &queries, vec![Ok(ok), Err(proxy)]).unwrap();
-        assert_eq!(s.targets[0].detail["queries"][1]["error"], "GET http://p/api/v1/query: HTTP 502: <html>bad gateway</html>");
+        assert_eq!(s.targets[0].detail.json()["queries"][1]["error"], "GET http://p/api/v1/query: HTTP 502: <html>bad gateway</html>");
     }
 
     #[test]

@@ -184,7 +184,7 @@ mod tests {
                 Observation::new("lag_seconds", &[("cluster", "local"), ("group", "billing"), ("method", "probe")], 12.5).unwrap(),
                 Observation::new("lag_offsets", &[("cluster", "local"), ("group", "other")], 3.0).unwrap(),
             ],
-            targets: vec![TargetInfo { kind: "kafka_group", name: "billing".into(), health: "ok", detail: serde_json::json!({}) }],
+            targets: vec![TargetInfo { kind: "kafka_group", name: "billing".into(), health: "ok", detail: serde_json::json!({}).into() }],
             ..SourceSample::default()
         };
         store.record_success(SourceKind::Kafka, "local", SystemTime::now(), sample);
