@@ -753,13 +753,23 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
                     }
                 }
             }
+            // The source's time column, copied once if a series is read over a window.
+            let mut column = None;
             for series in e.iter() {
                 let Some((_, (window, sets))) = ids.iter().find(|(id, _)| *id == series.signal_id()) else { continue };
                 if !picks(&series, sets) || target.is_some_and(|t| t.iter().any(|(k, v)| series.label(k) != Some(v.as_str()))) {
                     continue;
                 }
                 let since = now.checked_sub(*window).unwrap_or(SystemTime::UNIX_EPOCH);
-                let points: Points = if window.is_zero() { series.last().into() } else { series.since_vec(since).into() };
+                let points: Points = if window.is_zero() {
+                    series.last().into()
+                } else {
+                    let column = column.get_or_insert_with(|| e.time_column());
+                    match series.packed_since(since, column) {
+                        Some(packed) => Points::Packed(Arc::new(packed)),
+                        None => series.since_vec(since).into(),
+                    }
+                };
                 // As Entry::series_quality, without looking the series up again.
                 let fresh = source_fresh && series.last().is_some_and(|(t, _)| Some(t) == e.health.last_success);
                 let sd = SeriesData { labels: shared.entry(series.label_ids()).or_insert_with(|| series.label_set()).clone(), fresh, points, source: Some(source) };
@@ -773,6 +783,17 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
         }
     });
     data
+}
+
+/// A series read over a window is held packed in a file's dataset (see [`Points`]).
+impl crate::rules::expr::PackedPoints for crate::store::Packed {
+    fn unpack(&self) -> Vec<(SystemTime, f64)> {
+        crate::store::Packed::unpack(self)
+    }
+
+    fn last(&self) -> Option<(SystemTime, f64)> {
+        crate::store::Packed::last(self)
+    }
 }
 
 /// At most this many state changes of one rule are logged one by one per evaluation; the

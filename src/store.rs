@@ -74,10 +74,10 @@ mod table;
 mod view;
 
 pub use chunk::{Chunk, Unordered};
-pub use series::{Series, SeriesRef};
+pub use series::{Packed, Series, SeriesRef, Times};
 pub use table::Cursor;
 pub use view::{Found, View};
-use series::{Symbols, Times};
+use series::Symbols;
 
 /// One source: health, latest targets and series history.
 ///
@@ -160,6 +160,12 @@ impl Entry {
     /// the lock and resolve them after (`telemetry::exposition`).
     pub fn symbols(&self) -> (impl Iterator<Item = (u32, &Arc<str>)>, usize) {
         (self.symbols.live(), self.symbols.id_bound())
+    }
+
+    /// The source's sample times, copied once to be shared by the [`Packed`] points of
+    /// its series (see [`SeriesRef::packed_since`]).
+    pub fn time_column(&self) -> Arc<Times> {
+        Arc::new(self.times.clone())
     }
 
     /// Every series, in no particular order.
@@ -870,6 +876,7 @@ mod tests {
         #[test]
         fn the_compressed_store_holds_what_the_plain_one_did(
             steps in proptest::collection::vec((0u64..3, proptest::collection::vec((0usize..6, -1e6f64..1e6), 0..8)), 1..120),
+            sinces in proptest::collection::vec(0u64..900_000, 1..6),
         ) {
             let retention = Duration::from_secs(200);
             let s = Store::new(HistoryConfig { retention, max_points: 10_000, ..HistoryConfig::default() });
@@ -888,6 +895,24 @@ mod tests {
             let theirs: BTreeMap<SeriesKey, Vec<(SystemTime, u64)>> =
                 naive.0.into_iter().map(|(k, v)| (k, v.into_iter().map(|(t, v)| (t, v.to_bits())).collect())).collect();
             proptest::prop_assert_eq!(ours, theirs);
+            // Packed (a rule file's dataset) holds the same points as a list read since
+            // any time, bit for bit.
+            s.with_entry(SourceKind::Kafka, "c", |e| {
+                let column = e.time_column();
+                for r in e.iter() {
+                    for since in &sinces {
+                        let since = t(0) + Duration::from_millis(*since);
+                        let listed: Vec<(SystemTime, u64)> = r.since_vec(since).into_iter().map(|(t, v)| (t, v.to_bits())).collect();
+                        if let Some(packed) = r.packed_since(since, &column) {
+                            let unpacked: Vec<(SystemTime, u64)> = packed.unpack().into_iter().map(|(t, v)| (t, v.to_bits())).collect();
+                            assert_eq!(unpacked, listed, "{r:?} since {since:?}");
+                            assert_eq!(packed.last().map(|(t, v)| (t, v.to_bits())), listed.last().copied());
+                        } else {
+                            assert!(listed.len() <= 1, "no history: at most the latest point");
+                        }
+                    }
+                }
+            });
         }
     }
 

@@ -131,7 +131,7 @@ impl<'d> EvidenceIndex<'d> {
             mine.sort_unstable();
             for s in mine.into_iter().map(|i| g.matched[i]) {
                 let since = v.window.and_then(|w| self.now.checked_sub(w));
-                let points = s.points.iter().filter(|(t, _)| since.is_none_or(|from| *t >= from) && *t <= self.now).count();
+                let points = s.points.slice().iter().filter(|(t, _)| since.is_none_or(|from| *t >= from) && *t <= self.now).count();
                 let last = s.points.last();
                 out.push(Evidence {
                     signal: v.selector.signal.clone(),
