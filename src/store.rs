@@ -196,7 +196,7 @@ impl Entry {
         found.map(|(_, k, s)| self.series_ref(k, s))
     }
 
-    fn series_ref<'a>(&'a self, key: &'a [u32], series: &'a Series) -> SeriesRef<'a> {
+    fn series_ref<'a>(&'a self, key: series::KeyIds<'a>, series: &'a Series) -> SeriesRef<'a> {
         SeriesRef { symbols: &self.symbols, times: &self.times, key, series }
     }
 
@@ -352,10 +352,11 @@ impl Entry {
     /// is full, and the references are given back).
     fn insert_series(&mut self, ids: &[u32], seq: u64, value: f64, policy: &Policy) -> Option<u32> {
         let mut s = Series::new(seq, value);
-        s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key: ids, series: &s });
+        let key = series::KeyIds::full(ids)?;
+        s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key, series: &s });
         let slot = self.series.insert(ids, s);
         if slot.is_none() {
-            series::release_key(&mut self.symbols, ids);
+            series::release_key(&mut self.symbols, key);
         }
         slot
     }

@@ -96,7 +96,8 @@ impl Symbols {
 }
 
 // A series' identity (its key) is `[signal, name₀, value₀, name₁, value₁, …]` as symbol
-// ids, labels in name order (as [`SeriesKey`]'s map), kept in its table's key arena.
+// ids, labels in name order (as [`SeriesKey`]'s map); its table keeps it as
+// `[signal, schema, values…]` (see [`KeyIds`]).
 
 /// Writes the ids of `key` into `buf` without interning; `false` when a string is
 /// unknown (so no such series exists).
@@ -123,8 +124,88 @@ pub(super) fn intern_key(symbols: &mut Symbols, key: &SeriesKey, buf: &mut Vec<u
     }
 }
 
-pub(super) fn release_key(symbols: &mut Symbols, key: &[u32]) {
-    key.iter().for_each(|id| symbols.release(*id));
+pub(super) fn release_key(symbols: &mut Symbols, key: KeyIds<'_>) {
+    symbols.release(key.signal());
+    for (n, v) in key.pairs() {
+        symbols.release(n);
+        symbols.release(v);
+    }
+}
+
+/// A series' key as symbol ids: its signal, and its labels' names and values in name
+/// order. Either as a table stores it (`[schema, values…]`, the names kept once per
+/// schema) or a full key (`[signal, n₀, v₀, n₁, v₁, …]`, as looked up).
+#[derive(Clone, Copy)]
+pub struct KeyIds<'a> {
+    signal: u32,
+    /// A stored key's names (its schema's); empty for a full key.
+    names: &'a [u32],
+    /// Stored: `[schema, values…]`; full: `[n₀, v₀, n₁, v₁, …]`.
+    labels: &'a [u32],
+    full: bool,
+}
+
+impl<'a> KeyIds<'a> {
+    /// A stored key: `labels` is `[schema, values…]`, one value per name.
+    pub(super) fn stored(signal: u32, names: &'a [u32], labels: &'a [u32]) -> Self {
+        KeyIds { signal, names, labels, full: false }
+    }
+
+    /// A full key `[signal, n₀, v₀, …]`; `None` unless it is a signal and label pairs.
+    pub(super) fn full(ids: &'a [u32]) -> Option<Self> {
+        let (signal, labels) = ids.split_first()?;
+        (labels.len() % 2 == 0).then_some(KeyIds { signal: *signal, names: &[], labels, full: true })
+    }
+
+    pub fn signal(&self) -> u32 {
+        self.signal
+    }
+
+    /// A stored key's schema (`u32::MAX` for a full key).
+    pub(super) fn schema(&self) -> u32 {
+        if self.full {
+            u32::MAX
+        } else {
+            self.labels.first().copied().unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Number of labels.
+    pub(super) fn len(&self) -> usize {
+        if self.full {
+            self.labels.len() / 2
+        } else {
+            self.names.len().min(self.labels.len().saturating_sub(1))
+        }
+    }
+
+    /// (name, value) ids of each label, in name order.
+    pub fn pairs(&self) -> impl Iterator<Item = (u32, u32)> + 'a {
+        let key = *self;
+        (0..key.len()).map(move |i| if key.full { (key.labels[2 * i], key.labels[2 * i + 1]) } else { (key.names[i], key.labels[1 + i]) })
+    }
+
+    /// The labels' ids as one slice: within one source, equal slices of keys of the
+    /// same form are equal label sets (a stored key's is `[schema, values…]`).
+    pub fn label_ids(&self) -> &'a [u32] {
+        self.labels
+    }
+
+    /// The value id of the label named `name` (an id).
+    pub fn value_of(&self, name: u32) -> Option<u32> {
+        self.pairs().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Whether this is the key of the full ids `ids`.
+    pub(super) fn is(&self, ids: &[u32]) -> bool {
+        ids.len() == 1 + 2 * self.len() && ids[0] == self.signal && self.pairs().zip(ids[1..].chunks_exact(2)).all(|((n, v), p)| n == p[0] && v == p[1])
+    }
+
+    /// As a full key `[signal, n₀, v₀, …]`.
+    #[cfg(test)]
+    pub(super) fn to_full(self) -> Vec<u32> {
+        std::iter::once(self.signal).chain(self.pairs().flat_map(|(n, v)| [n, v])).collect()
+    }
 }
 
 /// One series: the latest point in the clear, older ones compressed (only for signals
@@ -275,7 +356,7 @@ impl Times {
 pub struct SeriesRef<'a> {
     pub(super) symbols: &'a Symbols,
     pub(super) times: &'a Times,
-    pub(super) key: &'a [u32],
+    pub(super) key: KeyIds<'a>,
     pub(super) series: &'a Series,
 }
 
@@ -287,24 +368,30 @@ impl std::fmt::Debug for SeriesRef<'_> {
 
 impl<'a> SeriesRef<'a> {
     pub fn signal(&self) -> &'a str {
-        self.symbols.resolve(self.key[0])
+        self.symbols.resolve(self.key.signal())
     }
 
     /// The signal as its source's symbol id (see `Entry::symbol`).
     pub fn signal_id(&self) -> u32 {
-        self.key[0]
+        self.key.signal()
     }
 
     /// Labels in name order.
     pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let symbols = self.symbols;
-        self.key[1..].chunks_exact(2).map(move |p| (symbols.resolve(p[0]), symbols.resolve(p[1])))
+        self.key.pairs().map(move |(n, v)| (symbols.resolve(n), symbols.resolve(v)))
     }
 
-    /// The labels as the source's symbol ids: within one source, equal slices are equal
-    /// label sets (the same partition's series of different signals share them).
+    /// The labels as the source's symbol ids, one slice: within one source, equal slices
+    /// are equal label sets (the same partition's series of different signals share
+    /// them).
     pub fn label_ids(&self) -> &'a [u32] {
-        &self.key[1..]
+        self.key.label_ids()
+    }
+
+    /// The value of the label whose name is the source's symbol `name`, as an id.
+    pub fn label_value_id(&self, name: u32) -> Option<u32> {
+        self.key.value_of(name)
     }
 
     pub fn label(&self, name: &str) -> Option<&'a str> {
@@ -314,7 +401,7 @@ impl<'a> SeriesRef<'a> {
     /// The labels as a shared set whose strings are this source's own (reference counts
     /// taken, nothing copied): what the evaluator reads.
     pub fn label_set(&self) -> SharedLabels {
-        let pairs: Vec<(Arc<str>, Arc<str>)> = self.key[1..].chunks_exact(2).map(|p| (self.symbols.resolve_shared(p[0]), self.symbols.resolve_shared(p[1]))).collect();
+        let pairs: Vec<(Arc<str>, Arc<str>)> = self.key.pairs().map(|(n, v)| (self.symbols.resolve_shared(n), self.symbols.resolve_shared(v))).collect();
         if pairs.windows(2).all(|w| w[0].0 < w[1].0) {
             SharedLabels::from_sorted(pairs)
         } else {

@@ -142,9 +142,8 @@ fn snapshot(store: &Store, defs: &[&'static SignalDef], now: SystemTime) -> Snap
                 let signal = Some(series.signal_id());
                 let Some(f) = signals.iter().position(|s| *s == signal) else { continue };
                 let (family, names) = (&mut families[f], &names[f]);
-                let pairs = series.label_ids();
                 for name in names {
-                    let value_id = name.and_then(|n| pairs.chunks_exact(2).find(|p| p[0] == n)).map(|p| p[1]);
+                    let value_id = name.and_then(|n| series.label_value_id(n));
                     family.ranks.push(value_id.and_then(|id| ranks.get(id as usize).copied()).unwrap_or(ABSENT));
                 }
                 family.values.push(value);
