@@ -382,9 +382,9 @@ impl<'a> SeriesRef<'a> {
         self.key.pairs().map(move |(n, v)| (symbols.resolve(n), symbols.resolve(v)))
     }
 
-    /// The labels as the source's symbol ids, one slice: within one source, equal slices
-    /// are equal label sets (the same partition's series of different signals share
-    /// them).
+    /// The labels as the source's symbol ids, one slice: among the series of one
+    /// source's table, equal slices are equal label sets (the same partition's series
+    /// of different signals share them).
     pub fn label_ids(&self) -> &'a [u32] {
         self.key.label_ids()
     }
