@@ -667,7 +667,7 @@ pub struct SeriesData {
 /// A series' points, oldest first, read as a slice. One point (a series read without a
 /// window: most of them, 2.5 million per cycle at 20,000 groups) is held inline, not in
 /// an allocation of its own; a series read over a window may be held packed (the store's
-/// compressed history, about 3 bytes a point instead of 24: 200,000 partitions read over
+/// compressed history, a few bytes a point instead of 24: 200,000 partitions read over
 /// 5 minutes were 150 MB as lists) and is unpacked when evaluated.
 #[derive(Debug, Clone)]
 pub enum Points {

@@ -447,7 +447,7 @@ impl<'a> SeriesRef<'a> {
     /// history (copied as it is, not decoded) and its latest point, with the source's
     /// time column shared (`column`, from [`crate::store::Entry::time_column`]).
     /// [`Packed::unpack`] gives exactly [`Self::since_vec`]. A rule file's dataset holds
-    /// the series it reads over a window this way: about 3 bytes a point instead of 24.
+    /// the series it reads over a window this way: a few bytes a point instead of 24.
     /// `None` when the series keeps no history (its latest point is all there is).
     pub fn packed_since(&self, since: SystemTime, column: &Arc<Times>) -> Option<Packed> {
         let history = self.series.history.as_deref()?.clone();
