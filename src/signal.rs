@@ -11,7 +11,7 @@ use serde::Serialize;
 mod batch;
 mod labels;
 pub use batch::{Batch, BatchIndex, BatchRow};
-pub use labels::SharedLabels;
+pub use labels::{Interned, SharedLabels};
 
 /// Which kind of source a loop samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -352,7 +352,11 @@ impl Entry {
     /// is full, and the references are given back).
     fn insert_series(&mut self, ids: &[u32], seq: u64, value: f64, policy: &Policy) -> Option<u32> {
         let mut s = Series::new(seq, value);
-        let key = series::KeyIds::full(ids)?;
+        let Some(key) = series::KeyIds::full(ids) else {
+            // Not a signal and label pairs (no caller builds one): its references go back.
+            ids.iter().for_each(|id| self.symbols.release(*id));
+            return None;
+        };
         s.keep_secs = policy.keep_secs(&SeriesRef { symbols: &self.symbols, times: &self.times, key, series: &s });
         let slot = self.series.insert(ids, s);
         if slot.is_none() {

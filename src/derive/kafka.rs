@@ -22,7 +22,7 @@ use crate::config::HistoryConfig;
 use crate::sample::kafka_snapshot::KafkaSnapshot;
 use crate::sample::kafka_admin::{GroupState, TopicPartition};
 use crate::sample::kafka_snapshot::ProbeValue;
-use crate::signal::{Batch, KeyRef};
+use crate::signal::{Batch, Interned, KeyRef};
 use crate::store::{Cursor, Found, View};
 use crate::window::{self, Point, Status};
 
@@ -31,7 +31,7 @@ use crate::window::{self, Point, Status};
 pub struct DeriveState {
     groups: HashMap<String, GroupMemo, foldhash::fast::RandomState>,
     /// Topic names, once each: a partition's memo shares its topic's.
-    topics: hashbrown::HashSet<Arc<str>, foldhash::fast::RandomState>,
+    topics: Interned,
     /// Where this derivation's per-partition look-ups found their series last time.
     reads: Cursor,
     /// The last derivation's batch size (rows, key ids): the next one reserves that and
@@ -98,7 +98,7 @@ impl DeriveState {
         }
         let cutoff = at.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         self.groups.retain(|_, m| m.last_seen >= cutoff);
-        self.topics.retain(|t| Arc::strong_count(t) > 1);
+        self.topics.prune();
     }
 }
 
@@ -249,14 +249,7 @@ pub fn derive(
             let i = match found {
                 Ok(i) => i,
                 Err(i) => {
-                    let topic = match state.topics.get(p.topic.as_str()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = Arc::from(p.topic.as_str());
-                            state.topics.insert(t.clone());
-                            t
-                        }
-                    };
+                    let topic = state.topics.get(&p.topic);
                     let m = PartitionMemo { topic, partition: p.partition, committed, lost_counted_to: committed, seen: at };
                     memo.partitions.insert(i, m);
                     i
@@ -467,7 +460,8 @@ mod tests {
                 derived
             });
             sizes.push(state.size().partitions);
-            assert!(state.topics.len() <= 2 && state.topics.iter().all(|t| Arc::strong_count(t) > 1), "{:?}", state.topics);
+            let held: std::collections::BTreeSet<&str> = state.groups.values().flat_map(|g| g.partitions.iter().map(|p| &*p.topic)).collect();
+            assert_eq!(state.topics.len(), held.len(), "one name per topic held, none unused: {:?}", state.topics);
         }
         assert_eq!(sizes, [3, 4, 3, 4]);
         let g = [("group", "g")];

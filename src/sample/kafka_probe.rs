@@ -82,7 +82,7 @@ type Key = (TopicPartition, i64);
 #[derive(Debug, Default, Clone)]
 pub struct LastProbed {
     groups: hashbrown::HashMap<String, Vec<Probed>, foldhash::fast::RandomState>,
-    topics: hashbrown::HashSet<Arc<str>, foldhash::fast::RandomState>,
+    topics: crate::signal::Interned,
 }
 
 /// (topic, partition, cycle last probed).
@@ -106,17 +106,7 @@ impl LastProbed {
         };
         match Self::position(parts, topic, partition) {
             Ok(i) => parts[i].2 = cycle,
-            Err(i) => {
-                let name = match self.topics.get(topic) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t: Arc<str> = Arc::from(topic);
-                        self.topics.insert(t.clone());
-                        t
-                    }
-                };
-                parts.insert(i, (name, partition, cycle));
-            }
+            Err(i) => parts.insert(i, (self.topics.get(topic), partition, cycle)),
         }
     }
 
@@ -126,16 +116,13 @@ impl LastProbed {
             parts.retain(|(t, p, _)| keep(g, t, *p));
             !parts.is_empty()
         });
-        self.topics.retain(|t| Arc::strong_count(t) > 1);
+        self.topics.prune();
     }
 
     /// (group, partition) pairs held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.groups.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 }
 

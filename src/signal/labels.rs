@@ -169,6 +169,37 @@ impl serde::Serialize for SharedLabels {
     }
 }
 
+/// Strings held once and shared: many holders of the same few names (a topic's, in
+/// per-partition memos at 20,000 groups × 10 partitions) share one allocation.
+#[derive(Debug, Default, Clone)]
+pub struct Interned(hashbrown::HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Interned {
+    /// `s`, shared.
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(held) = self.0.get(s) {
+            return held.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.0.insert(new.clone());
+        new
+    }
+
+    /// Forgets the strings nobody else holds any more.
+    pub fn prune(&mut self) {
+        self.0.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// The strings held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Tests only: indexing panics when the label is missing, as a map's index does.
 #[cfg(test)]
 impl std::ops::Index<&str> for SharedLabels {
@@ -193,6 +224,22 @@ mod tests {
 
     fn pairs() -> impl Strategy<Value = Vec<(String, String)>> {
         prop::collection::vec(("[a-c]{0,2}", "[x-z]{0,2}"), 0..6)
+    }
+
+    #[test]
+    fn an_interned_string_is_held_once_and_forgotten_with_its_last_holder() {
+        let mut names = Interned::default();
+        let a = names.get("orders");
+        let b = names.get("orders");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = names.get("audit");
+        assert_eq!(names.len(), 2);
+        drop((a, c));
+        names.prune();
+        assert_eq!(names.len(), 1, "orders is still held by b");
+        drop(b);
+        names.prune();
+        assert!(names.is_empty());
     }
 
     proptest! {
