@@ -610,7 +610,12 @@ impl Rules {
             let (rules, f, s) = (self.clone(), file.clone(), store.clone());
             // The evaluation is CPU work: off the async threads, and a panic in it is a
             // counted failure of this group, not the end of the agent.
-            let result = tokio::task::spawn_blocking(move || rules.eval_group(&f, &s, SystemTime::now())).await;
+            let result = tokio::task::spawn_blocking(move || {
+                rules.eval_group(&f, &s, SystemTime::now());
+                // The file's dataset and scratch are freed: give them back.
+                crate::heap::trim();
+            })
+            .await;
             if let Err(e) = result {
                 self.groups.lock().unwrap_or_else(|p| p.into_inner()).entry(file.clone()).or_default().failures += 1;
                 if e.is_panic() {
