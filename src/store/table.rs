@@ -232,6 +232,11 @@ impl Table {
             None => {
                 // More than 4 billion series cannot be held in memory anyway.
                 let slot = u32::try_from(self.slots.len()).unwrap_or(FREE);
+                if self.slots.len() == self.slots.capacity() {
+                    // A quarter more, as the arena: doubling left up to half the slots
+                    // unused (at 384,000 series, 140,000 of them: 4.5 MB).
+                    self.slots.reserve_exact((self.slots.len() / 4).max(256));
+                }
                 self.slots.push(series);
                 slot
             }
@@ -410,6 +415,15 @@ mod tests {
         assert_eq!((table.len(), table.keys.len(), table.schemas.list.len()), (0, 0, 0));
         assert!(table.insert(&[1], Series::new(0, 0.0)).is_some(), "a signal without labels is a key");
         assert_eq!(table.get(&[1]).map(|(k, _)| k.to_full()), Some(vec![1]));
+    }
+
+    #[test]
+    fn slots_grow_by_a_quarter() {
+        let mut table = Table::default();
+        for k in 0..10_000u32 {
+            table.insert(&[1, 2, k], Series::new(0, 0.0));
+            assert!(table.slots.capacity() <= table.slots.len() * 5 / 4 + 256, "{} slots for {}", table.slots.capacity(), table.slots.len());
+        }
     }
 
     #[test]
