@@ -454,7 +454,7 @@ impl Rules {
         if self.has_verdict_sink() {
             let mut indexes: HashMap<&str, (&file::AlertRule, verdict::EvidenceIndex<'_>)> = HashMap::new();
             for (t, truth) in transitions.iter().zip(&truths) {
-                let Some(rule) = alerts.iter().find(|r| r.name == t.rule) else { continue };
+                let Some(rule) = alerts.iter().find(|r| *r.name == *t.rule) else { continue };
                 let (rule, index) = indexes.entry(rule.name.as_str()).or_insert_with(|| (rule, verdict::EvidenceIndex::new(&rule.condition, &data, now)));
                 verdicts.push(verdict::alert_verdict_indexed(t, *truth, &rule.runbooks, index, now));
             }
@@ -816,12 +816,12 @@ fn transition_log(transitions: &[Transition], per_rule: usize) -> (Vec<&Transiti
     let mut logged: HashMap<&str, usize> = HashMap::new();
     let (mut one_by_one, mut counted) = (Vec::new(), BTreeMap::new());
     for t in transitions {
-        let n = logged.entry(t.rule.as_str()).or_default();
+        let n = logged.entry(&*t.rule).or_default();
         if *n < per_rule {
             *n += 1;
             one_by_one.push(t);
         } else {
-            *counted.entry((t.rule.as_str(), t.from, t.to, t.stale)).or_default() += 1;
+            *counted.entry((&*t.rule, t.from, t.to, t.stale)).or_default() += 1;
         }
     }
     (one_by_one, counted)
@@ -1087,7 +1087,7 @@ spec:
     fn a_mass_incident_logs_a_few_changes_per_rule_and_counts_the_rest() {
         use AlertState::{Firing, Inactive, Pending};
         let change = |rule: &str, i: usize, to: AlertState| Transition {
-            file: PathBuf::from("f.yaml"),
+            file: std::path::Path::new("f.yaml").into(),
             rule: rule.into(),
             labels: crate::signal::Labels::from([("p".to_string(), i.to_string())]).into(),
             from: Inactive,
@@ -1098,8 +1098,8 @@ spec:
         let mut all: Vec<_> = (0..1000).map(|i| change("a", i, if i % 2 == 0 { Pending } else { Firing })).collect();
         all.extend((0..5).map(|i| change("b", i, Pending)));
         let (one_by_one, counted) = transition_log(&all, 20);
-        assert_eq!(one_by_one.iter().map(|t| (t.rule.as_str(), t.labels.get("p").unwrap())).filter(|(r, _)| *r == "a").count(), 20);
-        assert_eq!(one_by_one.iter().filter(|t| t.rule == "b").count(), 5, "a rule with few changes logs them all");
+        assert_eq!(one_by_one.iter().map(|t| (&*t.rule, t.labels.get("p").unwrap())).filter(|(r, _)| *r == "a").count(), 20);
+        assert_eq!(one_by_one.iter().filter(|t| &*t.rule == "b").count(), 5, "a rule with few changes logs them all");
         assert_eq!(one_by_one[0].labels.get("p"), Some("0"), "the first ones, in order");
         assert_eq!(counted, BTreeMap::from([(("a", Inactive, Pending, false), 490), (("a", Inactive, Firing, false), 490)]));
     }

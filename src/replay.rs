@@ -180,11 +180,11 @@ pub fn replay(rec: Recording, set: &RuleSet, opts: &ReplayOptions) -> Result<Tim
     let (evaluations, samples) = simulate(rec, set, opts.evaluation_interval, |now, store| {
         let data = dataset(store, set, now);
         for t in engine.eval_alerts(&set.alerts, &data, now, &engine_opts) {
-            let condition = set.alerts.iter().find(|r| r.name == t.rule).map(|r| r.condition_text.clone()).unwrap_or_default();
+            let condition = set.alerts.iter().find(|r| *r.name == *t.rule).map(|r| r.condition_text.clone()).unwrap_or_default();
             entries.push(TimelineEntry {
                 at: now,
                 kind: "alert",
-                rule: t.rule.clone(),
+                rule: t.rule.to_string(),
                 labels: t.labels.to_labels(),
                 from: t.from.as_str().to_string(),
                 to: t.to.as_str().to_string(),

@@ -222,8 +222,10 @@ fn resolve(i: &mut Instance, now: SystemTime, stale: bool) {
 /// A state change, for logs and the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Transition {
-    pub file: PathBuf,
-    pub rule: String,
+    /// The rule's file and name, shared by its transitions: a mass incident is tens of
+    /// thousands of them at once (two allocations each when they owned these).
+    pub file: Arc<Path>,
+    pub rule: Arc<str>,
     pub labels: SharedLabels,
     pub from: AlertState,
     pub to: AlertState,
@@ -309,10 +311,11 @@ impl Engine {
         let timing = Timing { for_: rule.for_, keep_firing_for: rule.keep_firing_for, unknown_after: opts.unknown_after };
         let results = expr::eval(&rule.condition, data, now, &opts.eval);
         let (mut out, mut gone) = (Vec::new(), Vec::new());
+        let (file, name): (Arc<Path>, Arc<str>) = (Arc::from(rule.file.as_path()), Arc::from(rule.name.as_str()));
         let transition = |out: &mut Vec<Transition>, labels: &SharedLabels, from: AlertState, inst: &Instance| {
             if from != inst.state {
                 let stale = inst.state == AlertState::Resolved && inst.resolved_stale;
-                out.push(Transition { file: rule.file.clone(), rule: rule.name.clone(), labels: labels.clone(), from, to: inst.state, value: inst.value, stale });
+                out.push(Transition { file: file.clone(), rule: name.clone(), labels: labels.clone(), from, to: inst.state, value: inst.value, stale });
             }
         };
         let rule_key = (rule.file.clone(), rule.name.clone());
@@ -663,6 +666,18 @@ mod tests {
         let tr = e.eval_alerts(std::slice::from_ref(&r), &data(false, &[("g", false)], 0), t(70), &opts());
         assert_eq!(tr.len(), 1);
         assert!(tr[0].stale && tr[0].to == Resolved, "{tr:?}");
+    }
+
+    #[test]
+    fn the_transitions_of_a_rule_share_its_file_and_name() {
+        // A mass incident: every group changes at once.
+        let groups: Vec<(String, bool)> = (0..100).map(|g| (format!("g{g}"), true)).collect();
+        let series: Vec<(&str, bool)> = groups.iter().map(|(g, f)| (g.as_str(), *f)).collect();
+        let r = rule("lag > 1", 0);
+        let tr = Engine::default().eval_alerts(std::slice::from_ref(&r), &data(true, &series, 0), t(0), &opts());
+        assert_eq!(tr.len(), 100);
+        assert!(tr.iter().all(|x| &*x.rule == "lagging" && &*x.file == std::path::Path::new("r.yaml")));
+        assert!(tr.iter().all(|x| Arc::ptr_eq(&x.rule, &tr[0].rule) && Arc::ptr_eq(&x.file, &tr[0].file)), "one name and one path for all, not a copy each");
     }
 
     /// A naive model of the state machine, written from the spec independently: ticks

@@ -185,7 +185,7 @@ pub fn alert_verdict_indexed(t: &Transition, truth: Truth, runbooks: &[String], 
     let fresh = !evidence.is_empty() && evidence.iter().all(|e| e.quality == "fresh");
     Verdict {
         kind: VerdictKind::Alert,
-        rule: t.rule.clone(),
+        rule: t.rule.to_string(),
         labels,
         from: t.from,
         to: t.to,
@@ -267,7 +267,7 @@ mod tests {
 
     fn transition(to: AlertState) -> Transition {
         Transition {
-            file: "r.yaml".into(),
+            file: std::path::Path::new("r.yaml").into(),
             rule: "connector-task-failed".into(),
             labels: Labels::from([("connect".to_string(), "local".to_string()), ("connector".to_string(), "a".to_string())]).into(),
             from: AlertState::Pending,
