@@ -561,11 +561,26 @@ async fn source_loop(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
+        let due = Instant::now();
+        // A Kafka cycle waits for the rule evaluations running (a quarter of its interval
+        // at most), and the ones that start meanwhile wait for it (see store::turns).
+        let turn = match kind {
+            SourceKind::Kafka => {
+                let turn = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    t = store.turns().sample(sched.interval / 4) => t,
+                };
+                metrics.count_turn_wait(kind, &name, due.elapsed().as_secs_f64());
+                turn
+            }
+            _ => None,
+        };
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => break,
             r = source.run_once(&name, &store, hard_timeout, &in_flight) => r,
         };
+        drop(turn);
         match outcome {
             Ok(Cycle::Sampled { series, partial }) => {
                 SampleSucceeded { kind, source: &name, seconds: started.elapsed().as_secs_f64(), series, recovered_after: failures }
@@ -586,7 +601,7 @@ async fn source_loop(
                     .emit(&metrics);
             }
         }
-        delay = next_delay(sched.interval, started.elapsed(), failures, sched.backoff_max);
+        delay = next_delay(sched.interval, due.elapsed(), failures, sched.backoff_max);
     }
     tracing::debug!(kind = kind.as_str(), source = %name, "sampling loop stopped");
 }
@@ -656,6 +671,48 @@ mod tests {
         let ticked = reader.join().unwrap();
         assert!(ticked >= 5, "the runtime ticked {ticked} times while the store was locked (10 s at most)");
         assert!(store.health().iter().any(|h| h.name == "c" && h.last_success.is_some()), "the sample was stored ({n} series)");
+    }
+
+    /// A Kafka cycle waits for the rule evaluations running (see store::turns), a
+    /// quarter of its interval at most, then samples beside them; the wait is counted
+    /// per source. (The cluster is a closed port on loopback: the attempt fails, after
+    /// the wait.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kafka_cycle_waits_for_running_evaluations_a_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("streamguard.toml");
+        std::fs::write(&path, "[[clusters]]\nname = \"c\"\nbootstrap_servers = \"127.0.0.1:9\"\nsample_interval = \"4s\"\nsample_timeout = \"1s\"\n").unwrap();
+        let mut config = crate::config::load(&path).unwrap();
+        let spec = SourceSpec::Kafka(config.clusters.remove(0));
+        let source = spec.build().unwrap();
+        let store = Arc::new(Store::default());
+        store.register(SourceKind::Kafka, "c", S(3600));
+        let rules = Arc::new(crate::evaluate::Rules::load(crate::config::RulesConfig::for_tests(), Default::default()).unwrap());
+        let metrics = Arc::new(Metrics::new(store.clone(), rules));
+        let evaluation = store.turns().evaluation(S(1)).await;
+        assert!(evaluation.is_some());
+        let (cancel, in_flight) = (CancellationToken::new(), Arc::new(InFlight::default()));
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(source_loop(source, "c".into(), spec.schedule(), store.clone(), metrics.clone(), cancel.clone(), in_flight.clone()));
+        // Started: the blocking call is in flight, or it already failed.
+        let attempted = || !in_flight.running().is_empty() || store.health().iter().any(|h| h.name == "c" && h.consecutive_failures > 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!attempted(), "sampled beside a running evaluation");
+        while !attempted() {
+            assert!(started.elapsed() < S(30), "the cycle waited for ever");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(started.elapsed() >= S(1), "went ahead before a quarter of its interval");
+        let text = metrics.encode(crate::telemetry::metrics::Format::Prometheus).unwrap();
+        let waited: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("streamguard_sample_turn_wait_seconds_total{kind=\"kafka\",source=\"c\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no wait counted in {text}"));
+        assert!(waited >= 0.9, "counted {waited} s");
+        drop(evaluation);
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     #[test]

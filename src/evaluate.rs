@@ -69,6 +69,8 @@ pub struct GroupStats {
     pub missed_ticks: u64,
     pub failures: u64,
     pub last_duration: Duration,
+    /// Time its evaluations waited for Kafka cycles to store (see `store::turns`).
+    pub turn_wait: Duration,
 }
 
 /// Upper bounds (seconds) of the evaluation duration histogram.
@@ -607,6 +609,14 @@ impl Rules {
                 p = self.evaluations.acquire() => p,
             };
             let Ok(_permit) = permit else { break };
+            // After a Kafka cycle that is storing, not beside it (see store::turns):
+            // the evaluation then reads that sample, and their peaks do not add up.
+            let waiting = Instant::now();
+            let _turn = tokio::select! {
+                _ = cancel.cancelled() => break,
+                t = store.turns().evaluation(interval / 4) => t,
+            };
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).entry(file.clone()).or_default().turn_wait += waiting.elapsed();
             let (rules, f, s) = (self.clone(), file.clone(), store.clone());
             // The evaluation is CPU work: off the async threads, and a panic in it is a
             // counted failure of this group, not the end of the agent.
@@ -960,6 +970,40 @@ spec:
         tokio::time::sleep(Duration::from_millis(200)).await;
         let later: Vec<u64> = rules.groups.lock().unwrap().values().map(|g| g.evaluations).collect();
         assert_eq!(after, later, "no evaluation after shutdown returned");
+    }
+
+    /// While a Kafka cycle holds its turn (it is storing), a file's evaluation waits for
+    /// it, a quarter of the evaluation interval at most, then goes ahead beside it; the
+    /// wait is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_evaluation_waits_for_a_storing_kafka_cycle_a_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, RULES).unwrap();
+        let config = RulesConfig { paths: vec![path], evaluation_interval: Duration::from_secs(4), state_file: dir.path().join("state.json"), ..RulesConfig::for_tests() };
+        let rules = Arc::new(Rules::load(config, file::SignalNames::builtin()).unwrap());
+        let store = Arc::new(Store::default());
+        let turn = store.turns().sample(Duration::from_secs(1)).await;
+        assert!(turn.is_some());
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let sup = supervisor(&tracker, &rules);
+        let started = tokio::time::Instant::now();
+        tracker.spawn(rules.clone().run(store.clone(), sup, cancel.clone()));
+        let evaluations = || rules.groups.lock().unwrap().values().map(|g| g.evaluations).sum::<u64>();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(evaluations(), 0, "evaluated beside a storing Kafka cycle");
+        let deadline = started + Duration::from_secs(30);
+        while evaluations() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the evaluation waited for ever");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_secs(1), "went ahead before its quarter interval");
+        let waited: Duration = rules.groups.lock().unwrap().values().map(|g| g.turn_wait).sum();
+        assert!(waited >= Duration::from_millis(900), "wait not counted: {waited:?}");
+        drop(turn);
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 
     /// Six files on one schedule, each copying 20,000 series: at most two evaluate (and

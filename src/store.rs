@@ -71,6 +71,7 @@ impl SourceHealth {
 mod chunk;
 mod series;
 mod table;
+pub mod turns;
 mod view;
 
 pub use chunk::{Chunk, Unordered};
@@ -462,6 +463,8 @@ pub struct Store {
     policy: RwLock<Arc<Policy>>,
     /// Where every stored observation is also recorded (`[record]`), if anywhere.
     recorder: std::sync::OnceLock<crate::record::Recorder>,
+    /// Kafka cycles and rule evaluations take turns ([`turns`]).
+    turns: turns::Turns,
 }
 
 impl Default for Store {
@@ -478,7 +481,13 @@ impl Store {
             dlq: RwLock::new(DlqConfig { patterns: Vec::new(), topics: Vec::new() }),
             policy: RwLock::default(),
             recorder: std::sync::OnceLock::new(),
+            turns: turns::Turns::default(),
         }
+    }
+
+    /// Where Kafka cycles and rule evaluations take turns (see [`turns`]).
+    pub fn turns(&self) -> &turns::Turns {
+        &self.turns
     }
 
     /// Records every observation stored from now on (and every failed attempt).

@@ -57,6 +57,7 @@ pub struct Metrics {
     sample_errors: Family<SourceLabels, Counter>,
     sample_partial_errors: Family<SourceLabels, Counter>,
     sample_skipped: Family<SourceLabels, Counter>,
+    sample_turn_wait: Family<SourceLabels, Counter<f64, AtomicU64>>,
     sample_duration: Family<SourceLabels, Histogram>,
     sample_timeout: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     notifications_sent: Family<SourceLabels, Counter>,
@@ -89,6 +90,7 @@ impl Metrics {
         let sample_errors = Family::<SourceLabels, Counter>::default();
         let sample_partial_errors = Family::<SourceLabels, Counter>::default();
         let sample_skipped = Family::<SourceLabels, Counter>::default();
+        let sample_turn_wait = Family::<SourceLabels, Counter<f64, AtomicU64>>::default();
         let sample_duration = Family::<SourceLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
@@ -107,6 +109,12 @@ impl Metrics {
             "sample_skipped",
             "Sample cycles skipped because the previous attempt was still running",
             sample_skipped.clone(),
+        );
+        registry.register_with_unit(
+            "sample_turn_wait",
+            "Time Kafka sample cycles waited for running rule evaluations before they started (they take turns)",
+            Unit::Seconds,
+            sample_turn_wait.clone(),
         );
         registry.register_with_unit(
             "sample_duration",
@@ -181,6 +189,7 @@ impl Metrics {
             sample_errors,
             sample_partial_errors,
             sample_skipped,
+            sample_turn_wait,
             sample_duration,
             sample_timeout,
             notifications_sent,
@@ -260,6 +269,10 @@ impl Metrics {
 
     pub fn count_skipped(&self, kind: SourceKind, source: &str) {
         self.sample_skipped.get_or_create(&source_labels(kind, source)).inc();
+    }
+
+    pub fn count_turn_wait(&self, kind: SourceKind, source: &str, seconds: f64) {
+        self.sample_turn_wait.get_or_create(&source_labels(kind, source)).inc_by(seconds);
     }
 
     /// Everything, as OpenMetrics text (what Prometheus asks for) or, for clients
@@ -587,6 +600,16 @@ impl Collector for RulesCollector {
                     let l = [("group", file.display().to_string())];
                     ConstCounter::new(get(g)).encode(family.encode_family(&l)?)?;
                 }
+            }
+            let mut family = e.encode_descriptor(
+                "rule_group_turn_wait",
+                "Time the group's evaluations waited for Kafka cycles to store before they started (they take turns)",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for (file, g) in &groups {
+                let l = [("group", file.display().to_string())];
+                ConstCounter::new(g.turn_wait.as_secs_f64()).encode(family.encode_family(&l)?)?;
             }
         }
         let reload = self.rules.reload.read().unwrap_or_else(|p| p.into_inner()).clone();
