@@ -31,10 +31,14 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A name no other test (or earlier run) uses.
+/// A name no other test (or earlier run) uses. The count makes it unique within the
+/// process: threads that asked in the same clock tick got the same name (the SIGKILL
+/// test of `tests/reprocess.rs` saw two of its runs share a group).
 pub fn unique(prefix: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+    format!("{prefix}-{}-{}-{n}", std::process::id(), nanos % 1_000_000_000)
 }
 
 pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
