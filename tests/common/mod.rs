@@ -32,8 +32,9 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A name no other test (or earlier run) uses. The count makes it unique within the
-/// process: threads that asked in the same clock tick got the same name (the SIGKILL
-/// test of `tests/reprocess.rs` saw two of its runs share a group).
+/// process: without it, threads that ask in the same clock tick would get the same
+/// name (suspected, not proven, when the SIGKILL test of `tests/reprocess.rs` once
+/// found a DLQ copy under the group of a run that never copied).
 pub fn unique(prefix: &str) -> String {
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
