@@ -47,7 +47,7 @@ use crate::rules::file::{self, RuleErrors, RuleSet};
 use crate::rules::slo::{Events, SloSpec, SloStatus};
 use crate::rules::verdict::{self, Verdict};
 use crate::state::{self, JournalEntry, RestoreStatus, StateHealth};
-use crate::signal::{Quality, SharedLabels};
+use crate::signal::Quality;
 use crate::store::{HistoryNeed, Store};
 use crate::supervise::Supervisor;
 
@@ -495,6 +495,9 @@ impl Rules {
                 ss.insert(s.name.clone(), s);
             }
         }
+        // The dataset goes, and the label sets only it held with it (store::label_sets).
+        drop(data);
+        store.release_label_sets();
         self.evaluated.send_modify(|n| *n = n.wrapping_add(1));
         let took = started.elapsed();
         self.eval_duration.get_or_create(&vec![("group", file.display().to_string())]).observe(took.as_secs_f64());
@@ -749,9 +752,6 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
             let source_name = format!("{}/{}", e.health.kind.as_str(), e.health.name);
             let source_fresh = e.health.quality(now) == Quality::Fresh;
             let source = data.add_source(&source_name, source_fresh);
-            // One label set per distinct labels of this source, shared by its signals'
-            // series (a partition's committed offset and lag are read together).
-            let mut shared: HashMap<&[u32], SharedLabels, foldhash::fast::RandomState> = HashMap::default();
             // The wanted signals as this source's ids: each series is then told apart by
             // one integer compare, not by hashing its signal's name (a file reads a few
             // signals of millions of series), and a source with none of them is skipped.
@@ -770,7 +770,10 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
             }
             // The source's time column, copied once if a series is read over a window.
             let mut column = None;
-            for series in e.iter() {
+            // One label set per distinct labels of this source, shared by its signals'
+            // series (a partition's committed offset and lag are read together), by the
+            // other files' datasets and by the alert instances that hold it.
+            e.with_label_sets(|held| for series in e.iter() {
                 let Some((_, (window, sets))) = ids.iter().find(|(id, _)| *id == series.signal_id()) else { continue };
                 if !picks(&series, sets) || target.is_some_and(|t| t.iter().any(|(k, v)| series.label(k) != Some(v.as_str()))) {
                     continue;
@@ -787,14 +790,14 @@ fn dataset_of(store: &Store, values: &[&crate::rules::expr::ValueExpr], by_match
                 };
                 // As Entry::series_quality, without looking the series up again.
                 let fresh = source_fresh && series.last().is_some_and(|(t, _)| Some(t) == e.health.last_success);
-                let sd = SeriesData { labels: shared.entry(series.label_ids()).or_insert_with(|| series.label_set()).clone(), fresh, points, source: Some(source) };
+                let sd = SeriesData { labels: held.get(&series), fresh, points, source: Some(source) };
                 match data.by_signal.get_mut(series.signal()) {
                     Some(v) => v.push(sd),
                     None => {
                         data.by_signal.insert(series.signal().to_string(), vec![sd]);
                     }
                 }
-            }
+            });
         }
     });
     data
@@ -1081,7 +1084,7 @@ spec:
         use crate::signal::{Batch, SourceSample};
         use crate::store::SourceKind;
         let dir = tempfile::tempdir().unwrap();
-        let one = "apiVersion: streamguard/v1\nkind: Alert\nmetadata: { name: one }\nspec:\n  condition: max(lag_seconds{group=\"g1\", method=\"probe\"}) > 30s\n";
+        let one = "apiVersion: streamguard/v1\nkind: Alert\nmetadata: { name: one }\nspec:\n  condition: lag_seconds{group=\"g1\", method=\"probe\"} > 30s\n";
         let other = "apiVersion: streamguard/v1\nkind: Alert\nmetadata: { name: other }\nspec:\n  condition: max by (cluster, group) (lost_records) > 0\n";
         std::fs::write(dir.path().join("one.yaml"), one).unwrap();
         std::fs::write(dir.path().join("other.yaml"), other).unwrap();
@@ -1120,11 +1123,30 @@ spec:
                 assert!(of_store(n) && of_store(v), "{name} of {:?} is a copy", sd.labels);
             }
         }
+        // Datasets read at once (files evaluating together) hold one label set per
+        // series between them, not one each.
+        let again = dataset(&store, &set, now);
+        for (signal, series) in &all.by_signal {
+            assert_eq!(series.len(), again.by_signal[signal].len());
+            for (a, b) in series.iter().zip(&again.by_signal[signal]) {
+                assert!(crate::signal::SharedLabels::ptr_eq(&a.labels, &b.labels), "{signal} {:?}: a set per dataset", a.labels);
+            }
+        }
+        drop((all, again));
         // And the rule still fires on it.
         rules.eval_group(&dir.path().join("one.yaml"), &store, now);
         rules.eval_group(&dir.path().join("one.yaml"), &store, now + Duration::from_secs(1));
         let firing = rules.engine.lock().unwrap().all_instances().filter(|(_, _, i)| i.state == AlertState::Firing).count();
         assert_eq!(firing, 1);
+        // Once evaluated, the store keeps only the sets someone holds: the firing
+        // instance's, not the other file's 50 quiet series'.
+        rules.eval_group(&dir.path().join("other.yaml"), &store, now);
+        assert_eq!(store.held_label_sets(), 1);
+        // The next evaluation's dataset takes the set the firing instance holds.
+        let data = dataset(&store, &set, now + Duration::from_secs(2));
+        let engine = rules.engine.lock().unwrap();
+        let (_, held, _) = engine.all_instances().find(|(_, _, i)| i.state == AlertState::Firing).unwrap();
+        assert!(data.by_signal["lag_seconds"].iter().any(|sd| crate::signal::SharedLabels::ptr_eq(&sd.labels, held)), "{held:?}");
     }
 
     #[test]

@@ -69,12 +69,14 @@ impl SourceHealth {
 }
 
 mod chunk;
+mod label_sets;
 mod series;
 mod table;
 pub mod turns;
 mod view;
 
 pub use chunk::{Chunk, Unordered};
+pub use label_sets::Sets as HeldLabelSets;
 pub use series::{Packed, Series, SeriesRef, Times};
 pub use table::Cursor;
 pub use view::{Found, View};
@@ -97,6 +99,8 @@ pub struct Entry {
     times: Times,
     /// The history policy generation the series' `keep_secs` follow.
     policy_gen: u64,
+    /// The label sets readers hold ([`Entry::with_label_sets`]).
+    label_sets: label_sets::LabelSets,
 }
 
 /// Which kind of batch a source writes, for its [`table::Cursor`]: a sample's raw
@@ -132,7 +136,15 @@ impl Entry {
             symbols: Symbols::default(),
             times: Times::default(),
             policy_gen: 0,
+            label_sets: label_sets::LabelSets::default(),
         }
+    }
+
+    /// Runs `f` with this source's label sets: [`label_sets::Sets::get`] gives a series'
+    /// [`SeriesRef::label_set`], shared with every reader that holds the same one (see
+    /// [`label_sets`]). Readers of one source take turns here.
+    pub fn with_label_sets<T>(&self, f: impl FnOnce(&mut HeldLabelSets) -> T) -> T {
+        self.label_sets.with(f)
     }
 
     /// Number of series.
@@ -483,6 +495,21 @@ impl Store {
             recorder: std::sync::OnceLock::new(),
             turns: turns::Turns::default(),
         }
+    }
+
+    /// Forgets the label sets no reader holds any more (see [`Entry::with_label_sets`]):
+    /// a reader calls it when it lets go of what it read, so a cycle does not carry the
+    /// last evaluation's sets until the next one.
+    pub fn release_label_sets(&self) {
+        for e in self.read().values() {
+            e.label_sets.with(|_| ());
+        }
+    }
+
+    /// Tests: the label sets the sources keep for their readers.
+    #[cfg(test)]
+    pub fn held_label_sets(&self) -> usize {
+        self.read().values().map(|e| e.label_sets.held()).sum()
     }
 
     /// Where Kafka cycles and rule evaluations take turns (see [`turns`]).

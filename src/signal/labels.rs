@@ -96,6 +96,16 @@ impl SharedLabels {
         self.iter().cmp(other.iter().map(|(n, v)| (n.as_str(), v.as_str())))
     }
 
+    /// The `(name, value)` pairs by name, as the shared strings themselves.
+    pub fn shared_pairs(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.0
+    }
+
+    /// Whether this is the only holder of the set.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
     /// Whether both are the same allocation (then equal, without comparing).
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
         Arc::ptr_eq(&a.0, &b.0)

@@ -72,6 +72,11 @@ impl Symbols {
         self.strings.get(id as usize).and_then(|s| s.0.clone()).unwrap_or_else(|| Arc::from(""))
     }
 
+    /// The string `id` as held here (its `Arc`, not a copy).
+    pub(super) fn shared_ref(&self, id: u32) -> Option<&Arc<str>> {
+        self.strings.get(id as usize).and_then(|s| s.0.as_ref())
+    }
+
     /// Every live string with its id.
     pub(super) fn live(&self) -> impl Iterator<Item = (u32, &Arc<str>)> {
         self.strings.iter().zip(0u32..).filter_map(|(s, id)| s.0.as_ref().map(|text| (id, text)))
@@ -396,6 +401,18 @@ impl<'a> SeriesRef<'a> {
 
     pub fn label(&self, name: &str) -> Option<&'a str> {
         self.labels().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The source's own strings of the key's labels, each name then its value, in the
+    /// key's order (`None` for an id the source does not hold).
+    pub(super) fn key_strings(&self) -> impl Iterator<Item = Option<&'a Arc<str>>> + 'a {
+        let symbols = self.symbols;
+        self.key.pairs().flat_map(move |(n, v)| [symbols.shared_ref(n), symbols.shared_ref(v)])
+    }
+
+    /// Number of labels.
+    pub(super) fn label_count(&self) -> usize {
+        self.key.len()
     }
 
     /// The labels as a shared set whose strings are this source's own (reference counts
