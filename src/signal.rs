@@ -74,6 +74,77 @@ pub fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// An optional moment in 8 bytes (an `Option<SystemTime>` takes 16): nanoseconds since
+/// the Unix epoch, so exact from 1677 to 2262 (a time outside is clamped to that range).
+/// Serialized as [`opt_unix_seconds`] does: fractional Unix seconds, or null.
+///
+/// Alert instances hold seven of them; at 200,000 instances in a mass incident, with the
+/// list shared by the rule's status while the next evaluation builds its own, the 8 bytes
+/// saved per moment were 22 MB of the agent's peak.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Moment(Option<std::num::NonZeroU64>);
+
+impl Moment {
+    pub const NONE: Moment = Moment(None);
+
+    /// `t`, clamped to the range above.
+    pub fn at(t: SystemTime) -> Moment {
+        let nanos = match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN + 1, |n| (-n).max(i64::MIN + 1)),
+        };
+        // Flipping the sign bit maps i64::MIN (excluded above) to 0 and keeps the order.
+        Moment(std::num::NonZeroU64::new((nanos as u64) ^ (1 << 63)))
+    }
+
+    pub fn get(self) -> Option<SystemTime> {
+        let nanos = (self.0?.get() ^ (1 << 63)) as i64;
+        let magnitude = std::time::Duration::from_nanos(nanos.unsigned_abs());
+        if nanos >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(magnitude)
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(magnitude)
+        }
+    }
+
+    pub fn is_none(self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn is_some(self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The moment, set to `now` first if there is none.
+    pub fn get_or_insert(&mut self, now: SystemTime) -> SystemTime {
+        match self.get() {
+            Some(t) => t,
+            None => {
+                *self = Moment::at(now);
+                self.get().unwrap_or(now)
+            }
+        }
+    }
+}
+
+impl From<Option<SystemTime>> for Moment {
+    fn from(t: Option<SystemTime>) -> Self {
+        t.map_or(Moment::NONE, Moment::at)
+    }
+}
+
+impl std::fmt::Debug for Moment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+impl Serialize for Moment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        opt_unix_seconds::serialize(&self.get(), s)
+    }
+}
+
 /// Serde helper: an optional `SystemTime` as fractional Unix seconds, or null.
 pub mod opt_unix_seconds {
     pub fn serialize<S: serde::Serializer>(t: &Option<std::time::SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -96,6 +167,43 @@ pub mod unix_seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moment_is_8_bytes_keeps_nanoseconds_and_orders_and_serializes_as_the_time() {
+        assert_eq!(std::mem::size_of::<Moment>(), 8);
+        let epoch = SystemTime::UNIX_EPOCH;
+        let times = [
+            epoch,
+            epoch + Duration::new(1_764_620_000, 123_456_789),
+            epoch + Duration::new(1, 1),
+            epoch - Duration::new(1, 1),
+            epoch - Duration::new(86_400 * 365 * 200, 999_999_999),
+            epoch + Duration::new(86_400 * 365 * 290, 7),
+        ];
+        for t in times {
+            assert_eq!(Moment::at(t).get(), Some(t), "{t:?}");
+            assert_eq!(Moment::from(Some(t)), Moment::at(t));
+            let json = serde_json::to_string(&Moment::at(t)).unwrap();
+            let want = serde_json::to_value(unix_secs(t)).unwrap().to_string();
+            assert_eq!(json, want);
+        }
+        for a in times {
+            for b in times {
+                assert_eq!(Moment::at(a).cmp(&Moment::at(b)), a.cmp(&b), "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(Moment::NONE.get(), None);
+        assert_eq!(Moment::from(None), Moment::NONE);
+        assert_eq!(serde_json::to_string(&Moment::NONE).unwrap(), "null");
+        let mut m = Moment::NONE;
+        assert_eq!(m.get_or_insert(times[1]), times[1]);
+        assert_eq!(m.get_or_insert(times[2]), times[1], "set once");
+        // Beyond 2262 and before 1677: clamped, never a panic.
+        let far = epoch + Duration::from_secs(u64::MAX / 4);
+        assert!(Moment::at(far).get().is_some_and(|t| t < far));
+        let early = epoch - Duration::from_secs(86_400 * 365 * 400);
+        assert!(Moment::at(early).get().is_some_and(|t| t > early));
+    }
 
     /// A borrowed key numbers its strings as the owned key's map orders them, for any
     /// label order, repeated names (the last wins) and more labels than fit the stack.

@@ -194,13 +194,13 @@ impl Tracker {
                         }
                         // New, or fired again after resolving: a new alert for Alertmanager.
                         _ => {
-                            let starts_at = inst.firing_since.or(inst.active_since).unwrap_or(now);
+                            let starts_at = inst.firing_since.get().or(inst.active_since.get()).unwrap_or(now);
                             let t = Tracked { meta: meta.clone(), starts_at, resolved_at: None, last_sent: None, last_queued: None, seen: generation };
                             tracked.alerts.insert(series.clone(), t);
                         }
                     }
                 } else if let Some(t) = known.filter(|t| t.resolved_at.is_none()) {
-                    t.resolved_at = Some(inst.resolved_at.unwrap_or(now).max(t.starts_at));
+                    t.resolved_at = Some(inst.resolved_at.get().unwrap_or(now).max(t.starts_at));
                 }
             }
         }
@@ -382,6 +382,7 @@ fn alert_pairs<'a>(rule: &'a RuleStatus, series: &'a SharedLabels, state: &'a st
 mod tests {
     use super::*;
     use crate::rules::expr::Truth;
+    use crate::signal::Moment;
     use std::path::Path;
 
     fn t(s: u64) -> SystemTime {
@@ -410,8 +411,8 @@ mod tests {
     fn instance(state: AlertState, since: u64) -> Instance {
         Instance {
             state,
-            active_since: Some(t(since)),
-            firing_since: (state == AlertState::Firing).then(|| t(since)),
+            active_since: Moment::at(t(since)),
+            firing_since: (state == AlertState::Firing).then(|| t(since)).into(),
             truth: Truth::True,
             ..Instance::default()
         }
@@ -488,7 +489,7 @@ mod tests {
         let g = labels(&[("group", "g")]);
         tr.observe(&[status(vec![(g.clone(), instance(AlertState::Firing, 0))])], t(0));
         due(&mut tr, t(0));
-        let resolved = Instance { state: AlertState::Resolved, resolved_at: Some(t(20)), ..Instance::default() };
+        let resolved = Instance { state: AlertState::Resolved, resolved_at: Moment::at(t(20)), ..Instance::default() };
         tr.observe(&[status(vec![(g.clone(), resolved.clone())])], t(20));
         let sent = due(&mut tr, t(20));
         assert_eq!(sent.len(), 1);
@@ -548,7 +549,7 @@ mod tests {
         assert_eq!(tr.due(t(30), TIMING, URL, 10), (vec![], 0));
         // At the resend, the 15 never queued go first; g00 resolves then, and its resolve
         // goes before them.
-        let mut now = vec![(group(0), Instance { state: AlertState::Resolved, resolved_at: Some(t(60)), ..Instance::default() })];
+        let mut now = vec![(group(0), Instance { state: AlertState::Resolved, resolved_at: Moment::at(t(60)), ..Instance::default() })];
         now.extend((1..25).map(|g| (group(g), instance(AlertState::Firing, 0))));
         tr.observe(&[status(now)], t(60));
         let (second, left_out) = tr.due(t(60), TIMING, URL, 10);
@@ -599,7 +600,7 @@ mod tests {
         let meta = rule.meta.as_ref().unwrap();
         assert!(rule.alerts.values().all(|a| Arc::ptr_eq(&a.meta, meta)), "one copy of the rule's labels, not one per alert");
         // A reload changes the rule's labels as g2 resolves.
-        let resolved = Instance { state: AlertState::Resolved, resolved_at: Some(t(30)), ..Instance::default() };
+        let resolved = Instance { state: AlertState::Resolved, resolved_at: Moment::at(t(30)), ..Instance::default() };
         let reloaded = RuleStatus { labels: [("severity".to_string(), "ticket".to_string())].into(), ..status(vec![(g1, instance(AlertState::Firing, 0)), (g2, resolved)]) };
         tr.observe(std::slice::from_ref(&reloaded), t(30));
         let sent = due(&mut tr, t(30));
