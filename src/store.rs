@@ -140,9 +140,9 @@ impl Entry {
         }
     }
 
-    /// Runs `f` with this source's label sets: [`label_sets::Sets::get`] gives a series'
+    /// Runs `f` with this source's label sets: [`HeldLabelSets::get`] gives a series'
     /// [`SeriesRef::label_set`], shared with every reader that holds the same one (see
-    /// [`label_sets`]). Readers of one source take turns here.
+    /// `store::label_sets`). Readers of one source take turns here.
     pub fn with_label_sets<T>(&self, f: impl FnOnce(&mut HeldLabelSets) -> T) -> T {
         self.label_sets.with(f)
     }
