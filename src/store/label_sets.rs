@@ -5,18 +5,18 @@
 //! with a [`SharedLabels`] (one allocation of the label pairs, 144 bytes for a
 //! partition's four labels). The files evaluate right after a Kafka cycle, two at once,
 //! and the alert instances they keep hold the label sets of the previous evaluation.
-//! At 4,000 groups that was three or four sets per partition alive at the peak, 17 MB of
+//! At 4,000 groups that was up to three sets per partition alive at the peak, 17 MB of
 //! the agent's 106 MB heap (heaptrack). A source now keeps the sets some reader still
 //! holds, and a reader takes the one already built for the same labels (a reference
 //! count, no allocation).
 //!
-//! The table holds nothing a reader has let go: every use first drops the sets only it
-//! holds, and so does [`crate::store::Store::release_label_sets`], which an evaluation
-//! calls when its dataset is gone. At rest it keeps the sets of the kept alert instances
-//! (16 bytes and a control byte each) and nothing else. A set is found by the addresses of the source's
-//! strings it holds (the symbols of the series' key), so a string freed and interned
-//! again, or an id reused for another string, is a miss and a new set, never a wrong
-//! one.
+//! The table holds nothing its readers have let go: every use first drops the sets only
+//! the table holds, and so does [`crate::store::Store::release_label_sets`], which an
+//! evaluation calls when its dataset is gone. At rest it keeps the sets of the kept
+//! alert instances (16 bytes and a control byte each) and nothing else. A set is found
+//! by the addresses of the source's strings it holds (the symbols of the series' key),
+//! so a string freed and interned again, or an id reused for another string, is a miss
+//! and a new set, never a wrong one.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
