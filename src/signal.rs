@@ -81,7 +81,7 @@ pub fn unix_secs(t: SystemTime) -> f64 {
 /// Alert instances hold seven of them; at 200,000 instances in a mass incident, with the
 /// list shared by the rule's status while the next evaluation builds its own, the 8 bytes
 /// saved per moment come to about 22 MB at the peak (computed, not measured).
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Moment(Option<std::num::NonZeroU64>);
 
 impl Moment {
@@ -105,14 +105,6 @@ impl Moment {
         } else {
             SystemTime::UNIX_EPOCH.checked_sub(magnitude)
         }
-    }
-
-    pub fn is_none(self) -> bool {
-        self.0.is_none()
-    }
-
-    pub fn is_some(self) -> bool {
-        self.0.is_some()
     }
 
     /// The moment, set to `now` first if there is none.

@@ -74,16 +74,17 @@ pub struct Sets {
 struct Addresses(foldhash::fast::RandomState);
 
 impl Addresses {
-    fn hash<'s>(&self, strings: impl Iterator<Item = &'s Arc<str>>) -> u64 {
+    /// `None` when a string is missing.
+    fn hash<'s>(&self, strings: impl Iterator<Item = Option<&'s Arc<str>>>) -> Option<u64> {
         let mut h = self.0.build_hasher();
         for s in strings {
-            h.write_usize(Arc::as_ptr(s).cast::<u8>() as usize);
+            h.write_usize(Arc::as_ptr(s?).cast::<u8>() as usize);
         }
-        h.finish()
+        Some(h.finish())
     }
 
     fn hash_one_pairs(&self, labels: &SharedLabels) -> u64 {
-        self.hash(labels.shared_pairs().iter().flat_map(|(n, v)| [n, v]))
+        self.hash(labels.shared_pairs().iter().flat_map(|(n, v)| [Some(n), Some(v)])).unwrap_or_default()
     }
 }
 
@@ -91,10 +92,7 @@ impl Sets {
     /// The label set of `series` ([`SeriesRef::label_set`]): the one a reader already
     /// holds if any, else a new one, kept while someone holds it.
     pub fn get(&mut self, series: &SeriesRef<'_>) -> SharedLabels {
-        if series.key_strings().any(|s| s.is_none()) {
-            return series.label_set();
-        }
-        let hash = self.hasher.hash(series.key_strings().flatten());
+        let Some(hash) = self.hasher.hash(series.key_strings()) else { return series.label_set() };
         let same = |l: &SharedLabels| {
             let pairs = l.shared_pairs();
             pairs.len() == series.label_count()
